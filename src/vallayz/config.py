@@ -1,0 +1,176 @@
+"""Configuration of an IMPN model, with a JSON round trip."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Version of the checkpoint layout (``config.json`` + ``model.safetensors``)."""
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_UPDATES = ("residual", "gru")
+
+
+@dataclass
+class IMPNConfig:
+    """Hyper-parameters of :class:`~vallayz.model.IMPN`.
+
+    Validated at construction; every error says how to fix the value.
+    """
+
+    # Modality name -> native embedding dimension d_m, e.g. {"bo": 512, "en": 384}.
+    modalities: dict[str, int]
+    # Dimension d of the shared soil space.
+    soil_dim: int = 256
+    # Number L of bridge layers (self-attention -> gated cross-modal passing -> feed-forward).
+    layers: int = 2
+    # Number K of micro-variants each sending node emits during training.
+    variants: int = 4
+    # Noise scale of the micro-variants: one value for every modality, or one per modality.
+    sigma: float | dict[str, float] = 0.1
+    # Learn sigma (per modality, through a log-parameterisation) instead of keeping it fixed.
+    learn_sigma: bool = False
+    # Receptor gating keeps the top_k highest-scoring incoming variants per receiving node.
+    top_k: int = 4
+    # Softmax temperature T over the kept gate scores; lower is sharper.
+    temperature: float = 1.0
+    # State update after aggregation: "residual" (a + W_o m) or "gru" (GRU(m, a)).
+    update: str = "residual"
+    # Attention heads of the within-modality self-attention; must divide soil_dim.
+    heads: int = 4
+    # Dropout on attention, feed-forward and adapter activations during training.
+    dropout: float = 0.0
+    # Hidden width of adapters and decoders; None means 2 * soil_dim.
+    hidden_dim: int | None = None
+    # Hidden width of the receptor-gating MLP that scores [a_i; v_j; <a_i, v_j>].
+    gate_hidden: int = 64
+    # Expansion factor of the feed-forward block of each bridge layer.
+    ffn_mult: int = 4
+    # Version of the checkpoint schema this config was written with.
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.modalities, dict) or len(self.modalities) < 2:
+            raise ValueError(
+                "IMPNConfig.modalities needs at least two modalities as {name: native_dim}, "
+                f"got {self.modalities!r}"
+            )
+        for name, dim in self.modalities.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(
+                    f"modality name {name!r} is not usable as a key; use letters, digits, '_' "
+                    "or '-', starting with a letter or '_' (e.g. 'en', 'speech_frames')"
+                )
+            if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+                raise ValueError(
+                    f"modality {name!r} has native dimension {dim!r}; give a positive integer"
+                )
+        _positive_int("soil_dim", self.soil_dim)
+        _positive_int("layers", self.layers)
+        _positive_int("variants", self.variants)
+        _positive_int("top_k", self.top_k)
+        _positive_int("heads", self.heads)
+        _positive_int("gate_hidden", self.gate_hidden)
+        _positive_int("ffn_mult", self.ffn_mult)
+        if self.hidden_dim is not None:
+            _positive_int("hidden_dim", self.hidden_dim)
+        if self.soil_dim % self.heads:
+            raise ValueError(
+                f"heads={self.heads} does not divide soil_dim={self.soil_dim}; choose heads "
+                "among the divisors of soil_dim"
+            )
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature must be positive, got {self.temperature}; use e.g. 1.0 (lower "
+                "is sharper gating)"
+            )
+        if self.update not in _UPDATES:
+            raise ValueError(f"update must be one of {_UPDATES}, got {self.update!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if isinstance(self.sigma, dict):
+            unknown = set(self.sigma) - set(self.modalities)
+            missing = set(self.modalities) - set(self.sigma)
+            if unknown or missing:
+                raise ValueError(
+                    f"sigma is given per modality but its keys differ from the modalities: "
+                    f"unknown {sorted(unknown)}, missing {sorted(missing)}; give one value per "
+                    "modality or a single float"
+                )
+        for name, value in self.sigma_per_modality().items():
+            if not value >= 0:
+                raise ValueError(f"sigma for modality {name!r} must be >= 0, got {value}")
+            if self.learn_sigma and value == 0:
+                raise ValueError(
+                    f"learn_sigma=True needs sigma > 0 for every modality ({name!r} has 0); "
+                    "sigma is learned as log(sigma)"
+                )
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"this config has schema version {self.schema_version}, newer than this "
+                f"vallayz ({SCHEMA_VERSION}); upgrade vallayz to read it"
+            )
+
+    @property
+    def hidden(self) -> int:
+        """Hidden width of adapters and decoders."""
+        return self.hidden_dim if self.hidden_dim is not None else 2 * self.soil_dim
+
+    def sigma_per_modality(self) -> dict[str, float]:
+        """The micro-variant noise scale of every modality."""
+        if isinstance(self.sigma, dict):
+            return {name: float(self.sigma[name]) for name in self.modalities}
+        return {name: float(self.sigma) for name in self.modalities}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IMPNConfig:
+        """Builds a config from :meth:`to_dict` output, rejecting unknown fields."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an IMPN config must be a JSON object, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(
+                f"unknown IMPN config field(s) {sorted(unknown)}; known fields are {sorted(known)}"
+            )
+        if "modalities" not in data:
+            raise ValueError("an IMPN config needs 'modalities': {name: native_dim}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path) -> None:
+        """Writes the config as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> IMPNConfig:
+        """Reads a config written by :meth:`to_json`.
+
+        Raises:
+            ValueError: if the file is missing, not valid JSON, or not a valid config.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValueError(f"cannot read IMPN config {path}: {err.strerror}") from err
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
+                "rewrite it or regenerate it with IMPNConfig.to_json"
+            ) from err
+        return cls.from_dict(data)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,91 @@
+"""Pure tensor functions of IMPN message passing, wrapped by the modules of :mod:`vallayz.layers`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sample_variants(
+    senders: Tensor,
+    sigma: Tensor,
+    variants: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Emits ``variants`` noisy copies ``s + sigma * eps`` of every sending node.
+
+    Args:
+        senders: Sending node states.
+        sigma: Noise scale per node (broadcast against ``senders[..., 0]``), or a scalar.
+        variants: Number ``K`` of copies per node.
+        generator: Optional random generator for reproducible draws.
+
+    Returns:
+        The micro-variants. With ``variants == 1`` and ``sigma == 0`` they equal ``senders``.
+
+    Shape:
+        senders ``[B, N, d]``, sigma ``[N]`` or ``[]`` → ``[B, N, K, d]``.
+    """
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+    expanded = senders.unsqueeze(2).expand(*senders.shape[:2], variants, senders.shape[-1])
+    if not bool((sigma != 0).any()):
+        return expanded
+    eps = torch.randn(
+        expanded.shape, generator=generator, device=senders.device, dtype=senders.dtype
+    )
+    scale = sigma.to(senders.dtype)
+    if scale.dim() == 1:
+        scale = scale[None, :, None, None]
+    return expanded + scale * eps
+
+
+def topk_softmax(scores: Tensor, valid: Tensor, k: int, temperature: float) -> Tensor:
+    """Keeps the ``k`` largest valid scores per row, renormalises them with a softmax at
+    ``temperature`` and zeroes the rest.
+
+    A row with fewer than ``k`` valid entries keeps all of them; a row with none gets all-zero
+    weights (its receiver gets no message).
+
+    Args:
+        scores: Gate logits ``g_ij`` of receiver ``i`` for incoming variant ``j``.
+        valid: ``True`` where variant ``j`` may reach receiver ``i``.
+        k: Number of entries kept per row (``k >= 1``).
+        temperature: Softmax temperature ``T > 0``.
+
+    Returns:
+        Weights ``w_ij``; each row sums to 1 over at most ``k`` non-zero entries (or is all zero).
+
+    Shape:
+        scores ``[..., N]``, valid ``[..., N]`` → ``[..., N]``.
+    """
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    masked = scores.masked_fill(~valid, float("-inf"))
+    kept = min(k, scores.shape[-1])
+    top, index = masked.topk(kept, dim=-1)
+    any_valid = torch.isfinite(top[..., :1])
+    # A row without valid entries would give softmax(-inf, ...) = NaN; give it zeros instead.
+    safe = torch.where(any_valid, top, torch.zeros_like(top))
+    weights = torch.softmax(safe / temperature, dim=-1)
+    weights = torch.where(torch.isfinite(top), weights, torch.zeros_like(weights))
+    return torch.zeros_like(scores).scatter(-1, index, weights)
+
+
+def masked_mean(nodes: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the real (unmasked) nodes of each row.
+
+    Args:
+        nodes: Node states.
+        mask: ``True`` marks a real node; every row needs at least one.
+
+    Returns:
+        The pooled states.
+
+    Shape:
+        nodes ``[B, T, d]``, mask ``[B, T]`` → ``[B, d]``.
+    """
+    weights = mask.to(nodes.dtype).unsqueeze(-1)
+    return (nodes * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)

@@ -1,0 +1,278 @@
+"""Building blocks of IMPN: adapters, decoders, receptor gating and the bridge layer.
+
+The bridge works on all nodes of all modalities packed into one tensor ``[B, N, d]``; which
+modality a node belongs to is given by a ``same_modality`` matrix ``[N, N]``, which nodes are
+real by a mask ``[B, N]``, and which nodes may send messages by a second mask ``[B, N]`` (real
+nodes of *present* modalities).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vallayz.functional import sample_variants, topk_softmax
+
+
+class Adapter(nn.Module):
+    """Root of a modality into the soil: ``F(x) = W2·GELU(W1·LN(x)) + P·x``.
+
+    ``P`` is a learned projection when ``native_dim != soil_dim`` and the identity otherwise.
+
+    Shape:
+        ``[..., native_dim]`` → ``[..., soil_dim]``.
+    """
+
+    def __init__(self, native_dim: int, soil_dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(native_dim)
+        self.up = nn.Linear(native_dim, hidden)
+        self.down = nn.Linear(hidden, soil_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.projection: nn.Linear | None = (
+            nn.Linear(native_dim, soil_dim, bias=False) if native_dim != soil_dim else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip = x if self.projection is None else self.projection(x)
+        return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + skip
+
+
+class Decoder(nn.Module):
+    """Maps pooled soil states back to a native space: ``D(z) = W2·GELU(W1·LN(z)) + Q·z``.
+
+    Shape:
+        ``[..., soil_dim]`` → ``[..., native_dim]``.
+    """
+
+    def __init__(self, soil_dim: int, native_dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(soil_dim)
+        self.up = nn.Linear(soil_dim, hidden)
+        self.down = nn.Linear(hidden, native_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Linear(soil_dim, native_dim)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.down(self.dropout(F.gelu(self.up(self.norm(z))))) + self.skip(z)
+
+
+class ReceptorGate(nn.Module):
+    """Scores incoming variants: ``g_ij = MLP([a_i; v_j; <a_i, v_j>/sqrt(d)])``.
+
+    The first linear layer of the MLP acts on a concatenation, so it splits exactly into a
+    receiver part, a sender part and a weight on the scaled dot product; this avoids building
+    the ``[B, N_r, N_s, 2d + 1]`` input.
+
+    Shape:
+        receivers ``[B, N_r, d]``, senders ``[B, N_s, d]`` → logits ``[B, N_r, N_s]``.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.receiver = nn.Linear(dim, hidden)
+        self.sender = nn.Linear(dim, hidden, bias=False)
+        self.dot = nn.Parameter(torch.empty(hidden))
+        self.out = nn.Linear(hidden, 1)
+        self.scale = 1.0 / math.sqrt(dim)
+        nn.init.normal_(self.dot, std=1.0 / math.sqrt(2 * dim + 1))
+
+    def forward(self, receivers: Tensor, senders: Tensor) -> Tensor:
+        dot = torch.einsum("bid,bjd->bij", receivers, senders) * self.scale
+        hidden = (
+            self.receiver(receivers).unsqueeze(2)
+            + self.sender(senders).unsqueeze(1)
+            + dot.unsqueeze(-1) * self.dot
+        )
+        return self.out(F.gelu(hidden)).squeeze(-1)
+
+    def first_layer(self) -> tuple[Tensor, Tensor]:
+        """The first layer as one matrix ``[hidden, 2d + 1]`` on ``[a; v; <a, v>/sqrt(d)]``, and
+        its bias."""
+        weight = torch.cat([self.receiver.weight, self.sender.weight, self.dot[:, None]], dim=1)
+        return weight, self.receiver.bias
+
+
+@dataclass
+class CrossModalResult:
+    """What one gated cross-modal step produced.
+
+    Attributes:
+        states: Updated node states ``[B, N, d]``.
+        weights: Gate weights ``[B, N, N*K]`` (receiver node × incoming variant).
+        message: Aggregated message ``m_i`` per node ``[B, N, d]``.
+        clean_message: The message recomputed from clean senders (``K = 1``, ``sigma = 0``),
+            when asked for (denoising loss); else ``None``.
+    """
+
+    states: Tensor
+    weights: Tensor
+    message: Tensor
+    clean_message: Tensor | None
+
+
+class CrossModalPassing(nn.Module):
+    """Gated cross-modal message passing (receptor gating, TopK-softmax, aggregation, update).
+
+    Each receiving node ``a_i`` scores every micro-variant ``v_j`` of every real node of every
+    *other*, *present* modality, keeps the ``top_k`` best (softmax at ``temperature``),
+    aggregates ``m_i = sum_j w_ij W_v v_j`` and updates ``a_i <- a_i + W_o m_i`` (residual) or
+    ``a_i <- GRU(m_i, a_i)``.
+
+    Shape:
+        states ``[B, N, d]``, senders ``[B, N]``, same_modality ``[N, N]``, sigma ``[N]``
+        → states ``[B, N, d]``, weights ``[B, N, N*K]``.
+    """
+
+    def __init__(
+        self, dim: int, gate_hidden: int, top_k: int, temperature: float, update: str
+    ) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.temperature = temperature
+        self.norm = nn.LayerNorm(dim)
+        self.gate = ReceptorGate(dim, gate_hidden)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.update = update
+        self.out: nn.Linear | None = None
+        self.gru: nn.GRUCell | None = None
+        if update == "residual":
+            self.out = nn.Linear(dim, dim, bias=False)
+        elif update == "gru":
+            self.gru = nn.GRUCell(dim, dim)
+        else:
+            raise ValueError(f"update must be 'residual' or 'gru', got {update!r}")
+
+    def aggregate(
+        self, receivers: Tensor, variants: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Scores, gates and aggregates incoming variants.
+
+        Shape:
+            receivers ``[B, N, d]``, variants ``[B, S, d]``, valid ``[B, N, S]``
+            → message ``[B, N, d]``, weights ``[B, N, S]``.
+        """
+        scores = self.gate(receivers, variants)
+        weights = topk_softmax(scores, valid, self.top_k, self.temperature)
+        return weights @ self.value(variants), weights
+
+    def apply_update(self, states: Tensor, message: Tensor) -> Tensor:
+        """Residual or GRU state update of every node with its message."""
+        if self.out is not None:
+            return states + self.out(message)
+        assert self.gru is not None
+        flat = self.gru(message.reshape(-1, message.shape[-1]), states.reshape(-1, states.shape[-1]))
+        return flat.reshape(states.shape)
+
+    def forward(
+        self,
+        states: Tensor,
+        senders: Tensor,
+        same_modality: Tensor,
+        sigma: Tensor,
+        variants: int = 1,
+        generator: torch.Generator | None = None,
+        clean: bool = False,
+    ) -> CrossModalResult:
+        normed = self.norm(states)
+        noisy = sample_variants(normed, sigma, variants, generator)
+        flat = noisy.reshape(states.shape[0], -1, states.shape[-1])
+        allowed = ~same_modality
+        valid = (senders[:, None, :] & allowed[None]).repeat_interleave(variants, dim=-1)
+        message, weights = self.aggregate(normed, flat, valid)
+        clean_message = None
+        if clean:
+            clean_message, _ = self.aggregate(normed, normed, senders[:, None, :] & allowed[None])
+        return CrossModalResult(self.apply_update(states, message), weights, message, clean_message)
+
+
+class SelfAttention(nn.Module):
+    """Pre-LN multi-head self-attention among the real nodes of each modality, with a residual.
+
+    A node attends to the real nodes of its own modality (and always to itself, so that
+    padding nodes stay finite).
+
+    Shape:
+        states ``[B, N, d]``, real ``[B, N]``, same_modality ``[N, N]`` → ``[B, N, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, states: Tensor, real: Tensor, same_modality: Tensor) -> Tensor:
+        batch, nodes, dim = states.shape
+        qkv = self.qkv(self.norm(states)).reshape(batch, nodes, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        eye = torch.eye(nodes, dtype=torch.bool, device=states.device)
+        mask = (same_modality[None] & real[:, None, :]) | eye[None]
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None], dropout_p=self.dropout if self.training else 0.0
+        )
+        return states + self.proj(attended.transpose(1, 2).reshape(batch, nodes, dim))
+
+
+class FeedForward(nn.Module):
+    """Pre-LN feed-forward block with a residual.
+
+    Shape:
+        ``[B, N, d]`` → ``[B, N, d]``.
+    """
+
+    def __init__(self, dim: int, mult: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, mult * dim)
+        self.down = nn.Linear(mult * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return states + self.down(self.dropout(F.gelu(self.up(self.norm(states)))))
+
+
+class BridgeLayer(nn.Module):
+    """Self-attention within each modality → gated cross-modal passing → feed-forward.
+
+    Shape:
+        states ``[B, N, d]`` → ``[B, N, d]`` (see :class:`CrossModalPassing` for the masks).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        gate_hidden: int,
+        top_k: int,
+        temperature: float,
+        update: str,
+        ffn_mult: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attention = SelfAttention(dim, heads, dropout)
+        self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update)
+        self.ffn = FeedForward(dim, ffn_mult, dropout)
+
+    def forward(
+        self,
+        states: Tensor,
+        real: Tensor,
+        senders: Tensor,
+        same_modality: Tensor,
+        sigma: Tensor,
+        variants: int = 1,
+        generator: torch.Generator | None = None,
+        clean: bool = False,
+    ) -> CrossModalResult:
+        states = self.attention(states, real, same_modality)
+        result = self.cross(states, senders, same_modality, sigma, variants, generator, clean)
+        result.states = self.ffn(result.states)
+        return result

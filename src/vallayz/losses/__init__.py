@@ -1,0 +1,36 @@
+"""Losses of IMPN, each a pure function plus a small module, and the weighted total."""
+
+from vallayz.losses.infonce import InfoNCELoss, info_nce
+from vallayz.losses.knn import KNNPreservationLoss, knn_jaccard, knn_preservation_loss
+from vallayz.losses.reconstruction import (
+    ReconstructionLoss,
+    cycle_loss,
+    reconstruction_loss,
+    translation_loss,
+)
+from vallayz.losses.regularisers import (
+    DenoisingLoss,
+    OrthogonalityLoss,
+    denoising_loss,
+    orthogonality_loss,
+)
+from vallayz.losses.total import IMPNLoss, LossOutput, LossWeights
+
+__all__ = [
+    "DenoisingLoss",
+    "IMPNLoss",
+    "InfoNCELoss",
+    "KNNPreservationLoss",
+    "LossOutput",
+    "LossWeights",
+    "OrthogonalityLoss",
+    "ReconstructionLoss",
+    "cycle_loss",
+    "denoising_loss",
+    "info_nce",
+    "knn_jaccard",
+    "knn_preservation_loss",
+    "orthogonality_loss",
+    "reconstruction_loss",
+    "translation_loss",
+]

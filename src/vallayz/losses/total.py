@@ -1,0 +1,167 @@
+"""The weighted IMPN objective: every term computed and returned by name."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vallayz.losses.infonce import info_nce
+from vallayz.losses.knn import knn_preservation_loss
+from vallayz.losses.reconstruction import KINDS, cycle_loss, translation_loss
+from vallayz.losses.regularisers import denoising_loss, orthogonality_loss
+from vallayz.masking import drop_modalities
+from vallayz.model import IMPN
+from vallayz.types import Batch, Embeddings
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms of the IMPN objective (0 switches a term off)."""
+
+    # Symmetric InfoNCE between unimodal soil vectors of every present pair of modalities.
+    contrastive: float = 1.0
+    # Decoded native vectors of dropped modalities against the true ones.
+    translation: float = 1.0
+    # A -> B -> A reconstruction of the kept modalities from the decoded dropped ones.
+    cycle: float = 0.5
+    # KL between soft neighbour distributions in native and soil space.
+    knn: float = 0.1
+    # ||W^T W - I||^2 on the adapters' projections.
+    orthogonality: float = 0.01
+    # Noisy-variant messages against clean (K = 1, sigma = 0) messages.
+    denoising: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value >= 0:
+                raise ValueError(f"loss weight {name!r} must be >= 0, got {value}")
+
+    def as_dict(self) -> dict[str, float]:
+        """Term name → weight."""
+        return asdict(self)
+
+
+@dataclass
+class LossOutput:
+    """The weighted total and every (unweighted) term.
+
+    Attributes:
+        total: Weighted sum, the scalar to back-propagate.
+        terms: Term name → unweighted scalar; also per-pair contrastive terms
+            (``contrastive/a-b``) for logging.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class IMPNLoss(nn.Module):
+    """Computes the IMPN objective for a model on one batch.
+
+    Passes: (1) isolated unimodal pass → contrastive and kNN terms; (2) a pass with random
+    modalities dropped per row → translation and denoising terms; (3) the decoded dropped
+    modalities alone → cycle term on the kept ones; plus orthogonality of the adapters.
+
+    Args:
+        weights: Weight per term.
+        contrastive_temperature: InfoNCE temperature.
+        knn_temperature: Temperature of the soft neighbour distributions.
+        reconstruction: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` for translation and cycle.
+        drop_rate: Probability of dropping each present modality in the translation pass
+            (at least one stays per row).
+    """
+
+    def __init__(
+        self,
+        weights: LossWeights | None = None,
+        contrastive_temperature: float = 0.07,
+        knn_temperature: float = 0.1,
+        reconstruction: str = "mse+cosine",
+        drop_rate: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not contrastive_temperature > 0 or not knn_temperature > 0:
+            raise ValueError("loss temperatures must be positive; try 0.07 and 0.1")
+        if reconstruction not in KINDS:
+            raise ValueError(f"reconstruction must be one of {KINDS}, got {reconstruction!r}")
+        if not 0.0 < drop_rate <= 1.0:
+            raise ValueError(f"drop_rate must lie in (0, 1], got {drop_rate}")
+        self.weights = weights or LossWeights()
+        self.contrastive_temperature = contrastive_temperature
+        self.knn_temperature = knn_temperature
+        self.reconstruction = reconstruction
+        self.drop_rate = drop_rate
+
+    def forward(
+        self,
+        model: IMPN,
+        batch: Batch | Embeddings,
+        generator: torch.Generator | None = None,
+    ) -> LossOutput:
+        batch = Batch.of(batch)
+        batch.validate(model.config)
+        w = self.weights
+        native = {m: x.to(model.seeds.device) for m, x in batch.pooled().items()}
+        present = {m: p.to(model.seeds.device) for m, p in batch.present.items()}
+        zero = model.seeds.new_zeros(())
+        terms: dict[str, Tensor] = {}
+
+        iso = model(batch, isolate=True, generator=generator)
+        pairs = []
+        for a, b in itertools.combinations(batch.embeddings, 2):
+            both = present[a] & present[b]
+            if int(both.sum()) >= 2:
+                pair = info_nce(iso.soil[a][both], iso.soil[b][both], self.contrastive_temperature)
+                terms[f"contrastive/{a}-{b}"] = pair
+                pairs.append(pair)
+        terms["contrastive"] = torch.stack(pairs).mean() if pairs else zero
+        knn = [
+            knn_preservation_loss(native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature)
+            for m in batch.embeddings
+            if int(present[m].sum()) >= 2
+        ]
+        terms["knn"] = torch.stack(knn).mean() if knn else zero
+
+        dropped = drop_modalities(present, self.drop_rate, generator)
+        kept = {m: present[m] & ~dropped[m] for m in present}
+        out = model(Batch.of(batch, present=kept), generator=generator, return_messages=True)
+        translations = [
+            translation_loss(out.decoded[m], native[m], self.reconstruction, dropped[m])
+            for m in dropped
+            if bool(dropped[m].any())
+        ]
+        terms["translation"] = torch.stack(translations).mean() if translations else zero
+        assert out.messages is not None
+        real = torch.cat([out.node_mask[m] for m in model.names], dim=1)
+        terms["denoising"] = torch.stack(
+            [denoising_loss(noisy, clean, real) for noisy, clean in out.messages]
+        ).mean()
+
+        rows = torch.stack(list(dropped.values()), dim=1).any(dim=1)
+        terms["cycle"] = zero
+        if bool(rows.any()):
+            sources = {m: out.decoded[m][rows] for m in dropped}
+            back = model(
+                Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
+                generator=generator,
+            )
+            cycles = [
+                cycle_loss(back.decoded[m], native[m][rows], self.reconstruction, kept[m][rows])
+                for m in kept
+                if bool(kept[m][rows].any())
+            ]
+            if cycles:
+                terms["cycle"] = torch.stack(cycles).mean()
+
+        projections = [
+            adapter.projection.weight
+            for adapter in model.adapters.values()
+            if adapter.projection is not None
+        ]
+        terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
+
+        total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
+        return LossOutput(total=total, terms=terms)

@@ -1,0 +1,50 @@
+"""Random modality dropout: which present modalities to hide in each row."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+
+def drop_modalities(
+    present: Mapping[str, Tensor],
+    rate: float | Mapping[str, float],
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Draws which present modalities to drop, keeping at least one present per row.
+
+    Each present modality of a row is dropped with probability ``rate`` (one value, or one per
+    modality). Where that would drop every present modality of a row, one of them, chosen
+    uniformly, is kept.
+
+    Args:
+        present: Modality → ``[B]`` presence mask.
+        rate: Drop probability in ``[0, 1]``.
+        generator: Optional random generator.
+
+    Returns:
+        Modality → ``[B]`` bool mask of the dropped entries (a subset of ``present``).
+
+    Shape:
+        ``{m: [B]}`` → ``{m: [B]}``.
+    """
+    names = list(present)
+    rates = rate if isinstance(rate, Mapping) else dict.fromkeys(names, rate)
+    for name in names:
+        if not 0.0 <= rates.get(name, 0.0) <= 1.0:
+            raise ValueError(f"drop rate of {name!r} must lie in [0, 1], got {rates[name]}")
+    stacked = torch.stack([present[m].bool() for m in names], dim=1)
+    device = stacked.device
+    probs = torch.tensor([rates.get(m, 0.0) for m in names], device=device)
+    draw = torch.rand(stacked.shape, generator=generator, device=device) < probs
+    drop = draw & stacked
+    emptied = ~(stacked & ~drop).any(dim=1) & stacked.any(dim=1)
+    if bool(emptied.any()):
+        # Keep one present modality, chosen uniformly, in rows that would lose them all.
+        scores = torch.rand(stacked.shape, generator=generator, device=device)
+        scores = scores.masked_fill(~stacked, -1.0)
+        keep = torch.zeros_like(stacked).scatter(1, scores.argmax(dim=1, keepdim=True), True)
+        drop = torch.where(emptied[:, None], stacked & ~keep, drop)
+    return {m: drop[:, i] for i, m in enumerate(names)}

@@ -1,0 +1,467 @@
+"""The IMPN model: adapters into a shared soil space, bridge layers, decoders back out."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vallayz.config import SCHEMA_VERSION, IMPNConfig
+from vallayz.functional import masked_mean
+from vallayz.layers import Adapter, BridgeLayer, Decoder
+from vallayz.types import Batch, Embeddings, Masks
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class GateWeights:
+    """Gate weights of one bridge layer, for inspection and plots.
+
+    Attributes:
+        weights: ``[B, N, N*K]`` weight of incoming variant ``j`` at receiving node ``i``.
+        node_modality: Modality name of each of the ``N`` nodes (receivers).
+        variants: ``K``; incoming variant ``j`` comes from node ``j // K``.
+    """
+
+    weights: Tensor
+    node_modality: list[str]
+    variants: int
+
+    def modality_matrix(self) -> dict[tuple[str, str], float]:
+        """Mean gate mass that receivers of one modality give to senders of another.
+
+        Returns:
+            ``(receiver, sender) → mean over rows and receiving nodes`` of the summed weights.
+        """
+        names = self.node_modality
+        sender_names = [name for name in names for _ in range(self.variants)]
+        out: dict[tuple[str, str], float] = {}
+        for receiver in dict.fromkeys(names):
+            rows = [i for i, name in enumerate(names) if name == receiver]
+            for sender in dict.fromkeys(names):
+                cols = [j for j, name in enumerate(sender_names) if name == sender]
+                mass = self.weights[:, rows][:, :, cols].sum(-1)
+                out[receiver, sender] = float(mass.detach().mean())
+        return out
+
+
+@dataclass
+class IMPNOutput:
+    """Everything one forward pass produces, keyed by modality.
+
+    Attributes:
+        soil: Pooled soil state per modality ``[B, soil_dim]`` (for absent modalities: the
+            state their seed nodes reached from the present ones).
+        nodes: Per-node soil states ``[B, T_m, soil_dim]``.
+        node_mask: ``[B, T_m]``, ``True`` for real nodes (an absent row has one seed node).
+        present: ``[B]`` presence mask of every modality of the model.
+        decoded: Native-space reconstruction per modality ``[B, d_m]``.
+        gates: Gate weights per bridge layer, when asked for.
+        messages: ``(noisy, clean)`` aggregated messages per bridge layer ``[B, N, d]``, when
+            asked for (denoising loss).
+    """
+
+    soil: dict[str, Tensor]
+    nodes: dict[str, Tensor]
+    node_mask: dict[str, Tensor]
+    present: dict[str, Tensor]
+    decoded: dict[str, Tensor]
+    gates: list[GateWeights] | None = None
+    messages: list[tuple[Tensor, Tensor]] | None = None
+
+
+class IMPN(nn.Module):
+    """Interspecies Message Passing Network.
+
+    One adapter per modality roots its native embeddings into the soil space; ``L`` bridge layers
+    let the nodes of every modality exchange gated, noisy messages with the nodes of the other
+    present modalities; absent modalities start from learned seed states; one decoder per
+    modality maps pooled soil states back to its native space.
+
+    Example:
+        >>> import torch
+        >>> from vallayz import IMPN, IMPNConfig
+        >>> model = IMPN(IMPNConfig(modalities={"text": 8, "audio": 6}, soil_dim=16, heads=2))
+        >>> model.translate(torch.randn(3, 8), source="text", target="audio").shape
+        torch.Size([3, 6])
+    """
+
+    def __init__(self, config: IMPNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.names = list(config.modalities)
+        dim, hidden = config.soil_dim, config.hidden
+        self.adapters = nn.ModuleDict(
+            {m: Adapter(d, dim, hidden, config.dropout) for m, d in config.modalities.items()}
+        )
+        self.decoders = nn.ModuleDict(
+            {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
+        )
+        self.seeds = nn.Parameter(torch.randn(len(self.names), dim) * 0.02)
+        self.modality_embedding = nn.Parameter(torch.randn(len(self.names), dim) * 0.02)
+        self.layers = nn.ModuleList(
+            BridgeLayer(
+                dim,
+                config.heads,
+                config.gate_hidden,
+                config.top_k,
+                config.temperature,
+                config.update,
+                config.ffn_mult,
+                config.dropout,
+            )
+            for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        sigma = torch.tensor([config.sigma_per_modality()[m] for m in self.names])
+        self.log_sigma: nn.Parameter | None = None
+        if config.learn_sigma:
+            self.log_sigma = nn.Parameter(sigma.log())
+        else:
+            self.register_buffer("fixed_sigma", sigma)
+
+    # ------------------------------------------------------------------ hyper-parameters
+    @property
+    def sigma(self) -> dict[str, float]:
+        """Current micro-variant noise scale per modality."""
+        values = self._sigma_vector().detach().cpu().tolist()
+        return dict(zip(self.names, values, strict=True))
+
+    def _sigma_vector(self) -> Tensor:
+        if self.log_sigma is not None:
+            return self.log_sigma.exp()
+        fixed: Tensor = self.fixed_sigma
+        return fixed
+
+    def set_sigma(self, sigma: float | Mapping[str, float]) -> None:
+        """Sets the noise scale (all modalities, or those named), e.g. for a schedule."""
+        values = sigma if isinstance(sigma, Mapping) else dict.fromkeys(self.names, sigma)
+        for name, value in values.items():
+            index = self._index(name)
+            if not value >= 0 or (self.log_sigma is not None and value == 0):
+                raise ValueError(f"sigma for {name!r} must be > 0 when learned, >= 0 otherwise")
+            with torch.no_grad():
+                if self.log_sigma is not None:
+                    self.log_sigma[index] = math.log(value)
+                else:
+                    self.fixed_sigma[index] = value
+        self.config.sigma = self.sigma
+
+    def set_gating(self, top_k: int | None = None, temperature: float | None = None) -> None:
+        """Changes top-k and/or the gate temperature of every bridge layer (and the config)."""
+        if top_k is not None:
+            if top_k < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k}")
+            self.config.top_k = top_k
+        if temperature is not None:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be positive, got {temperature}")
+            self.config.temperature = temperature
+        for layer in self.layers:
+            assert isinstance(layer, BridgeLayer)
+            layer.cross.top_k = self.config.top_k
+            layer.cross.temperature = self.config.temperature
+
+    def _index(self, name: str) -> int:
+        if name not in self.config.modalities:
+            raise ValueError(
+                f"unknown modality {name!r}; this model knows {self.names}. "
+                "Use one of those names"
+            )
+        return self.names.index(name)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        batch: Batch | Embeddings,
+        *,
+        isolate: bool = False,
+        sample: bool | None = None,
+        generator: torch.Generator | None = None,
+        return_gates: bool = False,
+        return_messages: bool = False,
+    ) -> IMPNOutput:
+        """Runs adapters, bridge layers and decoders.
+
+        Args:
+            batch: Native embeddings per modality (a :class:`~vallayz.types.Batch`, or a mapping
+                when every given modality is present in every row). Modalities of the model
+                that are not given are absent.
+            isolate: Block every cross-modal message, so that each modality's states are those
+                it would reach alone (the unimodal embeddings used for contrastive learning
+                and retrieval).
+            sample: Draw ``K`` noisy micro-variants per sending node. Defaults to
+                ``self.training``; evaluation is deterministic (``K = 1``, ``sigma = 0``).
+            generator: Random generator for the micro-variants.
+            return_gates: Also return the gate weights of every bridge layer.
+            return_messages: Also return noisy and clean aggregated messages per layer.
+
+        Returns:
+            An :class:`IMPNOutput` covering every modality of the model.
+
+        Shape:
+            ``{m: [B, d_m] or [B, T_m, d_m]}`` → soil ``{m: [B, d]}``, decoded ``{m: [B, d_m]}``.
+        """
+        batch = Batch.of(batch)
+        batch.validate(self.config)
+        sample = self.training if sample is None else sample
+        size = batch.batch_size
+        device = self.seeds.device
+        pieces, reals, presents, spans = [], [], {}, {}
+        start = 0
+        for index, name in enumerate(self.names):
+            seed = self.seeds[index]
+            if name in batch.embeddings:
+                x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
+                x = x.unsqueeze(1) if x.dim() == 2 else x
+                present = batch.present[name].to(device)
+                padding = batch.padding.get(name)
+                real = (
+                    torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+                    if padding is None
+                    else padding.to(device)
+                )
+                keep = present[:, None] & real
+                # Zero ignored entries first: NaN in an absent row must not reach the gradients.
+                states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
+                states = torch.where(present[:, None, None], states, seed.expand_as(states))
+                first = torch.zeros_like(real)
+                first[:, 0] = True
+                real = torch.where(present[:, None], real, first)
+            else:
+                states = seed.expand(size, 1, -1)
+                real = torch.ones(size, 1, dtype=torch.bool, device=device)
+                present = torch.zeros(size, dtype=torch.bool, device=device)
+            pieces.append(states + self.modality_embedding[index])
+            reals.append(real)
+            presents[name] = present
+            spans[name] = (start, start + states.shape[1])
+            start += states.shape[1]
+
+        states = torch.cat(pieces, dim=1)
+        real = torch.cat(reals, dim=1)
+        node_modality = torch.cat(
+            [
+                torch.full((stop - begin,), i, device=device)
+                for i, (begin, stop) in enumerate(spans.values())
+            ]
+        )
+        same_modality = node_modality[:, None] == node_modality[None, :]
+        senders = real & torch.cat(
+            [presents[name][:, None].expand_as(r) for name, r in zip(self.names, reals, strict=True)],
+            dim=1,
+        )
+        if isolate:
+            senders = torch.zeros_like(senders)
+        variants = self.config.variants if sample else 1
+        sigma = (
+            self._sigma_vector()[node_modality]
+            if sample
+            else torch.zeros(node_modality.shape, device=device)
+        )
+        gates: list[GateWeights] = []
+        messages: list[tuple[Tensor, Tensor]] = []
+        names_per_node = [self.names[i] for i in node_modality.tolist()] if return_gates else []
+        for layer in self.layers:
+            result = layer(
+                states,
+                real,
+                senders,
+                same_modality,
+                sigma,
+                variants=variants,
+                generator=generator,
+                clean=return_messages,
+            )
+            states = result.states
+            if return_gates:
+                gates.append(GateWeights(result.weights, names_per_node, variants))
+            if return_messages:
+                assert result.clean_message is not None
+                messages.append((result.message, result.clean_message))
+        states = self.norm(states)
+
+        out_nodes, out_mask, soil, decoded = {}, {}, {}, {}
+        for name, (begin, stop) in spans.items():
+            out_nodes[name] = states[:, begin:stop]
+            out_mask[name] = real[:, begin:stop]
+            soil[name] = masked_mean(out_nodes[name], out_mask[name])
+            decoded[name] = self.decoders[name](soil[name])
+        return IMPNOutput(
+            soil=soil,
+            nodes=out_nodes,
+            node_mask=out_mask,
+            present=presents,
+            decoded=decoded,
+            gates=gates if return_gates else None,
+            messages=messages if return_messages else None,
+        )
+
+    # ------------------------------------------------------------------ convenience API
+    def _sources(
+        self,
+        x: Tensor | Embeddings | Batch,
+        source: str | None,
+        present: Masks | None,
+        padding: Masks | None,
+    ) -> Batch:
+        if isinstance(x, Tensor):
+            if source is None:
+                raise ValueError(
+                    "a single tensor needs its modality: pass source='<name>' (one of "
+                    f"{self.names}), or pass a dict {{name: tensor}}"
+                )
+            self._index(source)
+            x = {source: x}
+        elif source is not None:
+            raise ValueError(
+                "source= names the modality of a single tensor; with a dict of modalities "
+                "leave it out (the keys name them)"
+            )
+        return Batch.of(x, present, padding)
+
+    def embed(
+        self,
+        x: Tensor | Embeddings | Batch,
+        modality: str | None = None,
+        *,
+        target: str | None = None,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Tensor:
+        """Soil vectors of the given inputs.
+
+        Args:
+            x: Embeddings of one modality (with ``modality``), or a dict of several.
+            modality: The modality of ``x`` when it is a single tensor.
+            target: If given, return the soil state that the (absent) ``target`` modality's
+                seed nodes reach from the given inputs — soil-space translation. Otherwise each
+                modality is embedded on its own and the result is the mean of the present
+                modalities' soil vectors per row.
+            present: Optional presence masks ``{m: [B]}`` for dict inputs.
+            padding: Optional padding masks ``{m: [B, T_m]}`` for node inputs.
+
+        Returns:
+            Soil vectors ``[B, soil_dim]``.
+        """
+        batch = self._sources(x, modality, present, padding)
+        if target is not None:
+            self._check_target(batch, target)
+            return self(batch).soil[target]
+        out = self(batch, isolate=True)
+        total = torch.zeros_like(next(iter(out.soil.values())))
+        count = torch.zeros(total.shape[0], 1, device=total.device, dtype=total.dtype)
+        for name in batch.embeddings:
+            weight = out.present[name][:, None].to(total.dtype)
+            total = total + weight * out.soil[name]
+            count = count + weight
+        return total / count
+
+    def translate(
+        self,
+        x: Tensor | Embeddings | Batch,
+        source: str | None = None,
+        target: str = "",
+        *,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+        ensemble: int = 0,
+        seed: int = 0,
+    ) -> Tensor:
+        """Translates embeddings into ``target``'s native space.
+
+        Args:
+            x: Embeddings of one modality (with ``source``), or a dict of several present
+                source modalities (rows may miss some of them via ``present``).
+            source: The modality of ``x`` when it is a single tensor.
+            target: The modality whose native space to decode into; it must not be among the
+                inputs.
+            present: Optional presence masks ``{m: [B]}`` for dict inputs.
+            padding: Optional padding masks ``{m: [B, T_m]}`` for node inputs.
+            ensemble: If > 0, average the decoded vectors over this many stochastic passes
+                with ``K`` micro-variants each (test-time ensemble); 0 is deterministic.
+            seed: Seed of the ensemble's random generator.
+
+        Returns:
+            Native ``target`` vectors ``[B, d_target]``.
+        """
+        batch = self._sources(x, source, present, padding)
+        self._check_target(batch, target)
+        if ensemble <= 0:
+            return self(batch, sample=False).decoded[target]
+        generator = torch.Generator(device=self.seeds.device).manual_seed(seed)
+        runs = [self(batch, sample=True, generator=generator).decoded[target] for _ in range(ensemble)]
+        return torch.stack(runs).mean(dim=0)
+
+    def _check_target(self, batch: Batch, target: str) -> None:
+        if not target:
+            raise ValueError(f"name the target modality, one of {self.names}")
+        self._index(target)
+        if target in batch.embeddings:
+            raise ValueError(
+                f"target modality {target!r} is also an input; translation decodes an absent "
+                "modality, so leave it out of the inputs"
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` into ``directory``.
+
+        Files are written to temporary names and renamed, so an interrupted save never leaves
+        a half-written checkpoint under the final names.
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        config = self.config.to_dict()
+        config["schema_version"] = SCHEMA_VERSION
+        tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
+        tmp_config = directory / (CONFIG_NAME + ".tmp")
+        save_file(state, str(tmp_weights), metadata={"format": "pt", "library": "vallayz"})
+        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp_weights.replace(directory / WEIGHTS_NAME)
+        tmp_config.replace(directory / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> IMPN:
+        """Loads a model written by :meth:`save_pretrained` (no pickle involved).
+
+        Raises:
+            ValueError: if a file is missing or corrupt, or the weights do not match the config.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ValueError(
+                    f"{path} is missing; a vallayz checkpoint directory holds {CONFIG_NAME} and "
+                    f"{WEIGHTS_NAME} as written by IMPN.save_pretrained"
+                )
+        config = IMPNConfig.from_json(config_path)
+        try:
+            state = load_file(str(weights_path), device=str(device))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{weights_path} is not a readable safetensors file ({err}); the checkpoint is "
+                "corrupt or truncated, save it again"
+            ) from err
+        model = cls(config).to(device)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path} does not match {config_path}: missing tensors {missing[:5]}, "
+                f"unexpected tensors {unexpected[:5]}; keep the two files of one checkpoint together"
+            )
+        return model
