@@ -147,7 +147,7 @@ class IMPNConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> IMPNConfig:

@@ -1,4 +1,4 @@
-"""Pure tensor functions of IMPN message passing, wrapped by the modules of :mod:`vallayz.layers`."""
+"""Pure tensor functions of IMPN message passing, wrapped by the modules of `vallayz.layers`."""
 
 from __future__ import annotations
 

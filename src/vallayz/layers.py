@@ -165,7 +165,9 @@ class CrossModalPassing(nn.Module):
         if self.out is not None:
             return states + self.out(message)
         assert self.gru is not None
-        flat = self.gru(message.reshape(-1, message.shape[-1]), states.reshape(-1, states.shape[-1]))
+        flat = self.gru(
+            message.reshape(-1, message.shape[-1]), states.reshape(-1, states.shape[-1])
+        )
         return flat.reshape(states.shape)
 
     def forward(

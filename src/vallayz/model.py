@@ -104,8 +104,13 @@ class IMPN(nn.Module):
         self.decoders = nn.ModuleDict(
             {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
         )
-        self.seeds = nn.Parameter(torch.randn(len(self.names), dim) * 0.02)
-        self.modality_embedding = nn.Parameter(torch.randn(len(self.names), dim) * 0.02)
+        # Keyed by name, so that a checkpoint does not depend on the order of the modalities.
+        self.seeds = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.names}
+        )
+        self.modality_embedding = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.names}
+        )
         self.layers = nn.ModuleList(
             BridgeLayer(
                 dim,
@@ -120,38 +125,37 @@ class IMPN(nn.Module):
             for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(dim)
-        sigma = torch.tensor([config.sigma_per_modality()[m] for m in self.names])
-        self.log_sigma: nn.Parameter | None = None
-        if config.learn_sigma:
-            self.log_sigma = nn.Parameter(sigma.log())
-        else:
-            self.register_buffer("fixed_sigma", sigma)
+        # log(sigma) per modality; trained only when config.learn_sigma.
+        self.log_sigma = nn.ParameterDict(
+            {
+                m: nn.Parameter(torch.tensor(value).log(), requires_grad=config.learn_sigma)
+                for m, value in config.sigma_per_modality().items()
+            }
+        )
 
     # ------------------------------------------------------------------ hyper-parameters
     @property
     def sigma(self) -> dict[str, float]:
         """Current micro-variant noise scale per modality."""
-        values = self._sigma_vector().detach().cpu().tolist()
-        return dict(zip(self.names, values, strict=True))
+        return {m: float(self.log_sigma[m].detach().exp()) for m in self.names}
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return self.seeds[self.names[0]].device
 
     def _sigma_vector(self) -> Tensor:
-        if self.log_sigma is not None:
-            return self.log_sigma.exp()
-        fixed: Tensor = self.fixed_sigma
-        return fixed
+        return torch.stack([self.log_sigma[m] for m in self.names]).exp()
 
     def set_sigma(self, sigma: float | Mapping[str, float]) -> None:
         """Sets the noise scale (all modalities, or those named), e.g. for a schedule."""
         values = sigma if isinstance(sigma, Mapping) else dict.fromkeys(self.names, sigma)
         for name, value in values.items():
-            index = self._index(name)
-            if not value >= 0 or (self.log_sigma is not None and value == 0):
+            self._index(name)
+            if not value >= 0 or (self.config.learn_sigma and value == 0):
                 raise ValueError(f"sigma for {name!r} must be > 0 when learned, >= 0 otherwise")
             with torch.no_grad():
-                if self.log_sigma is not None:
-                    self.log_sigma[index] = math.log(value)
-                else:
-                    self.fixed_sigma[index] = value
+                self.log_sigma[name].fill_(math.log(value) if value > 0 else -math.inf)
         self.config.sigma = self.sigma
 
     def set_gating(self, top_k: int | None = None, temperature: float | None = None) -> None:
@@ -169,11 +173,19 @@ class IMPN(nn.Module):
             layer.cross.top_k = self.config.top_k
             layer.cross.temperature = self.config.temperature
 
+    def projection_weights(self) -> list[Tensor]:
+        """The adapters' projections ``P`` (only adapters with ``d_m != soil_dim`` have one)."""
+        weights = []
+        for adapter in self.adapters.values():
+            assert isinstance(adapter, Adapter)
+            if adapter.projection is not None:
+                weights.append(adapter.projection.weight)
+        return weights
+
     def _index(self, name: str) -> int:
         if name not in self.config.modalities:
             raise ValueError(
-                f"unknown modality {name!r}; this model knows {self.names}. "
-                "Use one of those names"
+                f"unknown modality {name!r}; this model knows {self.names}. Use one of those names"
             )
         return self.names.index(name)
 
@@ -213,11 +225,11 @@ class IMPN(nn.Module):
         batch.validate(self.config)
         sample = self.training if sample is None else sample
         size = batch.batch_size
-        device = self.seeds.device
+        device = self.device
         pieces, reals, presents, spans = [], [], {}, {}
         start = 0
-        for index, name in enumerate(self.names):
-            seed = self.seeds[index]
+        for name in self.names:
+            seed = self.seeds[name]
             if name in batch.embeddings:
                 x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
                 x = x.unsqueeze(1) if x.dim() == 2 else x
@@ -239,7 +251,7 @@ class IMPN(nn.Module):
                 states = seed.expand(size, 1, -1)
                 real = torch.ones(size, 1, dtype=torch.bool, device=device)
                 present = torch.zeros(size, dtype=torch.bool, device=device)
-            pieces.append(states + self.modality_embedding[index])
+            pieces.append(states + self.modality_embedding[name])
             reals.append(real)
             presents[name] = present
             spans[name] = (start, start + states.shape[1])
@@ -255,7 +267,10 @@ class IMPN(nn.Module):
         )
         same_modality = node_modality[:, None] == node_modality[None, :]
         senders = real & torch.cat(
-            [presents[name][:, None].expand_as(r) for name, r in zip(self.names, reals, strict=True)],
+            [
+                presents[name][:, None].expand_as(r)
+                for name, r in zip(self.names, reals, strict=True)
+            ],
             dim=1,
         )
         if isolate:
@@ -396,8 +411,10 @@ class IMPN(nn.Module):
         self._check_target(batch, target)
         if ensemble <= 0:
             return self(batch, sample=False).decoded[target]
-        generator = torch.Generator(device=self.seeds.device).manual_seed(seed)
-        runs = [self(batch, sample=True, generator=generator).decoded[target] for _ in range(ensemble)]
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        runs = [
+            self(batch, sample=True, generator=generator).decoded[target] for _ in range(ensemble)
+        ]
         return torch.stack(runs).mean(dim=0)
 
     def _check_target(self, batch: Batch, target: str) -> None:
@@ -427,7 +444,7 @@ class IMPN(nn.Module):
         tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
         tmp_config = directory / (CONFIG_NAME + ".tmp")
         save_file(state, str(tmp_weights), metadata={"format": "pt", "library": "vallayz"})
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp_config.write_text(json.dumps(config, indent=2) + "\n")
         tmp_weights.replace(directory / WEIGHTS_NAME)
         tmp_config.replace(directory / CONFIG_NAME)
 
@@ -458,10 +475,17 @@ class IMPN(nn.Module):
                 "corrupt or truncated, save it again"
             ) from err
         model = cls(config).to(device)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        reshaped = sorted(
+            k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+        )
+        if missing or unexpected or reshaped:
             raise ValueError(
-                f"{weights_path} does not match {config_path}: missing tensors {missing[:5]}, "
-                f"unexpected tensors {unexpected[:5]}; keep the two files of one checkpoint together"
+                f"{weights_path} does not match {config_path}: missing tensors {missing[:3]}, "
+                f"unexpected tensors {unexpected[:3]}, tensors of another shape {reshaped[:3]}; "
+                "keep the two files of one checkpoint together"
             )
+        model.load_state_dict(state)
         return model

@@ -4,8 +4,8 @@ Every public function of vallayz takes and returns dictionaries keyed by modalit
 
 * ``Embeddings``: modality → native embeddings, either pooled ``[B, d_m]`` or a set/sequence of
   nodes ``[B, T_m, d_m]``.
-* ``Masks``: modality → boolean mask. A *presence* mask is ``[B]`` (is the modality observed for
-  this row at all); a *padding* mask is ``[B, T_m]`` (``True`` marks a real node, ``False`` padding).
+* ``Masks``: modality → boolean mask. A *presence* mask is ``[B]`` (is the modality observed
+  for this row at all); a *padding* mask is ``[B, T_m]`` (``True`` marks a real node).
 
 :class:`Batch` bundles the three and checks them against an :class:`~vallayz.config.IMPNConfig`.
 """

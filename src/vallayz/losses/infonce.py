@@ -26,7 +26,9 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
         a ``[B, d]``, b ``[B, d]`` → ``[]``.
     """
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"info_nce needs two [B, d] tensors of one shape, got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"info_nce needs two [B, d] tensors of one shape, got {a.shape}, {b.shape}"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature

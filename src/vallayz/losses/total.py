@@ -104,9 +104,9 @@ class IMPNLoss(nn.Module):
         batch = Batch.of(batch)
         batch.validate(model.config)
         w = self.weights
-        native = {m: x.to(model.seeds.device) for m, x in batch.pooled().items()}
-        present = {m: p.to(model.seeds.device) for m, p in batch.present.items()}
-        zero = model.seeds.new_zeros(())
+        native = {m: x.to(model.device) for m, x in batch.pooled().items()}
+        present = {m: p.to(model.device) for m, p in batch.present.items()}
+        zero = torch.zeros((), device=model.device)
         terms: dict[str, Tensor] = {}
 
         iso = model(batch, isolate=True, generator=generator)
@@ -119,7 +119,9 @@ class IMPNLoss(nn.Module):
                 pairs.append(pair)
         terms["contrastive"] = torch.stack(pairs).mean() if pairs else zero
         knn = [
-            knn_preservation_loss(native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature)
+            knn_preservation_loss(
+                native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature
+            )
             for m in batch.embeddings
             if int(present[m].sum()) >= 2
         ]
@@ -156,11 +158,7 @@ class IMPNLoss(nn.Module):
             if cycles:
                 terms["cycle"] = torch.stack(cycles).mean()
 
-        projections = [
-            adapter.projection.weight
-            for adapter in model.adapters.values()
-            if adapter.projection is not None
-        ]
+        projections = model.projection_weights()
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
 
         total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from vallayz.functional import masked_mean, sample_variants, topk_softmax
+
+
+def reference_topk_softmax(scores, valid, k, temperature):
+    """Loop reference, float64."""
+    out = torch.zeros_like(scores, dtype=torch.float64)
+    for idx in itertools.product(*(range(n) for n in scores.shape[:-1])):
+        row = [(float(scores[idx][j]), j) for j in range(scores.shape[-1]) if valid[idx][j]]
+        row.sort(key=lambda t: -t[0])
+        kept = row[:k]
+        if not kept:
+            continue
+        top = max(s for s, _ in kept)
+        z = sum(math.exp((s - top) / temperature) for s, _ in kept)
+        for s, j in kept:
+            out[idx][j] = math.exp((s - top) / temperature) / z
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_topk_softmax_matches_loop_reference(k: int) -> None:
+    scores = torch.randn(3, 4, 9, dtype=torch.float64)
+    valid = torch.rand(3, 4, 9) > 0.3
+    valid[0, 0] = False  # a receiver with no incoming variant
+    got = topk_softmax(scores, valid, k, temperature=0.7)
+    torch.testing.assert_close(got, reference_topk_softmax(scores, valid, k, 0.7))
+
+
+def test_topk_softmax_keeps_exactly_k_weights_summing_to_one() -> None:
+    scores = torch.randn(6, 5, 12, dtype=torch.float64)
+    valid = torch.ones_like(scores, dtype=torch.bool)
+    weights = topk_softmax(scores, valid, 4, temperature=1.3)
+    assert ((weights > 0).sum(-1) == 4).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(6, 5, dtype=torch.float64))
+    # The kept ones are the k largest scores.
+    kept = weights > 0
+    smallest_kept = scores.masked_fill(~kept, math.inf).min(-1).values
+    largest_dropped = scores.masked_fill(kept, -math.inf).max(-1).values
+    assert (smallest_kept > largest_dropped).all()
+
+
+def test_topk_softmax_with_k_all_equals_dense_masked_softmax() -> None:
+    scores = torch.randn(4, 3, 10, dtype=torch.float64)
+    valid = torch.rand(4, 3, 10) > 0.2
+    valid[..., 0] = True
+    dense = torch.softmax((scores / 0.5).masked_fill(~valid, -math.inf), dim=-1)
+    torch.testing.assert_close(topk_softmax(scores, valid, 10, 0.5), dense)
+    # k larger than the number of incoming variants keeps them all.
+    torch.testing.assert_close(topk_softmax(scores, valid, 50, 0.5), dense)
+
+
+def test_topk_softmax_rows_without_valid_variants_are_zero_and_finite() -> None:
+    scores = torch.randn(2, 5, requires_grad=True)
+    valid = torch.zeros(2, 5, dtype=torch.bool)
+    valid[1, 2] = True
+    weights = topk_softmax(scores, valid, 3, 1.0)
+    assert torch.equal(weights[0], torch.zeros(5))
+    assert weights[1, 2] == 1.0
+    weights.sum().backward()
+    assert scores.grad is not None and torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize(("k", "t"), [(0, 1.0), (2, 0.0), (2, -1.0)])
+def test_topk_softmax_rejects_bad_arguments(k: int, t: float) -> None:
+    with pytest.raises(ValueError, match=r"k|temperature"):
+        topk_softmax(torch.randn(2, 3), torch.ones(2, 3, dtype=torch.bool), k, t)
+
+
+def test_sample_variants_deterministic_limit_is_identity() -> None:
+    s = torch.randn(2, 3, 4)
+    v = sample_variants(s, torch.zeros(3), variants=1)
+    assert v.shape == (2, 3, 1, 4)
+    assert torch.equal(v[:, :, 0], s)
+
+
+def test_sample_variants_noise_has_per_node_scale() -> None:
+    s = torch.zeros(1, 2, 20000, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    v = sample_variants(s, sigma, variants=3, generator=torch.Generator().manual_seed(0))
+    std = v.std(dim=(0, 2, 3))
+    torch.testing.assert_close(std, sigma, rtol=0.02, atol=0.0)
+
+
+def test_kernel_smoothing_claim_holds_numerically() -> None:
+    """E[phi(s + sigma*eps)] = phi(s) + 1/2 sigma^2 Tr(Hessian phi(s)) + O(sigma^4)."""
+
+    def phi(x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x).sum(-1) + 0.5 * (x**2).sum(-1) * torch.cos(x[..., 0]) + x[..., 1] ** 3
+
+    s = torch.tensor([0.3, -0.7, 1.1, 0.2], dtype=torch.float64)
+    trace = torch.autograd.functional.hessian(phi, s).diagonal().sum()
+
+    def residual(sigma: float) -> tuple[float, float]:
+        generator = torch.Generator().manual_seed(0)
+        scale = torch.tensor(sigma, dtype=torch.float64)
+        eps = sample_variants(s[None, None], scale, 2_000_000, generator)[0, 0] - s
+        # Antithetic pairs cancel the odd-order noise, so the sigma^2 term is measurable.
+        mean = 0.5 * (phi(s + eps) + phi(s - eps)).mean()
+        correction = 0.5 * sigma**2 * float(trace)
+        return correction, float(mean - phi(s)) - correction
+
+    correction, error = residual(0.15)
+    half_correction, half_error = residual(0.075)
+    assert abs(correction) > 1e-2  # the curvature term is far from negligible ...
+    assert abs(error) < 0.05 * abs(correction)  # ... and explains the shift of the mean,
+    # with a remainder that shrinks like sigma^4 (x16 per halving), not like sigma^2 (x4).
+    assert 8 < error / half_error < 32
+    assert 3.5 < correction / half_correction < 4.5
+
+
+def test_masked_mean_ignores_padding() -> None:
+    nodes = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    torch.testing.assert_close(masked_mean(nodes, mask), torch.tensor([[2.0], [4.0]]))

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config, tri_modal_inputs
+
+from vallayz import IMPN
+from vallayz.losses import (
+    IMPNLoss,
+    LossWeights,
+    cycle_loss,
+    denoising_loss,
+    info_nce,
+    knn_jaccard,
+    knn_preservation_loss,
+    orthogonality_loss,
+    translation_loss,
+)
+
+f64 = torch.float64
+
+
+def loop_info_nce(a: torch.Tensor, b: torch.Tensor, t: float) -> float:
+    n = a.shape[0]
+    an = [a[i] / a[i].norm() for i in range(n)]
+    bn = [b[i] / b[i].norm() for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        row = [float(an[i] @ bn[j]) / t for j in range(n)]
+        col = [float(an[j] @ bn[i]) / t for j in range(n)]
+        total += -row[i] + math.log(sum(math.exp(x) for x in row))
+        total += -col[i] + math.log(sum(math.exp(x) for x in col))
+    return total / (2 * n)
+
+
+def test_info_nce_matches_loop_reference() -> None:
+    a, b = torch.randn(7, 5, dtype=f64), torch.randn(7, 5, dtype=f64)
+    assert float(info_nce(a, b, 0.3)) == pytest.approx(loop_info_nce(a, b, 0.3), abs=1e-10)
+
+
+def test_info_nce_is_symmetric() -> None:
+    a, b = torch.randn(6, 4, dtype=f64), torch.randn(6, 4, dtype=f64)
+    torch.testing.assert_close(info_nce(a, b), info_nce(b, a))
+
+
+@pytest.mark.parametrize("t", [0.1, 1.0])
+def test_info_nce_perfectly_aligned_hits_closed_form(t: float) -> None:
+    # Identical, mutually orthogonal pairs: positive logit 1/t, n - 1 negatives at 0.
+    n = 6
+    a = torch.eye(n, dtype=f64) * 3.0
+    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + n - 1))
+    assert float(info_nce(a, a.clone(), t)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_info_nce_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        info_nce(torch.randn(3, 4), torch.randn(4, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        info_nce(torch.randn(3, 4), torch.randn(3, 4), 0.0)
+
+
+def test_translation_and_cycle_match_loop_reference() -> None:
+    p, y = torch.randn(5, 3, dtype=f64), torch.randn(5, 3, dtype=f64)
+    mask = torch.tensor([True, False, True, True, False])
+    rows = [i for i in range(5) if mask[i]]
+    mse = sum(float(((p[i] - y[i]) ** 2).sum()) / 3 for i in rows) / len(rows)
+    cos = sum(1 - float(p[i] @ y[i] / (p[i].norm() * y[i].norm())) for i in rows) / len(rows)
+    assert float(translation_loss(p, y, "mse", mask)) == pytest.approx(mse, abs=1e-12)
+    assert float(translation_loss(p, y, "cosine", mask)) == pytest.approx(cos, abs=1e-12)
+    assert float(cycle_loss(p, y, "mse+cosine", mask)) == pytest.approx(mse + cos, abs=1e-12)
+    assert float(translation_loss(y, y, "mse+cosine")) == pytest.approx(0.0, abs=1e-12)
+
+
+def loop_knn_kl(x: torch.Tensor, z: torch.Tensor, t: float) -> float:
+    n = x.shape[0]
+
+    def dist(v: torch.Tensor, i: int) -> list[float]:
+        sims = {j: float(v[i] @ v[j] / (v[i].norm() * v[j].norm())) / t for j in range(n) if j != i}
+        norm = sum(math.exp(s) for s in sims.values())
+        return [math.exp(sims[j]) / norm if j != i else 0.0 for j in range(n)]
+
+    total = 0.0
+    for i in range(n):
+        p, q = dist(x, i), dist(z, i)
+        total += sum(p[j] * math.log(p[j] / q[j]) for j in range(n) if j != i)
+    return total / n
+
+
+def test_knn_preservation_matches_loop_reference() -> None:
+    x, z = torch.randn(6, 5, dtype=f64), torch.randn(6, 3, dtype=f64)
+    got = float(knn_preservation_loss(x, z, 0.5))
+    assert got == pytest.approx(loop_knn_kl(x, z, 0.5), abs=1e-10)
+    assert got > 0
+
+
+def test_knn_preservation_is_zero_under_identity_and_rotation() -> None:
+    x = torch.randn(10, 4, dtype=f64)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=f64))
+    assert float(knn_preservation_loss(x, x.clone())) == pytest.approx(0.0, abs=1e-12)
+    assert float(knn_preservation_loss(x, x @ q)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_knn_jaccard_matches_set_reference() -> None:
+    x, z = torch.randn(12, 5, dtype=f64), torch.randn(12, 5, dtype=f64)
+
+    def neighbours(v: torch.Tensor, i: int, k: int) -> set[int]:
+        sims = [(float(v[i] @ v[j] / (v[i].norm() * v[j].norm())), j) for j in range(12) if j != i]
+        return {j for _, j in sorted(sims, reverse=True)[:k]}
+
+    expected = (
+        sum(
+            len(neighbours(x, i, 3) & neighbours(z, i, 3))
+            / len(neighbours(x, i, 3) | neighbours(z, i, 3))
+            for i in range(12)
+        )
+        / 12
+    )
+    assert float(knn_jaccard(x, z, 3)) == pytest.approx(expected, abs=1e-12)
+    assert float(knn_jaccard(x, 2 * x, 3)) == 1.0
+    with pytest.raises(ValueError, match="k must"):
+        knn_jaccard(x, z, 12)
+
+
+def test_orthogonality_is_zero_for_orthonormal_columns_or_rows() -> None:
+    q, _ = torch.linalg.qr(torch.randn(7, 3, dtype=f64))  # orthonormal columns
+    assert float(orthogonality_loss([q, q.T])) == pytest.approx(0.0, abs=1e-12)
+    w = torch.randn(4, 6, dtype=f64)
+    gram = w @ w.T  # 4 x 4 is the smaller Gram
+    expected = sum((float(gram[i, j]) - (i == j)) ** 2 for i in range(4) for j in range(4))
+    assert float(orthogonality_loss([w])) == pytest.approx(expected, rel=1e-12)
+
+
+def test_denoising_matches_loop_reference() -> None:
+    noisy, clean = torch.randn(2, 3, 4, dtype=f64), torch.randn(2, 3, 4, dtype=f64)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    cells = [(b, n) for b in range(2) for n in range(3) if mask[b, n]]
+    expected = sum(float(((noisy[b, n] - clean[b, n]) ** 2).mean()) for b, n in cells) / len(cells)
+    assert float(denoising_loss(noisy, clean, mask)) == pytest.approx(expected, abs=1e-12)
+    assert float(denoising_loss(clean, clean)) == 0.0
+
+
+def test_impn_loss_total_is_the_weighted_sum_of_named_terms() -> None:
+    model = IMPN(tiny_config()).train()
+    weights = LossWeights(
+        contrastive=1.0, translation=2.0, cycle=0.5, knn=0.3, orthogonality=0.1, denoising=0.7
+    )
+    out = IMPNLoss(weights)(model, tri_modal_inputs(8), torch.Generator().manual_seed(0))
+    expected = sum(w * float(out.terms[name].detach()) for name, w in weights.as_dict().items())
+    assert float(out.total.detach()) == pytest.approx(expected, rel=1e-5)
+    for name in ["contrastive/text-audio", "contrastive/text-image", "contrastive/audio-image"]:
+        assert name in out.terms
+    for name in weights.as_dict():
+        assert torch.isfinite(out.terms[name])
+    # Noisy micro-variants differ from clean senders, so the denoising term is active.
+    assert float(out.terms["denoising"].detach()) > 0
+
+
+def test_loss_weights_reject_negative_values() -> None:
+    with pytest.raises(ValueError, match="cycle"):
+        LossWeights(cycle=-1.0)

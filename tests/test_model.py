@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DIMS, tiny_config, tri_modal_inputs
+
+from vallayz import IMPN, Batch, IMPNConfig
+from vallayz.losses import IMPNLoss
+
+NAMES = list(DIMS)
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.permutations(NAMES, 2)))
+def test_translate_every_ordered_pair(model: IMPN, source: str, target: str) -> None:
+    x = tri_modal_inputs(5)[source]
+    out = model.translate(x, source=source, target=target)
+    assert out.shape == (5, DIMS[target])
+    assert torch.isfinite(out).all()
+    assert model.embed(x, source).shape == (5, 16)
+
+
+def test_every_non_empty_subset_of_present_modalities_works(model: IMPN) -> None:
+    inputs = tri_modal_inputs(4)
+    for size in (1, 2, 3):
+        for subset in itertools.combinations(NAMES, size):
+            out = model({m: inputs[m] for m in subset})
+            for name in NAMES:
+                assert out.decoded[name].shape == (4, DIMS[name])
+                assert out.soil[name].shape == (4, 16)
+                assert bool(out.present[name].all()) == (name in subset)
+            missing = [m for m in NAMES if m not in subset]
+            if missing:
+                translated = model.translate({m: inputs[m] for m in subset}, target=missing[0])
+                torch.testing.assert_close(translated, out.decoded[missing[0]])
+
+
+def test_rows_with_missing_modalities_and_garbage_in_absent_rows(model: IMPN) -> None:
+    inputs = tri_modal_inputs(4)
+    present = {
+        "text": torch.tensor([True, False, True, False]),
+        "image": torch.tensor([False, True, True, False]),
+    }
+    inputs["text"][1] = float("nan")  # absent rows may hold anything
+    out = model(Batch.of(inputs, present=present))
+    assert all(torch.isfinite(t).all() for t in out.decoded.values())
+    # A present row is unaffected by what an absent row holds.
+    clean = tri_modal_inputs(4)
+    clean["text"][1] = 123.0
+    clean_inputs = {m: inputs[m].clone() for m in inputs}
+    clean_inputs["text"][1] = 123.0
+    again = model(Batch.of(clean_inputs, present=present))
+    torch.testing.assert_close(again.decoded["audio"], out.decoded["audio"])
+
+
+def test_isolated_pass_equals_each_modality_alone(model: IMPN) -> None:
+    inputs = tri_modal_inputs(3)
+    joint = model(inputs, isolate=True)
+    for name in NAMES:
+        alone = model({name: inputs[name]})
+        torch.testing.assert_close(joint.soil[name], alone.soil[name])
+        torch.testing.assert_close(model.embed(inputs[name], name), alone.soil[name])
+
+
+def test_padding_content_does_not_matter(model: IMPN) -> None:
+    inputs = tri_modal_inputs(3, frames=5)
+    padding = torch.tensor(
+        [[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2]
+    )
+    base = model(Batch.of(inputs, padding={"audio": padding}))
+    inputs["audio"][~padding] = 1e4
+    moved = model(Batch.of(inputs, padding={"audio": padding}))
+    for name in NAMES:
+        torch.testing.assert_close(moved.decoded[name], base.decoded[name])
+    # A padded sequence equals the same sequence cut to its real nodes.
+    short = {m: x[1:2] for m, x in inputs.items()}
+    short["audio"] = short["audio"][:, :2]
+    torch.testing.assert_close(model(short).decoded["text"], base.decoded["text"][1:2])
+
+
+def test_evaluation_is_deterministic_and_ensemble_is_seeded() -> None:
+    model = IMPN(tiny_config(sigma=0.5)).eval()
+    x = tri_modal_inputs(4)["text"]
+    assert torch.equal(model.translate(x, "text", "image"), model.translate(x, "text", "image"))
+    a = model.translate(x, "text", "image", ensemble=4, seed=3)
+    b = model.translate(x, "text", "image", ensemble=4, seed=3)
+    c = model.translate(x, "text", "image", ensemble=4, seed=4)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_gate_weights_are_returned_for_plots(model: IMPN) -> None:
+    out = model(tri_modal_inputs(2, frames=3), return_gates=True)
+    assert out.gates is not None and len(out.gates) == 2
+    matrix = out.gates[0].modality_matrix()
+    for name in NAMES:
+        assert matrix[name, name] == 0.0
+        assert sum(matrix[name, other] for other in NAMES) == pytest.approx(1.0)
+
+
+def test_soil_embed_with_target_and_multi_source_embed(model: IMPN) -> None:
+    inputs = tri_modal_inputs(3)
+    sources = {"text": inputs["text"], "audio": inputs["audio"]}
+    assert model.embed(sources, target="image").shape == (3, 16)
+    mixed = model.embed(sources, present={"text": torch.tensor([True, False, True])})
+    torch.testing.assert_close(mixed[1], model.embed(inputs["audio"][1:2], "audio")[0])
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m: m.translate(torch.randn(2, 5), "text", "audio"),
+            "text.*dimension 5.*expects 12",
+        ),
+        (lambda m: m.translate(torch.randn(2, 12), "speech", "audio"), "unknown modality 'speech'"),
+        (
+            lambda m: m({"text": torch.randn(2, 12), "video": torch.randn(2, 3)}),
+            "unknown modality 'video'",
+        ),
+        (lambda m: m.translate(torch.randn(2, 12), "text", "text"), "also an input"),
+        (lambda m: m.translate(torch.randn(2, 12), "text", "smell"), "unknown modality 'smell'"),
+        (lambda m: m.translate(torch.randn(2, 12), target="audio"), "source="),
+        (lambda m: m({"text": torch.randn(2, 12), "image": torch.randn(3, 16)}), "batch size"),
+        (lambda m: m({"text": torch.randn(12)}), "shape"),
+        (lambda m: m({"text": torch.zeros(2, 12, dtype=torch.long)}), "floating-point"),
+        (lambda m: m({}), "no modality"),
+    ],
+)
+def test_bad_calls_raise_value_errors_that_say_how_to_fix(model: IMPN, call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_a_present_row_is_named(model: IMPN, bad: float) -> None:
+    x = torch.randn(4, 12)
+    x[2, 5] = bad
+    with pytest.raises(ValueError, match=r"'text'.*NaN or Inf.*row 2"):
+        model.translate(x, "text", "audio")
+
+
+def test_row_with_every_modality_absent_is_named(model: IMPN) -> None:
+    inputs = tri_modal_inputs(3)
+    present = {m: torch.tensor([True, False, True]) for m in NAMES}
+    with pytest.raises(ValueError, match="every modality is absent in row 1"):
+        model(Batch.of(inputs, present=present))
+
+
+def test_present_row_with_only_padding_is_named(model: IMPN) -> None:
+    inputs = tri_modal_inputs(2, frames=3)
+    padding = torch.tensor([[True, True, False], [False, False, False]])
+    with pytest.raises(ValueError, match="'audio' is marked present in row 1 but all of its nodes"):
+        model(Batch.of(inputs, padding={"audio": padding}))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = IMPN(
+        tiny_config(update="gru", learn_sigma=True, sigma={"text": 0.1, "audio": 0.2, "image": 0.3})
+    )
+    model.set_gating(top_k=2, temperature=0.5)
+    model.eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["schema_version"] == 1 and config["top_k"] == 2
+    loaded = IMPN.from_pretrained(tmp_path).eval()
+    inputs = tri_modal_inputs(4)
+    a, b = model(inputs), loaded(inputs)
+    for name in NAMES:
+        assert torch.equal(a.decoded[name], b.decoded[name])
+    assert loaded.sigma == pytest.approx(model.sigma)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_loading_broken_checkpoints_raises_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"config\.json is missing"):
+        IMPN.from_pretrained(tmp_path)
+    IMPN(tiny_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        IMPN.from_pretrained(tmp_path)
+    IMPN(tiny_config(soil_dim=32)).save_pretrained(tmp_path)
+    IMPNConfig.to_json(tiny_config(), tmp_path / "config.json")
+    with pytest.raises(ValueError, match="does not match"):
+        IMPN.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        IMPN.from_pretrained(tmp_path)
+
+
+def synthetic_tri_modal(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Three views of one hidden 4-d factor through random linear maps plus noise."""
+    z = torch.randn(n, 4, generator=generator)
+    out = {}
+    for name, dim in DIMS.items():
+        w = torch.randn(4, dim, generator=generator)
+        x = z @ w + 0.05 * torch.randn(n, dim, generator=generator)
+        out[name] = x.unsqueeze(1).repeat(1, 2, 1) if name == "audio" else x
+    return out
+
+
+def test_a_few_optimizer_steps_reduce_the_loss() -> None:
+    generator = torch.Generator().manual_seed(0)
+    data = synthetic_tri_modal(64, generator)
+    model = IMPN(tiny_config()).train()
+    loss = IMPNLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            return float(loss(model, data, torch.Generator().manual_seed(123)).total)
+
+    before = evaluate()
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss(model, data, generator).total.backward()
+        optimizer.step()
+    after = evaluate()
+    assert after < 0.7 * before
+
+
+def test_checkpoint_does_not_depend_on_the_order_of_modalities(tmp_path: Path) -> None:
+    model = IMPN(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["modalities"] = dict(reversed(list(config["modalities"].items())))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = IMPN.from_pretrained(tmp_path).eval()
+    assert loaded.names == list(reversed(model.names))
+    inputs = tri_modal_inputs(4)
+    for name in NAMES:
+        torch.testing.assert_close(loaded(inputs).decoded[name], model(inputs).decoded[name])
