@@ -1,0 +1,287 @@
+"""Closed-form translators between two latent spaces, fitted on anchor pairs.
+
+Pre-processing follows latent space translation (Maiorca et al., 2023): each space is
+normalised with statistics of its anchors (standard scaling, L2 normalisation, or nothing),
+the smaller space is zero-padded to the larger dimension, a map is estimated, and results are
+un-scaled into the target space. Maps (row-vector convention, ``y ≈ x R + b``):
+
+* ``affine``: ``R`` and ``b`` by gradient descent on the mean squared error;
+* ``linear``: least squares ``R = argmin ||X R − Y||``;
+* ``l-ortho``: the least-squares ``R`` projected to the nearest orthogonal matrix by SVD;
+* ``ortho``: orthogonal Procrustes, ``R = U Vᵀ`` for ``Xᵀ Y = U Σ Vᵀ``.
+
+The maths are pure functions returning state dicts; :class:`LatentTranslator` stores the state
+as buffers and saves it like a model (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+METHODS = ("affine", "linear", "l-ortho", "ortho")
+NORMALISATIONS = ("standard", "l2", "none")
+_EPS = 1e-8
+
+
+def zero_pad(x: Tensor, dim: int) -> Tensor:
+    """Pads the last dimension of ``x`` with zeros up to ``dim``.
+
+    Shape:
+        ``[N, d]`` → ``[N, dim]`` (``dim >= d``).
+    """
+    if dim < x.shape[-1]:
+        raise ValueError(f"cannot zero-pad {x.shape[-1]} dimensions down to {dim}")
+    return F.pad(x, (0, dim - x.shape[-1]))
+
+
+def normalisation_state(x: Tensor, kind: str) -> dict[str, Tensor]:
+    """Statistics of the anchors ``x`` for ``kind`` normalisation.
+
+    Returns:
+        ``standard``: ``mean`` and ``std`` per dimension; ``l2``: ``norm``, the mean anchor norm
+        (to un-scale into the space); ``none``: nothing.
+
+    Shape:
+        ``[N, d]`` → mean ``[d]``, std ``[d]``, norm ``[]``.
+    """
+    if kind == "standard":
+        return {"mean": x.mean(0), "std": x.std(0, unbiased=False).clamp_min(_EPS)}
+    if kind == "l2":
+        return {"norm": x.norm(dim=-1).mean()}
+    if kind == "none":
+        return {}
+    raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {kind!r}")
+
+
+def normalise(x: Tensor, state: dict[str, Tensor], kind: str) -> Tensor:
+    """Applies the normalisation described by ``state``.
+
+    Shape:
+        ``[N, d]`` → ``[N, d]``.
+    """
+    if kind == "standard":
+        return (x - state["mean"]) / state["std"]
+    if kind == "l2":
+        return F.normalize(x, dim=-1, eps=_EPS)
+    return x
+
+
+def denormalise(x: Tensor, state: dict[str, Tensor], kind: str) -> Tensor:
+    """Maps normalised vectors back into the space (exact inverse for ``standard``; for ``l2``
+    rescales to the mean anchor norm).
+
+    Shape:
+        ``[N, d]`` → ``[N, d]``.
+    """
+    if kind == "standard":
+        return x * state["std"] + state["mean"]
+    if kind == "l2":
+        return F.normalize(x, dim=-1, eps=_EPS) * state["norm"]
+    return x
+
+
+def linear_state(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Least-squares ``R = argmin ||x R − y||_F``.
+
+    Shape:
+        x ``[N, d]``, y ``[N, d]`` → matrix ``[d, d]``.
+    """
+    return {
+        "matrix": torch.linalg.lstsq(
+            x, y, driver="gelsd" if x.device.type == "cpu" else None
+        ).solution
+    }
+
+
+def lortho_state(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The least-squares map projected to the nearest orthogonal matrix (``U Vᵀ`` of its SVD).
+
+    Shape:
+        x ``[N, d]``, y ``[N, d]`` → matrix ``[d, d]``.
+    """
+    u, _, vh = torch.linalg.svd(linear_state(x, y)["matrix"])
+    return {"matrix": u @ vh}
+
+
+def ortho_state(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Orthogonal Procrustes: the orthogonal ``R`` minimising ``||x R − y||_F``.
+
+    Shape:
+        x ``[N, d]``, y ``[N, d]`` → matrix ``[d, d]``.
+    """
+    u, _, vh = torch.linalg.svd(x.T @ y)
+    return {"matrix": u @ vh}
+
+
+def affine_state(
+    x: Tensor, y: Tensor, steps: int = 500, lr: float = 1e-2, seed: int = 0
+) -> dict[str, Tensor]:
+    """Affine map ``x R + b`` fitted by full-batch gradient descent (Adam) on the MSE.
+
+    Shape:
+        x ``[N, d]``, y ``[N, d]`` → matrix ``[d, d]``, bias ``[d]``.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    dim = x.shape[1]
+    init = torch.randn(dim, y.shape[1], generator=generator, dtype=x.dtype) / dim**0.5
+    matrix = init.to(x.device).requires_grad_()
+    bias = torch.zeros(y.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([matrix, bias], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = (x @ matrix + bias - y).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+    return {"matrix": matrix.detach(), "bias": bias.detach()}
+
+
+class LatentTranslator(nn.Module):
+    """A closed-form translator from a source to a target latent space.
+
+    Args:
+        method: ``"affine"``, ``"linear"``, ``"l-ortho"`` or ``"ortho"``.
+        normalisation: ``"standard"``, ``"l2"`` or ``"none"``.
+        affine_steps: Gradient steps of the ``affine`` fit.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(100, 8, dtype=torch.float64)
+        >>> q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+        >>> t = LatentTranslator("ortho", "none").fit(x, x @ q)
+        >>> torch.allclose(t.transform(x), x @ q)
+        True
+    """
+
+    def __init__(
+        self, method: str = "ortho", normalisation: str = "standard", affine_steps: int = 500
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
+            )
+        self.method = method
+        self.normalisation = normalisation
+        self.affine_steps = affine_steps
+        self.source_dim = 0
+        self.target_dim = 0
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`load`) has run."""
+        return self.source_dim > 0
+
+    def fit(self, x: Tensor, y: Tensor) -> LatentTranslator:
+        """Estimates the map from anchor pairs ``(x[i], y[i])``.
+
+        Shape:
+            x ``[N, d_source]``, y ``[N, d_target]``.
+        """
+        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"fit needs paired anchors x [N, d_source] and y [N, d_target] with one N, got "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if x.shape[0] < 2:
+            raise ValueError("fit needs at least 2 anchor pairs")
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise ValueError("anchors contain NaN or Inf; drop or repair those rows before fit")
+        self.source_dim, self.target_dim = x.shape[1], y.shape[1]
+        source_state = normalisation_state(x, self.normalisation)
+        target_state = normalisation_state(y, self.normalisation)
+        dim = max(self.source_dim, self.target_dim)
+        xs = zero_pad(normalise(x, source_state, self.normalisation), dim)
+        ys = zero_pad(normalise(y, target_state, self.normalisation), dim)
+        if self.method == "linear":
+            state = linear_state(xs, ys)
+        elif self.method == "l-ortho":
+            state = lortho_state(xs, ys)
+        elif self.method == "ortho":
+            state = ortho_state(xs, ys)
+        else:
+            state = affine_state(xs, ys, self.affine_steps)
+        state.setdefault("bias", torch.zeros(dim, dtype=x.dtype, device=x.device))
+        for prefix, values in (("source", source_state), ("target", target_state)):
+            for key, value in values.items():
+                self.register_buffer(f"{prefix}_{key}", value)
+        for key, value in state.items():
+            self.register_buffer(key, value)
+        return self
+
+    def _state(self, prefix: str) -> dict[str, Tensor]:
+        keys = {"standard": ("mean", "std"), "l2": ("norm",), "none": ()}[self.normalisation]
+        return {key: self.get_buffer(f"{prefix}_{key}") for key in keys}
+
+    def transform(self, x: Tensor) -> Tensor:
+        """Translates source vectors into the target space.
+
+        Shape:
+            ``[N, d_source]`` → ``[N, d_target]``.
+        """
+        if not self.fitted:
+            raise ValueError("this translator is not fitted; call fit(x, y) or load(directory)")
+        if x.dim() != 2 or x.shape[1] != self.source_dim:
+            raise ValueError(
+                f"transform expects [N, {self.source_dim}] source vectors, got {tuple(x.shape)}"
+            )
+        dim = max(self.source_dim, self.target_dim)
+        xs = zero_pad(normalise(x, self._state("source"), self.normalisation), dim)
+        matrix, bias = self.get_buffer("matrix"), self.get_buffer("bias")
+        ys = (xs @ matrix + bias)[:, : self.target_dim]
+        return denormalise(ys, self._state("target"), self.normalisation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.transform(x)
+
+    def save(self, directory: str | Path) -> None:
+        """Writes ``translator.json`` and ``translator.safetensors``."""
+        from safetensors.torch import save_file
+
+        if not self.fitted:
+            raise ValueError("fit the translator before saving it")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "method": self.method,
+            "normalisation": self.normalisation,
+            "affine_steps": self.affine_steps,
+            "source_dim": self.source_dim,
+            "target_dim": self.target_dim,
+            "schema_version": 1,
+        }
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / "translator.safetensors"))
+        (directory / "translator.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LatentTranslator:
+        """Reads a translator written by :meth:`save` (no pickle).
+
+        Raises:
+            ValueError: if a file is missing or corrupt.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "translator.json").read_text())
+            tensors = load_file(str(directory / "translator.safetensors"))
+        except (OSError, json.JSONDecodeError, SafetensorError) as err:
+            raise ValueError(
+                f"cannot read a translator from {directory} ({err}); it needs translator.json "
+                "and translator.safetensors as written by LatentTranslator.save"
+            ) from err
+        translator = cls(meta["method"], meta["normalisation"], meta["affine_steps"])
+        translator.source_dim, translator.target_dim = meta["source_dim"], meta["target_dim"]
+        for key, value in tensors.items():
+            translator.register_buffer(key, value)
+        return translator

@@ -1,0 +1,16 @@
+"""Evaluation: retrieval metrics, stitching, perturbations for robustness sweeps."""
+
+from vallayz.eval.perturb import add_noise_snr, drop_rows
+from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
+from vallayz.eval.stitching import fit_linear_classifier, stitching_accuracy
+
+__all__ = [
+    "add_noise_snr",
+    "drop_rows",
+    "fit_linear_classifier",
+    "keys_to_ids",
+    "random_pools",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "stitching_accuracy",
+]

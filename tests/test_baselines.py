@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vallayz.baselines import (
+    METHODS,
+    LatentTranslator,
+    denormalise,
+    normalisation_state,
+    normalise,
+    zero_pad,
+)
+
+f64 = torch.float64
+
+
+def random_orthogonal(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(
+        torch.randn(d, d, dtype=f64, generator=torch.Generator().manual_seed(seed))
+    )
+    return q
+
+
+def numpy_reference(method: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float64 numpy reference of the closed-form maps, without pre-processing."""
+    if method == "ortho":
+        u, _, vh = np.linalg.svd(x.T @ y)
+        return u @ vh
+    r = np.linalg.lstsq(x, y, rcond=None)[0]
+    if method == "l-ortho":
+        u, _, vh = np.linalg.svd(r)
+        return u @ vh
+    return r
+
+
+@pytest.mark.parametrize("method", ["linear", "l-ortho", "ortho"])
+def test_closed_forms_match_numpy_reference(method: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 6, dtype=f64, generator=g), torch.randn(50, 6, dtype=f64, generator=g)
+    t = LatentTranslator(method, "none").fit(x, y)
+    expected = numpy_reference(method, x.numpy(), y.numpy())
+    np.testing.assert_allclose(t.matrix.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(t.transform(x).numpy(), x.numpy() @ expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ortho", "l-ortho", "linear"])
+def test_orthogonal_maps_recover_a_rotation(method: str) -> None:
+    q = random_orthogonal(7, 0)
+    x = torch.randn(60, 7, dtype=f64)
+    t = LatentTranslator(method, "none").fit(x, x @ q)
+    torch.testing.assert_close(t.matrix, q, atol=1e-6, rtol=0)
+    x_new = torch.randn(5, 7, dtype=f64)
+    torch.testing.assert_close(t.transform(x_new), x_new @ q, atol=1e-6, rtol=0)
+
+
+def test_procrustes_is_orthogonal_on_noisy_data() -> None:
+    x, y = torch.randn(40, 9, dtype=f64), torch.randn(40, 9, dtype=f64)
+    for method in ("ortho", "l-ortho"):
+        r = LatentTranslator(method, "standard").fit(x, y).matrix
+        torch.testing.assert_close(r.T @ r, torch.eye(9, dtype=f64), atol=1e-10, rtol=0)
+
+
+def test_linear_recovers_a_general_linear_map_with_scaling() -> None:
+    a = torch.randn(5, 5, dtype=f64) + 3 * torch.eye(5, dtype=f64)
+    x = torch.randn(80, 5, dtype=f64) * 4 + 2
+    y = x @ a + 1.5
+    t = LatentTranslator("linear", "standard").fit(x, y)
+    x_new = torch.randn(10, 5, dtype=f64) * 4 + 2
+    torch.testing.assert_close(t.transform(x_new), x_new @ a + 1.5, atol=1e-6, rtol=0)
+
+
+def test_affine_by_gradient_descent_approaches_the_true_map() -> None:
+    a = random_orthogonal(4, 3) * 2.0
+    x = torch.randn(100, 4, dtype=f64)
+    y = x @ a + torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=f64)
+    t = LatentTranslator("affine", "none", affine_steps=3000).fit(x, y)
+    assert float((t.transform(x) - y).abs().max()) < 1e-3
+
+
+def test_standard_scaling_inverts_exactly() -> None:
+    x = torch.randn(30, 5, dtype=f64) * torch.tensor([1.0, 5.0, 0.1, 3.0, 2.0], dtype=f64) + 7
+    state = normalisation_state(x, "standard")
+    z = normalise(x, state, "standard")
+    torch.testing.assert_close(z.mean(0), torch.zeros(5, dtype=f64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(5, dtype=f64))
+    torch.testing.assert_close(denormalise(z, state, "standard"), x, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("d_source", "d_target"), [(4, 9), (9, 4)])
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_padding_handles_either_side_larger(method: str, d_source: int, d_target: int) -> None:
+    x = torch.randn(40, d_source, dtype=f64)
+    y = torch.randn(40, d_target, dtype=f64)
+    t = LatentTranslator(method, "standard", affine_steps=50).fit(x, y)
+    out = t.transform(torch.randn(3, d_source, dtype=f64))
+    assert out.shape == (3, d_target)
+    assert t.matrix.shape == (9, 9)
+
+
+def test_zero_padding_embeds_then_projects_back_exactly() -> None:
+    # A smaller target space embedded isometrically in a larger source space is recovered.
+    x = torch.randn(50, 6, dtype=f64)
+    y = x[:, :3].clone()
+    t = LatentTranslator("linear", "none").fit(x, y)
+    torch.testing.assert_close(t.transform(x), y, atol=1e-8, rtol=0)
+    assert torch.equal(zero_pad(y, 6)[:, 3:], torch.zeros(50, 3, dtype=f64))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    x, y = torch.randn(30, 5, dtype=f64), torch.randn(30, 8, dtype=f64)
+    t = LatentTranslator("l-ortho", "l2").fit(x, y)
+    t.save(tmp_path)
+    loaded = LatentTranslator.load(tmp_path)
+    q = torch.randn(4, 5, dtype=f64)
+    assert torch.equal(loaded.transform(q), t.transform(q))
+
+
+def test_bad_use_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="method must be one of"):
+        LatentTranslator("cca")
+    with pytest.raises(ValueError, match="not fitted"):
+        LatentTranslator().transform(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="paired anchors"):
+        LatentTranslator().fit(torch.randn(5, 3), torch.randn(6, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        LatentTranslator().fit(torch.full((5, 3), float("nan")), torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"expects \[N, 3\]"):
+        LatentTranslator().fit(torch.randn(5, 3), torch.randn(5, 3)).transform(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="cannot read a translator"):
+        LatentTranslator.load(tmp_path)
