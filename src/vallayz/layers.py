@@ -33,9 +33,11 @@ class Adapter(nn.Module):
         self.up = nn.Linear(native_dim, hidden)
         self.down = nn.Linear(hidden, soil_dim)
         self.dropout = nn.Dropout(dropout)
-        self.projection: nn.Linear | None = (
-            nn.Linear(native_dim, soil_dim, bias=False) if native_dim != soil_dim else None
-        )
+        self.projection: nn.Linear | None = None
+        if native_dim != soil_dim:
+            self.projection = nn.Linear(native_dim, soil_dim, bias=False)
+            # Start where the orthogonality term is zero: orthonormal columns (or rows).
+            nn.init.orthogonal_(self.projection.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         skip = x if self.projection is None else self.projection(x)

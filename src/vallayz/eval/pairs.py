@@ -1,0 +1,130 @@
+"""Retrieval over every ordered pair of modalities of a data set, for any method."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vallayz.data import PairedEmbeddings
+from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
+from vallayz.model import IMPN
+
+Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
+"""``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
+
+MODES = ("soil", "translate")
+
+
+def impn_encoder(
+    model: IMPN, data: PairedEmbeddings, mode: str = "soil", batch_size: int = 1024
+) -> Encoder:
+    """Query/candidate vectors of an IMPN model.
+
+    ``soil``: queries are the soil embeddings of the sources (each embedded alone, averaged over
+    present sources), candidates the soil embeddings of the target. ``translate``: queries are
+    the sources translated into the target's native space, candidates the native targets.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    @torch.no_grad()
+    def encode(sources: Sequence[str], target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        was_training = model.training
+        model.eval()
+        queries, candidates = [], []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            src = data.batch(chunk, sources)
+            if mode == "soil":
+                queries.append(model.embed(src).cpu())
+                candidates.append(model.embed(data.batch(chunk, [target])).cpu())
+            else:
+                queries.append(model.translate(src, target=target).cpu())
+                candidates.append(data.batch(chunk, [target]).pooled()[target])
+        model.train(was_training)
+        return torch.cat(queries), torch.cat(candidates)
+
+    return encode
+
+
+def default_pairs(modalities: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
+    """Every ordered pair ``((source,), target)`` of distinct modalities."""
+    return [((a,), b) for a, b in itertools.permutations(modalities, 2)]
+
+
+def retrieval_table(
+    data: PairedEmbeddings,
+    rows: np.ndarray,
+    encode: Encoder,
+    pairs: Sequence[tuple[tuple[str, ...], str]] | None = None,
+    pool: int = 1000,
+    pools: int = 5,
+    seed: int = 0,
+) -> list[dict[str, object]]:
+    """Retrieval metrics for each ``(sources → target)`` pair on the given rows.
+
+    For each pair only rows where every source and the target are present take part. Metrics
+    are reported for ``pools`` random pools of ``pool`` items (mean over pools; the same pools
+    for every method with the same ``seed``) and for the whole set of rows.
+
+    Returns:
+        One dict per pair and pool kind: ``source``, ``target``, ``pool`` (``"1000"`` or
+        ``"all"``), ``queries``, ``R@1``, ``R@5``, ``R@10``, ``MRR``, ``median_rank``.
+    """
+    pairs = list(pairs) if pairs is not None else default_pairs(list(data.arrays))
+    table: list[dict[str, object]] = []
+    for sources, target in pairs:
+        mask = data.present[target][rows].copy()
+        for source in sources:
+            mask &= data.present[source][rows]
+        used = rows[mask]
+        if len(used) < 2:
+            continue
+        queries, candidates = encode(sources, target, used)
+        all_keys = data.keys(target)
+        keys = [all_keys[i] for i in used]
+        key_ids, _ = keys_to_ids(keys, [])
+        runs = [("all", [torch.arange(len(used))])]
+        if pool < len(used):
+            runs.insert(0, (str(pool), random_pools(len(used), pool, pools, seed)))
+        for label, index_sets in runs:
+            metrics = [
+                retrieval_metrics(
+                    retrieval_ranks(queries[i], candidates[i], key_ids[i], key_ids[i])
+                )
+                for i in index_sets
+            ]
+            row: dict[str, object] = {
+                "source": "+".join(sources),
+                "target": target,
+                "pool": label,
+                "pools": len(index_sets),
+                "queries": len(index_sets[0]),
+            }
+            for name in metrics[0]:
+                row[name] = float(np.mean([m[name] for m in metrics]))
+            table.append(row)
+    return table
+
+
+def format_table(table: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> str:
+    """A fixed-width text table (also valid Markdown)."""
+    if not table:
+        return "(no rows)"
+    columns = list(columns or table[0].keys())
+
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(c, "")) for c in columns] for row in table]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [
+        "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    return "\n".join(lines)

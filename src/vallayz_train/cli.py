@@ -1,0 +1,314 @@
+"""The ``vallayz`` command line (also ``python -m vallayz``).
+
+User mistakes exit with status 2 and one line that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or the files it names."""
+
+
+def _load_json(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"{path} must hold a JSON object with optional 'model' and 'train' objects"
+        )
+    return data
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from vallayz_train.config import TrainConfig
+    from vallayz_train.trainer import fit
+
+    if args.resume:
+        summary = fit(args.data, args.resume, resume=True, progress=not args.quiet)
+    else:
+        if args.out is None:
+            raise UsageError("fit needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+        file = _load_json(args.config) if args.config else {}
+        unknown = set(file) - {"model", "train"}
+        if unknown:
+            raise UsageError(
+                f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
+            )
+        train = dict(file.get("train", {}))
+        for key in ("epochs", "device", "max_steps", "seed", "batch_size"):
+            value = getattr(args, key)
+            if value is not None:
+                train[key] = value
+        if args.planner is not None:
+            train["planner"] = args.planner == "on"
+        summary = fit(
+            args.data,
+            args.out,
+            file.get("model"),
+            TrainConfig.from_dict(train),
+            progress=not args.quiet,
+        )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_run(run_dir: str, device: str = "cpu") -> Any:
+    from vallayz import IMPN
+
+    model = IMPN.from_pretrained(run_dir, device=device)
+    return model.eval()
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vallayz.data import PairedEmbeddings
+    from vallayz.eval import format_table, impn_encoder, retrieval_table
+
+    model = _load_run(args.run, args.device)
+    data = PairedEmbeddings(args.data)
+    rows = (
+        data.split_indices(args.split_seed)[args.split]
+        if args.split != "all"
+        else np.arange(data.size)
+    )
+    if len(rows) < 2:
+        raise UsageError(
+            f"the {args.split} split of {args.data} has {len(rows)} rows; pick another --split"
+        )
+    missing = set(model.config.modalities) - set(data.modalities)
+    if missing:
+        raise UsageError(
+            f"{args.data} lacks modalities {sorted(missing)} that the model was trained on"
+        )
+    table = retrieval_table(
+        data,
+        rows,
+        impn_encoder(model, data, args.mode),
+        None,
+        pool=args.pool,
+        pools=args.pools,
+        seed=args.seed,
+    )
+    print(format_table(table))
+    out = (
+        Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
+    )
+    meta = {
+        "split": args.split,
+        "mode": args.mode,
+        "pool": args.pool,
+        "pools": args.pools,
+        "seed": args.seed,
+    }
+    out.write_text(json.dumps({**meta, "results": table}, indent=2) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
+def _read_array(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"cannot read {path} as a .npy array ({err}); write it with numpy.save"
+        ) from err
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    import torch
+
+    model = _load_run(args.run, args.device)
+    x = torch.from_numpy(np.asarray(_read_array(args.input), dtype=np.float32)).to(args.device)
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], args.batch_size):
+            chunk = x[start : start + args.batch_size]
+            outputs.append(model.translate(chunk, source=args.source, target=args.target).cpu())
+    result = (
+        torch.cat(outputs).numpy()
+        if outputs
+        else np.zeros((0, model.config.modalities[args.target]))
+    )
+    output = Path(args.output)
+    tmp = output.with_name(output.name + ".tmp.npy")
+    np.save(tmp, result)
+    tmp.replace(output)
+    print(
+        f"translated {x.shape[0]} rows {args.source} -> {args.target}: "
+        f"{output} {tuple(result.shape)}"
+    )
+    return 0
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    import torch
+
+    from vallayz.data import PairedEmbeddings
+
+    model = _load_run(args.run, args.device)
+    data = PairedEmbeddings(args.candidates)
+    if args.input:
+        x = torch.from_numpy(np.asarray(_read_array(args.input), dtype=np.float32))
+        queries = {args.source: x}
+        labels = [f"row {i}" for i in range(x.shape[0])]
+    else:
+        ids = {item["id"]: i for i, item in enumerate(data.items)}
+        unknown = [q for q in args.query_ids if q not in ids]
+        if unknown:
+            raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
+        rows = np.array([ids[q] for q in args.query_ids])
+        queries = dict(data.batch(rows, [args.source]).embeddings)
+        labels = list(args.query_ids)
+    candidate_rows = np.flatnonzero(data.present[args.target])
+    with torch.no_grad():
+        q = model.embed(queries[args.source].to(args.device), args.source)
+        c = torch.cat(
+            [
+                model.embed(data.batch(candidate_rows[i : i + 4096], [args.target])).cpu()
+                for i in range(0, len(candidate_rows), 4096)
+            ]
+        )
+    sims = (
+        torch.nn.functional.normalize(q.cpu(), dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
+    )
+    top = sims.topk(min(args.k, c.shape[0]), dim=-1)
+    keys = data.keys(args.target)
+    for label, scores, indices in zip(labels, top.values, top.indices, strict=True):
+        print(f"query {label}:")
+        for rank, (score, index) in enumerate(
+            zip(scores.tolist(), indices.tolist(), strict=True), start=1
+        ):
+            row = int(candidate_rows[index])
+            print(f"  {rank}. {data.items[row]['id']}\t{score:.4f}\t{keys[row]}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from vallayz.data import PairedEmbeddings
+
+    data = PairedEmbeddings(args.data)
+    splits = data.split_indices(args.split_seed)
+    print(f"{args.data}: {data.size} rows, {len(set(data.groups()))} groups")
+    for summary in data.summary():
+        kind = "nodes" if len(summary.shape) == 3 else "pooled"
+        rate = summary.present / data.size
+        print(
+            f"  {summary.name:<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
+            f"present {rate:6.1%}"
+        )
+    print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from vallayz_train.plots import plot_run
+
+    for path in plot_run(Path(args.run), args.data, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="vallayz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="train IMPN on a data directory")
+    p.add_argument("data", nargs="?", help="data directory (optional with --resume)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--planner", choices=["on", "off"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("eval", help="retrieval metrics for every ordered pair of modalities")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--pool", type=int, default=1000)
+    p.add_argument("--pools", type=int, default=5)
+    p.add_argument("--mode", default="soil", choices=["soil", "translate"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--output", help="JSON file (default RUN/eval-SPLIT-MODE.json)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("translate", help="translate embeddings into another modality's space")
+    p.add_argument("run")
+    p.add_argument("--source", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--input", required=True, help=".npy [N, d_source] or [N, T, d_source]")
+    p.add_argument("--output", required=True, help=".npy to write [N, d_target]")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=1024)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=_cmd_translate)
+
+    p = sub.add_parser("retrieve", help="nearest candidates of another modality")
+    p.add_argument("run")
+    p.add_argument("--source", required=True)
+    p.add_argument("--target", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--query-ids", dest="query_ids", nargs="+", help="ids of rows in the candidates directory"
+    )
+    group.add_argument("--input", help=".npy of query embeddings of the source modality")
+    p.add_argument("--candidates", required=True, help="data directory holding the candidates")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=_cmd_retrieve)
+
+    p = sub.add_parser("check", help="validate a data directory and print a summary")
+    p.add_argument("data")
+    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("plot", help="training curves, planner decisions, gates, soil map (PNG)")
+    p.add_argument("run")
+    p.add_argument(
+        "--data", help="data directory for the gate heatmap and soil map (default: the run's)"
+    )
+    p.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
+    p.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vallayz {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(
+            f"vallayz {args.command}: error: {err}; install the missing extra "
+            "(e.g. pip install 'vallayz[plot]')",
+            file=sys.stderr,
+        )
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

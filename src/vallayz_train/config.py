@@ -1,0 +1,95 @@
+"""Configuration of a training run, serialised next to the model as ``train_config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vallayz.losses import LossWeights
+
+
+@dataclass
+class TrainConfig:
+    """Everything the trainer needs besides the model config. Validated at construction."""
+
+    # Passes over the training split (ignored when max_steps is set).
+    epochs: int = 20
+    # Stop after this many optimizer steps in total; None runs `epochs` epochs.
+    max_steps: int | None = None
+    # Rows per optimizer step.
+    batch_size: int = 256
+    # Peak learning rate of AdamW.
+    lr: float = 1e-3
+    # AdamW weight decay.
+    weight_decay: float = 0.01
+    # Linear warm-up steps before the cosine decay.
+    warmup_steps: int = 100
+    # Clip the global gradient norm to this value (0 disables clipping).
+    grad_clip: float = 1.0
+    # Validate (retrieval R@1 on the validation split) every this many steps.
+    eval_every: int = 100
+    # Stop after this many validations without a new best R@1 (0 never stops early).
+    patience: int = 5
+    # Candidate pool size of the validation retrieval.
+    val_pool: int = 1000
+    # Write a resumable checkpoint every this many steps (and at the end).
+    checkpoint_every: int = 100
+    # Random seed of initialisation, shuffling, dropout and micro-variants.
+    seed: int = 0
+    # Seed of the group-wise train/val/test split (when the items table has no split column).
+    split_seed: int = 0
+    # "cpu" or "cuda".
+    device: str = "cpu"
+    # Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
+    amp: bool = True
+    # Probability of hiding each present modality in the translation pass (modality dropout).
+    modality_dropout: float = 0.5
+    # InfoNCE temperature of the contrastive term.
+    contrastive_temperature: float = 0.07
+    # "mse", "cosine" or "mse+cosine" for translation and cycle terms.
+    reconstruction: str = "mse+cosine"
+    # Weights of the loss terms.
+    loss_weights: dict[str, float] = field(default_factory=lambda: LossWeights().as_dict())
+    # Run the planner-actor-critic loop.
+    planner: bool = True
+    # Steps between planner decisions.
+    planner_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "planner_every",
+            "val_pool",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps}")
+        if self.warmup_steps < 0 or self.patience < 0:
+            raise ValueError("warmup_steps and patience must be >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        LossWeights(**self.loss_weights)  # validates names and values
+
+    def to_json(self, path: str | Path) -> None:
+        """Writes the config as indented JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Builds a config from a dict, rejecting unknown fields."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown training field(s) {sorted(unknown)}; "
+                f"known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)

@@ -1,0 +1,153 @@
+"""Planner–actor–critic: hyper-parameter changes kept only when a held-out critic improves.
+
+The actor is the ordinary training loop. Every ``every`` steps the planner
+
+1. asks the critic for a score of the current model on a fixed validation batch;
+2. judges the change it made last time, if any: kept when the score rose since the change was
+   made, otherwise reverted (the hyper-parameter, not the weights);
+3. proposes one new change from the window of recent training losses, in turn:
+   * gating: the contrastive term dominates the cycle term → lower the gate temperature
+     (×0.8); otherwise → raise top-k by one;
+   * noise: scale every modality's sigma by 0.7;
+   * weights: raise by half the weight of the term that fell least since the first window.
+
+Every decision is returned as a JSON-able dict for ``planner.jsonl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vallayz import IMPN
+from vallayz.losses import IMPNLoss
+
+KINDS = ("gating", "noise", "weights")
+MIN_TEMPERATURE = 0.05
+MAX_TOP_K = 64
+
+
+class Planner:
+    """Proposes, judges and reverts hyper-parameter changes.
+
+    Args:
+        every: Steps between decisions.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.window: dict[str, list[float]] = {}
+        self.first: dict[str, float] = {}
+        self.pending: dict[str, Any] | None = None
+        self.turn = 0
+
+    def observe(self, terms: dict[str, float]) -> None:
+        """Adds one training step's loss terms to the window."""
+        for name, value in terms.items():
+            if "/" not in name:
+                self.window.setdefault(name, []).append(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for checkpoints."""
+        return {
+            "window": self.window,
+            "first": self.first,
+            "pending": self.pending,
+            "turn": self.turn,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` output."""
+        self.window = {k: list(v) for k, v in state["window"].items()}
+        self.first = dict(state["first"])
+        self.pending = state["pending"]
+        self.turn = int(state["turn"])
+
+    def step(
+        self, step: int, model: IMPN, loss_fn: IMPNLoss, critic: Callable[[], float]
+    ) -> list[dict[str, Any]]:
+        """Runs one decision if ``step`` is due; returns the decisions made (possibly none)."""
+        if (step + 1) % self.every:
+            return []
+        means = {k: sum(v) / len(v) for k, v in self.window.items() if v}
+        self.window = {}
+        if not self.first:
+            self.first = dict(means)
+        decisions = []
+        score = critic()
+        if self.pending is not None:
+            kept = score > self.pending["score_before"]
+            decision = {
+                **self.pending,
+                "step": step,
+                "action": "keep" if kept else "revert",
+                "score_after": score,
+            }
+            if not kept:
+                self._apply(model, loss_fn, self.pending["parameter"], self.pending["old"])
+                score = critic()
+            decisions.append(decision)
+            self.pending = None
+        proposal = self._propose(model, loss_fn, means)
+        self._apply(model, loss_fn, proposal["parameter"], proposal["new"])
+        self.pending = {**proposal, "score_before": score, "proposed_at": step}
+        decisions.append({**self.pending, "step": step, "action": "propose", "window": means})
+        return decisions
+
+    def _propose(self, model: IMPN, loss_fn: IMPNLoss, means: dict[str, float]) -> dict[str, Any]:
+        kind = KINDS[self.turn % len(KINDS)]
+        self.turn += 1
+        weights = loss_fn.weights.as_dict()
+        if kind == "gating":
+            contrastive = weights["contrastive"] * means.get("contrastive", 0.0)
+            cycle = weights["cycle"] * means.get("cycle", 0.0)
+            if contrastive >= cycle and model.config.temperature > MIN_TEMPERATURE:
+                old_t = model.config.temperature
+                new_t = max(MIN_TEMPERATURE, old_t * 0.8)
+                return {
+                    "parameter": "temperature",
+                    "old": old_t,
+                    "new": new_t,
+                    "reason": "contrastive loss dominates",
+                }
+            old_k = model.config.top_k
+            return {
+                "parameter": "top_k",
+                "old": old_k,
+                "new": min(MAX_TOP_K, old_k + 1),
+                "reason": "cycle loss dominates",
+            }
+        if kind == "noise":
+            old = model.sigma
+            return {
+                "parameter": "sigma",
+                "old": old,
+                "new": {m: v * 0.7 for m, v in old.items()},
+                "reason": "smaller micro-variant noise",
+            }
+        progress = {
+            name: means[name] / self.first[name]
+            for name in ("contrastive", "translation", "cycle")
+            if self.first.get(name, 0.0) > 0 and name in means
+        }
+        name = max(progress, key=lambda n: progress[n]) if progress else "translation"
+        old_w = weights[name]
+        return {
+            "parameter": f"weight:{name}",
+            "old": old_w,
+            "new": old_w * 1.5 if old_w > 0 else 0.1,
+            "reason": f"{name} fell least since the start",
+        }
+
+    @staticmethod
+    def _apply(model: IMPN, loss_fn: IMPNLoss, parameter: str, value: Any) -> None:
+        if parameter == "temperature":
+            model.set_gating(temperature=float(value))
+        elif parameter == "top_k":
+            model.set_gating(top_k=int(value))
+        elif parameter == "sigma":
+            model.set_sigma({m: float(v) for m, v in value.items()})
+        elif parameter.startswith("weight:"):
+            setattr(loss_fn.weights, parameter.split(":", 1)[1], float(value))
+        else:
+            raise ValueError(f"unknown planner parameter {parameter!r}")

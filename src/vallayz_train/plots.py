@@ -1,0 +1,162 @@
+"""Figures of a run: training curves, planner decisions, gate heatmap, soil map."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vallayz import IMPN
+from vallayz.data import PairedEmbeddings
+
+SAMPLE_ROWS = 400
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("plots need matplotlib") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """``metrics.csv`` as name → (steps, values)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            steps, values = series.setdefault(row["name"], ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(row["value"]))
+    return series
+
+
+def plot_curves(metrics: Path, out: Path) -> Path:
+    """One panel per training loss term (log scale) plus validation R@1."""
+    plt = _pyplot()
+    series = read_metrics(metrics)
+    train = sorted(n for n in series if n.startswith("train/") and n.count("/") == 1)
+    names = [*train, "val/R@1"] if "val/R@1" in series else train
+    cols = 3
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = series[name]
+        ax.plot(steps, values, lw=1, marker="o" if len(steps) < 30 else None, ms=3)
+        if name.startswith("train/") and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_planner(log: Path, out: Path) -> Path:
+    """Critic score at each decision, kept (green) and reverted (red) changes marked."""
+    plt = _pyplot()
+    decisions = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    proposals = [d for d in decisions if d["action"] == "propose"]
+    ax.plot(
+        [d["step"] for d in proposals],
+        [d["score_before"] for d in proposals],
+        "k.-",
+        lw=1,
+        label="critic",
+    )
+    for action, colour in (("keep", "tab:green"), ("revert", "tab:red")):
+        chosen = [d for d in decisions if d["action"] == action]
+        ax.scatter(
+            [d["step"] for d in chosen],
+            [d["score_after"] for d in chosen],
+            c=colour,
+            label=action,
+            zorder=3,
+        )
+        for d in chosen:
+            ax.annotate(d["parameter"], (d["step"], d["score_after"]), fontsize=7, rotation=30)
+    ax.set_xlabel("step")
+    ax.set_ylabel("critic score (higher is better)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "planner.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gates_and_soil(model: IMPN, data: PairedEmbeddings, out: Path) -> list[Path]:
+    """Gate-mass heatmap (receiver × sender modality, last layer) and a PCA map of the soil."""
+    plt = _pyplot()
+    rows = np.arange(min(SAMPLE_ROWS, data.size))
+    names = list(model.config.modalities)
+    batch = data.batch(rows, names)
+    with torch.no_grad():
+        output = model.eval()(batch, return_gates=True)
+        isolated = model(batch, isolate=True)
+    assert output.gates is not None
+    matrix = output.gates[-1].modality_matrix()
+    grid = np.array([[matrix[r, s] for s in names] for r in names])
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("sender modality")
+    ax.set_ylabel("receiver modality")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, label="mean gate mass")
+    ax.set_title("gate weights, last bridge layer")
+    fig.tight_layout()
+    gates_path = out / "gates.png"
+    fig.savefig(gates_path, dpi=110)
+    plt.close(fig)
+
+    points = torch.cat([isolated.soil[m][batch.present[m]] for m in names])
+    labels = [m for m in names for _ in range(int(batch.present[m].sum()))]
+    centred = points - points.mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+    xy = (centred @ v[:, :2]).numpy()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for m in names:
+        chosen = np.array([label == m for label in labels])
+        ax.scatter(xy[chosen, 0], xy[chosen, 1], s=6, alpha=0.6, label=m)
+    ax.set_title("soil space (PCA of unimodal embeddings)")
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    soil_path = out / "soil.png"
+    fig.savefig(soil_path, dpi=110)
+    plt.close(fig)
+    return [gates_path, soil_path]
+
+
+def plot_run(run_dir: Path, data_dir: str | None = None, out_dir: str | None = None) -> list[Path]:
+    """Writes every figure a run supports; returns their paths."""
+    from vallayz_train.trainer import METRICS, PLANNER_LOG, RUN_FILE
+
+    if not (run_dir / METRICS).is_file():
+        raise ValueError(f"{run_dir} has no {METRICS}; plot a run directory written by vallayz fit")
+    out = Path(out_dir) if out_dir else run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [plot_curves(run_dir / METRICS, out)]
+    if (run_dir / PLANNER_LOG).is_file():
+        paths.append(plot_planner(run_dir / PLANNER_LOG, out))
+    if data_dir is None and (run_dir / RUN_FILE).is_file():
+        data_dir = json.loads((run_dir / RUN_FILE).read_text())["data"]
+    if data_dir is not None:
+        model = IMPN.from_pretrained(run_dir)
+        paths += plot_gates_and_soil(model, PairedEmbeddings(data_dir), out)
+    return paths

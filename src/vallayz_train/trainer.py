@@ -1,0 +1,335 @@
+"""The training loop: AdamW, warm-up + cosine, clipping, validation, early stopping, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vallayz import IMPN, IMPNConfig
+from vallayz.data import PairedEmbeddings
+from vallayz.eval import impn_encoder, random_pools, retrieval_table
+from vallayz.losses import IMPNLoss, LossWeights
+from vallayz_train.checkpoint import load_state, save_state
+from vallayz_train.config import TrainConfig
+from vallayz_train.planner import Planner
+
+RUN_FILE = "run.json"
+METRICS = "metrics.csv"
+PLANNER_LOG = "planner.jsonl"
+CRITIC_ROWS = 512
+
+
+def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``config.lr``, then cosine decay to zero at ``total`` steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
+
+
+def build_model_config(data: PairedEmbeddings, overrides: dict[str, Any] | None) -> IMPNConfig:
+    """The data's modalities and dimensions, with any other field taken from ``overrides``."""
+    fields = dict(overrides or {})
+    given = fields.pop("modalities", None)
+    modalities = data.modalities
+    if given is not None:
+        for name, dim in given.items():
+            if name not in modalities:
+                raise ValueError(
+                    f"the config names modality {name!r} but the data has {sorted(modalities)}; "
+                    "remove it from the config or add its embeddings"
+                )
+            if dim != modalities[name]:
+                raise ValueError(
+                    f"the config gives modality {name!r} dimension {dim} but its data has "
+                    f"{modalities[name]}; fix the config or re-encode the data"
+                )
+        modalities = {name: modalities[name] for name in given}
+    return IMPNConfig.from_dict({**fields, "modalities": modalities})
+
+
+class Trainer:
+    """Trains an IMPN model on a data directory into a run directory.
+
+    Args:
+        data: The paired embeddings.
+        run_dir: Where checkpoints, metrics and logs go.
+        model: The model to train (fresh or resumed).
+        config: Training settings.
+        progress: Show a tqdm progress bar.
+    """
+
+    def __init__(
+        self,
+        data: PairedEmbeddings,
+        run_dir: Path,
+        model: IMPN,
+        config: TrainConfig,
+        progress: bool = True,
+    ) -> None:
+        self.data, self.run_dir, self.config, self.progress = data, run_dir, config, progress
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                "--device cuda was asked for but CUDA is not available; use --device cpu"
+            )
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.names = list(model.config.modalities)
+        splits = data.split_indices(config.split_seed)
+        self.train_rows, self.val_rows = splits["train"], splits["val"]
+        if len(self.train_rows) < 2:
+            raise ValueError(
+                f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
+                "needs at least 2 (check the split column or add data)"
+            )
+        if len(self.val_rows) < 2:
+            raise ValueError(
+                f"{data.directory}: the validation split has {len(self.val_rows)} rows; add "
+                "'split' = val rows to items.tsv or more groups"
+            )
+        pool = random_pools(len(self.val_rows), config.val_pool, 1, config.seed)[0]
+        self.val_pool = self.val_rows[pool.numpy()]
+        self.critic_rows = self.val_rows[:CRITIC_ROWS]
+        self.loss_fn = IMPNLoss(
+            LossWeights(**config.loss_weights),
+            contrastive_temperature=config.contrastive_temperature,
+            reconstruction=config.reconstruction,
+            drop_rate=config.modality_dropout,
+        )
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        self.planner = Planner(config.planner_every) if config.planner else None
+        bs = min(config.batch_size, len(self.train_rows))
+        self.batch_size = bs
+        self.steps_per_epoch = len(self.train_rows) // bs
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.step = 0
+        self.best = -1.0
+        self.bad_evals = 0
+        self.writer: Any = None
+
+    # ------------------------------------------------------------------ state
+    def scalars(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "loss_weights": self.loss_fn.weights.as_dict(),
+            "planner": self.planner.state_dict() if self.planner else None,
+            "lr_schedule": {"kind": "warmup-cosine", "total_steps": self.total_steps},
+        }
+
+    def restore(self, optimizer_state: dict[str, Any], scalars: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step = int(scalars["step"]) + 1
+        self.best, self.bad_evals = float(scalars["best"]), int(scalars["bad_evals"])
+        for name, value in scalars["loss_weights"].items():
+            setattr(self.loss_fn.weights, name, float(value))
+        if self.planner and scalars["planner"]:
+            self.planner.load_state_dict(scalars["planner"])
+        _truncate_logs(self.run_dir, self.step - 1)
+
+    # ------------------------------------------------------------------ pieces
+    def _rows(self, step: int) -> np.ndarray:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_rows))
+        return self.train_rows[order[index * self.batch_size : (index + 1) * self.batch_size]]
+
+    def _generator(self, step: int, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(
+            _step_seed(self.config.seed, step, stream)
+        )
+
+    def validate(self) -> dict[str, float]:
+        """Mean retrieval R@1 (soil space) over every ordered pair on the validation pool."""
+        encode = impn_encoder(self.model, self.data, "soil")
+        table = retrieval_table(self.data, self.val_pool, encode, pool=len(self.val_pool) + 1)
+        out = {f"val/R@1/{r['source']}->{r['target']}": float(r["R@1"]) for r in table}  # type: ignore[arg-type]
+        out["val/R@1"] = float(np.mean(list(out.values()))) if out else 0.0
+        return out
+
+    def critic(self) -> float:
+        """``-(contrastive + 0.5 * cycle)`` on a fixed validation batch, deterministic."""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            batch = self.data.batch(self.critic_rows, self.names)
+            out = self.loss_fn(self.model, batch, self._generator(0, 99))
+        self.model.train(was_training)
+        return -float(out.terms["contrastive"] + 0.5 * out.terms["cycle"])
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        path = self.run_dir / METRICS
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "name", "value"])
+            for name, value in values.items():
+                writer.writerow([step, name, f"{value:.6g}"])
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Trains until ``total_steps`` or early stopping; returns a summary."""
+        self.writer = _tensorboard(self.run_dir)
+        self.model.train()
+        amp = self.config.amp and self.device.type == "cuda"
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc="fit",
+            unit="step",
+        )
+        stopped = False
+        last_val: dict[str, float] = {}
+        while self.step < self.total_steps and not stopped:
+            step = self.step
+            lr = learning_rate(step, self.total_steps, self.config)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
+            batch = self.data.batch(self._rows(step), self.names)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = self.loss_fn(self.model, batch, self._generator(step, 2))
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()  # type: ignore[no-untyped-call]
+            if self.config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            terms = {name: float(value.detach()) for name, value in out.terms.items()}
+            terms["total"] = float(out.total.detach())
+            self._log(step, {**{f"train/{k}": v for k, v in terms.items()}, "lr": lr})
+            if self.planner:
+                self.planner.observe(terms)
+            last = step + 1 == self.total_steps
+            if (step + 1) % self.config.eval_every == 0 or last:
+                last_val = self.validate()
+                self._log(step, last_val)
+                if last_val["val/R@1"] > self.best:
+                    self.best, self.bad_evals = last_val["val/R@1"], 0
+                    self.model.save_pretrained(self.run_dir / "best")
+                else:
+                    self.bad_evals += 1
+                    stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
+            if self.planner:
+                decisions = self.planner.step(step, self.model, self.loss_fn, self.critic)
+                if decisions:
+                    with (self.run_dir / PLANNER_LOG).open("a") as handle:
+                        for decision in decisions:
+                            handle.write(json.dumps(decision) + "\n")
+            if (step + 1) % self.config.checkpoint_every == 0 or last or stopped:
+                save_state(self.run_dir, step, self.model, self.optimizer, self.scalars())
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{terms['total']:.3f}", val_r1=f"{last_val.get('val/R@1', float('nan')):.3f}"
+            )
+        bar.close()
+        self.model.save_pretrained(self.run_dir)
+        if self.writer is not None:
+            self.writer.close()
+        summary = {
+            "steps": self.step,
+            "best_val_R@1": self.best,
+            "early_stopped": stopped,
+            **last_val,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _truncate_logs(run_dir: Path, step: int) -> None:
+    """Drops log lines written after the state being resumed (a killed run wrote them)."""
+    metrics = run_dir / METRICS
+    if metrics.exists():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
+        metrics.write_text("".join(kept))
+    planner = run_dir / PLANNER_LOG
+    if planner.exists():
+        kept = [
+            line
+            for line in planner.read_text().splitlines(keepends=True)
+            if json.loads(line)["step"] <= step
+        ]
+        planner.write_text("".join(kept))
+
+
+def fit(
+    data_dir: str | Path | None,
+    run_dir: str | Path,
+    model_overrides: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains a model (or resumes a run) and returns the run summary.
+
+    Args:
+        data_dir: The data directory (optional when resuming: the run remembers it).
+        run_dir: The run directory.
+        model_overrides: IMPNConfig fields other than the modalities (taken from the data).
+        train_config: Training settings (ignored when resuming: the run's own are used).
+        resume: Continue the run in ``run_dir`` from its last complete state.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        run_file = run_dir / RUN_FILE
+        if not run_file.is_file():
+            raise ValueError(
+                f"{run_dir} is not a vallayz run ({RUN_FILE} is missing); check the path"
+            )
+        run = json.loads(run_file.read_text())
+        config = TrainConfig.from_dict(run["train"])
+        data = PairedEmbeddings(data_dir or run["data"])
+        model, optimizer_state, scalars = load_state(run_dir, config.device)
+        trainer = Trainer(data, run_dir, model, config, progress)
+        trainer.restore(optimizer_state, scalars)
+        return trainer.fit()
+    if data_dir is None:
+        raise ValueError("name the data directory to train on (or pass --resume RUN_DIR)")
+    config = train_config or TrainConfig()
+    if (run_dir / RUN_FILE).exists():
+        raise ValueError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose a new --out"
+        )
+    data = PairedEmbeddings(data_dir)
+    model_config = build_model_config(data, model_overrides)
+    torch.manual_seed(config.seed)
+    model = IMPN(model_config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = {
+        "data": str(Path(data_dir).resolve()),
+        "train": asdict(config),
+        "model": model_config.to_dict(),
+    }
+    (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    config.to_json(run_dir / "train_config.json")
+    return Trainer(data, run_dir, model, config, progress).fit()
