@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from vallayz import IMPN
+from vallayz.learned import load_pretrained
 
 LATEST = "latest"
 
@@ -59,7 +60,11 @@ def optimizer_from_tensors(
 
 
 def save_state(
-    run_dir: Path, step: int, model: IMPN, optimizer: torch.optim.Optimizer, scalars: dict[str, Any]
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scalars: dict[str, Any],
 ) -> Path:
     """Writes ``state-<step>/`` and points ``latest`` at it; removes older states."""
     folder = run_dir / f"state-{step}"
@@ -68,7 +73,7 @@ def save_state(
     work = run_dir / f"state-{step}.partial"
     if work.exists():
         shutil.rmtree(work)
-    model.save_pretrained(work)
+    model.save_pretrained(work)  # type: ignore[operator]
     tensors, optim_scalars = optimizer_to_tensors(optimizer.state_dict())
     save_file(tensors, str(work / "optimizer.safetensors"))
     _atomic_write(
@@ -83,7 +88,7 @@ def save_state(
     return folder
 
 
-def load_state(run_dir: Path, device: str) -> tuple[IMPN, dict[str, Any], dict[str, Any]]:
+def load_state(run_dir: Path, device: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Reads the state that ``latest`` names.
 
     Returns:
@@ -100,7 +105,7 @@ def load_state(run_dir: Path, device: str) -> tuple[IMPN, dict[str, Any], dict[s
         )
     folder = run_dir / pointer.read_text().strip()
     try:
-        model = IMPN.from_pretrained(folder, device=device)
+        model = load_pretrained(folder, device=device)
         scalars = json.loads((folder / "trainer_state.json").read_text())
         tensors = load_file(str(folder / "optimizer.safetensors"), device=device)
     except (OSError, json.JSONDecodeError) as err:

@@ -61,21 +61,21 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             file.get("model"),
             TrainConfig.from_dict(train),
             progress=not args.quiet,
+            method=args.method,
         )
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
-    from vallayz import IMPN
+    from vallayz.learned import load_pretrained
 
-    model = IMPN.from_pretrained(run_dir, device=device)
-    return model.eval()
+    return load_pretrained(run_dir, device=device).eval()
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
-    from vallayz.eval import format_table, impn_encoder, retrieval_table
+    from vallayz.eval import format_table, model_encoder, retrieval_table
 
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.data)
@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     table = retrieval_table(
         data,
         rows,
-        impn_encoder(model, data, args.mode),
+        model_encoder(model, data, args.mode),
         None,
         pool=args.pool,
         pools=args.pools,
@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--planner", choices=["on", "off"])
+    p.add_argument(
+        "--method",
+        default="impn",
+        choices=["impn", "contrastive-heads", "mlp-translator"],
+        help="IMPN, or a learned baseline trained under the same budget",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
 

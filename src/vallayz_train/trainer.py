@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from vallayz import IMPN, IMPNConfig
+from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
-from vallayz.eval import impn_encoder, random_pools, retrieval_table
-from vallayz.losses import IMPNLoss, LossWeights
+from vallayz.eval import model_encoder, random_pools, retrieval_table
+from vallayz.learned import build_model
+from vallayz.losses import IMPNLoss, LossOutput, LossWeights
+from vallayz.types import Batch
 from vallayz_train.checkpoint import load_state, save_state
 from vallayz_train.config import TrainConfig
 from vallayz_train.planner import Planner
@@ -39,10 +42,20 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
 
 
-def build_model_config(data: PairedEmbeddings, overrides: dict[str, Any] | None) -> IMPNConfig:
-    """The data's modalities and dimensions, with any other field taken from ``overrides``."""
-    fields = dict(overrides or {})
-    given = fields.pop("modalities", None)
+METHODS = ("impn", "contrastive-heads", "mlp-translator")
+
+
+class ModelObjective:
+    """The training objective of a learned baseline: its own ``objective(batch, generator)``."""
+
+    def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> LossOutput:
+        out: LossOutput = model.objective(batch, generator)  # type: ignore[operator]
+        return out
+
+
+def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) -> dict[str, int]:
+    """The data's modalities and dimensions, restricted to those ``overrides`` names (if any)."""
+    given = (overrides or {}).get("modalities")
     modalities = data.modalities
     if given is not None:
         for name, dim in given.items():
@@ -57,16 +70,16 @@ def build_model_config(data: PairedEmbeddings, overrides: dict[str, Any] | None)
                     f"{modalities[name]}; fix the config or re-encode the data"
                 )
         modalities = {name: modalities[name] for name in given}
-    return IMPNConfig.from_dict({**fields, "modalities": modalities})
+    return modalities
 
 
 class Trainer:
-    """Trains an IMPN model on a data directory into a run directory.
+    """Trains a model (IMPN or a learned baseline) on a data directory into a run directory.
 
     Args:
         data: The paired embeddings.
         run_dir: Where checkpoints, metrics and logs go.
-        model: The model to train (fresh or resumed).
+        model: The model to train (fresh or resumed); baselines bring ``objective()``.
         config: Training settings.
         progress: Show a tqdm progress bar.
     """
@@ -75,7 +88,7 @@ class Trainer:
         self,
         data: PairedEmbeddings,
         run_dir: Path,
-        model: IMPN,
+        model: nn.Module,
         config: TrainConfig,
         progress: bool = True,
     ) -> None:
@@ -86,7 +99,8 @@ class Trainer:
             )
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
-        self.names = list(model.config.modalities)
+        self.names = list(model.config.modalities)  # type: ignore[union-attr, arg-type]
+        self.mode = "soil" if hasattr(model, "embed") else "translate"
         splits = data.split_indices(config.split_seed)
         self.train_rows, self.val_rows = splits["train"], splits["val"]
         if len(self.train_rows) < 2:
@@ -102,18 +116,24 @@ class Trainer:
         pool = random_pools(len(self.val_rows), config.val_pool, 1, config.seed)[0]
         self.val_pool = self.val_rows[pool.numpy()]
         self.critic_rows = self.val_rows[:CRITIC_ROWS]
-        self.loss_fn = IMPNLoss(
-            LossWeights(**config.loss_weights),
-            contrastive_temperature=config.contrastive_temperature,
-            reconstruction=config.reconstruction,
-            drop_rate=config.modality_dropout,
+        self.loss_fn: Any = (
+            IMPNLoss(
+                LossWeights(**config.loss_weights),
+                contrastive_temperature=config.contrastive_temperature,
+                reconstruction=config.reconstruction,
+                drop_rate=config.modality_dropout,
+            )
+            if isinstance(model, IMPN)
+            else ModelObjective()
         )
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=config.lr,
             weight_decay=config.weight_decay,
         )
-        self.planner = Planner(config.planner_every) if config.planner else None
+        self.planner = (
+            Planner(config.planner_every) if config.planner and isinstance(model, IMPN) else None
+        )
         bs = min(config.batch_size, len(self.train_rows))
         self.batch_size = bs
         self.steps_per_epoch = len(self.train_rows) // bs
@@ -128,7 +148,7 @@ class Trainer:
         return {
             "best": self.best,
             "bad_evals": self.bad_evals,
-            "loss_weights": self.loss_fn.weights.as_dict(),
+            "loss_weights": self.loss_fn.weights.as_dict() if self.planner else {},
             "planner": self.planner.state_dict() if self.planner else None,
             "lr_schedule": {"kind": "warmup-cosine", "total_steps": self.total_steps},
         }
@@ -155,8 +175,8 @@ class Trainer:
         )
 
     def validate(self) -> dict[str, float]:
-        """Mean retrieval R@1 (soil space) over every ordered pair on the validation pool."""
-        encode = impn_encoder(self.model, self.data, "soil")
+        """Mean retrieval R@1 over every ordered pair on the validation pool."""
+        encode = model_encoder(self.model, self.data, self.mode)
         table = retrieval_table(self.data, self.val_pool, encode, pool=len(self.val_pool) + 1)
         out = {f"val/R@1/{r['source']}->{r['target']}": float(r["R@1"]) for r in table}  # type: ignore[arg-type]
         out["val/R@1"] = float(np.mean(list(out.values()))) if out else 0.0
@@ -171,6 +191,9 @@ class Trainer:
             out = self.loss_fn(self.model, batch, self._generator(0, 99))
         self.model.train(was_training)
         return -float(out.terms["contrastive"] + 0.5 * out.terms["cycle"])
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)  # type: ignore[operator]
 
     def _log(self, step: int, values: dict[str, float]) -> None:
         path = self.run_dir / METRICS
@@ -225,11 +248,12 @@ class Trainer:
                 self._log(step, last_val)
                 if last_val["val/R@1"] > self.best:
                     self.best, self.bad_evals = last_val["val/R@1"], 0
-                    self.model.save_pretrained(self.run_dir / "best")
+                    self.save(self.run_dir / "best")
                 else:
                     self.bad_evals += 1
                     stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
             if self.planner:
+                assert isinstance(self.model, IMPN)
                 decisions = self.planner.step(step, self.model, self.loss_fn, self.critic)
                 if decisions:
                     with (self.run_dir / PLANNER_LOG).open("a") as handle:
@@ -243,7 +267,7 @@ class Trainer:
                 loss=f"{terms['total']:.3f}", val_r1=f"{last_val.get('val/R@1', float('nan')):.3f}"
             )
         bar.close()
-        self.model.save_pretrained(self.run_dir)
+        self.save(self.run_dir)
         if self.writer is not None:
             self.writer.close()
         summary = {
@@ -288,15 +312,19 @@ def fit(
     train_config: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    method: str = "impn",
 ) -> dict[str, Any]:
     """Trains a model (or resumes a run) and returns the run summary.
 
     Args:
         data_dir: The data directory (optional when resuming: the run remembers it).
         run_dir: The run directory.
-        model_overrides: IMPNConfig fields other than the modalities (taken from the data).
+        model_overrides: Model config fields other than the modalities (taken from the data).
         train_config: Training settings (ignored when resuming: the run's own are used).
         resume: Continue the run in ``run_dir`` from its last complete state.
+        progress: Show a progress bar.
+        method: ``"impn"``, ``"contrastive-heads"`` or ``"mlp-translator"``; every method runs
+            under the same training config, so equal ``max_steps`` means an equal budget.
     """
     run_dir = Path(run_dir)
     if resume:
@@ -320,15 +348,16 @@ def fit(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
             "or choose a new --out"
         )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     data = PairedEmbeddings(data_dir)
-    model_config = build_model_config(data, model_overrides)
     torch.manual_seed(config.seed)
-    model = IMPN(model_config)
+    model = build_model(method, data_modalities(data, model_overrides), model_overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = {
         "data": str(Path(data_dir).resolve()),
+        "method": method,
         "train": asdict(config),
-        "model": model_config.to_dict(),
     }
     (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     config.to_json(run_dir / "train_config.json")

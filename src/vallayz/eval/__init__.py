@@ -1,6 +1,6 @@
 """Evaluation: retrieval metrics, stitching, perturbations for robustness sweeps."""
 
-from vallayz.eval.pairs import default_pairs, format_table, impn_encoder, retrieval_table
+from vallayz.eval.pairs import default_pairs, format_table, model_encoder, retrieval_table
 from vallayz.eval.perturb import add_noise_snr, drop_rows
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
 from vallayz.eval.stitching import fit_linear_classifier, stitching_accuracy
@@ -11,8 +11,8 @@ __all__ = [
     "drop_rows",
     "fit_linear_classifier",
     "format_table",
-    "impn_encoder",
     "keys_to_ids",
+    "model_encoder",
     "random_pools",
     "retrieval_metrics",
     "retrieval_ranks",

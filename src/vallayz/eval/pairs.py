@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,6 @@ from torch import Tensor
 
 from vallayz.data import PairedEmbeddings
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
-from vallayz.model import IMPN
 
 Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 """``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
@@ -19,17 +19,21 @@ Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 MODES = ("soil", "translate")
 
 
-def impn_encoder(
-    model: IMPN, data: PairedEmbeddings, mode: str = "soil", batch_size: int = 1024
+def model_encoder(
+    model: Any, data: PairedEmbeddings, mode: str = "soil", batch_size: int = 1024
 ) -> Encoder:
-    """Query/candidate vectors of an IMPN model.
+    """Query/candidate vectors of a model with ``embed`` and/or ``translate`` (IMPN, baselines).
 
-    ``soil``: queries are the soil embeddings of the sources (each embedded alone, averaged over
-    present sources), candidates the soil embeddings of the target. ``translate``: queries are
-    the sources translated into the target's native space, candidates the native targets.
+    ``soil``: queries are the shared-space embeddings of the sources (for IMPN each embedded
+    alone, averaged over present sources), candidates those of the target. ``translate``:
+    queries are the sources translated into the target's native space, candidates the native
+    targets.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    needed = "embed" if mode == "soil" else "translate"
+    if not hasattr(model, needed):
+        raise ValueError(f"{type(model).__name__} has no {needed}(); evaluate it with another mode")
 
     @torch.no_grad()
     def encode(sources: Sequence[str], target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:

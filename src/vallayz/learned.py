@@ -1,0 +1,260 @@
+"""Learned baselines trained by the same trainer as IMPN, at an equal budget.
+
+* :class:`ContrastiveHeads`: one linear head per modality into a shared space, trained with
+  symmetric InfoNCE over every present pair (CLIP-style, both sides projected). ``M`` heads.
+* :class:`MLPTranslator`: one MLP per *ordered pair* of modalities, trained on translation
+  loss. ``M(M−1)`` maps: the pairwise design IMPN's adapters replace.
+
+Both take pooled inputs (node inputs are mean-pooled over real nodes), speak the same
+modality-keyed vocabulary as :class:`~vallayz.model.IMPN`, and save as ``config.json`` +
+``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vallayz.config import IMPNConfig
+from vallayz.losses import LossOutput, info_nce, translation_loss
+from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
+from vallayz.types import Batch, Embeddings, Masks
+
+ARCHITECTURES = ("contrastive-heads", "mlp-translator")
+
+
+@dataclass
+class BaselineConfig:
+    """Configuration of a learned baseline."""
+
+    # "contrastive-heads" or "mlp-translator".
+    architecture: str
+    # Modality name -> native dimension.
+    modalities: dict[str, int]
+    # Shared embedding dimension of the contrastive heads.
+    dim: int = 256
+    # Hidden width of each pairwise MLP.
+    hidden: int = 512
+    # InfoNCE temperature of the contrastive heads.
+    temperature: float = 0.07
+    # Version of the checkpoint schema.
+    schema_version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
+            )
+        if len(self.modalities) < 2:
+            raise ValueError("a baseline links at least two modalities")
+        if self.dim < 1 or self.hidden < 1 or not self.temperature > 0:
+            raise ValueError("dim and hidden must be positive integers and temperature positive")
+
+
+class _Baseline(nn.Module):
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.names = list(config.modalities)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _batch(
+        self,
+        x: Tensor | Embeddings | Batch,
+        source: str | None,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Batch:
+        if isinstance(x, Tensor):
+            if source is None:
+                raise ValueError("a single tensor needs its modality: pass source='<name>'")
+            x = {source: x}
+        batch = Batch.of(x, present, padding)
+        batch.validate(IMPNConfig(modalities=self.config.modalities))
+        return batch
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes ``config.json`` and ``model.safetensors``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / (WEIGHTS_NAME + ".tmp")))
+        (directory / (CONFIG_NAME + ".tmp")).write_text(
+            json.dumps(asdict(self.config), indent=2) + "\n"
+        )
+        (directory / (WEIGHTS_NAME + ".tmp")).replace(directory / WEIGHTS_NAME)
+        (directory / (CONFIG_NAME + ".tmp")).replace(directory / CONFIG_NAME)
+
+
+class ContrastiveHeads(_Baseline):
+    """A linear head per modality into a shared space (CLIP-style).
+
+    Shape:
+        ``embed``: ``{m: [B, d_m] or [B, T, d_m]}`` → ``[B, dim]``.
+    """
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__(config)
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(d, config.dim) for m, d in config.modalities.items()}
+        )
+
+    def embed(
+        self,
+        x: Tensor | Embeddings | Batch,
+        modality: str | None = None,
+        *,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Tensor:
+        """Mean of the normalised head outputs of the present modalities of each row."""
+        batch = self._batch(x, modality, present, padding)
+        pooled = batch.pooled()
+        total = torch.zeros(batch.batch_size, self.config.dim, device=self.device)
+        count = torch.zeros(batch.batch_size, 1, device=self.device)
+        for name, values in pooled.items():
+            weight = batch.present[name].to(self.device)[:, None].float()
+            clean = torch.where(
+                weight.bool(), values.to(self.device), torch.zeros_like(values.to(self.device))
+            )
+            total = total + weight * F.normalize(self.heads[name](clean), dim=-1)
+            count = count + weight
+        return total / count
+
+    def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        """Mean symmetric InfoNCE over every pair present in at least two rows."""
+        pooled = batch.pooled()
+        terms: dict[str, Tensor] = {}
+        for a, b in itertools.combinations(batch.embeddings, 2):
+            both = (batch.present[a] & batch.present[b]).to(self.device)
+            if int(both.sum()) >= 2:
+                za = self.heads[a](pooled[a].to(self.device)[both])
+                zb = self.heads[b](pooled[b].to(self.device)[both])
+                terms[f"contrastive/{a}-{b}"] = info_nce(za, zb, self.config.temperature)
+        total = (
+            torch.stack(list(terms.values())).mean()
+            if terms
+            else torch.zeros((), device=self.device)
+        )
+        terms["contrastive"] = total
+        return LossOutput(total=total, terms=terms)
+
+
+class MLPTranslator(_Baseline):
+    """One MLP per ordered pair of modalities: ``M(M−1)`` maps.
+
+    Shape:
+        ``translate``: ``{m: [B, d_m]}`` → ``[B, d_target]``.
+    """
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__(config)
+        dims = config.modalities
+        self.maps = nn.ModuleDict(
+            {
+                f"{a}__{b}": nn.Sequential(
+                    nn.LayerNorm(dims[a]),
+                    nn.Linear(dims[a], config.hidden),
+                    nn.GELU(),
+                    nn.Linear(config.hidden, dims[b]),
+                )
+                for a, b in itertools.permutations(dims, 2)
+            }
+        )
+
+    def translate(
+        self,
+        x: Tensor | Embeddings | Batch,
+        source: str | None = None,
+        target: str = "",
+        *,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Tensor:
+        """Mean of the translations from every present source modality of each row."""
+        if target not in self.config.modalities:
+            raise ValueError(f"unknown target modality {target!r}; this model knows {self.names}")
+        batch = self._batch(x, source, present, padding)
+        if target in batch.embeddings:
+            raise ValueError(f"target modality {target!r} is also an input; leave it out")
+        pooled = batch.pooled()
+        total = torch.zeros(batch.batch_size, self.config.modalities[target], device=self.device)
+        count = torch.zeros(batch.batch_size, 1, device=self.device)
+        for name, values in pooled.items():
+            weight = batch.present[name].to(self.device)[:, None].float()
+            values = values.to(self.device)
+            clean = torch.where(weight.bool(), values, torch.zeros_like(values))
+            total = total + weight * self.maps[f"{name}__{target}"](clean)
+            count = count + weight
+        return total / count
+
+    def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        """Mean translation loss over every ordered pair present in a row."""
+        pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
+        terms: dict[str, Tensor] = {}
+        for a, b in itertools.permutations(batch.embeddings, 2):
+            both = (batch.present[a] & batch.present[b]).to(self.device)
+            if bool(both.any()):
+                prediction = self.maps[f"{a}__{b}"](pooled[a][both])
+                terms[f"translation/{a}-{b}"] = translation_loss(prediction, pooled[b][both])
+        total = (
+            torch.stack(list(terms.values())).mean()
+            if terms
+            else torch.zeros((), device=self.device)
+        )
+        terms["translation"] = total
+        return LossOutput(total=total, terms=terms)
+
+
+def build_model(
+    method: str, modalities: dict[str, int], overrides: dict[str, Any] | None = None
+) -> nn.Module:
+    """A fresh model of ``method`` (``"impn"`` or a baseline architecture) for ``modalities``."""
+    fields = {k: v for k, v in (overrides or {}).items() if k != "modalities"}
+    if method == "impn":
+        return IMPN(IMPNConfig.from_dict({**fields, "modalities": modalities}))
+    config = BaselineConfig(architecture=method, modalities=modalities, **fields)
+    return ContrastiveHeads(config) if method == "contrastive-heads" else MLPTranslator(config)
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Loads any checkpoint written by ``save_pretrained`` (IMPN or a learned baseline)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"cannot read {config_path} ({err}); is {directory} a vallayz checkpoint?"
+        ) from err
+    if "architecture" not in raw:
+        return IMPN.from_pretrained(directory, device)
+    config = BaselineConfig(**raw)
+    model: _Baseline = (
+        ContrastiveHeads(config)
+        if config.architecture == "contrastive-heads"
+        else MLPTranslator(config)
+    )
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
+        model.load_state_dict(state)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{directory / WEIGHTS_NAME} is missing, corrupt or does not match {config_path}: {err}"
+        ) from err
+    return model.to(device)
