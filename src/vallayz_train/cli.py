@@ -221,6 +221,61 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
+    """``"a+b->c"`` → ``(("a", "b"), "c")``."""
+    if "->" not in text:
+        raise UsageError(f"pair {text!r} must look like source->target or a+b->target")
+    sources, target = text.split("->", 1)
+    return tuple(s for s in sources.split("+") if s), target
+
+
+def _train_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    from vallayz_train.config import TrainConfig
+
+    file = _load_json(args.config) if args.config else {}
+    train = dict(file.get("train", {}))
+    for key in ("max_steps", "epochs", "batch_size", "device", "seed"):
+        if getattr(args, key, None) is not None:
+            train[key] = getattr(args, key)
+    return file.get("model"), TrainConfig.from_dict(train)
+
+
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from vallayz.eval import format_table
+    from vallayz_train.bench import BenchSpec, run_benchmark
+
+    model, train = _train_args(args)
+    pairs = [parse_pair(p) for p in args.pairs] if args.pairs else None
+    spec = BenchSpec(pairs=pairs, pool=args.pool, pools=args.pools, seed=args.seed_eval)
+    results = run_benchmark(args.data, args.out, spec, train, model, progress=not args.quiet)
+    rows = [r for r in results["retrieval"] if r["pool"] == "all" and r["queries_from"] == "all"]
+    print(format_table(rows, ["method", "source", "target", "queries", "R@1", "R@5", "MRR"]))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_bench_scaling(args: argparse.Namespace) -> int:
+    from vallayz.eval import format_table
+    from vallayz_train.scaling import scaling_table
+
+    counts = tuple(range(2, args.max_modalities + 1))
+    table = format_table(scaling_table(counts, repeats=args.repeats, batch_size=args.batch_size))
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vallayz_train.bench import write_report
+
+    path = Path(args.bench) / "results.json"
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; run vallayz bench first")
+    print(f"wrote {write_report(Path(args.bench), json.loads(path.read_text()))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="vallayz", description=__doc__)
@@ -283,6 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=_cmd_retrieve)
 
+    p = sub.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser(
+        "data", help="every method on one data directory, with sweeps and a report"
+    )
+    b.add_argument("data")
+    b.add_argument("--out", required=True)
+    b.add_argument("--pairs", nargs="+", help="directions such as bo->en or bo+speech->en")
+    _bench_options(b)
+    b.set_defaults(func=_cmd_bench_data)
+    b = bench.add_parser("scaling", help="parameters and step time for M = 2..N modalities")
+    b.add_argument("--max-modalities", dest="max_modalities", type=int, default=8)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--batch-size", dest="batch_size", type=int, default=128)
+    b.add_argument("--output", help="also write the table to this file")
+    b.set_defaults(func=_cmd_bench_scaling)
+
+    p = sub.add_parser("report", help="rewrite report.md and plots of a benchmark folder")
+    p.add_argument("bench")
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("check", help="validate a data directory and print a summary")
     p.add_argument("data")
     p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
@@ -296,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
     p.set_defaults(func=_cmd_plot)
     return parser
+
+
+def _bench_options(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
+    b.add_argument("--max-steps", dest="max_steps", type=int)
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--batch-size", dest="batch_size", type=int)
+    b.add_argument("--seed", type=int)
+    b.add_argument("--device", choices=["cpu", "cuda"])
+    b.add_argument("--pool", type=int, default=1000)
+    b.add_argument("--pools", type=int, default=5)
+    b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")
+    b.add_argument("--quiet", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vallayz.baselines import LatentTranslator
 from vallayz.data import PairedEmbeddings
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
 
@@ -19,9 +20,7 @@ Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 MODES = ("soil", "translate")
 
 
-def model_encoder(
-    model: Any, data: PairedEmbeddings, mode: str = "soil", batch_size: int = 1024
-) -> Encoder:
+def model_encoder(model: Any, data: Any, mode: str = "soil", batch_size: int = 1024) -> Encoder:
     """Query/candidate vectors of a model with ``embed`` and/or ``translate`` (IMPN, baselines).
 
     ``soil``: queries are the shared-space embeddings of the sources (for IMPN each embedded
@@ -55,13 +54,67 @@ def model_encoder(
     return encode
 
 
+class ClosedFormEncoder:
+    """Translates with one closed-form map per ``(source, target)`` pair, fitted lazily on anchor
+    rows where both are present; several sources are averaged (each translated on its own).
+
+    Args:
+        data: The data set whose rows are encoded.
+        anchors: Row indices the maps are fitted on (the training split).
+        method: A :class:`~vallayz.baselines.LatentTranslator` method.
+        normalisation: Its normalisation.
+        anchor_data: Where the anchors are read from (default ``data``), so that a perturbed
+            view of the data is encoded with maps fitted on the clean rows.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        anchors: np.ndarray,
+        method: str,
+        normalisation: str = "standard",
+        anchor_data: PairedEmbeddings | None = None,
+    ) -> None:
+        self.data, self.anchors = data, anchors
+        self.anchor_data = anchor_data if anchor_data is not None else data
+        self.method, self.normalisation = method, normalisation
+        self.maps: dict[tuple[str, str], Any] = {}
+
+    def translator(self, source: str, target: str) -> Any:
+        """The fitted map ``source → target``."""
+        if (source, target) not in self.maps:
+            present = self.anchor_data.present
+            rows = self.anchors[present[source][self.anchors] & present[target][self.anchors]]
+            pooled = self.anchor_data.batch(rows, [source, target]).pooled()
+            self.maps[source, target] = LatentTranslator(self.method, self.normalisation).fit(
+                pooled[source].double(), pooled[target].double()
+            )
+        return self.maps[source, target]
+
+    def __call__(
+        self, sources: Sequence[str], target: str, rows: np.ndarray
+    ) -> tuple[Tensor, Tensor]:
+        batch = self.data.batch(rows, [*sources, target])
+        pooled = batch.pooled()
+        total = torch.zeros(len(rows), pooled[target].shape[1], dtype=torch.float64)
+        count = torch.zeros(len(rows), 1, dtype=torch.float64)
+        for source in sources:
+            weight = batch.present[source][:, None].double()
+            values = torch.where(
+                weight.bool(), pooled[source].double(), torch.zeros_like(pooled[source].double())
+            )
+            total += weight * self.translator(source, target).transform(values)
+            count += weight
+        return (total / count).float(), pooled[target]
+
+
 def default_pairs(modalities: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
     """Every ordered pair ``((source,), target)`` of distinct modalities."""
     return [((a,), b) for a, b in itertools.permutations(modalities, 2)]
 
 
 def retrieval_table(
-    data: PairedEmbeddings,
+    data: Any,
     rows: np.ndarray,
     encode: Encoder,
     pairs: Sequence[tuple[tuple[str, ...], str]] | None = None,
@@ -69,7 +122,8 @@ def retrieval_table(
     pools: int = 5,
     seed: int = 0,
 ) -> list[dict[str, object]]:
-    """Retrieval metrics for each ``(sources → target)`` pair on the given rows.
+    """Retrieval metrics for each ``(sources → target)`` pair on the given rows of ``data`` (a
+    :class:`~vallayz.data.PairedEmbeddings` or a :class:`~vallayz.eval.PerturbedView` of one).
 
     For each pair only rows where every source and the target are present take part. Metrics
     are reported for ``pools`` random pools of ``pool`` items (mean over pools; the same pools

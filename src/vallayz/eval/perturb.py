@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from vallayz.types import Batch
 
 
 def add_noise_snr(x: Tensor, snr_db: float, generator: torch.Generator | None = None) -> Tensor:
@@ -32,3 +37,74 @@ def drop_rows(items: int, rate: float, generator: torch.Generator | None = None)
     dropped = torch.randperm(items, generator=generator)[: round(rate * items)]
     present[dropped] = False
     return present
+
+
+class PerturbedView:
+    """A read-only view of a data set whose chosen modalities are noisy or missing.
+
+    Encoders read rows through :meth:`batch`, so every method sees the same perturbation.
+    ``present`` keeps the original masks (it decides which rows take part); ``batch`` applies
+    the extra absences and the noise.
+
+    Args:
+        data: The underlying :class:`~vallayz.data.PairedEmbeddings`.
+        absent: Modality → ``[N]`` bool, rows to treat as missing.
+        noisy: Modalities to perturb with Gaussian noise.
+        snr_db: Signal-to-noise ratio of that noise (None: no noise).
+        seed: Seed of the noise; the draw for a row depends only on ``seed`` and the row.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        absent: dict[str, np.ndarray] | None = None,
+        noisy: tuple[str, ...] = (),
+        snr_db: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.absent = absent or {}
+        self.noisy, self.snr_db, self.seed = noisy, snr_db, seed
+        self.present = data.present
+        self.arrays = data.arrays
+
+    def keys(self, modality: str | None = None) -> list[str]:
+        return list(self.data.keys(modality))
+
+    def batch(self, rows: Any, modalities: Any = None) -> Batch:
+        batch = self.data.batch(rows, modalities)
+        rows = np.asarray(rows)
+        embeddings = dict(batch.embeddings)
+        present = dict(batch.present)
+        for name in embeddings:
+            if name in self.absent:
+                present[name] = present[name] & ~torch.from_numpy(self.absent[name][rows])
+            if self.snr_db is not None and name in self.noisy:
+                noisy = []
+                for row, x in zip(rows.tolist(), embeddings[name], strict=True):
+                    generator = torch.Generator().manual_seed(self.seed * 1_000_003 + row)
+                    noisy.append(add_noise_snr(x[None], self.snr_db, generator)[0])
+                embeddings[name] = torch.stack(noisy)
+        return Batch(embeddings, present, dict(batch.padding))
+
+
+def drop_sources(
+    presents: dict[str, np.ndarray], rate: float, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Marks each source modality absent for ``rate`` of the rows where it is present,
+    independently per modality, then restores one (chosen at random) in rows left with none.
+
+    Returns:
+        Modality → ``[N]`` bool, the rows to treat as missing.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(presents)
+    absent = {m: presents[m] & (rng.random(len(presents[m])) < rate) for m in names}
+    left = np.zeros(len(presents[names[0]]), dtype=bool)
+    for m in names:
+        left |= presents[m] & ~absent[m]
+    for row in np.flatnonzero(~left):
+        options = [m for m in names if presents[m][row]]
+        if options:
+            absent[options[rng.integers(len(options))]][row] = False
+    return absent

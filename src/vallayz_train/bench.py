@@ -1,0 +1,315 @@
+"""A benchmark on one data directory: every method, one split, one set of pools and seeds.
+
+Trains IMPN and the learned baselines under one training config (an equal step budget), fits
+the closed-form maps on the training rows, evaluates every method on the test split with the
+same random pools, runs the missing-modality and noise sweeps, and writes ``results.json``,
+``report.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vallayz.data import PairedEmbeddings
+from vallayz.eval import (
+    ClosedFormEncoder,
+    PerturbedView,
+    default_pairs,
+    drop_sources,
+    format_table,
+    model_encoder,
+    retrieval_table,
+)
+from vallayz.learned import load_pretrained
+from vallayz_train.config import TrainConfig
+from vallayz_train.trainer import fit
+
+Pair = tuple[tuple[str, ...], str]
+
+
+@dataclass
+class BenchSpec:
+    """What a benchmark evaluates."""
+
+    # (sources, target) retrieval directions; None means every ordered pair of modalities.
+    pairs: list[Pair] | None = None
+    # Candidate pool size, number of random pools, and their seed.
+    pool: int = 1000
+    pools: int = 5
+    seed: int = 0
+    # Learned methods trained under the same TrainConfig.
+    methods: tuple[str, ...] = ("impn", "contrastive-heads", "mlp-translator")
+    # Closed-form maps fitted on the training rows.
+    closed_form: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine")
+    # Pre-processing of the closed-form maps.
+    normalisation: str = "standard"
+    # Test-time missing rates of the sweep (on pairs with several sources).
+    missing_rates: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    # Signal-to-noise ratios (dB) of the noise sweep on the sources of the first pair.
+    snrs: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
+    # Split of the evaluation.
+    split: str = "test"
+    # Extra row subsets evaluated separately, e.g. {"novel": rows}.
+    subsets: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _encoders(
+    data: PairedEmbeddings | PerturbedView,
+    runs: dict[str, Path],
+    train_rows: np.ndarray,
+    spec: BenchSpec,
+    clean: PairedEmbeddings,
+) -> dict[str, Any]:
+    encoders: dict[str, Any] = {}
+    for method, run in runs.items():
+        model = load_pretrained(run).eval()
+        if hasattr(model, "embed"):
+            encoders[f"{method} (shared space)"] = model_encoder(model, data, "soil")  # type: ignore[arg-type]
+        if hasattr(model, "translate"):
+            encoders[f"{method} (translate)"] = model_encoder(model, data, "translate")  # type: ignore[arg-type]
+    for name in spec.closed_form:
+        encoders[f"{name} ({spec.normalisation})"] = ClosedFormEncoder(
+            data,  # type: ignore[arg-type]
+            train_rows,
+            name,
+            spec.normalisation,
+            anchor_data=clean,
+        )
+    return encoders
+
+
+def run_benchmark(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    spec: BenchSpec | None = None,
+    train: TrainConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Runs the whole benchmark; returns (and writes) its results.
+
+    Runs already in ``out_dir`` (a ``summary.json`` beside them) are reused, so an interrupted
+    benchmark continues where it stopped.
+    """
+    spec = spec or BenchSpec()
+    train = train or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = PairedEmbeddings(data_dir)
+    splits = data.split_indices(train.split_seed)
+    rows = splits[spec.split]
+    pairs = spec.pairs or default_pairs(list(data.arrays))
+    runs: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+    for method in spec.methods:
+        run = out / method
+        if not (run / "summary.json").exists():
+            if run.exists() and (run / "latest").exists():
+                log(f"resuming {method} in {run}")
+                started = time.perf_counter()
+                fit(data_dir, run, resume=True, progress=progress)
+            else:
+                log(f"training {method} -> {run}")
+                started = time.perf_counter()
+                fit(
+                    data_dir,
+                    run,
+                    model_overrides if method == "impn" else None,
+                    train,
+                    progress=progress,
+                    method=method,
+                )
+            timings[method] = time.perf_counter() - started
+        runs[method] = run
+
+    log(f"evaluating on the {spec.split} split ({len(rows)} rows)")
+    retrieval: list[dict[str, Any]] = []
+    subsets = {"all": rows, **{k: np.asarray(v) for k, v in spec.subsets.items()}}
+    for method, encode in _encoders(data, runs, splits["train"], spec, data).items():
+        for subset, subset_rows in subsets.items():
+            for row in retrieval_table(
+                data, subset_rows, encode, pairs, spec.pool, spec.pools, spec.seed
+            ):
+                retrieval.append({"method": method, "queries_from": subset, **row})
+
+    missing: list[dict[str, Any]] = []
+    for sources, target in [p for p in pairs if len(p[0]) > 1]:
+        for rate in spec.missing_rates:
+            absent = drop_sources({s: data.present[s] for s in sources}, rate, spec.seed)
+            view = PerturbedView(data, absent=absent)
+            for method, encode in _encoders(view, runs, splits["train"], spec, data).items():
+                table = retrieval_table(
+                    view, rows, encode, [(sources, target)], spec.pool, spec.pools, spec.seed
+                )  # type: ignore[arg-type]
+                for row in table:
+                    missing.append({"method": method, "missing_rate": rate, **row})
+
+    noise: list[dict[str, Any]] = []
+    sources, target = pairs[0]
+    for snr in spec.snrs:
+        view = PerturbedView(data, noisy=sources, snr_db=snr, seed=spec.seed)
+        for method, encode in _encoders(view, runs, splits["train"], spec, data).items():
+            for row in retrieval_table(
+                view, rows, encode, [(sources, target)], spec.pool, spec.pools, spec.seed
+            ):  # type: ignore[arg-type]
+                noise.append({"method": method, "snr_db": snr, **row})
+
+    results = {
+        "data": str(Path(data_dir).resolve()),
+        "split": spec.split,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "spec": asdict(spec) | {"subsets": {k: len(v) for k, v in spec.subsets.items()}},
+        "train": asdict(train),
+        "train_seconds": timings,
+        "hardware": _hardware(train.device),
+        "retrieval": retrieval,
+        "missing_sweep": missing,
+        "noise_sweep": noise,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out, results)
+    return results
+
+
+def _hardware(device: str) -> str:
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} ({cpu})"
+    return f"CPU ({cpu})"
+
+
+def _select(rows: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """Writes ``report.md`` (and PNG plots when matplotlib is installed) from ``results``."""
+    spec = results["spec"]
+    lines = [
+        "# Benchmark report",
+        "",
+        f"- data: `{results['data']}`; split `{results['split']}` "
+        f"(sizes {results['split_sizes']}), split by group with seed "
+        f"{results['train']['split_seed']}",
+        f"- pools: {spec['pools']} random pools of {spec['pool']} (seed {spec['seed']}) and the "
+        "whole split; a hit counts when the retrieved item's gold key equals the query's",
+        f"- learned methods trained under one budget: max_steps={results['train']['max_steps']}, "
+        f"epochs={results['train']['epochs']}, batch_size={results['train']['batch_size']}, "
+        f"seed={results['train']['seed']}; closed-form maps fitted on the training rows "
+        f"({spec['normalisation']} scaling)",
+        f"- hardware: {results['hardware']}; training seconds "
+        f"{results['train_seconds'] or '(reused runs)'}",
+        "",
+        "## Retrieval",
+        "",
+    ]
+    columns = [
+        "method",
+        "source",
+        "target",
+        "pool",
+        "queries",
+        "R@1",
+        "R@5",
+        "R@10",
+        "MRR",
+        "median_rank",
+    ]
+    for subset in dict.fromkeys(r["queries_from"] for r in results["retrieval"]):
+        lines += [
+            f"### queries: {subset}",
+            "",
+            format_table(_select(results["retrieval"], queries_from=subset), columns),
+            "",
+        ]
+    if results["missing_sweep"]:
+        lines += ["## Missing-modality sweep (sources dropped at test)", ""]
+        lines += [
+            format_table(
+                results["missing_sweep"],
+                ["method", "missing_rate", "source", "target", "pool", "R@1", "R@5"],
+            ),
+            "",
+        ]
+    if results["noise_sweep"]:
+        lines += ["## Noise sweep (Gaussian noise on the sources at the given SNR)", ""]
+        lines += [
+            format_table(
+                results["noise_sweep"],
+                ["method", "snr_db", "source", "target", "pool", "R@1", "R@5"],
+            ),
+            "",
+        ]
+    try:
+        plots = _plots(out, results)
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    except ImportError:
+        lines += ["(plots need matplotlib: pip install 'vallayz[plot]')"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
+    from vallayz_train.plots import _pyplot
+
+    plt = _pyplot()
+    paths = []
+    retrieval = _select(results["retrieval"], queries_from="all")
+    directions = list(dict.fromkeys((r["source"], r["target"]) for r in retrieval))
+    pool = str(results["spec"]["pool"])
+    fig, axes = plt.subplots(
+        1, len(directions), figsize=(4.5 * len(directions), 3.8), squeeze=False
+    )
+    for ax, (source, target) in zip(axes.flat, directions, strict=True):
+        chosen = [r for r in retrieval if (r["source"], r["target"]) == (source, target)]
+        chosen = [r for r in chosen if r["pool"] == pool] or [
+            r for r in chosen if r["pool"] == "all"
+        ]
+        for r in chosen:
+            ax.plot([1, 5, 10], [r["R@1"], r["R@5"], r["R@10"]], marker="o", label=r["method"])
+        ax.set_title(f"{source} → {target} (pool {chosen[0]['pool'] if chosen else '-'})")
+        ax.set_xlabel("k")
+        ax.set_ylabel("R@k")
+        ax.set_ylim(0, 1)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "recall_at_k.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    for key, xlabel, name in (
+        ("missing_sweep", "missing_rate", "missing.png"),
+        ("noise_sweep", "snr_db", "noise.png"),
+    ):
+        rows = [r for r in results[key] if r["pool"] == pool] or [
+            r for r in results[key] if r["pool"] == "all"
+        ]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in dict.fromkeys(r["method"] for r in rows):
+            chosen = [r for r in rows if r["method"] == method]
+            ax.plot(
+                [r[xlabel] for r in chosen], [r["R@1"] for r in chosen], marker="o", label=method
+            )
+        ax.set_xlabel(xlabel.replace("_", " "))
+        ax.set_ylabel("R@1")
+        ax.set_title(f"{rows[0]['source']} → {rows[0]['target']}")
+        if key == "noise_sweep":
+            ax.invert_xaxis()
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
