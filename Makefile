@@ -1,10 +1,19 @@
-# Every target does its own set-up: a fresh machine needs only Python 3.10+ and pip.
+# Every target does its own set-up: a fresh machine needs only Python 3.10+, pip and Debian's apt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/tibetan-demo
 
-.PHONY: test lint typecheck unit clean
+.PHONY: test lint typecheck unit system-deps demo clean
+
+# espeak-ng synthesizes the speech of the Tibetan benchmark.
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "install espeak-ng with your package manager" >&2; exit 1; fi; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +21,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch 2.13.0 lies on this machine's disk; naming it first keeps pip
 	# from pulling a multi-GB CUDA build to satisfy the package's `torch>=2.4`.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,tibetan]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -22,10 +31,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The main job on a CPU-sized subset of the corpus (about 10,000 pairs, 1,000 with speech).
+demo: $(STAMP) system-deps
+	$(BIN)/vallayz bench tibetan --out $(DEMO_OUT) --pairs 10000 --speech 1000 --max-steps 400 --quiet
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -266,6 +266,61 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
+    from vallayz.data import PairedEmbeddings
+    from vallayz.eval import format_table
+    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus, translate_text
+
+    if args.eval_corpus:
+        if not args.run:
+            raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
+        evaluate_corpus(args.run, args.eval_corpus, args.out, args.pool, args.pools, not args.quiet)
+        return 0
+    model, train = _train_args(args)
+    if train.max_steps is None and not args.config:
+        train.max_steps = 800
+    train.eval_every = min(train.eval_every, 200)
+    results = bench_tibetan(
+        args.out,
+        args.corpus,
+        None if args.full else args.pairs,
+        args.speech,
+        args.speech_features,
+        train,
+        model,
+        args.pool,
+        args.pools,
+        progress=not args.quiet,
+    )
+    rows = [
+        r
+        for r in results["retrieval"]
+        if r["pool"] in (str(args.pool), "all") and r["queries_from"] == "all"
+    ]
+    print(
+        format_table(rows, ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"])
+    )
+    items = PairedEmbeddings(results["data"], check_values=False).items
+    for item in [i for i in items if i["split"] == "test"][: args.examples]:
+        best = translate_text(Path(args.out) / "impn", "bo", item["text_bo"], k=1)[0]
+        print(f"\nbo:        {item['text_bo']}\ngold en:   {item['text_en']}")
+        print(f"retrieved: {best[2]} (score {best[1]:.3f})")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_translate_text(args: argparse.Namespace) -> int:
+    from vallayz_train.tibetan.bench import translate_text
+
+    if not args.text and not args.audio:
+        raise UsageError('give a Tibetan line ("...") or --audio FILE.wav')
+    for rank, (item, score, english) in enumerate(
+        translate_text(args.run, args.source, args.text, args.audio, args.k), start=1
+    ):
+        print(f"{rank}. {score:.4f}  {english}  [{item}]")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from vallayz_train.bench import write_report
 
@@ -354,6 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", dest="batch_size", type=int, default=128)
     b.add_argument("--output", help="also write the table to this file")
     b.set_defaults(func=_cmd_bench_scaling)
+
+    b = bench.add_parser("tibetan", help="Classical Tibetan / generated speech / English")
+    b.add_argument("--out", default="runs/tibetan")
+    b.add_argument("--corpus", help="doc<TAB>bo<TAB>en TSV (.xz or plain) or a text-pairs folder")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--pairs", type=int, default=20000, help="random subset of unique pairs")
+    size.add_argument("--full", action="store_true", help="the whole corpus")
+    b.add_argument("--speech", type=int, default=2000, help="items with synthesized speech")
+    b.add_argument(
+        "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
+    )
+    b.add_argument("--examples", type=int, default=3, help="example translations to print")
+    b.add_argument("--eval-corpus", dest="eval_corpus", help="evaluate --run on this corpus only")
+    b.add_argument("--run", help="trained run for --eval-corpus")
+    _bench_options(b)
+    b.set_defaults(func=_cmd_bench_tibetan)
+
+    p = sub.add_parser("translate-text", help="English candidates for a Tibetan line or recording")
+    p.add_argument("run", help="a run of vallayz bench tibetan, e.g. runs/tibetan/impn")
+    p.add_argument("text", nargs="?", help="a Tibetan line")
+    p.add_argument("--source", default="bo")
+    p.add_argument("--audio", help="a WAV recording instead of text")
+    p.add_argument("--k", type=int, default=5)
+    p.set_defaults(func=_cmd_translate_text)
 
     p = sub.add_parser("report", help="rewrite report.md and plots of a benchmark folder")
     p.add_argument("bench")

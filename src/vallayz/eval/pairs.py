@@ -65,6 +65,8 @@ class ClosedFormEncoder:
         normalisation: Its normalisation.
         anchor_data: Where the anchors are read from (default ``data``), so that a perturbed
             view of the data is encoded with maps fitted on the clean rows.
+        maps: A dict of fitted maps to share between encoders of one method and anchors
+            (filled on first use).
     """
 
     def __init__(
@@ -74,11 +76,12 @@ class ClosedFormEncoder:
         method: str,
         normalisation: str = "standard",
         anchor_data: PairedEmbeddings | None = None,
+        maps: dict[tuple[str, str], Any] | None = None,
     ) -> None:
         self.data, self.anchors = data, anchors
         self.anchor_data = anchor_data if anchor_data is not None else data
         self.method, self.normalisation = method, normalisation
-        self.maps: dict[tuple[str, str], Any] = {}
+        self.maps: dict[tuple[str, str], Any] = maps if maps is not None else {}
 
     def translator(self, source: str, target: str) -> Any:
         """The fitted map ``source → target``."""

@@ -1,0 +1,1 @@
+"""The Classical Tibetan / generated speech / English benchmark: corpus, encoders, command."""

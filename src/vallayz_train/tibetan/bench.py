@@ -1,0 +1,258 @@
+"""``vallayz bench tibetan`` and ``vallayz translate-text``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vallayz.data import PairedEmbeddings, write_paired_embeddings
+from vallayz.eval import format_table, model_encoder, retrieval_table
+from vallayz.learned import load_pretrained
+from vallayz_train.bench import BenchSpec, run_benchmark
+from vallayz_train.config import TrainConfig
+from vallayz_train.tibetan.corpus import build_corpus, read_segments
+from vallayz_train.tibetan.encoders import (
+    TibetanEncoder,
+    audio_features,
+    cached_encode,
+    english_encoder,
+    speech_encoder,
+)
+
+PAIRS = [(("bo",), "en"), (("en",), "bo"), (("speech",), "en"), (("bo", "speech"), "en")]
+ENCODER_DIR = "encoders"
+
+# Sized so that a CPU subset run stays within minutes; raise soil_dim/hidden_dim on a GPU.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "soil_dim": 128,
+    "hidden_dim": 256,
+    "layers": 2,
+    "heads": 4,
+    "variants": 2,
+    "top_k": 4,
+    "sigma": 0.05,
+    "gate_hidden": 32,
+    "ffn_mult": 2,
+    "dropout": 0.0,
+}
+SPEECH_NODES = 8
+
+
+def build_data(
+    out: Path,
+    corpus_path: str | None,
+    max_pairs: int | None,
+    speech_items: int,
+    speech_kind: str = "mfcc",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+) -> tuple[Path, dict[str, list[int]]]:
+    """Encodes the corpus into a data directory; returns it and the "novel" test rows."""
+    data_dir = out / "data"
+    cache = out / "cache"
+    corpus = build_corpus(read_segments(corpus_path), seed=seed, max_pairs=max_pairs)
+    sizes = {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
+    log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
+
+    english = cached_encode(
+        "en-minilm", corpus.en, english_encoder(device), cache, progress=progress
+    )
+    train_bo = [corpus.bo[i] for i in corpus.indices("train")]
+    tibetan = TibetanEncoder().fit(train_bo, seed=seed)
+    tibetan.save(data_dir / ENCODER_DIR)
+    bo = cached_encode(
+        f"bo-tfidf-{tibetan.fingerprint()}", corpus.bo, tibetan, cache, progress=progress
+    )
+
+    rng = np.random.default_rng(seed)
+    speech_rows = np.sort(
+        rng.choice(len(corpus), size=min(speech_items, len(corpus)), replace=False)
+    )
+    has_speech = np.zeros(len(corpus), dtype=bool)
+    has_speech[speech_rows] = True
+    lines = [corpus.bo[i] for i in speech_rows]
+    frames = cached_encode(
+        f"speech-{speech_kind}",
+        lines,
+        speech_encoder(speech_kind, SPEECH_NODES),
+        cache,
+        chunk=256,
+        progress=progress,
+    )
+    speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
+    speech[speech_rows] = frames
+
+    items = [
+        {
+            "id": f"s{i:06d}",
+            "group": corpus.docs[i],
+            "split": corpus.split[i],
+            "text_en": corpus.en[i],
+            "text_bo": corpus.bo[i],
+            "text_speech": corpus.bo[i],
+        }
+        for i in range(len(corpus))
+    ]
+    write_paired_embeddings(
+        data_dir,
+        {"bo": bo.astype(np.float32), "en": english.astype(np.float16), "speech": speech},
+        items,
+        present={"speech": has_speech},
+    )
+    (data_dir / "speech.json").write_text(
+        json.dumps({"kind": speech_kind, "nodes": int(speech.shape[1])}) + "\n"
+    )
+    return data_dir, {"novel": corpus.novel().tolist()}
+
+
+def bench_tibetan(
+    out: str | Path,
+    corpus_path: str | None = None,
+    max_pairs: int | None = 20000,
+    speech_items: int = 2000,
+    speech_kind: str = "mfcc",
+    train: TrainConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    pool: int = 1000,
+    pools: int = 5,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Encodes the corpus, trains every method at an equal budget and writes the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = train or TrainConfig(
+        max_steps=800, batch_size=256, eval_every=200, checkpoint_every=200, warmup_steps=50
+    )
+    data_dir, subsets = build_data(
+        out,
+        corpus_path,
+        max_pairs,
+        speech_items,
+        speech_kind,
+        train.seed,
+        train.device,
+        progress,
+        log,
+    )
+    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, subsets=subsets)
+    return run_benchmark(
+        data_dir, out, spec, train, {**MODEL_DEFAULTS, **(model_overrides or {})}, progress, log
+    )
+
+
+def _run_data(run_dir: Path) -> PairedEmbeddings:
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise ValueError(f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)")
+    return PairedEmbeddings(json.loads(run_file.read_text())["data"], check_values=False)
+
+
+def translate_text(
+    run_dir: str | Path, source: str, text: str | None = None, audio: str | None = None, k: int = 5
+) -> list[tuple[str, float, str]]:
+    """The ``k`` best English candidates of the run's corpus for a Tibetan line or a recording.
+
+    Returns:
+        ``(id, cosine score, English text)`` best first.
+    """
+    run_dir = Path(run_dir)
+    model: Any = load_pretrained(run_dir).eval()
+    data = _run_data(run_dir)
+    if audio is not None:
+        meta = json.loads((data.directory / "speech.json").read_text())
+        query = {"speech": torch.from_numpy(audio_features(audio, meta["kind"], meta["nodes"]))}
+    elif source == "bo":
+        if not text:
+            raise ValueError("give a Tibetan line to translate, or --audio FILE.wav")
+        encoder = TibetanEncoder.load(data.directory / ENCODER_DIR)
+        query = {"bo": torch.from_numpy(encoder([text]))}
+    else:
+        raise ValueError(
+            f"translate-text reads Tibetan text (--source bo) or --audio, not {source!r}"
+        )
+    english = data.keys("en")
+    first: dict[str, int] = {}
+    for row, line in enumerate(english):
+        first.setdefault(line, row)
+    rows = np.array(sorted(first.values()))
+    with torch.no_grad():
+        q = model.embed(query) if hasattr(model, "embed") else model.translate(query, target="en")
+    candidates = _candidates(model, data, rows)
+    scores = (
+        torch.nn.functional.normalize(q, dim=-1)
+        @ torch.nn.functional.normalize(candidates, dim=-1).T
+    )
+    top = scores[0].topk(min(k, len(rows)))
+    return [
+        (data.items[int(rows[i])]["id"], float(s), english[int(rows[i])])
+        for s, i in zip(top.values, top.indices, strict=True)
+    ]
+
+
+def _candidates(model: Any, data: PairedEmbeddings, rows: np.ndarray) -> torch.Tensor:
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 4096):
+            batch = data.batch(rows[start : start + 4096], ["en"])
+            parts.append(model.embed(batch) if hasattr(model, "embed") else batch.pooled()["en"])
+    return torch.cat(parts)
+
+
+def evaluate_corpus(
+    run_dir: str | Path,
+    corpus_path: str,
+    out: str | Path,
+    pool: int = 1000,
+    pools: int = 5,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluates a trained run on another corpus file of the same format, without retraining.
+
+    The other corpus is encoded with the run's own Tibetan encoder and MiniLM; all its
+    (deduplicated) pairs are queries. Speech is not synthesized for it.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    model = load_pretrained(run_dir).eval()
+    source = _run_data(run_dir)
+    corpus = build_corpus(read_segments(corpus_path), fractions=(0.0, 0.0))
+    tibetan = TibetanEncoder.load(source.directory / ENCODER_DIR)
+    cache = out / "cache"
+    english = cached_encode("en-minilm", corpus.en, english_encoder(), cache, progress=progress)
+    bo = cached_encode(
+        f"bo-tfidf-{tibetan.fingerprint()}", corpus.bo, tibetan, cache, progress=progress
+    )
+    items = [
+        {
+            "id": f"e{i:06d}",
+            "group": corpus.docs[i],
+            "split": "test",
+            "text_en": corpus.en[i],
+            "text_bo": corpus.bo[i],
+        }
+        for i in range(len(corpus))
+    ]
+    data_dir = write_paired_embeddings(
+        out / "data", {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}, items
+    )
+    data = PairedEmbeddings(data_dir)
+    rows = np.arange(data.size)
+    table = retrieval_table(
+        data,
+        rows,
+        model_encoder(model, data, "soil" if hasattr(model, "embed") else "translate"),
+        [(("bo",), "en"), (("en",), "bo")],
+        pool,
+        pools,
+    )
+    (out / "eval.json").write_text(
+        json.dumps({"run": str(run_dir), "corpus": corpus_path, "results": table}, indent=2) + "\n"
+    )
+    print(format_table(table))
+    return table

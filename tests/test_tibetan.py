@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import lzma
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vallayz_train.cli import main
+from vallayz_train.tibetan.corpus import build_corpus, default_corpus_path, read_segments
+from vallayz_train.tibetan.encoders import (
+    TibetanEncoder,
+    mfcc,
+    phonetics,
+    resample_frames,
+    syllables,
+    tibetan_features,
+)
+
+LINES = [
+    ("D1", "རང་བྱུང་རྟག་པའི་རྡོ་རྗེ་ཚེ་དཔག་མེད། །", "Amitāyus, Boundless Life"),
+    ("D1", "འཆི་བདག་བདུད་འཇོམས་གཙུག་ཏོར་རྣམ་པར་རྒྱལ། །", "Uṣṇīṣa-Vijayā"),
+    ("D2", "རང་བྱུང་རྟག་པའི་རྡོ་རྗེ་ཚེ་དཔག་མེད། །", "Amitāyus, Boundless Life"),  # a duplicate pair
+    ("D2", "བྱང་ཆུབ་སེམས་དཔའ།", "the bodhisattva"),
+    ("D3", "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།", "Homage to the Buddha"),
+]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str, str]], xz: bool) -> Path:
+    text = "doc\tbo\ten\n" + "".join("\t".join(r) + "\n" for r in rows)
+    if xz:
+        with lzma.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("xz", [True, False])
+def test_tsv_reader_and_deduplication(tmp_path: Path, xz: bool) -> None:
+    path = write_tsv(tmp_path / ("c.tsv.xz" if xz else "c.tsv"), LINES, xz)
+    corpus = build_corpus(read_segments(path), fractions=(0.2, 0.2))
+    assert len(corpus) == 4  # the repeated pair is kept once
+    assert corpus.bo[0] == "རང་བྱུང་རྟག་པའི་རྡོ་རྗེ་ཚེ་དཔག་མེད། །"
+
+
+def test_folder_layout_is_read_line_by_line(tmp_path: Path) -> None:
+    folder = tmp_path / "text-pairs"
+    folder.mkdir()
+    (folder / "A1-bo.txt").write_text("ཀ་\nཁ་\n", encoding="utf-8")
+    (folder / "A1-en.txt").write_text("ka\nkha\n", encoding="utf-8")
+    (folder / "A2-bo.txt").write_text("ག་\n", encoding="utf-8")
+    (folder / "A2-en-us.txt").write_text("ga\n", encoding="utf-8")
+    (folder / "A3-bo.txt").write_text("ང་\n", encoding="utf-8")  # no English: skipped
+    assert read_segments(tmp_path) == [("A1", "ཀ་", "ka"), ("A1", "ཁ་", "kha"), ("A2", "ག་", "ga")]
+
+
+def test_missing_or_malformed_corpus_says_where_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="OpenPecha"):
+        read_segments(tmp_path / "nope.tsv.xz")
+    (tmp_path / "bad.tsv").write_text("a\tb\n")
+    with pytest.raises(ValueError, match="header doc<TAB>bo<TAB>en"):
+        read_segments(tmp_path / "bad.tsv")
+
+
+def test_split_is_by_document_and_novel_lines_are_unseen() -> None:
+    rows = [(f"D{i % 40}", f"ཀ{i % 70}་ཁ", f"en {i}") for i in range(400)]
+    corpus = build_corpus(rows, seed=3)
+    docs = {s: {corpus.docs[i] for i in corpus.indices(s)} for s in ("train", "val", "test")}
+    assert not (docs["train"] & docs["test"]) and not (docs["train"] & docs["val"])
+    assert len(corpus.indices("test")) >= 40 and len(corpus.indices("val")) >= 40
+    train_bo = {corpus.bo[i] for i in corpus.indices("train")}
+    novel = corpus.novel()
+    assert all(corpus.bo[i] not in train_bo for i in novel)
+    assert set(novel) <= set(corpus.indices("test"))
+
+
+def test_syllables_features_and_phonetics() -> None:
+    line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ། །"
+    assert syllables(line) == ["སངས", "རྒྱས", "ལ", "ཕྱག", "འཚལ", "ལོ"]
+    feats = tibetan_features(line)
+    assert "s:སངས" in feats and "b:སངས|རྒྱས" in feats and "c:<ས" in feats
+    spoken = phonetics(line)
+    assert (
+        spoken and "།" not in spoken and all(w.replace("'", "").isalpha() for w in spoken.split())
+    )
+
+
+def test_tibetan_encoder_fits_on_training_lines_and_round_trips(tmp_path: Path) -> None:
+    train = [f"ཀ{i % 13}་ཁ{i % 7}་ག{i % 5}" for i in range(60)]
+    encoder = TibetanEncoder(buckets=2**12, dim=8).fit(train)
+    x = encoder(train[:5])
+    assert x.shape == (5, 8) and np.isfinite(x).all()
+    encoder.save(tmp_path)
+    np.testing.assert_allclose(TibetanEncoder.load(tmp_path)(train[:5]), x, rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="fit the Tibetan encoder"):
+        TibetanEncoder()(["ཀ"])
+
+
+def test_mfcc_of_a_tone_and_frame_resampling() -> None:
+    t = np.arange(16000) / 16000
+    frames = mfcc(np.sin(2 * np.pi * 440 * t).astype(np.float32))
+    assert frames.shape == (98, 20) and np.isfinite(frames).all()
+    assert resample_frames(frames, 8).shape == (8, 20)
+    assert resample_frames(frames[:3], 8).shape == (8, 20)  # short utterances repeat frames
+
+
+CORPUS = default_corpus_path()
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng (make test installs it)"
+)
+@pytest.mark.skipif(not CORPUS.exists(), reason="needs the shared Tibetan corpus")
+def test_bench_tibetan_end_to_end_on_a_small_subset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "tibetan",
+        "--out",
+        str(out),
+        "--pairs",
+        "400",
+        "--speech",
+        "40",
+        "--max-steps",
+        "6",
+    ]
+    assert main([*args, "--batch-size", "64", "--pool", "30", "--pools", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("retrieved:") == 3
+    report = (out / "report.md").read_text()
+    for pair in ["| bo ", "| en ", "| speech ", "| bo+speech "]:
+        assert pair in report
+    assert "queries: novel" in report
+    line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
+    assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 5
