@@ -36,9 +36,9 @@ unit: $(STAMP) system-deps
 
 test: lint typecheck unit
 
-# The main job on a CPU-sized subset of the corpus (about 10,000 pairs, 1,000 with speech).
+# The main job on a CPU-sized subset of the corpus (8,000 pairs, 800 with speech).
 demo: $(STAMP) system-deps
-	$(BIN)/vallayz bench tibetan --out $(DEMO_OUT) --pairs 10000 --speech 1000 --max-steps 400 --quiet
+	$(BIN)/vallayz bench tibetan --out $(DEMO_OUT) --pairs 8000 --speech 800 --max-steps 300 --quiet
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

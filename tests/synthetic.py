@@ -26,8 +26,14 @@ def write_synthetic(directory: Path, rows: int = 240, seed: int = 0, groups: int
     frames[~present] = np.nan  # absent rows may hold anything
     padding = np.ones((rows, 3), dtype=bool)
     padding[rng.random(rows) < 0.3, 2] = False
+    labels = latent[:, :3].argmax(axis=1)
     items = [
-        {"id": f"item{i:04d}", "group": f"doc{i % groups}", "text": f"sentence {i}"}
+        {
+            "id": f"item{i:04d}",
+            "group": f"doc{i % groups}",
+            "text": f"sentence {i}",
+            "label": f"c{labels[i]}",
+        }
         for i in range(rows)
     ]
     return write_paired_embeddings(

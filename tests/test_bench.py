@@ -50,10 +50,19 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     )
     assert {r["missing_rate"] for r in results["missing_sweep"]} == {0.0, 0.5}
     assert {r["snr_db"] for r in results["noise_sweep"]} == {10.0}
+    stitched = {r["method"]: r for r in results["stitching"] if r["source"] == "text"}
+    assert set(stitched) == {"impn (translate)", "ortho (standard)"}
+    assert stitched["ortho (standard)"]["native"] > 0.6  # the classes are separable in image space
+    assert 0.0 <= stitched["ortho (standard)"]["stitched"] <= 1.0
+    metrics = {(r["method"], r["metric"]) for r in results["geometry"]}
+    assert ("impn", "cycle text->image->text") in metrics
+    assert ("ortho (standard)", "cycle text->image->text") in metrics
+    assert ("contrastive-heads", "kNN Jaccard@10 audio") in metrics
     report = (tmp_path / "bench" / "report.md").read_text()
     assert (
         "Missing-modality sweep" in report and "ortho (standard)" in report and "seed 0" in report
     )
+    assert "Stitching" in report and "Geometry" in report
     # Re-running reuses the trained runs; the report command rewrites the report.
     assert main(["report", str(tmp_path / "bench")]) == 0
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["spec"]["pool"] == 8

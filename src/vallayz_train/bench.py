@@ -29,7 +29,9 @@ from vallayz.eval import (
     model_encoder,
     retrieval_table,
 )
+from vallayz.eval.stitching import stitching_accuracy
 from vallayz.learned import load_pretrained
+from vallayz.losses import knn_jaccard
 from vallayz_train.config import TrainConfig
 from vallayz_train.trainer import fit
 
@@ -144,14 +146,16 @@ def run_benchmark(
     models: dict[str, Any] = {}
     retrieval: list[dict[str, Any]] = []
     subsets = {"all": rows, **{k: np.asarray(v) for k, v in spec.subsets.items()}}
-    for method, encode in _encoders(
-        data, runs, splits["train"], spec, data, fitted, models
-    ).items():
+    encoders_all = _encoders(data, runs, splits["train"], spec, data, fitted, models)
+    for method, encode in encoders_all.items():
         for subset, subset_rows in subsets.items():
             for row in retrieval_table(
                 data, subset_rows, encode, pairs, spec.pool, spec.pools, spec.seed
             ):
                 retrieval.append({"method": method, "queries_from": subset, **row})
+
+    geometry = _geometry(data, rows, runs, models, pairs, fitted, splits["train"], spec)
+    stitching = _stitching(data, rows, splits["train"], encoders_all, pairs)
 
     missing: list[dict[str, Any]] = []
     for sources, target in [p for p in pairs if len(p[0]) > 1]:
@@ -188,12 +192,98 @@ def run_benchmark(
         "train_seconds": timings,
         "hardware": _hardware(train.device),
         "retrieval": retrieval,
+        "geometry": geometry,
+        "stitching": stitching,
         "missing_sweep": missing,
         "noise_sweep": noise,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(out, results)
     return results
+
+
+GEOMETRY_ROWS = 2000
+
+
+def _geometry(
+    data: PairedEmbeddings,
+    rows: np.ndarray,
+    runs: dict[str, Path],
+    models: dict[str, Any],
+    pairs: list[Pair],
+    fitted: dict[str, dict[tuple[str, str], Any]],
+    train_rows: np.ndarray,
+    spec: BenchSpec,
+) -> list[dict[str, Any]]:
+    """Cycle reconstruction ``A → B → A`` (MSE, cosine) and kNN preservation (Jaccard@10 between
+    native and shared-space neighbours) on up to ``GEOMETRY_ROWS`` test rows."""
+    out: list[dict[str, Any]] = []
+    directions = {(s[0], t) for s, t in pairs if len(s) == 1}
+    translators: dict[str, Any] = {m: models[m] for m in runs if hasattr(models[m], "translate")}
+    for name in spec.closed_form:
+        encoder = ClosedFormEncoder(
+            data, train_rows, name, spec.normalisation, maps=fitted.setdefault(name, {})
+        )
+        translators[f"{name} ({spec.normalisation})"] = encoder
+    with torch.no_grad():
+        for method, model in translators.items():
+            for a, b in sorted(directions):
+                used = rows[data.present[a][rows] & data.present[b][rows]][:GEOMETRY_ROWS]
+                if len(used) < 2:
+                    continue
+                x = data.batch(used, [a]).pooled()[a]
+                if isinstance(model, ClosedFormEncoder):
+                    there = model.translator(a, b).transform(x.double())
+                    back = model.translator(b, a).transform(there).float()
+                else:
+                    back = model.translate(model.translate(x, a, b), b, a)
+                mse = float((back - x).pow(2).mean())
+                cos = float(torch.nn.functional.cosine_similarity(back, x, dim=-1).mean())
+                out.append(
+                    {"method": method, "metric": f"cycle {a}->{b}->{a}", "mse": mse, "cosine": cos}
+                )
+        for method in runs:
+            model = models[method]
+            if not hasattr(model, "embed"):
+                continue
+            for m in data.arrays:
+                used = rows[data.present[m][rows]][:GEOMETRY_ROWS]
+                if len(used) > 11:
+                    batch = data.batch(used, [m])
+                    jaccard = float(knn_jaccard(batch.pooled()[m], model.embed(batch), 10))
+                    out.append(
+                        {"method": method, "metric": f"kNN Jaccard@10 {m}", "value": jaccard}
+                    )
+    return out
+
+
+def _stitching(
+    data: PairedEmbeddings,
+    rows: np.ndarray,
+    train_rows: np.ndarray,
+    encoders: dict[str, Any],
+    pairs: list[Pair],
+) -> list[dict[str, Any]]:
+    """Zero-shot stitching when the items table has a ``label`` column: a classifier fitted on
+    native target vectors of the training rows, applied to ``source → target`` translations."""
+    if not data.items or "label" not in data.items[0]:
+        return []
+    classes = {label: i for i, label in enumerate(sorted({item["label"] for item in data.items}))}
+    labels = torch.tensor([classes[item["label"]] for item in data.items])
+    out: list[dict[str, Any]] = []
+    for sources, target in [p for p in pairs if len(p[0]) == 1]:
+        fit_rows = train_rows[data.present[target][train_rows]]
+        native_train = data.batch(fit_rows, [target]).pooled()[target]
+        used = rows[data.present[target][rows] & data.present[sources[0]][rows]]
+        for method, encode in encoders.items():
+            if "(shared space)" in method:
+                continue  # its vectors live in a shared space, not in the target's native one
+            queries, natives = encode(sources, target, used)
+            scores = stitching_accuracy(
+                native_train, labels[fit_rows], natives, queries, labels[used]
+            )
+            out.append({"method": method, "source": sources[0], "target": target, **scores})
+    return out
 
 
 def _hardware(device: str) -> str:
@@ -247,6 +337,15 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
             format_table(_select(results["retrieval"], queries_from=subset), columns),
             "",
         ]
+    if results.get("geometry"):
+        lines += ["## Geometry: cycle reconstruction and kNN preservation (test rows)", ""]
+        lines += [
+            format_table(results["geometry"], ["method", "metric", "mse", "cosine", "value"]),
+            "",
+        ]
+    if results.get("stitching"):
+        lines += ["## Stitching: a classifier on native target vectors applied to translations", ""]
+        lines += [format_table(results["stitching"]), ""]
     if results["missing_sweep"]:
         lines += ["## Missing-modality sweep (sources dropped at test)", ""]
         lines += [
