@@ -148,6 +148,9 @@ class LatentTranslator(nn.Module):
         method: ``"affine"``, ``"linear"``, ``"l-ortho"`` or ``"ortho"``.
         normalisation: ``"standard"``, ``"l2"`` or ``"none"``.
         affine_steps: Gradient steps of the ``affine`` fit.
+        affine_anchors: The ``affine`` fit uses at most this many anchors (a seeded random
+            subset), which keeps full-batch gradient descent affordable on large anchor sets;
+            the closed forms use every anchor.
 
     Example:
         >>> import torch
@@ -159,7 +162,11 @@ class LatentTranslator(nn.Module):
     """
 
     def __init__(
-        self, method: str = "ortho", normalisation: str = "standard", affine_steps: int = 500
+        self,
+        method: str = "ortho",
+        normalisation: str = "standard",
+        affine_steps: int = 500,
+        affine_anchors: int = 20000,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -171,6 +178,7 @@ class LatentTranslator(nn.Module):
         self.method = method
         self.normalisation = normalisation
         self.affine_steps = affine_steps
+        self.affine_anchors = affine_anchors
         self.source_dim = 0
         self.target_dim = 0
 
@@ -207,6 +215,10 @@ class LatentTranslator(nn.Module):
         elif self.method == "ortho":
             state = ortho_state(xs, ys)
         else:
+            if xs.shape[0] > self.affine_anchors:
+                generator = torch.Generator().manual_seed(0)
+                keep = torch.randperm(xs.shape[0], generator=generator)[: self.affine_anchors]
+                xs, ys = xs[keep.to(xs.device)], ys[keep.to(xs.device)]
             state = affine_state(xs, ys, self.affine_steps)
         state.setdefault("bias", torch.zeros(dim, dtype=x.dtype, device=x.device))
         for prefix, values in (("source", source_state), ("target", target_state)):
