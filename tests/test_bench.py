@@ -22,6 +22,7 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
         closed_form=("ortho",),
         missing_rates=(0.0, 0.5),
         snrs=(10.0,),
+        matched_dropout=True,
     )
     train = TrainConfig(max_steps=8, batch_size=32, eval_every=4, planner=False)
     results = run_benchmark(
@@ -49,6 +50,10 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
         len({(r["source"], r["queries"]) for r in results["retrieval"] if r["pool"] == "all"}) == 2
     )
     assert {r["missing_rate"] for r in results["missing_sweep"]} == {0.0, 0.5}
+    matched = [r for r in results["missing_sweep"] if "matching dropout" in r["method"]]
+    assert matched and {r["missing_rate"] for r in matched} == {0.5}
+    run = json.loads((tmp_path / "bench" / "impn-dropout-0.5" / "run.json").read_text())
+    assert run["train"]["modality_dropout"] == 0.5
     assert {r["snr_db"] for r in results["noise_sweep"]} == {10.0}
     stitched = {r["method"]: r for r in results["stitching"] if r["source"] == "text"}
     assert set(stitched) == {"impn (translate)", "ortho (standard)"}

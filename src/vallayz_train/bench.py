@@ -12,7 +12,7 @@ import json
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class BenchSpec:
     snrs: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
     # Split of the evaluation.
     split: str = "test"
+    # Also train one IMPN per missing rate with modality dropout at that rate, for the sweep.
+    matched_dropout: bool = False
     # Extra row subsets evaluated separately, e.g. {"novel": rows}.
     subsets: dict[str, list[int]] = field(default_factory=dict)
 
@@ -120,26 +122,29 @@ def run_benchmark(
     pairs = spec.pairs or default_pairs(list(data.arrays))
     runs: dict[str, Path] = {}
     timings: dict[str, float] = {}
+
+    def train_once(method: str, run: Path, config: TrainConfig) -> Path:
+        if (run / "summary.json").exists():
+            return run
+        started = time.perf_counter()
+        if (run / "latest").exists():
+            log(f"resuming {method} in {run}")
+            fit(data_dir, run, resume=True, progress=progress)
+        else:
+            log(f"training {method} -> {run}")
+            overrides = model_overrides if method == "impn" else None
+            fit(data_dir, run, overrides, config, progress=progress, method=method)
+        timings[run.name] = time.perf_counter() - started
+        return run
+
     for method in spec.methods:
-        run = out / method
-        if not (run / "summary.json").exists():
-            if run.exists() and (run / "latest").exists():
-                log(f"resuming {method} in {run}")
-                started = time.perf_counter()
-                fit(data_dir, run, resume=True, progress=progress)
-            else:
-                log(f"training {method} -> {run}")
-                started = time.perf_counter()
-                fit(
-                    data_dir,
-                    run,
-                    model_overrides if method == "impn" else None,
-                    train,
-                    progress=progress,
-                    method=method,
-                )
-            timings[method] = time.perf_counter() - started
-        runs[method] = run
+        runs[method] = train_once(method, out / method, train)
+    matched: dict[float, Path] = {}
+    if spec.matched_dropout and "impn" in spec.methods:
+        for rate in spec.missing_rates:
+            if rate > 0:
+                config = replace(train, modality_dropout=rate)
+                matched[rate] = train_once("impn", out / f"impn-dropout-{rate:g}", config)
 
     log(f"evaluating on the {spec.split} split ({len(rows)} rows)")
     fitted: dict[str, dict[tuple[str, str], Any]] = {}
@@ -170,6 +175,19 @@ def run_benchmark(
                 )  # type: ignore[arg-type]
                 for row in table:
                     missing.append({"method": method, "missing_rate": rate, **row})
+            if rate in matched:
+                name = f"impn-dropout-{rate:g}"
+                only_impn = replace(spec, closed_form=())
+                encoders = _encoders(
+                    view, {name: matched[rate]}, splits["train"], only_impn, data, fitted, models
+                )
+                for method, encode in encoders.items():
+                    table = retrieval_table(
+                        view, rows, encode, [(sources, target)], spec.pool, spec.pools, spec.seed
+                    )  # type: ignore[arg-type]
+                    for row in table:
+                        label = method.replace(name, "impn, trained with matching dropout")
+                        missing.append({"method": label, "missing_rate": rate, **row})
 
     noise: list[dict[str, Any]] = []
     sources, target = pairs[0]

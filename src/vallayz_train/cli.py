@@ -246,7 +246,13 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 
     model, train = _train_args(args)
     pairs = [parse_pair(p) for p in args.pairs] if args.pairs else None
-    spec = BenchSpec(pairs=pairs, pool=args.pool, pools=args.pools, seed=args.seed_eval)
+    spec = BenchSpec(
+        pairs=pairs,
+        pool=args.pool,
+        pools=args.pools,
+        seed=args.seed_eval,
+        matched_dropout=args.matched_dropout,
+    )
     results = run_benchmark(args.data, args.out, spec, train, model, progress=not args.quiet)
     rows = [r for r in results["retrieval"] if r["pool"] == "all" and r["queries_from"] == "all"]
     print(format_table(rows, ["method", "source", "target", "queries", "R@1", "R@5", "MRR"]))
@@ -291,6 +297,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
         args.pool,
         args.pools,
         progress=not args.quiet,
+        matched_dropout=args.matched_dropout,
     )
     rows = [
         r
@@ -463,6 +470,12 @@ def _bench_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--pool", type=int, default=1000)
     b.add_argument("--pools", type=int, default=5)
     b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")
+    b.add_argument(
+        "--matched-dropout",
+        dest="matched_dropout",
+        action="store_true",
+        help="also train one IMPN per missing rate of the sweep, with that modality dropout",
+    )
     b.add_argument("--quiet", action="store_true")
 
 

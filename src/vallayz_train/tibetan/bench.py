@@ -123,6 +123,7 @@ def bench_tibetan(
     pools: int = 5,
     progress: bool = True,
     log: Any = print,
+    matched_dropout: bool = False,
 ) -> dict[str, Any]:
     """Encodes the corpus, trains every method at an equal budget and writes the report."""
     out = Path(out)
@@ -141,7 +142,9 @@ def bench_tibetan(
         progress,
         log,
     )
-    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, subsets=subsets)
+    spec = BenchSpec(
+        pairs=PAIRS, pool=pool, pools=pools, subsets=subsets, matched_dropout=matched_dropout
+    )
     return run_benchmark(
         data_dir, out, spec, train, {**MODEL_DEFAULTS, **(model_overrides or {})}, progress, log
     )
