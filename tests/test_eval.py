@@ -28,12 +28,13 @@ def dense_ranks(q, c, qk, ck):
     return torch.tensor(ranks)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
-def test_chunked_retrieval_equals_full_matrix(chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "query_chunk"), [(1, 3), (7, 1), (64, 20), (10_000, 10_000)])
+def test_chunked_retrieval_equals_full_matrix(chunk: int, query_chunk: int) -> None:
     q, c = torch.randn(20, 8), torch.randn(150, 8)
     qk = torch.randint(0, 40, (20,))
     ck = torch.randint(0, 40, (150,))
-    torch.testing.assert_close(retrieval_ranks(q, c, qk, ck, chunk), dense_ranks(q, c, qk, ck))
+    got = retrieval_ranks(q, c, qk, ck, chunk, query_chunk)
+    torch.testing.assert_close(got, dense_ranks(q, c, qk, ck))
 
 
 def test_duplicate_candidates_are_not_misses() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +29,16 @@ def retrieval_ranks(
     query_keys: Tensor,
     candidate_keys: Tensor,
     chunk_size: int = 8192,
+    query_chunk_size: int = 8192,
 ) -> Tensor:
     """1-based rank of the best-scoring correct candidate of each query, by cosine similarity.
 
     A candidate is correct when its key equals the query's key, so duplicate translations in the
     pool are not misses. The rank is one plus the number of incorrect candidates that score at
     least as high as the best correct one (ties count against the query). Queries without any
-    correct candidate get rank ``C + 1``. Candidates are processed ``chunk_size`` at a time, so
-    memory grows with ``Q × chunk_size``, not ``Q × C``.
+    correct candidate get rank ``C + 1``. Queries and candidates are processed
+    ``query_chunk_size × chunk_size`` at a time, so memory does not grow with ``Q × C`` and a
+    million candidates (or queries) fit.
 
     Args:
         queries: Query vectors.
@@ -44,6 +46,7 @@ def retrieval_ranks(
         query_keys: Integer gold key of each query.
         candidate_keys: Integer key of each candidate.
         chunk_size: Candidates scored at a time.
+        query_chunk_size: Queries scored at a time.
 
     Returns:
         Ranks ``[Q]`` (long).
@@ -61,25 +64,40 @@ def retrieval_ranks(
         raise ValueError("there must be one key per query and one key per candidate")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if query_chunk_size < 1:
+        raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
+    ranks = [
+        _chunk_ranks(
+            queries[i : i + query_chunk_size],
+            query_keys[i : i + query_chunk_size],
+            candidates,
+            candidate_keys,
+            chunk_size,
+        )
+        for i in range(0, queries.shape[0], query_chunk_size)
+    ]
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def _chunk_ranks(
+    queries: Tensor, query_keys: Tensor, candidates: Tensor, candidate_keys: Tensor, chunk_size: int
+) -> Tensor:
     q = F.normalize(queries.float(), dim=-1)
     query_keys = query_keys.to(q.device)
+
+    def chunks() -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, candidates.shape[0], chunk_size):
+            c = F.normalize(candidates[i : i + chunk_size].float().to(q.device), dim=-1)
+            yield c, candidate_keys[i : i + chunk_size].to(q.device)
+
     best = torch.full((q.shape[0],), float("-inf"), device=q.device)
-    chunks = [
-        (
-            F.normalize(candidates[i : i + chunk_size].float().to(q.device), dim=-1),
-            candidate_keys[i : i + chunk_size].to(q.device),
-        )
-        for i in range(0, candidates.shape[0], chunk_size)
-    ]
-    for c, keys in chunks:
-        sims = q @ c.T
+    for c, keys in chunks():
         gold = query_keys[:, None] == keys[None, :]
-        best = torch.maximum(best, sims.masked_fill(~gold, float("-inf")).max(dim=1).values)
+        best = torch.maximum(best, (q @ c.T).masked_fill(~gold, float("-inf")).max(dim=1).values)
     above = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    for c, keys in chunks:
-        sims = q @ c.T
+    for c, keys in chunks():
         gold = query_keys[:, None] == keys[None, :]
-        above += ((sims >= best[:, None]) & ~gold).sum(dim=1)
+        above += ((q @ c.T >= best[:, None]) & ~gold).sum(dim=1)
     ranks = above + 1
     return torch.where(torch.isfinite(best), ranks, torch.full_like(ranks, candidates.shape[0] + 1))
 
