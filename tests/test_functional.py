@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vallayz.functional import masked_mean, sample_variants, topk_softmax
+from vallayz.functional import masked_mean, mean_over_present, sample_variants, topk_softmax
 
 
 def reference_topk_softmax(scores, valid, k, temperature):
@@ -120,3 +120,11 @@ def test_masked_mean_ignores_padding() -> None:
     nodes = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     torch.testing.assert_close(masked_mean(nodes, mask), torch.tensor([[2.0], [4.0]]))
+
+
+def test_mean_over_present_ignores_absent_rows_even_with_nan() -> None:
+    a = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [3.0, 3.0]])
+    b = torch.tensor([[3.0, 5.0], [2.0, 4.0], [float("inf"), 0.0]])
+    present = {"a": torch.tensor([True, False, True]), "b": torch.tensor([True, True, False])}
+    expected = torch.tensor([[2.0, 3.0], [2.0, 4.0], [3.0, 3.0]])
+    torch.testing.assert_close(mean_over_present({"a": a, "b": b}, present), expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -89,3 +91,29 @@ def masked_mean(nodes: Tensor, mask: Tensor) -> Tensor:
     """
     weights = mask.to(nodes.dtype).unsqueeze(-1)
     return (nodes * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def mean_over_present(values: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+    """Per row, the mean of the vectors of the modalities present in that row.
+
+    Args:
+        values: Modality → vectors ``[B, d]`` (one space for all modalities).
+        present: Modality → ``[B]`` bool; every row needs at least one present modality.
+
+    Returns:
+        ``[B, d]``.
+
+    Shape:
+        ``{m: [B, d]}``, ``{m: [B]}`` → ``[B, d]``.
+    """
+    total: Tensor | None = None
+    count: Tensor | None = None
+    for name, x in values.items():
+        weight = present[name].to(device=x.device, dtype=x.dtype)[:, None]
+        # where(), not a product: an absent row may hold NaN or Inf.
+        term = torch.where(weight > 0, x, torch.zeros_like(x))
+        total = term if total is None else total + term
+        count = weight if count is None else count + weight
+    if total is None or count is None:
+        raise ValueError("mean_over_present needs at least one modality")
+    return total / count

@@ -18,33 +18,51 @@ from torch import Tensor, nn
 from vallayz.functional import sample_variants, topk_softmax
 
 
-class Adapter(nn.Module):
+class ResidualMLP(nn.Module):
+    """``W2·GELU(W1·LN(x)) + skip(x)``: the shape shared by adapters and decoders.
+
+    Shape:
+        ``[..., in_dim]`` → ``[..., out_dim]``.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int, dropout: float, skip: nn.Module
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.up = nn.Linear(in_dim, hidden)
+        self.down = nn.Linear(hidden, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + self.skip(x)
+
+
+class Adapter(ResidualMLP):
     """Root of a modality into the soil: ``F(x) = W2·GELU(W1·LN(x)) + P·x``.
 
-    ``P`` is a learned projection when ``native_dim != soil_dim`` and the identity otherwise.
+    ``P`` is a learned projection (bias-free, initialised with orthonormal columns or rows, where
+    the orthogonality term is zero) when ``native_dim != soil_dim``, and the identity otherwise.
 
     Shape:
         ``[..., native_dim]`` → ``[..., soil_dim]``.
     """
 
     def __init__(self, native_dim: int, soil_dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(native_dim)
-        self.up = nn.Linear(native_dim, hidden)
-        self.down = nn.Linear(hidden, soil_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.projection: nn.Linear | None = None
+        skip: nn.Module = nn.Identity()
         if native_dim != soil_dim:
-            self.projection = nn.Linear(native_dim, soil_dim, bias=False)
-            # Start where the orthogonality term is zero: orthonormal columns (or rows).
-            nn.init.orthogonal_(self.projection.weight)
+            skip = nn.Linear(native_dim, soil_dim, bias=False)
+            nn.init.orthogonal_(skip.weight)
+        super().__init__(native_dim, soil_dim, hidden, dropout, skip)
 
-    def forward(self, x: Tensor) -> Tensor:
-        skip = x if self.projection is None else self.projection(x)
-        return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + skip
+    @property
+    def projection(self) -> nn.Linear | None:
+        """The projection ``P``, or None where it is the identity."""
+        return self.skip if isinstance(self.skip, nn.Linear) else None
 
 
-class Decoder(nn.Module):
+class Decoder(ResidualMLP):
     """Maps pooled soil states back to a native space: ``D(z) = W2·GELU(W1·LN(z)) + Q·z``.
 
     Shape:
@@ -52,15 +70,7 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, soil_dim: int, native_dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(soil_dim)
-        self.up = nn.Linear(soil_dim, hidden)
-        self.down = nn.Linear(hidden, native_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.skip = nn.Linear(soil_dim, native_dim)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.down(self.dropout(F.gelu(self.up(self.norm(z))))) + self.skip(z)
+        super().__init__(soil_dim, native_dim, hidden, dropout, nn.Linear(soil_dim, native_dim))
 
 
 class ReceptorGate(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vallayz.config import IMPNConfig
+from vallayz.functional import mean_over_present
 from vallayz.losses import LossOutput, info_nce, translation_loss
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
 from vallayz.types import Batch, Embeddings, Masks
@@ -83,6 +84,15 @@ class _Baseline(nn.Module):
         batch.validate(IMPNConfig(modalities=self.config.modalities))
         return batch
 
+    def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
+        """Pooled inputs on the model's device, zero in absent rows (which may hold NaN)."""
+        out = {}
+        for name, x in batch.pooled().items():
+            x = x.to(self.device)
+            keep = batch.present[name].to(self.device)[:, None]
+            out[name] = torch.where(keep, x, torch.zeros_like(x))
+        return out
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Writes ``config.json`` and ``model.safetensors``."""
         from safetensors.torch import save_file
@@ -121,17 +131,9 @@ class ContrastiveHeads(_Baseline):
     ) -> Tensor:
         """Mean of the normalised head outputs of the present modalities of each row."""
         batch = self._batch(x, modality, present, padding)
-        pooled = batch.pooled()
-        total = torch.zeros(batch.batch_size, self.config.dim, device=self.device)
-        count = torch.zeros(batch.batch_size, 1, device=self.device)
-        for name, values in pooled.items():
-            weight = batch.present[name].to(self.device)[:, None].float()
-            clean = torch.where(
-                weight.bool(), values.to(self.device), torch.zeros_like(values.to(self.device))
-            )
-            total = total + weight * F.normalize(self.heads[name](clean), dim=-1)
-            count = count + weight
-        return total / count
+        inputs = self._clean_inputs(batch)
+        heads = {m: F.normalize(self.heads[m](x), dim=-1) for m, x in inputs.items()}
+        return mean_over_present(heads, batch.present)
 
     def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         """Mean symmetric InfoNCE over every pair present in at least two rows."""
@@ -189,16 +191,9 @@ class MLPTranslator(_Baseline):
         batch = self._batch(x, source, present, padding)
         if target in batch.embeddings:
             raise ValueError(f"target modality {target!r} is also an input; leave it out")
-        pooled = batch.pooled()
-        total = torch.zeros(batch.batch_size, self.config.modalities[target], device=self.device)
-        count = torch.zeros(batch.batch_size, 1, device=self.device)
-        for name, values in pooled.items():
-            weight = batch.present[name].to(self.device)[:, None].float()
-            values = values.to(self.device)
-            clean = torch.where(weight.bool(), values, torch.zeros_like(values))
-            total = total + weight * self.maps[f"{name}__{target}"](clean)
-            count = count + weight
-        return total / count
+        inputs = self._clean_inputs(batch)
+        translations = {m: self.maps[f"{m}__{target}"](x) for m, x in inputs.items()}
+        return mean_over_present(translations, batch.present)
 
     def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         """Mean translation loss over every ordered pair present in a row."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
-from vallayz.functional import masked_mean
+from vallayz.functional import masked_mean, mean_over_present
 from vallayz.layers import Adapter, BridgeLayer, Decoder
 from vallayz.types import Batch, Embeddings, Masks
 
@@ -371,13 +371,7 @@ class IMPN(nn.Module):
             self._check_target(batch, target)
             return self(batch).soil[target]
         out = self(batch, isolate=True)
-        total = torch.zeros_like(next(iter(out.soil.values())))
-        count = torch.zeros(total.shape[0], 1, device=total.device, dtype=total.dtype)
-        for name in batch.embeddings:
-            weight = out.present[name][:, None].to(total.dtype)
-            total = total + weight * out.soil[name]
-            count = count + weight
-        return total / count
+        return mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
 
     def translate(
         self,
