@@ -34,7 +34,6 @@ def _load_json(path: str) -> dict[str, Any]:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from vallayz_train.config import TrainConfig
     from vallayz_train.trainer import fit
 
     if args.resume:
@@ -42,26 +41,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     else:
         if args.out is None:
             raise UsageError("fit needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
-        file = _load_json(args.config) if args.config else {}
-        unknown = set(file) - {"model", "train"}
-        if unknown:
-            raise UsageError(
-                f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
-            )
-        train = dict(file.get("train", {}))
-        for key in ("epochs", "device", "max_steps", "seed", "batch_size"):
-            value = getattr(args, key)
-            if value is not None:
-                train[key] = value
-        if args.planner is not None:
-            train["planner"] = args.planner == "on"
+        model, train = _train_args(args)
         summary = fit(
-            args.data,
-            args.out,
-            file.get("model"),
-            TrainConfig.from_dict(train),
-            progress=not args.quiet,
-            method=args.method,
+            args.data, args.out, model, train, progress=not args.quiet, method=args.method
         )
     print(json.dumps(summary, indent=2))
     return 0
@@ -230,13 +212,22 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
 
 
 def _train_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The ``--config`` file's model overrides and its training config, with the command-line
+    options (``--max-steps``, ``--epochs``, ...) taking precedence."""
     from vallayz_train.config import TrainConfig
 
     file = _load_json(args.config) if args.config else {}
+    unknown = set(file) - {"model", "train"}
+    if unknown:
+        raise UsageError(
+            f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
+        )
     train = dict(file.get("train", {}))
     for key in ("max_steps", "epochs", "batch_size", "device", "seed"):
         if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
+    if getattr(args, "planner", None) is not None:
+        train["planner"] = args.planner == "on"
     return file.get("model"), TrainConfig.from_dict(train)
 
 
