@@ -84,6 +84,12 @@ class _Baseline(nn.Module):
         batch.validate(IMPNConfig(modalities=self.config.modalities))
         return batch
 
+    def _mean(self, terms: dict[str, Tensor]) -> Tensor:
+        """Mean of the per-pair terms (zero when no pair had rows)."""
+        if not terms:
+            return torch.zeros((), device=self.device)
+        return torch.stack(list(terms.values())).mean()
+
     def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
         """Pooled inputs on the model's device, zero in absent rows (which may hold NaN)."""
         out = {}
@@ -145,11 +151,7 @@ class ContrastiveHeads(_Baseline):
                 za = self.heads[a](pooled[a].to(self.device)[both])
                 zb = self.heads[b](pooled[b].to(self.device)[both])
                 terms[f"contrastive/{a}-{b}"] = info_nce(za, zb, self.config.temperature)
-        total = (
-            torch.stack(list(terms.values())).mean()
-            if terms
-            else torch.zeros((), device=self.device)
-        )
+        total = self._mean(terms)
         terms["contrastive"] = total
         return LossOutput(total=total, terms=terms)
 
@@ -204,11 +206,7 @@ class MLPTranslator(_Baseline):
             if bool(both.any()):
                 prediction = self.maps[f"{a}__{b}"](pooled[a][both])
                 terms[f"translation/{a}-{b}"] = translation_loss(prediction, pooled[b][both])
-        total = (
-            torch.stack(list(terms.values())).mean()
-            if terms
-            else torch.zeros((), device=self.device)
-        )
+        total = self._mean(terms)
         terms["translation"] = total
         return LossOutput(total=total, terms=terms)
 

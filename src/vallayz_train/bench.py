@@ -355,33 +355,19 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
             format_table(_select(results["retrieval"], queries_from=subset), columns),
             "",
         ]
-    if results.get("geometry"):
-        lines += ["## Geometry: cycle reconstruction and kNN preservation (test rows)", ""]
-        lines += [
-            format_table(results["geometry"], ["method", "metric", "mse", "cosine", "value"]),
-            "",
-        ]
-    if results.get("stitching"):
-        lines += ["## Stitching: a classifier on native target vectors applied to translations", ""]
-        lines += [format_table(results["stitching"]), ""]
-    if results["missing_sweep"]:
-        lines += ["## Missing-modality sweep (sources dropped at test)", ""]
-        lines += [
-            format_table(
-                results["missing_sweep"],
-                ["method", "missing_rate", "source", "target", "pool", "R@1", "R@5"],
-            ),
-            "",
-        ]
-    if results["noise_sweep"]:
-        lines += ["## Noise sweep (Gaussian noise on the sources at the given SNR)", ""]
-        lines += [
-            format_table(
-                results["noise_sweep"],
-                ["method", "snr_db", "source", "target", "pool", "R@1", "R@5"],
-            ),
-            "",
-        ]
+    sections: list[tuple[str, str, list[str] | None]] = [
+        ("geometry", "Geometry: cycle reconstruction and kNN preservation (test rows)",
+         ["method", "metric", "mse", "cosine", "value"]),
+        ("stitching", "Stitching: a classifier on native target vectors applied to translations",
+         None),
+        ("missing_sweep", "Missing-modality sweep (sources dropped at test)",
+         ["method", "missing_rate", "source", "target", "pool", "R@1", "R@5"]),
+        ("noise_sweep", "Noise sweep (Gaussian noise on the sources at the given SNR)",
+         ["method", "snr_db", "source", "target", "pool", "R@1", "R@5"]),
+    ]  # fmt: skip
+    for key, title, shown in sections:
+        if results.get(key):
+            lines += [f"## {title}", "", format_table(results[key], shown), ""]
     try:
         plots = _plots(out, results)
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
