@@ -19,24 +19,26 @@ from vallayz.functional import sample_variants, topk_softmax
 
 
 class ResidualMLP(nn.Module):
-    """``W2·GELU(W1·LN(x)) + skip(x)``: the shape shared by adapters and decoders.
+    """``W2·GELU(W1·LN(x)) + shortcut(x)``: the shape shared by adapters and decoders.
+
+    Subclasses define :meth:`shortcut`.
 
     Shape:
         ``[..., in_dim]`` → ``[..., out_dim]``.
     """
 
-    def __init__(
-        self, in_dim: int, out_dim: int, hidden: int, dropout: float, skip: nn.Module
-    ) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
         self.up = nn.Linear(in_dim, hidden)
         self.down = nn.Linear(hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
-        self.skip = skip
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + self.skip(x)
+        return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + self.shortcut(x)
 
 
 class Adapter(ResidualMLP):
@@ -50,16 +52,14 @@ class Adapter(ResidualMLP):
     """
 
     def __init__(self, native_dim: int, soil_dim: int, hidden: int, dropout: float = 0.0) -> None:
-        skip: nn.Module = nn.Identity()
+        super().__init__(native_dim, soil_dim, hidden, dropout)
+        self.projection: nn.Linear | None = None
         if native_dim != soil_dim:
-            skip = nn.Linear(native_dim, soil_dim, bias=False)
-            nn.init.orthogonal_(skip.weight)
-        super().__init__(native_dim, soil_dim, hidden, dropout, skip)
+            self.projection = nn.Linear(native_dim, soil_dim, bias=False)
+            nn.init.orthogonal_(self.projection.weight)
 
-    @property
-    def projection(self) -> nn.Linear | None:
-        """The projection ``P``, or None where it is the identity."""
-        return self.skip if isinstance(self.skip, nn.Linear) else None
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.projection is None else self.projection(x)
 
 
 class Decoder(ResidualMLP):
@@ -70,7 +70,11 @@ class Decoder(ResidualMLP):
     """
 
     def __init__(self, soil_dim: int, native_dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__(soil_dim, native_dim, hidden, dropout, nn.Linear(soil_dim, native_dim))
+        super().__init__(soil_dim, native_dim, hidden, dropout)
+        self.skip = nn.Linear(soil_dim, native_dim)
+
+    def shortcut(self, z: Tensor) -> Tensor:
+        return self.skip(z)
 
 
 class ReceptorGate(nn.Module):
