@@ -13,6 +13,7 @@ from torch import Tensor
 from vallayz.baselines import LatentTranslator
 from vallayz.data import PairedEmbeddings
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
+from vallayz.functional import mean_over_present
 
 Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 """``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
@@ -99,16 +100,12 @@ class ClosedFormEncoder:
     ) -> tuple[Tensor, Tensor]:
         batch = self.data.batch(rows, [*sources, target])
         pooled = batch.pooled()
-        total = torch.zeros(len(rows), pooled[target].shape[1], dtype=torch.float64)
-        count = torch.zeros(len(rows), 1, dtype=torch.float64)
+        translations = {}
         for source in sources:
-            weight = batch.present[source][:, None].double()
-            values = torch.where(
-                weight.bool(), pooled[source].double(), torch.zeros_like(pooled[source].double())
-            )
-            total += weight * self.translator(source, target).transform(values)
-            count += weight
-        return (total / count).float(), pooled[target]
+            keep = batch.present[source][:, None]
+            clean = torch.where(keep, pooled[source], torch.zeros_like(pooled[source])).double()
+            translations[source] = self.translator(source, target).transform(clean)
+        return mean_over_present(translations, batch.present).float(), pooled[target]
 
 
 def default_pairs(modalities: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:

@@ -330,28 +330,38 @@ def resample_frames(frames: np.ndarray, count: int) -> np.ndarray:
     return frames[index]
 
 
+def frame_extractor(kind: str = "mfcc") -> Callable[[np.ndarray], np.ndarray]:
+    """16 kHz audio → frame features: ``mfcc`` (20-d MFCC frames) or ``oww`` (the 96-d
+    speech_embedding frames of ``openwakeword``, which needs ``onnxruntime``).
+
+    Shape:
+        ``[samples]`` → ``[frames, d]``.
+    """
+    if kind == "mfcc":
+        return mfcc
+    if kind != "oww":
+        raise ValueError(f"speech features must be 'mfcc' or 'oww', got {kind!r}")
+    try:
+        from openwakeword.utils import AudioFeatures
+    except ImportError as err:
+        raise ImportError("speech 'oww' needs openwakeword and onnxruntime") from err
+    features = AudioFeatures(ncpu=1)
+
+    def frames_of(audio: np.ndarray) -> np.ndarray:
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+        pcm = np.pad(pcm, (0, max(0, 2 * SAMPLE_RATE - len(pcm))))
+        return np.asarray(features._get_embeddings(pcm), dtype=np.float32)
+
+    return frames_of
+
+
 def speech_encoder(kind: str = "mfcc", nodes: int = 16) -> Callable[[list[str]], np.ndarray]:
     """Tibetan lines → ``[N, nodes, d]`` frame features of their synthesized speech.
 
-    ``mfcc``: 20-d MFCC frames; ``oww``: the 96-d speech_embedding frames of ``openwakeword``
-    (needs ``onnxruntime``). Each utterance is resampled to ``nodes`` evenly spaced frames.
+    Frames come from :func:`frame_extractor`; each utterance is resampled to ``nodes`` evenly
+    spaced frames.
     """
-    if kind == "oww":
-        try:
-            from openwakeword.utils import AudioFeatures
-        except ImportError as err:
-            raise ImportError("speech 'oww' needs openwakeword and onnxruntime") from err
-        features = AudioFeatures(ncpu=1)
-
-        def frames_of(audio: np.ndarray) -> np.ndarray:
-            pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
-            pcm = np.pad(pcm, (0, max(0, 2 * SAMPLE_RATE - len(pcm))))
-            return np.asarray(features._get_embeddings(pcm), dtype=np.float32)
-
-    elif kind == "mfcc":
-        frames_of = mfcc
-    else:
-        raise ValueError(f"speech features must be 'mfcc' or 'oww', got {kind!r}")
+    frames_of = frame_extractor(kind)
 
     def encode(texts: list[str]) -> np.ndarray:
         out = [resample_frames(frames_of(synthesize(phonetics(t))), nodes) for t in texts]
@@ -362,13 +372,5 @@ def speech_encoder(kind: str = "mfcc", nodes: int = 16) -> Callable[[list[str]],
 
 def audio_features(path: str | Path, kind: str = "mfcc", nodes: int = 16) -> np.ndarray:
     """``[1, nodes, d]`` features of a recorded WAV file, as :func:`speech_encoder` makes them."""
-    audio = read_wav(path)
-    if kind == "mfcc":
-        frames = mfcc(audio)
-    else:
-        from openwakeword.utils import AudioFeatures
-
-        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
-        pcm = np.pad(pcm, (0, max(0, 2 * SAMPLE_RATE - len(pcm))))
-        frames = np.asarray(AudioFeatures(ncpu=1)._get_embeddings(pcm), dtype=np.float32)
+    frames = frame_extractor(kind)(read_wav(path))
     return resample_frames(frames, nodes)[None].astype(np.float32)
