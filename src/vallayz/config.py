@@ -50,6 +50,9 @@ class IMPNConfig:
     gate_hidden: int = 64
     # Expansion factor of the feed-forward block of each bridge layer.
     ffn_mult: int = 4
+    # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
+    # (Batch.tokens), added to the native embedding before the adapter; {} for none.
+    token_buckets: dict[str, int] = field(default_factory=dict)
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -78,6 +81,7 @@ class IMPNConfig:
         _positive_int("ffn_mult", self.ffn_mult)
         if self.hidden_dim is not None:
             _positive_int("hidden_dim", self.hidden_dim)
+        check_token_buckets(self.token_buckets, self.modalities)
         if self.soil_dim % self.heads:
             raise ValueError(
                 f"heads={self.heads} does not divide soil_dim={self.soil_dim}; choose heads "
@@ -169,6 +173,22 @@ class IMPNConfig:
                 "rewrite it or regenerate it with IMPNConfig.to_json"
             ) from err
         return cls.from_dict(data)
+
+
+def check_token_buckets(token_buckets: object, modalities: dict[str, int]) -> None:
+    """Raises ``ValueError`` unless ``token_buckets`` maps known modalities to positive ints."""
+    if not isinstance(token_buckets, dict):
+        raise ValueError(
+            "token_buckets must be {modality: buckets}, e.g. {'bo': 65536}; "
+            f"got {token_buckets!r}"
+        )
+    for name, buckets in token_buckets.items():
+        if name not in modalities:
+            raise ValueError(
+                f"token_buckets names modality {name!r}, which is not one of {sorted(modalities)}; "
+                "remove it or add the modality"
+            )
+        _positive_int(f"token_buckets[{name!r}]", buckets)
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -7,6 +7,8 @@ A data directory holds:
   modalities;
 * optionally ``<modality>.present.npy`` (bool ``[N]``, rows where the modality exists) and, for
   node arrays, ``<modality>.padding.npy`` (bool ``[N, T]``, ``True`` = real node);
+* optionally ``<modality>.tokens.npy`` (integer ``[N, L]``, ``-1`` = padding): hashed feature
+  ids of each row, read by models with a token front end for that modality;
 * ``items.tsv``: a header and one line per row with ``id`` (unique) and optionally ``group``
   (document, speaker: splits never cut a group), ``split`` (``train``/``val``/``test``), ``text``
   or ``label`` (the gold key used by retrieval), and per-modality ``text_<m>`` / ``label_<m>``.
@@ -32,7 +34,7 @@ from vallayz.types import Batch
 ITEMS_NAME = "items.tsv"
 SAFETENSORS_NAME = "embeddings.safetensors"
 SPLITS = ("train", "val", "test")
-_SUFFIXES = (".present", ".padding")
+_SUFFIXES = (".present", ".padding", ".tokens")
 
 
 @dataclass
@@ -80,6 +82,11 @@ class PairedEmbeddings:
             for name, a in self.arrays.items()
             if a.ndim == 3
         }
+        self.tokens: dict[str, np.ndarray] = {}
+        for name in self.arrays:
+            ids = self._tokens(name)
+            if ids is not None:
+                self.tokens[name] = ids
         self.items = self._load_items()
         if check_values:
             self._check_values()
@@ -146,6 +153,23 @@ class PairedEmbeddings:
                 f"{path} has dtype {mask.dtype}; save a bool array (True = present/real)"
             )
         return mask
+
+    def _tokens(self, name: str) -> np.ndarray | None:
+        path = self.directory / f"{name}.tokens.npy"
+        if not path.exists():
+            return None
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{path} is not a readable .npy array ({err}); write it with numpy.save"
+            ) from err
+        if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.shape[0] != self.size:
+            raise ValueError(
+                f"{path} has dtype {ids.dtype} and shape {ids.shape}; expected integer ids of "
+                f"shape [{self.size}, length] with -1 as padding"
+            )
+        return ids
 
     def _load_items(self) -> list[dict[str, str]]:
         path = self.directory / ITEMS_NAME
@@ -247,10 +271,10 @@ class PairedEmbeddings:
     def batch(
         self, rows: Sequence[int] | np.ndarray, modalities: Sequence[str] | None = None
     ) -> Batch:
-        """Reads ``rows`` into a :class:`~vallayz.types.Batch` (float32 tensors)."""
+        """Reads ``rows`` into a :class:`~vallayz.types.Batch` (float32 tensors, int64 tokens)."""
         rows = np.asarray(rows, dtype=np.int64)
         names = list(modalities) if modalities is not None else list(self.arrays)
-        embeddings, present, padding = {}, {}, {}
+        embeddings, present, padding, tokens = {}, {}, {}, {}
         for name in names:
             if name not in self.arrays:
                 raise ValueError(f"unknown modality {name!r}; this data has {sorted(self.arrays)}")
@@ -260,7 +284,9 @@ class PairedEmbeddings:
             present[name] = torch.from_numpy(self.present[name][rows].copy())
             if name in self.padding:
                 padding[name] = torch.from_numpy(self.padding[name][rows].copy())
-        return Batch.of(embeddings, present, padding)
+            if name in self.tokens:
+                tokens[name] = torch.from_numpy(np.asarray(self.tokens[name][rows], np.int64))
+        return Batch.of(embeddings, present, padding, tokens)
 
     def summary(self) -> list[ModalitySummary]:
         """Shape, dtype and number of present rows of every modality."""
@@ -278,6 +304,7 @@ def write_paired_embeddings(
     items: Sequence[dict[str, str]],
     present: dict[str, np.ndarray] | None = None,
     padding: dict[str, np.ndarray] | None = None,
+    tokens: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Writes a data directory in the format :class:`PairedEmbeddings` reads.
 
@@ -287,6 +314,7 @@ def write_paired_embeddings(
         items: One dict per row with at least ``id``; every dict has the same keys.
         present: Optional modality → ``[N]`` bool.
         padding: Optional modality → ``[N, T]`` bool.
+        tokens: Optional modality → ``[N, L]`` integer feature ids, ``-1`` = padding.
 
     Returns:
         The directory.
@@ -298,6 +326,8 @@ def write_paired_embeddings(
     for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
         for name, mask in masks.items():
             np.save(directory / f"{name}{suffix}.npy", np.asarray(mask, dtype=bool))
+    for name, ids in (tokens or {}).items():
+        np.save(directory / f"{name}.tokens.npy", np.asarray(ids, dtype=np.int32))
     if not items:
         raise ValueError("items must hold one dict per row")
     header = list(items[0])

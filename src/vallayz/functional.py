@@ -117,3 +117,26 @@ def mean_over_present(values: Mapping[str, Tensor], present: Mapping[str, Tensor
     if total is None or count is None:
         raise ValueError("mean_over_present needs at least one modality")
     return total / count
+
+
+def hashed_bag_mean(table: Tensor, ids: Tensor) -> Tensor:
+    """Per row, the mean of the table rows of its hashed feature ids (``-1`` = padding).
+
+    Ids are reduced modulo the table size, so features hashed into a larger space (e.g. 2^18
+    buckets) share rows of a smaller table. A row without any id gets zeros.
+
+    Args:
+        table: One learned vector per bucket.
+        ids: Integer feature ids; negative entries are padding.
+
+    Returns:
+        The mean vector of each row's features.
+
+    Shape:
+        table ``[buckets, d]``, ids ``[B, L]`` → ``[B, d]``.
+    """
+    real = ids >= 0
+    count = real.sum(dim=1, keepdim=True).clamp_min(1)
+    weights = (real / count).to(table.dtype)
+    index = torch.where(real, ids % table.shape[0], torch.zeros_like(ids))
+    return torch.nn.functional.embedding_bag(index, table, mode="sum", per_sample_weights=weights)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.functional import sample_variants, topk_softmax
+from vallayz.functional import hashed_bag_mean, sample_variants, topk_softmax
 
 
 class ResidualMLP(nn.Module):
@@ -60,6 +60,29 @@ class Adapter(ResidualMLP):
 
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.projection is None else self.projection(x)
+
+
+class HashedBag(nn.Module):
+    """A trainable embedding-bag front end: the mean of learned vectors of a row's hashed
+    features (n-grams, tokens), added to the modality's native embedding before its adapter.
+
+    The table starts at zero, so an untrained front end leaves the native input unchanged and
+    training learns what the fixed native vector misses.
+
+    Args:
+        buckets: Rows of the table; feature ids are taken modulo ``buckets``.
+        dim: Width of each row (the modality's native dimension).
+
+    Shape:
+        ids ``[B, L]`` (``-1`` = padding) → ``[B, dim]``.
+    """
+
+    def __init__(self, buckets: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(buckets, dim))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return hashed_bag_mean(self.weight, ids.to(self.weight.device))
 
 
 class Decoder(ResidualMLP):

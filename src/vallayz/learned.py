@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.config import IMPNConfig
+from vallayz.config import IMPNConfig, check_token_buckets
 from vallayz.functional import mean_over_present
+from vallayz.layers import HashedBag
 from vallayz.losses import LossOutput, info_nce, translation_loss
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
 from vallayz.types import Batch, Embeddings, Masks
@@ -45,6 +46,9 @@ class BaselineConfig:
     hidden: int = 512
     # InfoNCE temperature of the contrastive heads.
     temperature: float = 0.07
+    # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
+    # (Batch.tokens), added to the native input as in IMPN; {} for none.
+    token_buckets: dict[str, int] = field(default_factory=dict)
     # Version of the checkpoint schema.
     schema_version: int = 1
 
@@ -57,6 +61,7 @@ class BaselineConfig:
             raise ValueError("a baseline links at least two modalities")
         if self.dim < 1 or self.hidden < 1 or not self.temperature > 0:
             raise ValueError("dim and hidden must be positive integers and temperature positive")
+        check_token_buckets(self.token_buckets, self.modalities)
 
 
 class _Baseline(nn.Module):
@@ -64,6 +69,12 @@ class _Baseline(nn.Module):
         super().__init__()
         self.config = config
         self.names = list(config.modalities)
+        self.front_ends = nn.ModuleDict(
+            {
+                m: HashedBag(buckets, config.modalities[m])
+                for m, buckets in config.token_buckets.items()
+            }
+        )
 
     @property
     def device(self) -> torch.device:
@@ -91,10 +102,13 @@ class _Baseline(nn.Module):
         return torch.stack(list(terms.values())).mean()
 
     def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
-        """Pooled inputs on the model's device, zero in absent rows (which may hold NaN)."""
+        """Pooled inputs on the model's device (plus the token front end's output where there
+        is one), zero in absent rows (which may hold NaN)."""
         out = {}
         for name, x in batch.pooled().items():
             x = x.to(self.device)
+            if name in self.front_ends and name in batch.tokens:
+                x = x + self.front_ends[name](batch.tokens[name])
             keep = batch.present[name].to(self.device)[:, None]
             out[name] = torch.where(keep, x, torch.zeros_like(x))
         return out
@@ -143,13 +157,13 @@ class ContrastiveHeads(_Baseline):
 
     def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         """Mean symmetric InfoNCE over every pair present in at least two rows."""
-        pooled = batch.pooled()
+        inputs = self._clean_inputs(batch)
         terms: dict[str, Tensor] = {}
         for a, b in itertools.combinations(batch.embeddings, 2):
             both = (batch.present[a] & batch.present[b]).to(self.device)
             if int(both.sum()) >= 2:
-                za = self.heads[a](pooled[a].to(self.device)[both])
-                zb = self.heads[b](pooled[b].to(self.device)[both])
+                za = self.heads[a](inputs[a][both])
+                zb = self.heads[b](inputs[b][both])
                 terms[f"contrastive/{a}-{b}"] = info_nce(za, zb, self.config.temperature)
         total = self._mean(terms)
         terms["contrastive"] = total
@@ -199,12 +213,13 @@ class MLPTranslator(_Baseline):
 
     def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         """Mean translation loss over every ordered pair present in a row."""
+        inputs = self._clean_inputs(batch)
         pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
         terms: dict[str, Tensor] = {}
         for a, b in itertools.permutations(batch.embeddings, 2):
             both = (batch.present[a] & batch.present[b]).to(self.device)
             if bool(both.any()):
-                prediction = self.maps[f"{a}__{b}"](pooled[a][both])
+                prediction = self.maps[f"{a}__{b}"](inputs[a][both])
                 terms[f"translation/{a}-{b}"] = translation_loss(prediction, pooled[b][both])
         total = self._mean(terms)
         terms["translation"] = total

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.functional import masked_mean, mean_over_present
-from vallayz.layers import Adapter, BridgeLayer, Decoder
+from vallayz.layers import Adapter, BridgeLayer, Decoder, HashedBag
 from vallayz.types import Batch, Embeddings, Masks
 
 CONFIG_NAME = "config.json"
@@ -83,7 +83,10 @@ class IMPN(nn.Module):
     One adapter per modality roots its native embeddings into the soil space; ``L`` bridge layers
     let the nodes of every modality exchange gated, noisy messages with the nodes of the other
     present modalities; absent modalities start from learned seed states; one decoder per
-    modality maps pooled soil states back to its native space.
+    modality maps pooled soil states back to its native space. A modality named in
+    ``config.token_buckets`` also has a trainable embedding-bag front end over the batch's hashed
+    feature ids (``Batch.tokens``) whose output is added to its native input before the adapter;
+    a batch without tokens for it (e.g. decoded embeddings fed back) uses the native input alone.
 
     Example:
         >>> import torch
@@ -103,6 +106,12 @@ class IMPN(nn.Module):
         )
         self.decoders = nn.ModuleDict(
             {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
+        )
+        self.front_ends = nn.ModuleDict(
+            {
+                m: HashedBag(buckets, config.modalities[m])
+                for m, buckets in config.token_buckets.items()
+            }
         )
         # Keyed by name, so that a checkpoint does not depend on the order of the modalities.
         self.seeds = nn.ParameterDict(
@@ -241,6 +250,8 @@ class IMPN(nn.Module):
                     else padding.to(device)
                 )
                 keep = present[:, None] & real
+                if name in self.front_ends and name in batch.tokens:
+                    x = x + self.front_ends[name](batch.tokens[name])[:, None]
                 # Zero ignored entries first: NaN in an absent row must not reach the gradients.
                 states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
                 states = torch.where(present[:, None, None], states, seed.expand_as(states))

@@ -6,6 +6,9 @@ Every public function of vallayz takes and returns dictionaries keyed by modalit
   nodes ``[B, T_m, d_m]``.
 * ``Masks``: modality → boolean mask. A *presence* mask is ``[B]`` (is the modality observed
   for this row at all); a *padding* mask is ``[B, T_m]`` (``True`` marks a real node).
+* ``Tokens``: modality → integer ids ``[B, L]`` of hashed discrete features of the same items
+  (``-1`` = padding), read by a model's trainable embedding-bag front end for that modality
+  and ignored by models without one.
 
 :class:`Batch` bundles the three and checks them against an :class:`~vallayz.config.IMPNConfig`.
 """
@@ -28,6 +31,9 @@ Embeddings = Mapping[str, Tensor]
 Masks = Mapping[str, Tensor]
 """Modality name → boolean mask, ``[B]`` (presence) or ``[B, T_m]`` (padding, ``True`` = real)."""
 
+Tokens = Mapping[str, Tensor]
+"""Modality name → integer feature ids ``[B, L]``, ``-1`` for padding."""
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -40,11 +46,14 @@ class Batch:
         present: Modality → ``[B]`` bool; ``False`` marks a row where the modality is missing
             (its values are then ignored and may be anything, NaN included).
         padding: Modality → ``[B, T_m]`` bool; ``True`` marks a real node. Only for node inputs.
+        tokens: Modality → ``[B, L]`` integer ids of hashed features (``-1`` = padding), for
+            models with a token front end for that modality; others ignore them.
     """
 
     embeddings: dict[str, Tensor]
     present: dict[str, Tensor] = field(default_factory=dict)
     padding: dict[str, Tensor] = field(default_factory=dict)
+    tokens: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -52,6 +61,7 @@ class Batch:
         embeddings: Embeddings | Batch,
         present: Masks | None = None,
         padding: Masks | None = None,
+        tokens: Tokens | None = None,
     ) -> Batch:
         """Builds a batch, filling missing masks with "all present" and "no padding".
 
@@ -60,20 +70,23 @@ class Batch:
                 no masks are given).
             present: Optional modality → ``[B]`` presence masks.
             padding: Optional modality → ``[B, T_m]`` padding masks (``True`` = real node).
+            tokens: Optional modality → ``[B, L]`` hashed feature ids (``-1`` = padding).
 
         Returns:
             A batch whose ``present`` holds a mask for every modality in ``embeddings`` and whose
             ``padding`` holds a mask for every node input.
         """
         if isinstance(embeddings, Batch):
-            if present is None and padding is None:
+            if present is None and padding is None and tokens is None:
                 return embeddings
             present = {**embeddings.present, **(present or {})}
             padding = {**embeddings.padding, **(padding or {})}
+            tokens = {**embeddings.tokens, **(tokens or {})}
             embeddings = embeddings.embeddings
         present = dict(present or {})
         padding = dict(padding or {})
-        for name in list(present) + list(padding):
+        tokens = dict(tokens or {})
+        for name in list(present) + list(padding) + list(tokens):
             if name not in embeddings:
                 raise ValueError(
                     f"a mask is given for modality {name!r} but no embeddings are; pass "
@@ -110,7 +123,19 @@ class Batch:
                     f"a padding mask is given for modality {name!r}, whose embeddings are pooled "
                     f"{tuple(x.shape)}; padding masks are only for [batch, nodes, dim] inputs"
                 )
-        return cls(dict(embeddings), out_present, out_padding)
+        for name, ids in tokens.items():
+            if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex():
+                raise ValueError(
+                    f"tokens for modality {name!r} must be an integer torch.Tensor of hashed "
+                    "feature ids ([batch, length], -1 = padding); convert them with .long()"
+                )
+            rows = embeddings[name].shape[0]
+            if ids.dim() != 2 or ids.shape[0] != rows:
+                raise ValueError(
+                    f"tokens for modality {name!r} have shape {tuple(ids.shape)}; expected "
+                    f"[{rows}, length] (one row of ids per item, -1 = padding)"
+                )
+        return cls(dict(embeddings), out_present, out_padding, tokens)
 
     @property
     def batch_size(self) -> int:
@@ -216,6 +241,7 @@ class Batch:
             {m: x[rows] for m, x in self.embeddings.items()},
             {m: x[rows] for m, x in self.present.items()},
             {m: x[rows] for m, x in self.padding.items()},
+            {m: x[rows] for m, x in self.tokens.items()},
         )
 
     @property

@@ -49,7 +49,8 @@ class PerturbedView:
     Args:
         data: The underlying :class:`~vallayz.data.PairedEmbeddings`.
         absent: Modality → ``[N]`` bool, rows to treat as missing.
-        noisy: Modalities to perturb with Gaussian noise.
+        noisy: Modalities to perturb with Gaussian noise (their hashed-feature tokens, if any,
+            are withheld, so a token front end cannot see the clean item).
         snr_db: Signal-to-noise ratio of that noise (None: no noise).
         seed: Seed of the noise; the draw for a row depends only on ``seed`` and the row.
     """
@@ -67,6 +68,7 @@ class PerturbedView:
         self.noisy, self.snr_db, self.seed = noisy, snr_db, seed
         self.present = data.present
         self.arrays = data.arrays
+        self.tokens = data.tokens
 
     def keys(self, modality: str | None = None) -> list[str]:
         return list(self.data.keys(modality))
@@ -85,7 +87,11 @@ class PerturbedView:
                     generator = torch.Generator().manual_seed(self.seed * 1_000_003 + row)
                     noisy.append(add_noise_snr(x[None], self.snr_db, generator)[0])
                 embeddings[name] = torch.stack(noisy)
-        return Batch(embeddings, present, dict(batch.padding))
+        # A noisy modality loses its tokens: they would carry the clean item past the noise.
+        tokens = {
+            m: t for m, t in batch.tokens.items() if m not in self.noisy or self.snr_db is None
+        }
+        return Batch(embeddings, present, dict(batch.padding), tokens)
 
 
 def drop_sources(
