@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import lzma
 import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,22 @@ def test_tibetan_encoder_fits_on_training_lines_and_round_trips(tmp_path: Path) 
         TibetanEncoder()(["ཀ"])
 
 
+def test_token_ids_are_the_distinct_hashed_features_in_order() -> None:
+    import zlib
+
+    encoder = TibetanEncoder(buckets=2**10)
+    lines = ["སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ། །", "ཀ་ཀ་ཀ", ""]
+    ids = encoder.token_ids(lines, length=40)
+    assert ids.shape == (3, 40) and ids.dtype == np.int32
+    for row, line in enumerate(lines):
+        distinct = list(dict.fromkeys(tibetan_features(line)))[:40]
+        want = [zlib.crc32(f.encode()) % 2**10 for f in distinct]
+        assert ids[row, : len(want)].tolist() == want
+        assert (ids[row, len(want) :] == -1).all()
+    assert len(tibetan_features(lines[0])) > 40  # the first line is truncated
+    assert (ids[2] == -1).all()
+
+
 def test_mfcc_of_a_tone_and_frame_resampling() -> None:
     t = np.arange(16000) / 16000
     frames = mfcc(np.sin(2 * np.pi * 440 * t).astype(np.float32))
@@ -136,6 +153,11 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
     for pair in ["| bo ", "| en ", "| speech ", "| bo+speech "]:
         assert pair in report
     assert "queries: novel" in report
+    # Every learned method read Tibetan through the same trainable n-gram bag.
+    assert (out / "data" / "bo.tokens.npy").exists()
+    for method in ("impn", "contrastive-heads", "mlp-translator"):
+        config = json.loads((out / method / "best" / "config.json").read_text())
+        assert config["token_buckets"] == {"bo": 2**16}
     line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5

@@ -64,6 +64,9 @@ class BenchSpec:
     matched_dropout: bool = False
     # Extra row subsets evaluated separately, e.g. {"novel": rows}.
     subsets: dict[str, list[int]] = field(default_factory=dict)
+    # Trainable token front ends (modality -> buckets) given to every learned method alike,
+    # for data with <modality>.tokens.npy; {} for none.
+    token_buckets: dict[str, int] = field(default_factory=dict)
 
 
 def _encoders(
@@ -132,7 +135,9 @@ def run_benchmark(
             fit(data_dir, run, resume=True, progress=progress)
         else:
             log(f"training {method} -> {run}")
-            overrides = model_overrides if method == "impn" else None
+            overrides = dict(model_overrides or {}) if method == "impn" else {}
+            if spec.token_buckets:
+                overrides["token_buckets"] = spec.token_buckets
             fit(data_dir, run, overrides, config, progress=progress, method=method)
         timings[run.name] = time.perf_counter() - started
         return run

@@ -289,6 +289,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
         args.pools,
         progress=not args.quiet,
         matched_dropout=args.matched_dropout,
+        token_buckets=args.token_buckets,
     )
     rows = [
         r
@@ -417,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--speech", type=int, default=2000, help="items with synthesized speech")
     b.add_argument(
         "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
+    )
+    b.add_argument(
+        "--token-buckets",
+        dest="token_buckets",
+        type=int,
+        default=2**16,
+        help="rows of the trainable n-gram embedding bag of every learned method (0: none)",
     )
     b.add_argument("--examples", type=int, default=3, help="example translations to print")
     b.add_argument("--eval-corpus", dest="eval_corpus", help="evaluate --run on this corpus only")

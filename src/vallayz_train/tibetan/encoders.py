@@ -4,7 +4,9 @@
 * Tibetan: no packaged model understands it, so the project builds one: hashed syllable
   (uni- and bigram) and character (2–4-gram) features, TF-IDF weighted with document
   frequencies of the training split only, reduced by a truncated SVD fitted on the training
-  split only. Its state (IDF vector and SVD basis) is saved as safetensors + JSON.
+  split only. Its state (IDF vector and SVD basis) is saved as safetensors + JSON. The same
+  hashed features, as id lists (:meth:`TibetanEncoder.token_ids`), feed the trainable
+  embedding-bag front end of the learned models.
 * Generated speech: Tibetan → phonetics (``bophono``, KVP scheme, syllable by syllable; Wylie
   with ``pyewts`` as fallback) → ``espeak-ng`` → 16 kHz audio → MFCC frames (numpy), or the
   speech_embedding frames that ship with ``openwakeword``.
@@ -157,6 +159,22 @@ class TibetanEncoder:
         svd = TruncatedSVD(self.dim, algorithm="randomized", n_iter=4, random_state=seed).fit(x)
         self.components = np.ascontiguousarray(svd.components_, dtype=np.float32)
         return self
+
+    def token_ids(self, texts: Sequence[str], length: int = 256) -> np.ndarray:
+        """Bucket ids of each line's distinct features, in order, ``-1``-padded to ``length``.
+
+        These feed a trainable embedding-bag front end (``Batch.tokens``). Syllable features
+        come first, so a line with more than ``length`` distinct features loses character
+        n-grams of its last syllables.
+
+        Shape:
+            ``N`` lines → ``[N, length]`` int32.
+        """
+        out = np.full((len(texts), length), -1, dtype=np.int32)
+        for row, text in enumerate(texts):
+            feats = list(dict.fromkeys(tibetan_features(text)))[:length]
+            out[row, : len(feats)] = [zlib.crc32(f.encode()) % self.buckets for f in feats]
+        return out
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if self.components is None:
