@@ -139,12 +139,13 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     import torch
 
     from vallayz.data import PairedEmbeddings
+    from vallayz.types import Batch
 
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.candidates)
     if args.input:
         x = torch.from_numpy(np.asarray(_read_array(args.input), dtype=np.float32))
-        queries = {args.source: x}
+        queries = Batch.of({args.source: x})
         labels = [f"row {i}" for i in range(x.shape[0])]
     else:
         ids = {item["id"]: i for i, item in enumerate(data.items)}
@@ -152,11 +153,11 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
         rows = np.array([ids[q] for q in args.query_ids])
-        queries = dict(data.batch(rows, [args.source]).embeddings)
+        queries = data.batch(rows, [args.source])  # with its tokens, if the data has any
         labels = list(args.query_ids)
     candidate_rows = np.flatnonzero(data.present[args.target])
     with torch.no_grad():
-        q = model.embed(queries[args.source].to(args.device), args.source)
+        q = model.embed(queries)
         c = torch.cat(
             [
                 model.embed(data.batch(candidate_rows[i : i + 4096], [args.target])).cpu()
@@ -191,6 +192,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"  {summary.name:<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
             f"present {rate:6.1%}"
         )
+        if summary.name in data.tokens:
+            ids = data.tokens[summary.name]
+            print(f"  {summary.name + ' tokens':<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
     print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
     return 0
 

@@ -1,0 +1,121 @@
+"""IMPN ablations at one budget: micro-variants K, noise sigma, top-k, GRU vs residual update,
+the speech modality on or off, and speech as frame nodes or one pooled node.
+
+Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
+during training) on the same data and steps; each is scored on the *validation* split (the
+test split stays untouched) with pools of ``--pool`` candidates, for bo->en and bo+speech->en
+by default. Finished variants are reused, so an interrupted ablation continues.
+
+    python scripts/ablate_impn.py runs/tibetan-full/data --out runs/ablate --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import PairedEmbeddings
+from vallayz.eval import format_table, model_encoder, retrieval_table
+from vallayz.learned import load_pretrained
+from vallayz_train.cli import parse_pair
+from vallayz_train.config import TrainConfig
+from vallayz_train.tibetan.bench import MODEL_DEFAULTS, TOKEN_BUCKETS
+from vallayz_train.trainer import fit
+
+# name -> (model config changes, data change); "pooled-speech" trains on speech mean-pooled
+# over its real frames (one node instead of one per frame).
+VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "default": ({}, None),
+    "K=1": ({"variants": 1}, None),
+    "K=4": ({"variants": 4}, None),
+    "sigma=0": ({"sigma": 0.0}, None),
+    "sigma=0.2": ({"sigma": 0.2}, None),
+    "top-k=1": ({"top_k": 1}, None),
+    "top-k=16 (all)": ({"top_k": 16}, None),
+    "GRU update": ({"update": "gru"}, None),
+    "no speech": ({}, "no-speech"),
+    "pooled speech": ({}, "pooled-speech"),
+}
+
+
+def pooled_speech_data(data_dir: Path, out: Path) -> Path:
+    """A copy of the data directory (linked files) whose speech is one mean-pooled node."""
+    if (out / "items.tsv").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for path in data_dir.iterdir():
+        if path.name.startswith("speech.") and path.suffix == ".npy":
+            continue
+        (out / path.name).symlink_to(path.resolve())
+    data = PairedEmbeddings(data_dir, check_values=False)
+    batch = data.batch(np.arange(data.size), ["speech"])
+    np.save(out / "speech.npy", batch.pooled()["speech"].numpy().astype(np.float16))
+    np.save(out / "speech.present.npy", data.present["speech"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--pool", type=int, default=1000)
+    parser.add_argument("--pairs", nargs="+", default=["bo->en", "bo+speech->en"])
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="a subset of variants")
+    args = parser.parse_args()
+
+    pairs = [parse_pair(p) for p in args.pairs]
+    train = TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        eval_every=args.steps,
+        checkpoint_every=args.steps,
+        warmup_steps=min(50, args.steps // 4),
+        planner=False,
+    )
+    table: list[dict[str, Any]] = []
+    for name in args.only or list(VARIANTS):
+        changes, data_change = VARIANTS[name]
+        data_dir = args.data
+        model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}, **changes}
+        if data_change == "no-speech":
+            dims = PairedEmbeddings(args.data, check_values=False).modalities
+            model["modalities"] = {m: d for m, d in dims.items() if m != "speech"}
+        elif data_change == "pooled-speech":
+            data_dir = pooled_speech_data(args.data, args.out / "data-pooled-speech")
+        run = args.out / name.replace(" ", "-").replace("(", "").replace(")", "")
+        started = time.perf_counter()
+        if not (run / "summary.json").exists():
+            fit(data_dir, run, model, train, progress=True)
+        seconds = time.perf_counter() - started
+        data = PairedEmbeddings(data_dir, check_values=False)
+        val = data.split_indices(train.split_seed)["val"]
+        impn = load_pretrained(run).eval()
+        known = json.loads((run / "config.json").read_text())["modalities"]
+        usable = [p for p in pairs if all(m in known for m in (*p[0], p[1]))]
+        for row in retrieval_table(data, val, model_encoder(impn, data), usable, args.pool):
+            if row["pool"] == str(args.pool):
+                table.append(
+                    {
+                        "variant": name,
+                        "pair": f"{row['source']}->{row['target']}",
+                        "val R@1": row["R@1"],
+                        "val R@5": row["R@5"],
+                        "train s": seconds,
+                    }
+                )
+        print(format_table(table[-len(usable) :]), flush=True)
+    print(format_table(table))
+    (args.out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
