@@ -1,5 +1,5 @@
 """IMPN ablations at one budget: micro-variants K, noise sigma, top-k, GRU vs residual update,
-the speech modality on or off, and speech as frame nodes or one pooled node.
+the speech modality on or off, speech as frame nodes or one pooled node, and loss terms.
 
 Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
 during training) on the same data and steps; each is scored on the *validation* split (the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,29 @@ from vallayz_train.config import TrainConfig
 from vallayz_train.tibetan.bench import MODEL_DEFAULTS, TOKEN_BUCKETS
 from vallayz_train.trainer import fit
 
-# name -> (model config changes, data change); "pooled-speech" trains on speech mean-pooled
-# over its real frames (one node instead of one per frame).
-VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
-    "default": ({}, None),
-    "K=1": ({"variants": 1}, None),
-    "K=4": ({"variants": 4}, None),
-    "sigma=0": ({"sigma": 0.0}, None),
-    "sigma=0.2": ({"sigma": 0.2}, None),
-    "top-k=1": ({"top_k": 1}, None),
-    "top-k=16 (all)": ({"top_k": 16}, None),
-    "GRU update": ({"update": "gru"}, None),
-    "no speech": ({}, "no-speech"),
-    "pooled speech": ({}, "pooled-speech"),
+# name -> (model config changes, training config changes, data change); "pooled-speech" trains
+# on speech mean-pooled over its real frames (one node instead of one per frame).
+Variant = tuple[dict[str, Any], dict[str, Any], str | None]
+REFERENCE = "contrastive heads (reference)"
+VARIANTS: dict[str, Variant] = {
+    "default": ({}, {}, None),
+    "K=1": ({"variants": 1}, {}, None),
+    "K=4": ({"variants": 4}, {}, None),
+    "sigma=0": ({"sigma": 0.0}, {}, None),
+    "sigma=0.2": ({"sigma": 0.2}, {}, None),
+    "top-k=1": ({"top_k": 1}, {}, None),
+    "top-k=16 (all)": ({"top_k": 16}, {}, None),
+    "GRU update": ({"update": "gru"}, {}, None),
+    "no speech": ({}, {}, "no-speech"),
+    "pooled speech": ({}, {}, "pooled-speech"),
+    "no kNN term": ({}, {"knn": 0.0}, None),
+    # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
+    REFERENCE: ({}, {}, None),
+    "contrastive only": (
+        {},
+        {"knn": 0.0, "translation": 0.0, "cycle": 0.0, "denoising": 0.0, "orthogonality": 0.0},
+        None,
+    ),
 }
 
 
@@ -83,7 +94,8 @@ def main() -> None:
     )
     table: list[dict[str, Any]] = []
     for name in args.only or list(VARIANTS):
-        changes, data_change = VARIANTS[name]
+        changes, weights, data_change = VARIANTS[name]
+        config = replace(train, loss_weights={**train.loss_weights, **weights})
         data_dir = args.data
         model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}, **changes}
         if data_change == "no-speech":
@@ -93,8 +105,11 @@ def main() -> None:
             data_dir = pooled_speech_data(args.data, args.out / "data-pooled-speech")
         run = args.out / name.replace(" ", "-").replace("(", "").replace(")", "")
         started = time.perf_counter()
+        if name == REFERENCE:
+            model = {"token_buckets": model["token_buckets"]}
         if not (run / "summary.json").exists():
-            fit(data_dir, run, model, train, progress=True)
+            method = "contrastive-heads" if name == REFERENCE else "impn"
+            fit(data_dir, run, model, config, progress=True, method=method)
         seconds = time.perf_counter() - started
         data = PairedEmbeddings(data_dir, check_values=False)
         val = data.split_indices(train.split_seed)["val"]
@@ -102,11 +117,13 @@ def main() -> None:
         known = json.loads((run / "config.json").read_text())["modalities"]
         usable = [p for p in pairs if all(m in known for m in (*p[0], p[1]))]
         for row in retrieval_table(data, val, model_encoder(impn, data), usable, args.pool):
-            if row["pool"] == str(args.pool):
+            # Pools of --pool candidates, or every query when a pair has fewer.
+            if row["pool"] == str(args.pool) or int(str(row["queries"])) < args.pool:
                 table.append(
                     {
                         "variant": name,
                         "pair": f"{row['source']}->{row['target']}",
+                        "pool": row["queries"] if row["pool"] == "all" else row["pool"],
                         "val R@1": row["R@1"],
                         "val R@5": row["R@5"],
                         "train s": seconds,
