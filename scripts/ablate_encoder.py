@@ -1,8 +1,10 @@
 """Encoder-capacity ablation: which part of the IMPN encoder path generalises on a data set?
 
 Trains, with symmetric InfoNCE only and one budget, a linear head per modality, the IMPN
-adapter alone, and the isolated IMPN path (adapter + L bridge layers) with components removed,
-then prints validation R@1 (source -> target) for each. Uses the validation split only.
+adapter alone, and the isolated IMPN path (adapter + L bridge layers) with components removed
+or initialised differently, then prints validation R@1 (source -> target) for each. With
+``--token-buckets N`` every encoder of the source adds a trainable embedding bag over the data's
+``<source>.tokens.npy``. Uses the validation split only (``--val-rows`` of it as the pool).
 
     python scripts/ablate_encoder.py DATA_DIR --source bo --target en [--steps 400]
 """
@@ -14,54 +16,79 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from vallayz import IMPN, IMPNConfig
+from vallayz import IMPN, Batch, IMPNConfig
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import format_table, keys_to_ids, retrieval_metrics, retrieval_ranks
-from vallayz.layers import Adapter
+from vallayz.layers import Adapter, BridgeLayer, HashedBag
 from vallayz.losses import info_nce
+
+KINDS = [
+    "linear",
+    "linear 256-d",
+    "adapter",
+    "impn no-bridge",
+    "impn",
+    "impn zero-init",
+    "impn no-ffn",
+    "impn no-attention",
+    "impn no-final-norm",
+    "impn no-ffn no-attention no-final-norm",
+]
 
 
 class Skip(nn.Module):
-    def forward(self, states: torch.Tensor, *args: object) -> torch.Tensor:
+    def forward(self, states: Tensor, *args: object) -> Tensor:
         return states
 
 
-class Isolated(nn.Module):
-    """The unimodal (isolated) soil embedding of one modality of an IMPN model."""
+class Encoder(nn.Module):
+    """One encoder per modality, plus an optional n-gram bag on the source."""
 
-    def __init__(self, model: IMPN, modality: str) -> None:
+    def __init__(self, kind: str, dims: dict[str, int], args: argparse.Namespace) -> None:
         super().__init__()
-        self.model, self.modality = model, modality
+        soil = 256 if "256-d" in kind else args.soil
+        self.bag = HashedBag(args.token_buckets, dims[args.source]) if args.token_buckets else None
+        self.model: IMPN | None = None
+        if kind.startswith("linear"):
+            self.heads = nn.ModuleDict({m: nn.Linear(d, soil) for m, d in dims.items()})
+        elif kind == "adapter":
+            self.heads = nn.ModuleDict({m: Adapter(d, soil, args.hidden) for m, d in dims.items()})
+        else:
+            config = IMPNConfig(
+                modalities=dims,
+                soil_dim=soil,
+                hidden_dim=args.hidden,
+                layers=args.layers,
+                heads=4,
+                ffn_mult=2,
+                gate_hidden=32,
+            )
+            self.model = IMPN(config)
+            if "no-bridge" in kind:
+                self.model.layers = nn.ModuleList()
+            for layer in self.model.layers:
+                assert isinstance(layer, BridgeLayer)
+                if "zero-init" in kind:
+                    assert layer.cross.out is not None
+                    for linear in (layer.attention.proj, layer.ffn.down, layer.cross.out):
+                        nn.init.zeros_(linear.weight)
+                        if linear.bias is not None:
+                            nn.init.zeros_(linear.bias)
+                if "no-ffn" in kind:
+                    layer.ffn = nn.Identity()
+                if "no-attention" in kind:
+                    layer.attention = Skip()
+            if "no-final-norm" in kind:
+                self.model.norm = nn.Identity()  # type: ignore[assignment]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(x, self.modality)
-
-
-def build(kind: str, dims: dict[str, int], soil: int, hidden: int, layers: int) -> nn.ModuleDict:
-    if kind == "linear":
-        return nn.ModuleDict({m: nn.Linear(d, soil) for m, d in dims.items()})
-    if kind == "adapter":
-        return nn.ModuleDict({m: Adapter(d, soil, hidden) for m, d in dims.items()})
-    config = IMPNConfig(
-        modalities=dims,
-        soil_dim=soil,
-        hidden_dim=hidden,
-        layers=layers,
-        heads=4,
-        ffn_mult=2,
-        gate_hidden=32,
-    )
-    model = IMPN(config)
-    for layer in model.layers:
-        if "no-ffn" in kind:
-            layer.ffn = nn.Identity()
-        if "no-attention" in kind:
-            layer.attention = Skip()
-    if "no-final-norm" in kind:
-        model.norm = nn.Identity()
-    return nn.ModuleDict({m: Isolated(model, m) for m in dims})
+    def forward(self, modality: str, x: Tensor, tokens: Tensor | None) -> Tensor:
+        if self.bag is not None and tokens is not None:
+            x = x + self.bag(tokens)
+        if self.model is not None:
+            return self.model.embed(Batch.of({modality: x}))
+        return self.heads[modality](x)
 
 
 def main() -> None:
@@ -76,52 +103,49 @@ def main() -> None:
     parser.add_argument("--soil", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--token-buckets", type=int, default=0, help="n-gram bag rows (0: none)")
+    parser.add_argument("--val-rows", type=int, default=0, help="random validation rows (0: all)")
+    parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    data = PairedEmbeddings(args.data)
+    data = PairedEmbeddings(args.data, check_values=False)
+    if args.token_buckets and args.source not in data.tokens:
+        parser.error(f"--token-buckets needs {args.source}.tokens.npy in {args.data}")
     splits = data.split_indices(0)
     names = [args.source, args.target]
     both = lambda rows: rows[data.present[args.source][rows] & data.present[args.target][rows]]  # noqa: E731
     train, val = both(splits["train"]), both(splits["val"])
-    x = {m: data.batch(np.arange(data.size), [m]).pooled()[m] for m in names}
-    dims = {m: int(x[m].shape[1]) for m in names}
+    if args.val_rows and args.val_rows < len(val):
+        val = np.sort(np.random.default_rng(args.seed).choice(val, args.val_rows, replace=False))
+    dims = data.modalities
+    dims = {m: dims[m] for m in names}
     keys = data.keys(args.target)
     query_keys, _ = keys_to_ids([keys[i] for i in val], [])
-    kinds = [
-        "linear",
-        "adapter",
-        "impn",
-        "impn no-ffn",
-        "impn no-attention",
-        "impn no-final-norm",
-        "impn no-ffn no-attention no-final-norm",
-    ]
+
+    def encode(encoder: Encoder, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        batch = data.batch(rows, names)
+        return (
+            encoder(args.source, batch.embeddings[args.source], batch.tokens.get(args.source)),
+            encoder(args.target, batch.embeddings[args.target], None),
+        )
+
     table = []
-    for kind in kinds:
+    for kind in args.kinds:
         torch.manual_seed(args.seed)
-        heads = build(kind, dims, args.soil, args.hidden, args.layers)
-        optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-3, weight_decay=0.01)
+        encoder = Encoder(kind, dims, args)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=0.01)
         rng = np.random.default_rng(args.seed)
         started = time.perf_counter()
         for _ in range(args.steps):
-            rows = torch.from_numpy(
-                rng.choice(train, min(args.batch_size, len(train)), replace=False)
-            )
-            loss = info_nce(
-                heads[args.source](x[args.source][rows]), heads[args.target](x[args.target][rows])
-            )
+            rows = np.sort(rng.choice(train, min(args.batch_size, len(train)), replace=False))
+            loss = info_nce(*encode(encoder, rows))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        heads.eval()
+        encoder.eval()
         with torch.no_grad():
-            ranks = retrieval_ranks(
-                heads[args.source](x[args.source][val]),
-                heads[args.target](x[args.target][val]),
-                query_keys,
-                query_keys,
-            )
+            ranks = retrieval_ranks(*encode(encoder, val), query_keys, query_keys)
         metrics = retrieval_metrics(ranks)
         table.append(
             {

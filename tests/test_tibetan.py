@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import json
 import lzma
 import shutil
-import json
 from pathlib import Path
 
 import numpy as np
