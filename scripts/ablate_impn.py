@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -107,7 +108,11 @@ def main() -> None:
         started = time.perf_counter()
         if name == REFERENCE:
             model = {"token_buckets": model["token_buckets"]}
-        if not (run / "summary.json").exists():
+        if (run / "run.json").exists() and not (run / "latest").exists():
+            shutil.rmtree(run)  # stopped before its first checkpoint: start it again
+        if (run / "latest").exists() and not (run / "summary.json").exists():
+            fit(None, run, resume=True, progress=True)  # an interrupted variant continues
+        elif not (run / "summary.json").exists():
             method = "contrastive-heads" if name == REFERENCE else "impn"
             fit(data_dir, run, model, config, progress=True, method=method)
         seconds = time.perf_counter() - started
