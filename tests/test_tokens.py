@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,20 @@ def test_malformed_token_files_are_named(tmp_path: Path) -> None:
     np.save(directory / "text.tokens.npy", np.zeros((9, 7), np.int32))
     with pytest.raises(ValueError, match=r"expected integer ids of shape \[10, length\]"):
         PairedEmbeddings(directory)
+
+
+def test_a_model_on_a_subset_of_the_data_modalities_trains_and_validates(tmp_path: Path) -> None:
+    from synthetic import write_synthetic
+
+    from vallayz_train.config import TrainConfig
+    from vallayz_train.trainer import fit
+
+    data_dir = write_synthetic(tmp_path / "data", rows=60, groups=12)
+    overrides = {"modalities": {"text": 12, "image": 16}, "soil_dim": 16, "heads": 2}
+    config = TrainConfig(max_steps=2, batch_size=16, eval_every=1, warmup_steps=0, planner=False)
+    summary = fit(data_dir, tmp_path / "run", overrides, config, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["modalities"] == {
+        "text": 12,
+        "image": 16,
+    }
+    assert summary is not None

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
-from vallayz.eval import model_encoder, random_pools, retrieval_table
+from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
 from vallayz.losses import IMPNLoss, LossOutput, LossWeights
 from vallayz.types import Batch
@@ -177,7 +177,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean retrieval R@1 over every ordered pair on the validation pool."""
         encode = model_encoder(self.model, self.data, self.mode)
-        table = retrieval_table(self.data, self.val_pool, encode, pool=len(self.val_pool) + 1)
+        # The model's modalities, which may be fewer than the data's.
+        pairs = default_pairs(self.names)
+        table = retrieval_table(
+            self.data, self.val_pool, encode, pairs, pool=len(self.val_pool) + 1
+        )
         out = {f"val/R@1/{r['source']}->{r['target']}": float(r["R@1"]) for r in table}  # type: ignore[arg-type]
         out["val/R@1"] = float(np.mean(list(out.values()))) if out else 0.0
         return out
