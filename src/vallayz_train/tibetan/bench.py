@@ -47,6 +47,23 @@ TOKEN_LENGTH = 256
 TOKEN_BUCKETS = 2**16
 
 
+def encode_tibetan(
+    lines: list[str], tibetan: TibetanEncoder, cache: Path, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed TF-IDF + SVD vectors and the hashed n-gram ids of ``lines``, both cached."""
+    vectors = cached_encode(
+        f"bo-tfidf-{tibetan.fingerprint()}", lines, tibetan, cache, progress=progress
+    )
+    ids = cached_encode(
+        f"bo-tokens-{tibetan.buckets}-{TOKEN_LENGTH}",
+        lines,
+        lambda chunk: tibetan.token_ids(chunk, TOKEN_LENGTH),
+        cache,
+        progress=progress,
+    )
+    return vectors, ids
+
+
 def build_data(
     out: Path,
     corpus_path: str | None,
@@ -71,16 +88,7 @@ def build_data(
     train_bo = [corpus.bo[i] for i in corpus.indices("train")]
     tibetan = TibetanEncoder().fit(train_bo, seed=seed)
     tibetan.save(data_dir / ENCODER_DIR)
-    bo = cached_encode(
-        f"bo-tfidf-{tibetan.fingerprint()}", corpus.bo, tibetan, cache, progress=progress
-    )
-    bo_tokens = cached_encode(
-        f"bo-tokens-{tibetan.buckets}-{TOKEN_LENGTH}",
-        corpus.bo,
-        lambda lines: tibetan.token_ids(lines, TOKEN_LENGTH),
-        cache,
-        progress=progress,
-    )
+    bo, bo_tokens = encode_tibetan(corpus.bo, tibetan, cache, progress)
 
     rng = np.random.default_rng(seed)
     speech_rows = np.sort(
@@ -256,16 +264,7 @@ def evaluate_corpus(
     tibetan = TibetanEncoder.load(source.directory / ENCODER_DIR)
     cache = out / "cache"
     english = cached_encode("en-minilm", corpus.en, english_encoder(), cache, progress=progress)
-    bo = cached_encode(
-        f"bo-tfidf-{tibetan.fingerprint()}", corpus.bo, tibetan, cache, progress=progress
-    )
-    bo_tokens = cached_encode(
-        f"bo-tokens-{tibetan.buckets}-{TOKEN_LENGTH}",
-        corpus.bo,
-        lambda lines: tibetan.token_ids(lines, TOKEN_LENGTH),
-        cache,
-        progress=progress,
-    )
+    bo, bo_tokens = encode_tibetan(corpus.bo, tibetan, cache, progress)
     items = [
         {
             "id": f"e{i:06d}",
