@@ -1,5 +1,6 @@
 """IMPN ablations at one budget: micro-variants K, noise sigma, top-k, GRU vs residual update,
-the speech modality on or off, speech as frame nodes or one pooled node, and loss terms.
+the speech modality on or off, speech as frame nodes or one pooled node, loss terms, and pair
+weighting (rows vs equal).
 
 Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
 during training) on the same data and steps; each is scored on the *validation* split (the
@@ -29,8 +30,9 @@ from vallayz_train.config import TrainConfig
 from vallayz_train.tibetan.bench import MODEL_DEFAULTS, TOKEN_BUCKETS
 from vallayz_train.trainer import fit
 
-# name -> (model config changes, training config changes, data change); "pooled-speech" trains
-# on speech mean-pooled over its real frames (one node instead of one per frame).
+# name -> (model config changes, loss weight changes, data change); "pooled-speech" trains on
+# speech mean-pooled over its real frames (one node instead of one per frame). Loss weight
+# changes may also name "pair_weighting", a training config field.
 Variant = tuple[dict[str, Any], dict[str, Any], str | None]
 REFERENCE = "contrastive heads (reference)"
 VARIANTS: dict[str, Variant] = {
@@ -45,6 +47,7 @@ VARIANTS: dict[str, Variant] = {
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"knn": 0.0}, None),
+    "equal pair weights": ({}, {"pair_weighting": "equal"}, None),
     # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
     REFERENCE: ({}, {}, None),
     "contrastive only": (
@@ -96,7 +99,11 @@ def main() -> None:
     table: list[dict[str, Any]] = []
     for name in args.only or list(VARIANTS):
         changes, weights, data_change = VARIANTS[name]
-        config = replace(train, loss_weights={**train.loss_weights, **weights})
+        weights = dict(weights)
+        weighting = str(weights.pop("pair_weighting", train.pair_weighting))
+        config = replace(
+            train, loss_weights={**train.loss_weights, **weights}, pair_weighting=weighting
+        )
         data_dir = args.data
         model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}, **changes}
         if data_change == "no-speech":

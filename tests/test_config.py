@@ -40,3 +40,11 @@ def test_invalid_configs_are_rejected_with_a_fix(overrides: dict, message: str) 
 def test_unknown_fields_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown IMPN config field"):
         IMPNConfig.from_dict({"modalities": {"a": 2, "b": 2}, "soil": 3})
+
+
+def test_train_config_rejects_an_unknown_pair_weighting() -> None:
+    from vallayz_train.config import TrainConfig
+
+    assert TrainConfig().pair_weighting == "rows"
+    with pytest.raises(ValueError, match="pair weighting must be one of"):
+        TrainConfig(pair_weighting="size")

@@ -87,3 +87,21 @@ def test_baselines_train_through_the_same_cli(method: str, tmp_path: Path) -> No
     mode = "soil" if method == "contrastive-heads" else "translate"
     assert main(["eval", str(run), str(data), "--split", "val", "--mode", mode, "--pool", "5"]) == 0
     assert main(["fit", "--resume", str(run), "--quiet"]) == 0  # already finished: a no-op resume
+
+
+@pytest.mark.parametrize("method", ["contrastive-heads", "mlp-translator"])
+def test_objective_weighs_pairs_by_shared_rows(method: str) -> None:
+    model = build_model(method, dict(DIMS), {"hidden": 32} if method == "mlp-translator" else {})
+    inputs = tri_modal_inputs(8)
+    present = {m: torch.ones(8, dtype=torch.bool) for m in inputs}
+    present["audio"] = torch.arange(8) < 3
+    batch = Batch.of(inputs, present=present)
+    kind = "contrastive" if method == "contrastive-heads" else "translation"
+    for weighting in ("rows", "equal"):
+        out = model.objective(batch, pair_weighting=weighting)
+        pairs = {k: float(v) for k, v in out.terms.items() if k.startswith(f"{kind}/")}
+        rows = {k: 3 if "audio" in k else 8 for k in pairs}
+        if weighting == "equal":
+            rows = dict.fromkeys(pairs, 1)
+        expected = sum(rows[k] * pairs[k] for k in pairs) / sum(rows.values())
+        assert float(out.total) == pytest.approx(expected, rel=1e-5)

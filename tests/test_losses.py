@@ -16,8 +16,10 @@ from vallayz.losses import (
     knn_jaccard,
     knn_preservation_loss,
     orthogonality_loss,
+    pair_mean,
     translation_loss,
 )
+from vallayz.types import Batch
 
 f64 = torch.float64
 
@@ -160,3 +162,59 @@ def test_impn_loss_total_is_the_weighted_sum_of_named_terms() -> None:
 def test_loss_weights_reject_negative_values() -> None:
     with pytest.raises(ValueError, match="cycle"):
         LossWeights(cycle=-1.0)
+
+
+def test_pair_mean_matches_loop_reference() -> None:
+    terms = [torch.tensor(v, dtype=f64) for v in (2.0, 0.5, 7.0)]
+    rows = [250, 3, 3]
+    expected = sum(r * float(t) for r, t in zip(rows, terms, strict=True)) / sum(rows)
+    assert float(pair_mean(terms, rows, "rows")) == pytest.approx(expected, abs=1e-12)
+    assert float(pair_mean(terms, rows, "equal")) == pytest.approx(9.5 / 3, abs=1e-12)
+    # Equal row counts make both weightings the plain mean.
+    assert float(pair_mean(terms, [4, 4, 4], "rows")) == pytest.approx(9.5 / 3, abs=1e-12)
+
+
+def test_pair_mean_rejects_bad_input() -> None:
+    one = [torch.tensor(1.0)]
+    with pytest.raises(ValueError, match="'rows' weighs"):
+        pair_mean(one, [1], "by-size")
+    with pytest.raises(ValueError, match="one row count per term"):
+        pair_mean(one, [1, 2])
+    with pytest.raises(ValueError, match="positive"):
+        pair_mean(one, [0])
+    with pytest.raises(ValueError, match="pair weighting"):
+        IMPNLoss(pair_weighting="rowwise")
+
+
+def _sparse_audio_batch() -> Batch:
+    inputs = tri_modal_inputs(8)
+    present = {m: torch.ones(8, dtype=torch.bool) for m in inputs}
+    present["audio"] = torch.tensor([True, True, True, False, False, False, False, False])
+    return Batch.of(inputs, present=present)
+
+
+@pytest.mark.parametrize("weighting", ["rows", "equal"])
+def test_impn_loss_weighs_contrastive_pairs_by_shared_rows(weighting: str) -> None:
+    model = IMPN(tiny_config()).train()
+    out = IMPNLoss(pair_weighting=weighting)(
+        model, _sparse_audio_batch(), torch.Generator().manual_seed(0)
+    )
+    pairs = {"text-audio": 3, "text-image": 8, "audio-image": 3}
+    values = {p: float(out.terms[f"contrastive/{p}"].detach()) for p in pairs}
+    if weighting == "rows":
+        expected = sum(pairs[p] * values[p] for p in pairs) / sum(pairs.values())
+    else:
+        expected = sum(values.values()) / 3
+    assert float(out.terms["contrastive"].detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_impn_loss_weightings_agree_when_every_modality_is_present() -> None:
+    model = IMPN(tiny_config()).train()
+    batch = tri_modal_inputs(8)
+    totals = []
+    for weighting in ("rows", "equal"):
+        torch.manual_seed(0)
+        out = IMPNLoss(pair_weighting=weighting)(model, batch, torch.Generator().manual_seed(1))
+        totals.append({k: v.detach() for k, v in out.terms.items()})
+    for name in ("contrastive", "knn"):
+        assert float(totals[0][name]) == pytest.approx(float(totals[1][name]), rel=1e-6)

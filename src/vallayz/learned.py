@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vallayz.config import IMPNConfig, check_token_buckets
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
-from vallayz.losses import LossOutput, info_nce, translation_loss
+from vallayz.losses import LossOutput, info_nce, pair_mean, translation_loss
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
 from vallayz.types import Batch, Embeddings, Masks
 
@@ -95,11 +95,12 @@ class _Baseline(nn.Module):
         batch.validate(IMPNConfig(modalities=self.config.modalities))
         return batch
 
-    def _mean(self, terms: dict[str, Tensor]) -> Tensor:
-        """Mean of the per-pair terms (zero when no pair had rows)."""
+    def _mean(self, terms: dict[str, Tensor], rows: list[int], weighting: str) -> Tensor:
+        """:func:`~vallayz.losses.pair_mean` of the per-pair terms (zero when no pair had
+        rows)."""
         if not terms:
             return torch.zeros((), device=self.device)
-        return torch.stack(list(terms.values())).mean()
+        return pair_mean(list(terms.values()), rows, weighting)
 
     def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
         """Pooled inputs on the model's device (plus the token front end's output where there
@@ -155,17 +156,25 @@ class ContrastiveHeads(_Baseline):
         heads = {m: F.normalize(self.heads[m](x), dim=-1) for m, x in inputs.items()}
         return mean_over_present(heads, batch.present)
 
-    def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
-        """Mean symmetric InfoNCE over every pair present in at least two rows."""
+    def objective(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        pair_weighting: str = "rows",
+    ) -> LossOutput:
+        """Mean symmetric InfoNCE over every pair present in at least two rows, weighted as
+        ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
         inputs = self._clean_inputs(batch)
         terms: dict[str, Tensor] = {}
+        rows = []
         for a, b in itertools.combinations(batch.embeddings, 2):
             both = (batch.present[a] & batch.present[b]).to(self.device)
             if int(both.sum()) >= 2:
                 za = self.heads[a](inputs[a][both])
                 zb = self.heads[b](inputs[b][both])
                 terms[f"contrastive/{a}-{b}"] = info_nce(za, zb, self.config.temperature)
-        total = self._mean(terms)
+                rows.append(int(both.sum()))
+        total = self._mean(terms, rows, pair_weighting)
         terms["contrastive"] = total
         return LossOutput(total=total, terms=terms)
 
@@ -211,17 +220,25 @@ class MLPTranslator(_Baseline):
         translations = {m: self.maps[f"{m}__{target}"](x) for m, x in inputs.items()}
         return mean_over_present(translations, batch.present)
 
-    def objective(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
-        """Mean translation loss over every ordered pair present in a row."""
+    def objective(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        pair_weighting: str = "rows",
+    ) -> LossOutput:
+        """Mean translation loss over every ordered pair present in a row, weighted as
+        ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
         inputs = self._clean_inputs(batch)
         pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
         terms: dict[str, Tensor] = {}
+        rows = []
         for a, b in itertools.permutations(batch.embeddings, 2):
             both = (batch.present[a] & batch.present[b]).to(self.device)
             if bool(both.any()):
                 prediction = self.maps[f"{a}__{b}"](inputs[a][both])
                 terms[f"translation/{a}-{b}"] = translation_loss(prediction, pooled[b][both])
-        total = self._mean(terms)
+                rows.append(int(both.sum()))
+        total = self._mean(terms, rows, pair_weighting)
         terms["translation"] = total
         return LossOutput(total=total, terms=terms)
 

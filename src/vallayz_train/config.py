@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vallayz.losses import LossWeights
+from vallayz.losses import LossWeights, check_pair_weighting
 
 
 @dataclass
@@ -50,6 +50,9 @@ class TrainConfig:
     contrastive_temperature: float = 0.07
     # "mse", "cosine" or "mse+cosine" for translation and cycle terms.
     reconstruction: str = "mse+cosine"
+    # How per-pair (and per-modality) loss terms are averaged: "rows" weighs each by the rows
+    # it was computed on, so a modality present in few rows does not dominate; "equal" does not.
+    pair_weighting: str = "rows"
     # Weights of the loss terms.
     loss_weights: dict[str, float] = field(default_factory=lambda: LossWeights().as_dict())
     # Run the planner-actor-critic loop.
@@ -78,6 +81,7 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         LossWeights(**self.loss_weights)  # validates names and values
+        check_pair_weighting(self.pair_weighting)
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as indented JSON."""

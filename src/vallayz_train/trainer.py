@@ -18,7 +18,7 @@ from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
-from vallayz.losses import IMPNLoss, LossOutput, LossWeights
+from vallayz.losses import IMPNLoss, LossOutput, LossWeights, check_pair_weighting
 from vallayz.types import Batch
 from vallayz_train.checkpoint import load_state, save_state
 from vallayz_train.config import TrainConfig
@@ -46,10 +46,21 @@ METHODS = ("impn", "contrastive-heads", "mlp-translator")
 
 
 class ModelObjective:
-    """The training objective of a learned baseline: its own ``objective(batch, generator)``."""
+    """The training objective of a learned baseline: its own ``objective(batch, generator)``.
+
+    Args:
+        pair_weighting: How the baseline averages its per-pair terms (``"rows"`` or
+            ``"equal"``, see :func:`vallayz.losses.pair_mean`).
+    """
+
+    def __init__(self, pair_weighting: str = "rows") -> None:
+        check_pair_weighting(pair_weighting)
+        self.pair_weighting = pair_weighting
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> LossOutput:
-        out: LossOutput = model.objective(batch, generator)  # type: ignore[operator]
+        out: LossOutput = model.objective(  # type: ignore[operator]
+            batch, generator, pair_weighting=self.pair_weighting
+        )
         return out
 
 
@@ -122,9 +133,10 @@ class Trainer:
                 contrastive_temperature=config.contrastive_temperature,
                 reconstruction=config.reconstruction,
                 drop_rate=config.modality_dropout,
+                pair_weighting=config.pair_weighting,
             )
             if isinstance(model, IMPN)
-            else ModelObjective()
+            else ModelObjective(config.pair_weighting)
         )
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],

@@ -15,8 +15,10 @@ from vallayz.losses.regularisers import (
     orthogonality_loss,
 )
 from vallayz.losses.total import IMPNLoss, LossOutput, LossWeights
+from vallayz.losses.weighting import PAIR_WEIGHTINGS, check_pair_weighting, pair_mean
 
 __all__ = [
+    "PAIR_WEIGHTINGS",
     "DenoisingLoss",
     "IMPNLoss",
     "InfoNCELoss",
@@ -25,12 +27,14 @@ __all__ = [
     "LossWeights",
     "OrthogonalityLoss",
     "ReconstructionLoss",
+    "check_pair_weighting",
     "cycle_loss",
     "denoising_loss",
     "info_nce",
     "knn_jaccard",
     "knn_preservation_loss",
     "orthogonality_loss",
+    "pair_mean",
     "reconstruction_loss",
     "translation_loss",
 ]

@@ -12,6 +12,7 @@ from vallayz.losses.infonce import info_nce
 from vallayz.losses.knn import knn_preservation_loss
 from vallayz.losses.reconstruction import KINDS, cycle_loss, translation_loss
 from vallayz.losses.regularisers import denoising_loss, orthogonality_loss
+from vallayz.losses.weighting import check_pair_weighting, pair_mean
 from vallayz.masking import drop_modalities
 from vallayz.model import IMPN
 from vallayz.types import Batch, Embeddings
@@ -72,6 +73,9 @@ class IMPNLoss(nn.Module):
         reconstruction: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` for translation and cycle.
         drop_rate: Probability of dropping each present modality in the translation pass
             (at least one stays per row).
+        pair_weighting: How the per-pair contrastive terms and the per-modality kNN,
+            translation and cycle terms are averaged: ``"rows"`` weighs each by the rows it was
+            computed on, ``"equal"`` gives each the same weight (see :func:`pair_mean`).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class IMPNLoss(nn.Module):
         knn_temperature: float = 0.1,
         reconstruction: str = "mse+cosine",
         drop_rate: float = 0.5,
+        pair_weighting: str = "rows",
     ) -> None:
         super().__init__()
         if not contrastive_temperature > 0 or not knn_temperature > 0:
@@ -89,11 +94,13 @@ class IMPNLoss(nn.Module):
             raise ValueError(f"reconstruction must be one of {KINDS}, got {reconstruction!r}")
         if not 0.0 < drop_rate <= 1.0:
             raise ValueError(f"drop_rate must lie in (0, 1], got {drop_rate}")
+        check_pair_weighting(pair_weighting)
         self.weights = weights or LossWeights()
         self.contrastive_temperature = contrastive_temperature
         self.knn_temperature = knn_temperature
         self.reconstruction = reconstruction
         self.drop_rate = drop_rate
+        self.pair_weighting = pair_weighting
 
     def forward(
         self,
@@ -110,32 +117,34 @@ class IMPNLoss(nn.Module):
         terms: dict[str, Tensor] = {}
 
         iso = model(batch, isolate=True, generator=generator)
-        pairs = []
+        pairs, pair_rows = [], []
         for a, b in itertools.combinations(batch.embeddings, 2):
             both = present[a] & present[b]
             if int(both.sum()) >= 2:
                 pair = info_nce(iso.soil[a][both], iso.soil[b][both], self.contrastive_temperature)
                 terms[f"contrastive/{a}-{b}"] = pair
                 pairs.append(pair)
-        terms["contrastive"] = torch.stack(pairs).mean() if pairs else zero
-        knn = [
-            knn_preservation_loss(
+                pair_rows.append(int(both.sum()))
+        terms["contrastive"] = self._mean(pairs, pair_rows, zero)
+        knn_rows = {m: int(present[m].sum()) for m in batch.embeddings}
+        knn = {
+            m: knn_preservation_loss(
                 native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature
             )
             for m in batch.embeddings
-            if int(present[m].sum()) >= 2
-        ]
-        terms["knn"] = torch.stack(knn).mean() if knn else zero
+            if knn_rows[m] >= 2
+        }
+        terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
 
         dropped = drop_modalities(present, self.drop_rate, generator)
         kept = {m: present[m] & ~dropped[m] for m in present}
         out = model(Batch.of(batch, present=kept), generator=generator, return_messages=True)
+        lost = [m for m in dropped if bool(dropped[m].any())]
         translations = [
             translation_loss(out.decoded[m], native[m], self.reconstruction, dropped[m])
-            for m in dropped
-            if bool(dropped[m].any())
+            for m in lost
         ]
-        terms["translation"] = torch.stack(translations).mean() if translations else zero
+        terms["translation"] = self._mean(translations, [int(dropped[m].sum()) for m in lost], zero)
         assert out.messages is not None
         real = torch.cat([out.node_mask[m] for m in model.names], dim=1)
         terms["denoising"] = torch.stack(
@@ -150,16 +159,19 @@ class IMPNLoss(nn.Module):
                 Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
                 generator=generator,
             )
+            back_to = [m for m in kept if bool(kept[m][rows].any())]
             cycles = [
                 cycle_loss(back.decoded[m], native[m][rows], self.reconstruction, kept[m][rows])
-                for m in kept
-                if bool(kept[m][rows].any())
+                for m in back_to
             ]
-            if cycles:
-                terms["cycle"] = torch.stack(cycles).mean()
+            terms["cycle"] = self._mean(cycles, [int(kept[m][rows].sum()) for m in back_to], zero)
 
         projections = model.projection_weights()
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
 
         total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
         return LossOutput(total=total, terms=terms)
+
+    def _mean(self, values: list[Tensor], rows: list[int], zero: Tensor) -> Tensor:
+        """:func:`pair_mean` of ``values`` under this loss's weighting; ``zero`` when empty."""
+        return pair_mean(values, rows, self.pair_weighting) if values else zero
