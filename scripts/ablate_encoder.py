@@ -77,9 +77,9 @@ class Encoder(nn.Module):
                         if linear.bias is not None:
                             nn.init.zeros_(linear.bias)
                 if "no-ffn" in kind:
-                    layer.ffn = nn.Identity()
+                    layer.ffn = nn.Identity()  # type: ignore[assignment]
                 if "no-attention" in kind:
-                    layer.attention = Skip()
+                    layer.attention = Skip()  # type: ignore[assignment]
             if "no-final-norm" in kind:
                 self.model.norm = nn.Identity()  # type: ignore[assignment]
 
@@ -114,7 +114,10 @@ def main() -> None:
         parser.error(f"--token-buckets needs {args.source}.tokens.npy in {args.data}")
     splits = data.split_indices(0)
     names = [args.source, args.target]
-    both = lambda rows: rows[data.present[args.source][rows] & data.present[args.target][rows]]  # noqa: E731
+
+    def both(rows: np.ndarray) -> np.ndarray:
+        return rows[data.present[args.source][rows] & data.present[args.target][rows]]
+
     train, val = both(splits["train"]), both(splits["val"])
     if args.val_rows and args.val_rows < len(val):
         val = np.sort(np.random.default_rng(args.seed).choice(val, args.val_rows, replace=False))
@@ -141,7 +144,7 @@ def main() -> None:
             rows = np.sort(rng.choice(train, min(args.batch_size, len(train)), replace=False))
             loss = info_nce(*encode(encoder, rows))
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         encoder.eval()
         with torch.no_grad():
