@@ -44,6 +44,7 @@ VARIANTS: dict[str, Variant] = {
     "top-k=1": ({"top_k": 1}, {}, None),
     "top-k=16 (all)": ({"top_k": 16}, {}, None),
     "GRU update": ({"update": "gru"}, {}, None),
+    "zero-init residual": ({"zero_init_residual": True}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"knn": 0.0}, None),

@@ -53,6 +53,10 @@ class IMPNConfig:
     # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
     # (Batch.tokens), added to the native embedding before the adapter; {} for none.
     token_buckets: dict[str, int] = field(default_factory=dict)
+    # Start the residual branches of every bridge layer (attention output, feed-forward
+    # down-projection, residual message projection) at zero, so that an untrained model passes
+    # the adapters' output straight through to the soil space.
+    zero_init_residual: bool = False
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -72,6 +76,10 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
+        if not isinstance(self.zero_init_residual, bool):
+            raise ValueError(
+                f"zero_init_residual must be true or false, got {self.zero_init_residual!r}"
+            )
         _positive_int("soil_dim", self.soil_dim)
         _positive_int("layers", self.layers)
         _positive_int("variants", self.variants)

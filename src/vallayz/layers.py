@@ -302,6 +302,18 @@ class BridgeLayer(nn.Module):
         self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update)
         self.ffn = FeedForward(dim, ffn_mult, dropout)
 
+    def zero_init_residual(self) -> None:
+        """Set the last projection of every residual branch (attention, residual message
+        update, feed-forward) to zero, making the layer the identity until it is trained. A
+        GRU update has no residual branch and is left as it is."""
+        branches = [self.attention.proj, self.ffn.down]
+        if self.cross.out is not None:
+            branches.append(self.cross.out)
+        for linear in branches:
+            nn.init.zeros_(linear.weight)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
     def forward(
         self,
         states: Tensor,

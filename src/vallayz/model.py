@@ -133,6 +133,10 @@ class IMPN(nn.Module):
             )
             for _ in range(config.layers)
         )
+        if config.zero_init_residual:
+            for layer in self.layers:
+                assert isinstance(layer, BridgeLayer)
+                layer.zero_init_residual()
         self.norm = nn.LayerNorm(dim)
         # log(sigma) per modality; trained only when config.learn_sigma.
         self.log_sigma = nn.ParameterDict(
