@@ -24,6 +24,9 @@ def tiny_config(**overrides: object) -> IMPNConfig:
         "sigma": 0.1,
         "gate_hidden": 8,
         "ffn_mult": 2,
+        # Random bridge layers, so that an untrained model already passes messages that
+        # change its output (the library's default starts them as the identity).
+        "zero_init_residual": False,
     }
     fields.update(overrides)
     return IMPNConfig(**fields)  # type: ignore[arg-type]

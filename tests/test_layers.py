@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tri_modal_inputs
 
-from vallayz import IMPN, IMPNConfig
+from vallayz import IMPN
 from vallayz.functional import topk_softmax
 from vallayz.layers import BridgeLayer, CrossModalPassing, ReceptorGate
 
@@ -130,8 +130,7 @@ def test_zero_initialised_residual_branches_make_a_layer_the_identity(update: st
 
 
 def test_zero_init_residual_config_reaches_every_layer() -> None:
-    config = IMPNConfig.from_dict({**tiny_config().to_dict(), "zero_init_residual": True})
-    model = IMPN(config).eval()
+    model = IMPN(tiny_config(zero_init_residual=True)).eval()
     assert all(not layer.ffn.down.weight.detach().any() for layer in model.layers)
     # With every bridge layer the identity, other modalities cannot move a modality's soil
     # vector: the joint pass agrees with the isolated one.

@@ -56,7 +56,7 @@ class IMPNConfig:
     # Start the residual branches of every bridge layer (attention output, feed-forward
     # down-projection, residual message projection) at zero, so that an untrained model passes
     # the adapters' output straight through to the soil space.
-    zero_init_residual: bool = False
+    zero_init_residual: bool = True
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
