@@ -1,6 +1,6 @@
 """IMPN ablations at one budget: micro-variants K, noise sigma, top-k, GRU vs residual update,
-the speech modality on or off, speech as frame nodes or one pooled node, loss terms, and pair
-weighting (rows vs equal).
+the speech modality on or off, speech as frame nodes or one pooled node, loss terms, pair
+weighting (rows vs equal) and bridge layers starting at the identity or at random.
 
 Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
 during training) on the same data and steps; each is scored on the *validation* split (the
@@ -44,7 +44,7 @@ VARIANTS: dict[str, Variant] = {
     "top-k=1": ({"top_k": 1}, {}, None),
     "top-k=16 (all)": ({"top_k": 16}, {}, None),
     "GRU update": ({"update": "gru"}, {}, None),
-    "zero-init residual": ({"zero_init_residual": True}, {}, None),
+    "random-init bridge layers": ({"zero_init_residual": False}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"knn": 0.0}, None),
