@@ -45,6 +45,7 @@ VARIANTS: dict[str, Variant] = {
     "top-k=16 (all)": ({"top_k": 16}, {}, None),
     "GRU update": ({"update": "gru"}, {}, None),
     "random-init bridge layers": ({"zero_init_residual": False}, {}, None),
+    "zero-init adapters": ({"zero_init_adapters": True}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"knn": 0.0}, None),

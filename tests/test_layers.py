@@ -139,3 +139,15 @@ def test_zero_init_residual_config_reaches_every_layer() -> None:
     alone = model(x, isolate=True).soil
     for m in x:
         torch.testing.assert_close(joint[m], alone[m])
+
+
+def test_zero_initialised_adapters_start_as_their_projection() -> None:
+    model = IMPN(tiny_config(zero_init_adapters=True)).double()
+    x = tri_modal_inputs(3)["text"].double()
+    adapter = model.adapters["text"]
+    assert adapter.projection is not None
+    torch.testing.assert_close(adapter(x), adapter.projection(x), rtol=0, atol=0)
+    # A random adapter is not linear.
+    other = IMPN(tiny_config()).double().adapters["text"]
+    assert other.projection is not None
+    assert not torch.allclose(other(x), other.projection(x))

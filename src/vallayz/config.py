@@ -57,6 +57,9 @@ class IMPNConfig:
     # down-projection, residual message projection) at zero, so that an untrained model passes
     # the adapters' output straight through to the soil space.
     zero_init_residual: bool = True
+    # Start each adapter's MLP branch (W2) at zero, so that an untrained adapter is its linear
+    # projection P alone.
+    zero_init_adapters: bool = False
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -76,10 +79,9 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
-        if not isinstance(self.zero_init_residual, bool):
-            raise ValueError(
-                f"zero_init_residual must be true or false, got {self.zero_init_residual!r}"
-            )
+        for flag in ("zero_init_residual", "zero_init_adapters"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _positive_int("soil_dim", self.soil_dim)
         _positive_int("layers", self.layers)
         _positive_int("variants", self.variants)

@@ -37,6 +37,11 @@ class ResidualMLP(nn.Module):
     def shortcut(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def zero_init_branch(self) -> None:
+        """Set ``W2`` (and its bias) to zero: the module starts as its shortcut alone."""
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + self.shortcut(x)
 

@@ -133,6 +133,10 @@ class IMPN(nn.Module):
             )
             for _ in range(config.layers)
         )
+        if config.zero_init_adapters:
+            for adapter in self.adapters.values():
+                assert isinstance(adapter, Adapter)
+                adapter.zero_init_branch()
         if config.zero_init_residual:
             for layer in self.layers:
                 assert isinstance(layer, BridgeLayer)
