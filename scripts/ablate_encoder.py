@@ -64,18 +64,14 @@ class Encoder(nn.Module):
                 heads=4,
                 ffn_mult=2,
                 gate_hidden=32,
+                # Random bridge layers unless the kind asks for the identity start.
+                zero_init_residual="zero-init" in kind,
             )
             self.model = IMPN(config)
             if "no-bridge" in kind:
                 self.model.layers = nn.ModuleList()
             for layer in self.model.layers:
                 assert isinstance(layer, BridgeLayer)
-                if "zero-init" in kind:
-                    assert layer.cross.out is not None
-                    for linear in (layer.attention.proj, layer.ffn.down, layer.cross.out):
-                        nn.init.zeros_(linear.weight)
-                        if linear.bias is not None:
-                            nn.init.zeros_(linear.bias)
                 if "no-ffn" in kind:
                     layer.ffn = nn.Identity()  # type: ignore[assignment]
                 if "no-attention" in kind:

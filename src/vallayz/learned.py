@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,33 @@ class _Baseline(nn.Module):
         batch.validate(IMPNConfig(modalities=self.config.modalities))
         return batch
 
-    def _mean(self, terms: dict[str, Tensor], rows: list[int], weighting: str) -> Tensor:
-        """:func:`~vallayz.losses.pair_mean` of the per-pair terms (zero when no pair had
-        rows)."""
-        if not terms:
-            return torch.zeros((), device=self.device)
-        return pair_mean(list(terms.values()), rows, weighting)
+    def _pair_objective(
+        self,
+        batch: Batch,
+        pairs: Iterable[tuple[str, str]],
+        name: str,
+        min_rows: int,
+        term: Callable[[str, str, Tensor], Tensor],
+        weighting: str,
+    ) -> LossOutput:
+        """``term(a, b, rows)`` for every pair present together in at least ``min_rows`` rows,
+        logged as ``name/a-b``, and their :func:`~vallayz.losses.pair_mean` as ``name`` and the
+        total (zero when no pair had rows)."""
+        terms: dict[str, Tensor] = {}
+        counts = []
+        for a, b in pairs:
+            both = (batch.present[a] & batch.present[b]).to(self.device)
+            count = int(both.sum())
+            if count >= min_rows:
+                terms[f"{name}/{a}-{b}"] = term(a, b, both)
+                counts.append(count)
+        total = (
+            pair_mean(list(terms.values()), counts, weighting)
+            if terms
+            else torch.zeros((), device=self.device)
+        )
+        terms[name] = total
+        return LossOutput(total=total, terms=terms)
 
     def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
         """Pooled inputs on the model's device (plus the token front end's output where there
@@ -165,18 +187,13 @@ class ContrastiveHeads(_Baseline):
         """Mean symmetric InfoNCE over every pair present in at least two rows, weighted as
         ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
         inputs = self._clean_inputs(batch)
-        terms: dict[str, Tensor] = {}
-        rows = []
-        for a, b in itertools.combinations(batch.embeddings, 2):
-            both = (batch.present[a] & batch.present[b]).to(self.device)
-            if int(both.sum()) >= 2:
-                za = self.heads[a](inputs[a][both])
-                zb = self.heads[b](inputs[b][both])
-                terms[f"contrastive/{a}-{b}"] = info_nce(za, zb, self.config.temperature)
-                rows.append(int(both.sum()))
-        total = self._mean(terms, rows, pair_weighting)
-        terms["contrastive"] = total
-        return LossOutput(total=total, terms=terms)
+
+        def term(a: str, b: str, both: Tensor) -> Tensor:
+            za, zb = self.heads[a](inputs[a][both]), self.heads[b](inputs[b][both])
+            return info_nce(za, zb, self.config.temperature)
+
+        pairs = itertools.combinations(batch.embeddings, 2)
+        return self._pair_objective(batch, pairs, "contrastive", 2, term, pair_weighting)
 
 
 class MLPTranslator(_Baseline):
@@ -230,17 +247,13 @@ class MLPTranslator(_Baseline):
         ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
         inputs = self._clean_inputs(batch)
         pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
-        terms: dict[str, Tensor] = {}
-        rows = []
-        for a, b in itertools.permutations(batch.embeddings, 2):
-            both = (batch.present[a] & batch.present[b]).to(self.device)
-            if bool(both.any()):
-                prediction = self.maps[f"{a}__{b}"](inputs[a][both])
-                terms[f"translation/{a}-{b}"] = translation_loss(prediction, pooled[b][both])
-                rows.append(int(both.sum()))
-        total = self._mean(terms, rows, pair_weighting)
-        terms["translation"] = total
-        return LossOutput(total=total, terms=terms)
+
+        def term(a: str, b: str, both: Tensor) -> Tensor:
+            prediction = self.maps[f"{a}__{b}"](inputs[a][both])
+            return translation_loss(prediction, pooled[b][both])
+
+        pairs = itertools.permutations(batch.embeddings, 2)
+        return self._pair_objective(batch, pairs, "translation", 1, term, pair_weighting)
 
 
 def build_model(

@@ -120,11 +120,12 @@ class IMPNLoss(nn.Module):
         pairs, pair_rows = [], []
         for a, b in itertools.combinations(batch.embeddings, 2):
             both = present[a] & present[b]
-            if int(both.sum()) >= 2:
+            count = int(both.sum())
+            if count >= 2:
                 pair = info_nce(iso.soil[a][both], iso.soil[b][both], self.contrastive_temperature)
                 terms[f"contrastive/{a}-{b}"] = pair
                 pairs.append(pair)
-                pair_rows.append(int(both.sum()))
+                pair_rows.append(count)
         terms["contrastive"] = self._mean(pairs, pair_rows, zero)
         knn_rows = {m: int(present[m].sum()) for m in batch.embeddings}
         knn = {
