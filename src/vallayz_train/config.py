@@ -28,7 +28,8 @@ class TrainConfig:
     warmup_steps: int = 100
     # Clip the global gradient norm to this value (0 disables clipping).
     grad_clip: float = 1.0
-    # Validate (retrieval R@1 on the validation split) every this many steps.
+    # Validate (retrieval R@1 on the validation split, the mean over every ordered pair of
+    # modalities weighted by each pair's queries) every this many steps.
     eval_every: int = 100
     # Stop after this many validations without a new best R@1 (0 never stops early).
     patience: int = 5
