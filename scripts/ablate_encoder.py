@@ -28,9 +28,13 @@ KINDS = [
     "linear",
     "linear 256-d",
     "adapter",
+    "adapter no-norm",
+    "adapter zero-init",
+    "adapter projection-only",
     "impn no-bridge",
     "impn",
     "impn zero-init",
+    "impn zero-init no-norm",
     "impn no-ffn",
     "impn no-attention",
     "impn no-final-norm",
@@ -43,6 +47,23 @@ class Skip(nn.Module):
         return states
 
 
+def _change_adapter(adapter: nn.Module, kind: str) -> None:
+    """Removes or re-initialises parts of an adapter as the kind's name says."""
+    assert isinstance(adapter, Adapter)
+    if "no-norm" in kind.split():
+        adapter.norm = nn.Identity()  # type: ignore[assignment]
+    if kind.startswith("adapter zero-init"):
+        adapter.zero_init_branch()
+    if "projection-only" in kind:
+        adapter.up = nn.Identity()  # type: ignore[assignment]
+        adapter.down = Zero()  # type: ignore[assignment]
+
+
+class Zero(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
 class Encoder(nn.Module):
     """One encoder per modality, plus an optional n-gram bag on the source."""
 
@@ -53,8 +74,10 @@ class Encoder(nn.Module):
         self.model: IMPN | None = None
         if kind.startswith("linear"):
             self.heads = nn.ModuleDict({m: nn.Linear(d, soil) for m, d in dims.items()})
-        elif kind == "adapter":
+        elif kind.startswith("adapter"):
             self.heads = nn.ModuleDict({m: Adapter(d, soil, args.hidden) for m, d in dims.items()})
+            for adapter in self.heads.values():
+                _change_adapter(adapter, kind)
         else:
             config = IMPNConfig(
                 modalities=dims,
@@ -76,6 +99,8 @@ class Encoder(nn.Module):
                     layer.ffn = nn.Identity()  # type: ignore[assignment]
                 if "no-attention" in kind:
                     layer.attention = Skip()  # type: ignore[assignment]
+            for adapter in self.model.adapters.values():
+                _change_adapter(adapter, kind)
             if "no-final-norm" in kind:
                 self.model.norm = nn.Identity()  # type: ignore[assignment]
 
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--token-buckets", type=int, default=0, help="n-gram bag rows (0: none)")
     parser.add_argument("--val-rows", type=int, default=0, help="random validation rows (0: all)")
     parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -133,7 +159,7 @@ def main() -> None:
     for kind in args.kinds:
         torch.manual_seed(args.seed)
         encoder = Encoder(kind, dims, args)
-        optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=0.01)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01)
         rng = np.random.default_rng(args.seed)
         started = time.perf_counter()
         for _ in range(args.steps):
