@@ -30,9 +30,9 @@ from vallayz_train.config import TrainConfig
 from vallayz_train.tibetan.bench import MODEL_DEFAULTS, TOKEN_BUCKETS
 from vallayz_train.trainer import fit
 
-# name -> (model config changes, loss weight changes, data change); "pooled-speech" trains on
-# speech mean-pooled over its real frames (one node instead of one per frame). Loss weight
-# changes may also name "pair_weighting", a training config field.
+# name -> (model config changes, training config changes, data change); "pooled-speech" trains
+# on speech mean-pooled over its real frames (one node instead of one per frame). Training
+# changes name TrainConfig fields; "loss_weights" holds only the weights that change.
 Variant = tuple[dict[str, Any], dict[str, Any], str | None]
 REFERENCE = "contrastive heads (reference)"
 VARIANTS: dict[str, Variant] = {
@@ -48,13 +48,23 @@ VARIANTS: dict[str, Variant] = {
     "zero-init adapters": ({"zero_init_adapters": True}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
-    "no kNN term": ({}, {"knn": 0.0}, None),
+    "no kNN term": ({}, {"loss_weights": {"knn": 0.0}}, None),
     "equal pair weights": ({}, {"pair_weighting": "equal"}, None),
+    "lr=3e-4": ({}, {"lr": 3e-4}, None),
+    "lr=3e-3": ({}, {"lr": 3e-3}, None),
     # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
     REFERENCE: ({}, {}, None),
     "contrastive only": (
         {},
-        {"knn": 0.0, "translation": 0.0, "cycle": 0.0, "denoising": 0.0, "orthogonality": 0.0},
+        {
+            "loss_weights": {
+                "knn": 0.0,
+                "translation": 0.0,
+                "cycle": 0.0,
+                "denoising": 0.0,
+                "orthogonality": 0.0,
+            }
+        },
         None,
     ),
 }
@@ -100,12 +110,9 @@ def main() -> None:
     )
     table: list[dict[str, Any]] = []
     for name in args.only or list(VARIANTS):
-        changes, weights, data_change = VARIANTS[name]
-        weights = dict(weights)
-        weighting = str(weights.pop("pair_weighting", train.pair_weighting))
-        config = replace(
-            train, loss_weights={**train.loss_weights, **weights}, pair_weighting=weighting
-        )
+        changes, train_changes, data_change = VARIANTS[name]
+        weights = {**train.loss_weights, **train_changes.get("loss_weights", {})}
+        config = replace(train, **{**train_changes, "loss_weights": weights})
         data_dir = args.data
         model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}, **changes}
         if data_change == "no-speech":
