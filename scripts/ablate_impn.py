@@ -46,6 +46,7 @@ VARIANTS: dict[str, Variant] = {
     "GRU update": ({"update": "gru"}, {}, None),
     "random-init bridge layers": ({"zero_init_residual": False}, {}, None),
     "zero-init adapters": ({"zero_init_adapters": True}, {}, None),
+    "no adapter input norm": ({"adapter_norm": False}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"loss_weights": {"knn": 0.0}}, None),

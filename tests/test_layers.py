@@ -151,3 +151,20 @@ def test_zero_initialised_adapters_start_as_their_projection() -> None:
     other = IMPN(tiny_config()).double().adapters["text"]
     assert other.projection is not None
     assert not torch.allclose(other(x), other.projection(x))
+
+
+def test_an_adapter_without_input_norm_matches_its_formula_and_sees_scale() -> None:
+    model = IMPN(tiny_config(adapter_norm=False)).double()
+    adapter = model.adapters["text"]
+    assert adapter.projection is not None
+    x = tri_modal_inputs(3)["text"].double()
+    w1, b1 = adapter.up.weight, adapter.up.bias
+    w2, b2 = adapter.down.weight, adapter.down.bias
+    expected = F.gelu(x @ w1.T + b1) @ w2.T + b2 + x @ adapter.projection.weight.T
+    torch.testing.assert_close(adapter(x), expected)
+    # With the LayerNorm the branch ignores the input's scale; without it, it does not.
+    normed = IMPN(tiny_config()).double().adapters["text"]
+    for module, invariant in ((normed, True), (adapter, False)):
+        branch = module.down(F.gelu(module.up(module.norm(x))))
+        scaled = module.down(F.gelu(module.up(module.norm(3.0 * x))))
+        assert torch.allclose(branch, scaled, atol=1e-4) == invariant  # LN eps: not exact

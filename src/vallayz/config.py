@@ -60,6 +60,9 @@ class IMPNConfig:
     # Start each adapter's MLP branch (W2) at zero, so that an untrained adapter is its linear
     # projection P alone.
     zero_init_adapters: bool = False
+    # LayerNorm on each adapter's input before its MLP branch (the LN(x) of the adapter's
+    # formula); false feeds the native vector to the branch as it is.
+    adapter_norm: bool = True
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -79,7 +82,7 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
-        for flag in ("zero_init_residual", "zero_init_adapters"):
+        for flag in ("zero_init_residual", "zero_init_adapters", "adapter_norm"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _positive_int("soil_dim", self.soil_dim)

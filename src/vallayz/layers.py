@@ -21,15 +21,18 @@ from vallayz.functional import hashed_bag_mean, sample_variants, topk_softmax
 class ResidualMLP(nn.Module):
     """``W2·GELU(W1·LN(x)) + shortcut(x)``: the shape shared by adapters and decoders.
 
-    Subclasses define :meth:`shortcut`.
+    Subclasses define :meth:`shortcut`. With ``norm=False`` the branch reads ``x`` itself
+    (no LayerNorm).
 
     Shape:
         ``[..., in_dim]`` → ``[..., out_dim]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int, dropout: float, norm: bool = True
+    ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm: nn.Module = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.up = nn.Linear(in_dim, hidden)
         self.down = nn.Linear(hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
@@ -51,13 +54,21 @@ class Adapter(ResidualMLP):
 
     ``P`` is a learned projection (bias-free, initialised with orthonormal columns or rows, where
     the orthogonality term is zero) when ``native_dim != soil_dim``, and the identity otherwise.
+    ``norm=False`` drops the LayerNorm: ``F(x) = W2·GELU(W1·x) + P·x``.
 
     Shape:
         ``[..., native_dim]`` → ``[..., soil_dim]``.
     """
 
-    def __init__(self, native_dim: int, soil_dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__(native_dim, soil_dim, hidden, dropout)
+    def __init__(
+        self,
+        native_dim: int,
+        soil_dim: int,
+        hidden: int,
+        dropout: float = 0.0,
+        norm: bool = True,
+    ) -> None:
+        super().__init__(native_dim, soil_dim, hidden, dropout, norm)
         self.projection: nn.Linear | None = None
         if native_dim != soil_dim:
             self.projection = nn.Linear(native_dim, soil_dim, bias=False)

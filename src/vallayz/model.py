@@ -102,7 +102,10 @@ class IMPN(nn.Module):
         self.names = list(config.modalities)
         dim, hidden = config.soil_dim, config.hidden
         self.adapters = nn.ModuleDict(
-            {m: Adapter(d, dim, hidden, config.dropout) for m, d in config.modalities.items()}
+            {
+                m: Adapter(d, dim, hidden, config.dropout, config.adapter_norm)
+                for m, d in config.modalities.items()
+            }
         )
         self.decoders = nn.ModuleDict(
             {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
