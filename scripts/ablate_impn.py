@@ -47,6 +47,8 @@ VARIANTS: dict[str, Variant] = {
     "random-init bridge layers": ({"zero_init_residual": False}, {}, None),
     "zero-init adapters": ({"zero_init_adapters": True}, {}, None),
     "no adapter input norm": ({"adapter_norm": False}, {}, None),
+    "soil 256": ({"soil_dim": 256}, {}, None),
+    "soil 256, hidden 512": ({"soil_dim": 256, "hidden_dim": 512}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
     "no kNN term": ({}, {"loss_weights": {"knn": 0.0}}, None),
@@ -55,6 +57,7 @@ VARIANTS: dict[str, Variant] = {
     "lr=3e-3": ({}, {"lr": 3e-3}, None),
     # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
     REFERENCE: ({}, {}, None),
+    f"{REFERENCE}, lr=3e-3": ({}, {"lr": 3e-3}, None),
     "contrastive only": (
         {},
         {
@@ -121,16 +124,17 @@ def main() -> None:
             model["modalities"] = {m: d for m, d in dims.items() if m != "speech"}
         elif data_change == "pooled-speech":
             data_dir = pooled_speech_data(args.data, args.out / "data-pooled-speech")
-        run = args.out / name.replace(" ", "-").replace("(", "").replace(")", "")
+        run = args.out / "".join(c for c in name.replace(" ", "-") if c not in "(),")
         started = time.perf_counter()
-        if name == REFERENCE:
+        heads = name.startswith(REFERENCE)
+        if heads:
             model = {"token_buckets": model["token_buckets"]}
         if (run / "run.json").exists() and not (run / "latest").exists():
             shutil.rmtree(run)  # stopped before its first checkpoint: start it again
         if (run / "latest").exists() and not (run / "summary.json").exists():
             fit(None, run, resume=True, progress=True)  # an interrupted variant continues
         elif not (run / "summary.json").exists():
-            method = "contrastive-heads" if name == REFERENCE else "impn"
+            method = "contrastive-heads" if heads else "impn"
             fit(data_dir, run, model, config, progress=True, method=method)
         seconds = time.perf_counter() - started
         data = PairedEmbeddings(data_dir, check_values=False)
