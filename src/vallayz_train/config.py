@@ -22,6 +22,9 @@ class TrainConfig:
     batch_size: int = 256
     # Peak learning rate of AdamW.
     lr: float = 1e-3
+    # Peak learning rate of the trainable hashed-feature tables (the models' `front_ends`),
+    # which see a gradient only on the rows whose features occur in a batch; None uses `lr`.
+    front_end_lr: float | None = None
     # AdamW weight decay.
     weight_decay: float = 0.01
     # Linear warm-up steps before the cosine decay.
@@ -79,6 +82,10 @@ class TrainConfig:
             raise ValueError("warmup_steps and patience must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.front_end_lr is not None and not self.front_end_lr > 0:
+            raise ValueError(
+                f"front_end_lr must be positive or null (null uses lr), got {self.front_end_lr}"
+            )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         LossWeights(**self.loss_weights)  # validates names and values

@@ -38,6 +38,19 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the hashed-feature tables (``front_ends.*``) and the
+    rest, each with the ``lr_scale`` by which the scheduled learning rate is multiplied."""
+    tables: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (tables if name.startswith("front_ends.") else rest).append(parameter)
+    scale = (config.front_end_lr or config.lr) / config.lr
+    groups = [{"params": rest, "lr_scale": 1.0}, {"params": tables, "lr_scale": scale}]
+    return [group for group in groups if group["params"]]
+
+
 def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
 
@@ -139,9 +152,7 @@ class Trainer:
             else ModelObjective(config.pair_weighting)
         )
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=config.lr,
-            weight_decay=config.weight_decay,
+            parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay
         )
         self.planner = (
             Planner(config.planner_every) if config.planner and isinstance(model, IMPN) else None
@@ -166,7 +177,16 @@ class Trainer:
         }
 
     def restore(self, optimizer_state: dict[str, Any], scalars: dict[str, Any]) -> None:
+        saved, made = len(optimizer_state["param_groups"]), len(self.optimizer.param_groups)
+        if saved != made:
+            raise ValueError(
+                f"the run's optimizer state has {saved} parameter group(s) but this version "
+                f"trains {made}; resume it with the vallayz version that started it, or start "
+                "a new run"
+            )
         self.optimizer.load_state_dict(optimizer_state)
+        for group in self.optimizer.param_groups:
+            group.setdefault("lr_scale", 1.0)  # states written before the groups had scales
         self.step = int(scalars["step"]) + 1
         self.best, self.bad_evals = float(scalars["best"]), int(scalars["bad_evals"])
         for name, value in scalars["loss_weights"].items():
@@ -251,7 +271,7 @@ class Trainer:
             step = self.step
             lr = learning_rate(step, self.total_steps, self.config)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
             batch = self.data.batch(self._rows(step), self.names)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
