@@ -57,11 +57,15 @@ VARIANTS: dict[str, Variant] = {
     "lr=3e-3": ({}, {"lr": 3e-3}, None),
     "lr=1e-2": ({}, {"lr": 1e-2}, None),
     "front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
+    "front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
+    "front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
     "lr=3e-3, front-end lr=1e-2": ({}, {"lr": 3e-3, "front_end_lr": 1e-2}, None),
     # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
     REFERENCE: ({}, {}, None),
     f"{REFERENCE}, lr=3e-3": ({}, {"lr": 3e-3}, None),
     f"{REFERENCE}, front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
+    f"{REFERENCE}, front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
+    f"{REFERENCE}, front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
     "contrastive only": (
         {},
         {

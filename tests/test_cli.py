@@ -47,11 +47,17 @@ def test_fit_eval_translate_retrieve_plot_end_to_end(
                 "60",
                 "--batch-size",
                 "64",
+                "--lr",
+                "1e-3",
+                "--front-end-lr",
+                "2e-3",
                 "--quiet",
             ]
         )
         == 0
     )
+    train = json.loads((run / "run.json").read_text())["train"]
+    assert (train["lr"], train["front_end_lr"]) == (1e-3, 2e-3)
     assert mean_total(run / "metrics.csv", range(55, 60)) < 0.7 * mean_total(
         run / "metrics.csv", range(5)
     )

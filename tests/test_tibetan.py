@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vallayz_train.cli import main
+from vallayz_train.tibetan.bench import FRONT_END_LR
 from vallayz_train.tibetan.corpus import build_corpus, default_corpus_path, read_segments
 from vallayz_train.tibetan.encoders import (
     TibetanEncoder,
@@ -158,6 +159,8 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
     for method in ("impn", "contrastive-heads", "mlp-translator"):
         config = json.loads((out / method / "best" / "config.json").read_text())
         assert config["token_buckets"] == {"bo": 2**16}
+        train = json.loads((out / method / "run.json").read_text())["train"]
+        assert train["front_end_lr"] == FRONT_END_LR
     line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5

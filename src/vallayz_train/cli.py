@@ -227,7 +227,7 @@ def _train_args(args: argparse.Namespace) -> tuple[Any, Any]:
             f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
         )
     train = dict(file.get("train", {}))
-    for key in ("max_steps", "epochs", "batch_size", "device", "seed"):
+    for key in ("max_steps", "epochs", "batch_size", "lr", "front_end_lr", "device", "seed"):
         if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
     if getattr(args, "planner", None) is not None:
@@ -270,7 +270,12 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
 def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table
-    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus, translate_text
+    from vallayz_train.tibetan.bench import (
+        FRONT_END_LR,
+        bench_tibetan,
+        evaluate_corpus,
+        translate_text,
+    )
 
     if args.eval_corpus:
         if not args.run:
@@ -280,6 +285,9 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     model, train = _train_args(args)
     if train.max_steps is None and not args.config:
         train.max_steps = 800
+    configured = (_load_json(args.config) if args.config else {}).get("train", {})
+    if args.front_end_lr is None and "front_end_lr" not in configured:
+        train.front_end_lr = FRONT_END_LR
     train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,
@@ -347,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument(
+        "--front-end-lr",
+        dest="front_end_lr",
+        type=float,
+        help="peak learning rate of the hashed n-gram tables (default: --lr)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--planner", choices=["on", "off"])
@@ -468,6 +483,14 @@ def _bench_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--max-steps", dest="max_steps", type=int)
     b.add_argument("--epochs", type=int)
     b.add_argument("--batch-size", dest="batch_size", type=int)
+    b.add_argument("--lr", type=float, help="peak learning rate")
+    b.add_argument(
+        "--front-end-lr",
+        dest="front_end_lr",
+        type=float,
+        help="peak learning rate of the hashed n-gram tables (default: --lr; bench tibetan: "
+        "its own measured default, see BENCHMARKS.md)",
+    )
     b.add_argument("--seed", type=int)
     b.add_argument("--device", choices=["cpu", "cuda"])
     b.add_argument("--pool", type=int, default=1000)

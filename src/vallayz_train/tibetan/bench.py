@@ -47,6 +47,10 @@ SPEECH_NODES = 8
 # and the default table size of the trainable embedding-bag front end every learned method gets.
 TOKEN_LENGTH = 256
 TOKEN_BUCKETS = 2**16
+# Peak learning rate of those tables when the command line and config file name none (the
+# rest of each model trains at TrainConfig.lr): a bucket sees a gradient only in the batches
+# that hold one of its n-grams. See BENCHMARKS.md, "Learning rates".
+FRONT_END_LR = 3e-2
 
 
 def encode_tibetan(
@@ -158,7 +162,12 @@ def bench_tibetan(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = train or TrainConfig(
-        max_steps=800, batch_size=256, eval_every=200, checkpoint_every=200, warmup_steps=50
+        max_steps=800,
+        batch_size=256,
+        eval_every=200,
+        checkpoint_every=200,
+        warmup_steps=50,
+        front_end_lr=FRONT_END_LR,
     )
     data_dir, subsets = build_data(
         out,
