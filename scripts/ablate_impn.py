@@ -59,6 +59,16 @@ VARIANTS: dict[str, Variant] = {
     "front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
     "front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
     "front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
+    "front-end lr=3e-2, n-gram dropout 0.2": (
+        {},
+        {"front_end_lr": 3e-2, "token_dropout": 0.2},
+        None,
+    ),
+    "front-end lr=3e-2, n-gram dropout 0.5": (
+        {},
+        {"front_end_lr": 3e-2, "token_dropout": 0.5},
+        None,
+    ),
     "lr=3e-3, front-end lr=1e-2": ({}, {"lr": 3e-3, "front_end_lr": 1e-2}, None),
     # Not IMPN: the CLIP-style heads with the same front end and budget, for reference.
     REFERENCE: ({}, {}, None),
@@ -66,6 +76,16 @@ VARIANTS: dict[str, Variant] = {
     f"{REFERENCE}, front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
     f"{REFERENCE}, front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
     f"{REFERENCE}, front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
+    f"{REFERENCE}, front-end lr=3e-2, n-gram dropout 0.2": (
+        {},
+        {"front_end_lr": 3e-2, "token_dropout": 0.2},
+        None,
+    ),
+    f"{REFERENCE}, front-end lr=3e-2, n-gram dropout 0.5": (
+        {},
+        {"front_end_lr": 3e-2, "token_dropout": 0.5},
+        None,
+    ),
     "contrastive only": (
         {},
         {

@@ -166,3 +166,26 @@ def test_a_model_on_a_subset_of_the_data_modalities_trains_and_validates(tmp_pat
         "image": 16,
     }
     assert summary is not None
+
+
+def test_token_dropout_withholds_real_ids_only_and_keeps_one_per_row() -> None:
+    from vallayz.masking import drop_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (400, 30), generator=generator)
+    ids[:, 20:] = -1  # padding
+    ids[0, 1:] = -1  # a row with a single id
+    ids[1] = -1  # a row with none
+    assert torch.equal(drop_tokens(ids, 0.0), ids)
+    out = drop_tokens(ids, 0.3, generator)
+    changed = out != ids
+    assert bool((out[changed] == -1).all()) and bool((ids[changed] >= 0).all())
+    assert torch.equal(out[:, 20:], ids[:, 20:])
+    # About 30 % of the real ids are withheld (binomial sd about 0.5 % here).
+    assert abs(changed.sum().item() / (ids >= 0).sum().item() - 0.3) < 0.03
+    harsh = drop_tokens(ids, 0.99, generator)
+    had = (ids >= 0).any(dim=1)
+    assert torch.equal((harsh >= 0).any(dim=1), had)
+    assert harsh[0, 0] == ids[0, 0] and bool((harsh[1] == -1).all())
+    with pytest.raises(ValueError, match=r"token drop rate must lie in \[0, 1\)"):
+        drop_tokens(ids, 1.0)

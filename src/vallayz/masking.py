@@ -1,4 +1,5 @@
-"""Random modality dropout: which present modalities to hide in each row."""
+"""Random dropout of inputs: which present modalities to hide in each row, which hashed
+feature ids to withhold."""
 
 from __future__ import annotations
 
@@ -48,3 +49,33 @@ def drop_modalities(
         keep = torch.zeros_like(stacked).scatter(1, scores.argmax(dim=1, keepdim=True), True)
         drop = torch.where(emptied[:, None], stacked & ~keep, drop)
     return {m: drop[:, i] for i, m in enumerate(names)}
+
+
+def drop_tokens(ids: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Withholds each real hashed feature id with probability ``rate`` (marks it as padding).
+
+    A regulariser for embedding-bag front ends: a row cannot be recognised by one rare n-gram
+    alone when that n-gram is missing from some of its passes. A row keeps at least one of its
+    ids (the first one drawn to be kept, or else its first real id), so no row loses its bag.
+
+    Args:
+        ids: Integer feature ids, ``-1`` = padding.
+        rate: Drop probability in ``[0, 1)``.
+        generator: Optional random generator.
+
+    Returns:
+        The ids with the dropped entries set to ``-1``.
+
+    Shape:
+        ``[B, L]`` → ``[B, L]``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"token drop rate must lie in [0, 1), got {rate}")
+    real = ids >= 0
+    if rate == 0.0:
+        return ids
+    keep = real & (torch.rand(ids.shape, generator=generator, device=ids.device) >= rate)
+    emptied = real.any(dim=1) & ~keep.any(dim=1)
+    first = torch.zeros_like(real).scatter(1, real.int().argmax(dim=1, keepdim=True), True)
+    keep = keep | (emptied[:, None] & first)
+    return torch.where(keep, ids, torch.full_like(ids, -1))

@@ -19,6 +19,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
 from vallayz.losses import IMPNLoss, LossOutput, LossWeights, check_pair_weighting
+from vallayz.masking import drop_tokens
 from vallayz.types import Batch
 from vallayz_train.checkpoint import load_state, save_state
 from vallayz_train.config import TrainConfig
@@ -274,6 +275,14 @@ class Trainer:
                 group["lr"] = lr * group["lr_scale"]
             torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
             batch = self.data.batch(self._rows(step), self.names)
+            if self.config.token_dropout > 0 and batch.tokens:
+                # The ids are still on the CPU here.
+                generator = torch.Generator().manual_seed(_step_seed(self.config.seed, step, 3))
+                tokens = {
+                    m: drop_tokens(ids, self.config.token_dropout, generator)
+                    for m, ids in batch.tokens.items()
+                }
+                batch = Batch.of(batch, tokens=tokens)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = self.loss_fn(self.model, batch, self._generator(step, 2))
             self.optimizer.zero_grad(set_to_none=True)
