@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vallayz.data import PairedEmbeddings
-from vallayz.eval import format_table, model_encoder, retrieval_table
+from vallayz.eval import PerturbedView, format_table, model_encoder, retrieval_table
 from vallayz.learned import load_pretrained
 from vallayz_train.cli import parse_pair
 from vallayz_train.config import TrainConfig
@@ -59,6 +59,11 @@ VARIANTS: dict[str, Variant] = {
     "front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
     "front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
     "front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
+    "front-end lr=3e-2, rows without n-grams 0.2": (
+        {},
+        {"front_end_lr": 3e-2, "token_row_dropout": 0.2},
+        None,
+    ),
     "front-end lr=3e-2, n-gram dropout 0.2": (
         {},
         {"front_end_lr": 3e-2, "token_dropout": 0.2},
@@ -76,6 +81,11 @@ VARIANTS: dict[str, Variant] = {
     f"{REFERENCE}, front-end lr=1e-2": ({}, {"front_end_lr": 1e-2}, None),
     f"{REFERENCE}, front-end lr=3e-2": ({}, {"front_end_lr": 3e-2}, None),
     f"{REFERENCE}, front-end lr=1e-1": ({}, {"front_end_lr": 1e-1}, None),
+    f"{REFERENCE}, front-end lr=3e-2, rows without n-grams 0.2": (
+        {},
+        {"front_end_lr": 3e-2, "token_row_dropout": 0.2},
+        None,
+    ),
     f"{REFERENCE}, front-end lr=3e-2, n-gram dropout 0.2": (
         {},
         {"front_end_lr": 3e-2, "token_dropout": 0.2},
@@ -129,6 +139,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1000)
     parser.add_argument("--pairs", nargs="+", default=["bo->en", "bo+speech->en"])
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="a subset of variants")
+    parser.add_argument(
+        "--noisy-snr",
+        dest="noisy_snr",
+        type=float,
+        help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld",
+    )
     args = parser.parse_args()
 
     pairs = [parse_pair(p) for p in args.pairs]
@@ -170,7 +186,23 @@ def main() -> None:
         impn = load_pretrained(run).eval()
         known = json.loads((run / "config.json").read_text())["modalities"]
         usable = [p for p in pairs if all(m in known for m in (*p[0], p[1]))]
-        for row in retrieval_table(data, val, model_encoder(impn, data), usable, args.pool):
+        views: list[tuple[str, Any]] = [("", data)]
+        if args.noisy_snr is not None:
+            # The noise sweep's setting: noise on the Tibetan vector, its n-grams withheld.
+            noisy = PerturbedView(data, noisy=("bo",), snr_db=args.noisy_snr)
+            views.append((f" at {args.noisy_snr:g} dB", noisy))
+        rows = [
+            {**row, "target": f"{row['target']}{suffix}"}
+            for suffix, view in views
+            for row in retrieval_table(
+                view,
+                val,
+                model_encoder(impn, view),
+                usable if not suffix else [(("bo",), "en")],
+                args.pool,
+            )
+        ]
+        for row in rows:
             # Pools of --pool candidates, or every query when a pair has fewer.
             if row["pool"] == str(args.pool) or int(str(row["queries"])) < args.pool:
                 table.append(
@@ -183,7 +215,7 @@ def main() -> None:
                         "train s": seconds,
                     }
                 )
-        print(format_table(table[-len(usable) :]), flush=True)
+        print(format_table(table[-len(rows) :]) if rows else "", flush=True)
     print(format_table(table))
     (args.out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vallayz_train.cli import main
-from vallayz_train.tibetan.bench import FRONT_END_LR
+from vallayz_train.tibetan.bench import FRONT_END_LR, TOKEN_ROW_DROPOUT
 from vallayz_train.tibetan.corpus import build_corpus, default_corpus_path, read_segments
 from vallayz_train.tibetan.encoders import (
     TibetanEncoder,
@@ -161,6 +161,7 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
         assert config["token_buckets"] == {"bo": 2**16}
         train = json.loads((out / method / "run.json").read_text())["train"]
         assert train["front_end_lr"] == FRONT_END_LR
+        assert train["token_row_dropout"] == TOKEN_ROW_DROPOUT
     line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5

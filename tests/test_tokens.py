@@ -187,5 +187,19 @@ def test_token_dropout_withholds_real_ids_only_and_keeps_one_per_row() -> None:
     had = (ids >= 0).any(dim=1)
     assert torch.equal((harsh >= 0).any(dim=1), had)
     assert harsh[0, 0] == ids[0, 0] and bool((harsh[1] == -1).all())
-    with pytest.raises(ValueError, match=r"token drop rate must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"token drop rates must lie in \[0, 1\)"):
         drop_tokens(ids, 1.0)
+
+
+def test_row_token_dropout_empties_about_that_share_of_rows() -> None:
+    from vallayz.masking import drop_tokens
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 1000, (2000, 8), generator=generator)
+    out = drop_tokens(ids, 0.0, generator, row_rate=0.25)
+    emptied = (out == -1).all(dim=1)
+    assert abs(emptied.float().mean().item() - 0.25) < 0.03
+    # Rows that were not drawn are untouched when no single id is dropped.
+    assert torch.equal(out[~emptied], ids[~emptied])
+    with pytest.raises(ValueError, match="token drop rates"):
+        drop_tokens(ids, 0.0, row_rate=1.0)

@@ -51,17 +51,26 @@ def drop_modalities(
     return {m: drop[:, i] for i, m in enumerate(names)}
 
 
-def drop_tokens(ids: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
-    """Withholds each real hashed feature id with probability ``rate`` (marks it as padding).
+def drop_tokens(
+    ids: Tensor,
+    rate: float,
+    generator: torch.Generator | None = None,
+    row_rate: float = 0.0,
+) -> Tensor:
+    """Withholds each real hashed feature id with probability ``rate`` (marks it as padding),
+    and every id of a row with probability ``row_rate``.
 
     A regulariser for embedding-bag front ends: a row cannot be recognised by one rare n-gram
-    alone when that n-gram is missing from some of its passes. A row keeps at least one of its
-    ids (the first one drawn to be kept, or else its first real id), so no row loses its bag.
+    alone when that n-gram is missing from some of its passes. Apart from the rows drawn by
+    ``row_rate``, a row keeps at least one of its ids (its first real id when every id was
+    drawn). Rows drawn by ``row_rate`` are read from their native vector alone, as at test time
+    when the ids are withheld from a noisy modality.
 
     Args:
         ids: Integer feature ids, ``-1`` = padding.
-        rate: Drop probability in ``[0, 1)``.
+        rate: Drop probability of each id in ``[0, 1)``.
         generator: Optional random generator.
+        row_rate: Drop probability of a whole row's ids in ``[0, 1)``.
 
     Returns:
         The ids with the dropped entries set to ``-1``.
@@ -69,13 +78,15 @@ def drop_tokens(ids: Tensor, rate: float, generator: torch.Generator | None = No
     Shape:
         ``[B, L]`` → ``[B, L]``.
     """
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"token drop rate must lie in [0, 1), got {rate}")
+    if not 0.0 <= rate < 1.0 or not 0.0 <= row_rate < 1.0:
+        raise ValueError(f"token drop rates must lie in [0, 1), got {rate} and {row_rate}")
     real = ids >= 0
-    if rate == 0.0:
+    if rate == 0.0 and row_rate == 0.0:
         return ids
     keep = real & (torch.rand(ids.shape, generator=generator, device=ids.device) >= rate)
     emptied = real.any(dim=1) & ~keep.any(dim=1)
     first = torch.zeros_like(real).scatter(1, real.int().argmax(dim=1, keepdim=True), True)
     keep = keep | (emptied[:, None] & first)
+    rows = torch.rand(ids.shape[0], generator=generator, device=ids.device) < row_rate
+    keep = keep & ~rows[:, None]
     return torch.where(keep, ids, torch.full_like(ids, -1))

@@ -272,6 +272,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.tibetan.bench import (
         FRONT_END_LR,
+        TOKEN_ROW_DROPOUT,
         bench_tibetan,
         evaluate_corpus,
         translate_text,
@@ -288,6 +289,8 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     configured = (_load_json(args.config) if args.config else {}).get("train", {})
     if args.front_end_lr is None and "front_end_lr" not in configured:
         train.front_end_lr = FRONT_END_LR
+    if "token_row_dropout" not in configured:
+        train.token_row_dropout = TOKEN_ROW_DROPOUT
     train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,

@@ -53,6 +53,9 @@ class TrainConfig:
     # Probability of withholding each hashed feature id (Batch.tokens) of a training batch, for
     # every method alike; a row keeps at least one id. 0 disables it.
     token_dropout: float = 0.0
+    # Probability that a training row loses all its hashed feature ids and is read from its
+    # native vector alone (as a noisy modality is at test time). 0 disables it.
+    token_row_dropout: float = 0.0
     # InfoNCE temperature of the contrastive term.
     contrastive_temperature: float = 0.07
     # "mse", "cosine" or "mse+cosine" for translation and cycle terms.
@@ -83,8 +86,9 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps}")
         if self.warmup_steps < 0 or self.patience < 0:
             raise ValueError("warmup_steps and patience must be >= 0")
-        if not 0.0 <= self.token_dropout < 1.0:
-            raise ValueError(f"token_dropout must lie in [0, 1), got {self.token_dropout}")
+        for name in ("token_dropout", "token_row_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.front_end_lr is not None and not self.front_end_lr > 0:

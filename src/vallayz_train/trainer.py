@@ -275,11 +275,12 @@ class Trainer:
                 group["lr"] = lr * group["lr_scale"]
             torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
             batch = self.data.batch(self._rows(step), self.names)
-            if self.config.token_dropout > 0 and batch.tokens:
+            rates = (self.config.token_dropout, self.config.token_row_dropout)
+            if any(rates) and batch.tokens:
                 # The ids are still on the CPU here.
                 generator = torch.Generator().manual_seed(_step_seed(self.config.seed, step, 3))
                 tokens = {
-                    m: drop_tokens(ids, self.config.token_dropout, generator)
+                    m: drop_tokens(ids, rates[0], generator, row_rate=rates[1])
                     for m, ids in batch.tokens.items()
                 }
                 batch = Batch.of(batch, tokens=tokens)

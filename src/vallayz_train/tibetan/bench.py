@@ -51,6 +51,9 @@ TOKEN_BUCKETS = 2**16
 # rest of each model trains at TrainConfig.lr): a bucket sees a gradient only in the batches
 # that hold one of its n-grams. See BENCHMARKS.md, "Learning rates".
 FRONT_END_LR = 3e-2
+# Share of training rows whose n-gram ids are all withheld, so that every learned method also
+# learns to read the fixed vector alone (the noise sweep withholds the ids of noisy rows).
+TOKEN_ROW_DROPOUT = 0.2
 
 
 def encode_tibetan(
@@ -168,6 +171,7 @@ def bench_tibetan(
         checkpoint_every=200,
         warmup_steps=50,
         front_end_lr=FRONT_END_LR,
+        token_row_dropout=TOKEN_ROW_DROPOUT,
     )
     data_dir, subsets = build_data(
         out,
