@@ -80,9 +80,9 @@ def drop_tokens(
     """
     if not 0.0 <= rate < 1.0 or not 0.0 <= row_rate < 1.0:
         raise ValueError(f"token drop rates must lie in [0, 1), got {rate} and {row_rate}")
-    real = ids >= 0
     if rate == 0.0 and row_rate == 0.0:
         return ids
+    real = ids >= 0
     keep = real & (torch.rand(ids.shape, generator=generator, device=ids.device) >= rate)
     emptied = real.any(dim=1) & ~keep.any(dim=1)
     first = torch.zeros_like(real).scatter(1, real.int().argmax(dim=1, keepdim=True), True)

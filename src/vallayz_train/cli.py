@@ -215,9 +215,12 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
     return tuple(s for s in sources.split("+") if s), target
 
 
-def _train_args(args: argparse.Namespace) -> tuple[Any, Any]:
+def _train_args(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     """The ``--config`` file's model overrides and its training config, with the command-line
-    options (``--max-steps``, ``--epochs``, ...) taking precedence."""
+    options (``--max-steps``, ``--epochs``, ...) taking precedence over the file and the file
+    over ``defaults`` (a command's own training defaults)."""
     from vallayz_train.config import TrainConfig
 
     file = _load_json(args.config) if args.config else {}
@@ -226,7 +229,7 @@ def _train_args(args: argparse.Namespace) -> tuple[Any, Any]:
         raise UsageError(
             f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
         )
-    train = dict(file.get("train", {}))
+    train = {**(defaults or {}), **file.get("train", {})}
     for key in ("max_steps", "epochs", "batch_size", "lr", "front_end_lr", "device", "seed"):
         if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
@@ -283,14 +286,11 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
             raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
         evaluate_corpus(args.run, args.eval_corpus, args.out, args.pool, args.pools, not args.quiet)
         return 0
-    model, train = _train_args(args)
+    model, train = _train_args(
+        args, {"front_end_lr": FRONT_END_LR, "token_row_dropout": TOKEN_ROW_DROPOUT}
+    )
     if train.max_steps is None and not args.config:
         train.max_steps = 800
-    configured = (_load_json(args.config) if args.config else {}).get("train", {})
-    if args.front_end_lr is None and "front_end_lr" not in configured:
-        train.front_end_lr = FRONT_END_LR
-    if "token_row_dropout" not in configured:
-        train.token_row_dropout = TOKEN_ROW_DROPOUT
     train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,

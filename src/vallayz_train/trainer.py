@@ -202,8 +202,10 @@ class Trainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_rows))
         return self.train_rows[order[index * self.batch_size : (index + 1) * self.batch_size]]
 
-    def _generator(self, step: int, stream: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(
+    def _generator(
+        self, step: int, stream: int, device: torch.device | None = None
+    ) -> torch.Generator:
+        return torch.Generator(device=device or self.device).manual_seed(
             _step_seed(self.config.seed, step, stream)
         )
 
@@ -278,7 +280,7 @@ class Trainer:
             rates = (self.config.token_dropout, self.config.token_row_dropout)
             if any(rates) and batch.tokens:
                 # The ids are still on the CPU here.
-                generator = torch.Generator().manual_seed(_step_seed(self.config.seed, step, 3))
+                generator = self._generator(step, 3, torch.device("cpu"))
                 tokens = {
                     m: drop_tokens(ids, rates[0], generator, row_rate=rates[1])
                     for m, ids in batch.tokens.items()
