@@ -64,6 +64,11 @@ VARIANTS: dict[str, Variant] = {
         {"front_end_lr": 3e-2, "token_row_dropout": 0.2},
         None,
     ),
+    "front-end lr=3e-2, rows without n-grams 0.2, planner on": (
+        {},
+        {"front_end_lr": 3e-2, "token_row_dropout": 0.2, "planner": True},
+        None,
+    ),
     "front-end lr=3e-2, n-gram dropout 0.2": (
         {},
         {"front_end_lr": 3e-2, "token_dropout": 0.2},
