@@ -5,7 +5,9 @@ weighting (rows vs equal) and bridge layers starting at the identity or at rando
 Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
 during training) on the same data and steps; each is scored on the *validation* split (the
 test split stays untouched) with pools of ``--pool`` candidates, for bo->en and bo+speech->en
-by default. Finished variants are reused, so an interrupted ablation continues.
+by default. Finished variants are reused, so an interrupted ablation continues. ``--base bench``
+starts every variant from the ``bench tibetan`` training defaults (fast n-gram tables, the
+n-grams of a share of rows withheld) instead of lr 1e-3 everywhere.
 
     python scripts/ablate_impn.py runs/tibetan-full/data --out runs/ablate --steps 400
 """
@@ -27,7 +29,12 @@ from vallayz.eval import PerturbedView, format_table, model_encoder, retrieval_t
 from vallayz.learned import load_pretrained
 from vallayz_train.cli import parse_pair
 from vallayz_train.config import TrainConfig
-from vallayz_train.tibetan.bench import MODEL_DEFAULTS, TOKEN_BUCKETS
+from vallayz_train.tibetan.bench import (
+    FRONT_END_LR,
+    MODEL_DEFAULTS,
+    TOKEN_BUCKETS,
+    TOKEN_ROW_DROPOUT,
+)
 from vallayz_train.trainer import fit
 
 # name -> (model config changes, training config changes, data change); "pooled-speech" trains
@@ -150,6 +157,14 @@ def main() -> None:
         type=float,
         help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld",
     )
+    parser.add_argument(
+        "--base",
+        choices=["plain", "bench"],
+        default="plain",
+        help="training settings every variant starts from: 'plain' (lr 1e-3 everywhere, every "
+        "row's n-grams used) or 'bench' (the bench tibetan defaults: n-gram tables at "
+        f"{FRONT_END_LR:g}, the n-grams of {TOKEN_ROW_DROPOUT:.0%} of rows withheld)",
+    )
     args = parser.parse_args()
 
     pairs = [parse_pair(p) for p in args.pairs]
@@ -161,6 +176,8 @@ def main() -> None:
         warmup_steps=min(50, args.steps // 4),
         planner=False,
     )
+    if args.base == "bench":
+        train = replace(train, front_end_lr=FRONT_END_LR, token_row_dropout=TOKEN_ROW_DROPOUT)
     table: list[dict[str, Any]] = []
     for name in args.only or list(VARIANTS):
         changes, train_changes, data_change = VARIANTS[name]

@@ -1,15 +1,25 @@
-"""Planner–actor–critic: hyper-parameter changes kept only when a held-out critic improves.
+"""Planner–actor–critic: hyper-parameter changes kept only when they beat training alone.
 
-The actor is the ordinary training loop. Every ``every`` steps the planner
+The actor is the ordinary training loop. Every ``every`` steps the planner asks the critic for a
+score of the current model on a fixed validation batch. Decisions alternate between two kinds of
+interval of ``every`` steps:
 
-1. asks the critic for a score of the current model on a fixed validation batch;
-2. judges the change it made last time, if any: kept when the score rose since the change was
-   made, otherwise reverted (the hyper-parameter, not the weights);
-3. proposes one new change from the window of recent training losses, in turn:
-   * gating: the contrastive term dominates the cycle term → lower the gate temperature
-     (×0.8); otherwise → raise top-k by one;
-   * noise: scale every modality's sigma by 0.7;
-   * weights: raise by half the weight of the term that fell least since the first window.
+1. a *control* interval, with no change in place: the critic's gain over it is what training
+   alone gives at this point of the run;
+2. a *trial* interval, with one proposed change in place: the change is kept when the critic
+   gained more over it than over the control interval just before, otherwise it is reverted
+   (the hyper-parameter, not the weights).
+
+Comparing with the control interval matters because training raises the critic by itself: judged
+on "the score rose" alone, nearly every change is kept, useful or not. Gains shrink as training
+goes on, so the comparison leans towards reverting; a kept change has beaten that.
+
+Proposals come from the window of recent training losses, in turn:
+
+* gating: the contrastive term dominates the cycle term → lower the gate temperature (×0.8);
+  otherwise → raise top-k by one;
+* noise: scale every modality's sigma by 0.7;
+* weights: raise by half the weight of the term that fell least since the first window.
 
 Every decision is returned as a JSON-able dict for ``planner.jsonl``.
 """
@@ -39,6 +49,10 @@ class Planner:
         self.window: dict[str, list[float]] = {}
         self.first: dict[str, float] = {}
         self.pending: dict[str, Any] | None = None
+        # Critic score at the start of the running control interval, if one is running.
+        self.control_start: float | None = None
+        # Critic gain over the last finished control interval.
+        self.control_gain: float | None = None
         self.turn = 0
 
     def observe(self, terms: dict[str, float]) -> None:
@@ -53,6 +67,8 @@ class Planner:
             "window": self.window,
             "first": self.first,
             "pending": self.pending,
+            "control_start": self.control_start,
+            "control_gain": self.control_gain,
             "turn": self.turn,
         }
 
@@ -61,6 +77,8 @@ class Planner:
         self.window = {k: list(v) for k, v in state["window"].items()}
         self.first = dict(state["first"])
         self.pending = state["pending"]
+        self.control_start = state.get("control_start")
+        self.control_gain = state.get("control_gain")
         self.turn = int(state["turn"])
 
     def step(
@@ -73,25 +91,40 @@ class Planner:
         self.window = {}
         if not self.first:
             self.first = dict(means)
-        decisions = []
+        decisions: list[dict[str, Any]] = []
         score = critic()
+        if self.control_start is not None:
+            # A control interval ends: measure it, then try a change.
+            self.control_gain = score - self.control_start
+            self.control_start = None
+            proposal = self._propose(model, loss_fn, means)
+            self._apply(model, loss_fn, proposal["parameter"], proposal["new"])
+            self.pending = {**proposal, "score_before": score, "proposed_at": step}
+            decisions.append({**self.pending, "step": step, "action": "propose", "window": means})
+            return decisions
         if self.pending is not None:
-            kept = score > self.pending["score_before"]
-            decision = {
-                **self.pending,
-                "step": step,
-                "action": "keep" if kept else "revert",
-                "score_after": score,
-            }
+            # A trial interval ends: judge its change against the control's gain.
+            gain = score - self.pending["score_before"]
+            expected = self.control_gain if self.control_gain is not None else 0.0
+            kept = gain > expected
+            decisions.append(
+                {
+                    **self.pending,
+                    "step": step,
+                    "action": "keep" if kept else "revert",
+                    "score_after": score,
+                    "gain": gain,
+                    "control_gain": expected,
+                }
+            )
             if not kept:
                 self._apply(model, loss_fn, self.pending["parameter"], self.pending["old"])
                 score = critic()
-            decisions.append(decision)
             self.pending = None
-        proposal = self._propose(model, loss_fn, means)
-        self._apply(model, loss_fn, proposal["parameter"], proposal["new"])
-        self.pending = {**proposal, "score_before": score, "proposed_at": step}
-        decisions.append({**self.pending, "step": step, "action": "propose", "window": means})
+        self.control_start = score
+        decisions.append(
+            {"step": step, "action": "control", "parameter": None, "score_before": score}
+        )
         return decisions
 
     def _propose(self, model: IMPN, loss_fn: IMPNLoss, means: dict[str, float]) -> dict[str, Any]:

@@ -68,10 +68,10 @@ def plot_planner(log: Path, out: Path) -> Path:
     plt = _pyplot()
     decisions = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    proposals = [d for d in decisions if d["action"] == "propose"]
+    starts = [d for d in decisions if d["action"] in ("propose", "control")]
     ax.plot(
-        [d["step"] for d in proposals],
-        [d["score_before"] for d in proposals],
+        [d["step"] for d in starts],
+        [d["score_before"] for d in starts],
         "k.-",
         lw=1,
         label="critic",

@@ -1,0 +1,87 @@
+import json
+from typing import Any
+
+from conftest import tiny_config
+
+from vallayz import IMPN
+from vallayz.losses import IMPNLoss
+from vallayz_train.planner import Planner
+
+EVERY = 10
+
+
+class Critic:
+    """Training alone adds ``drift`` per interval; a temperature below 1 adds ``effect`` once
+    per interval on top of that (the planner's first proposal lowers the temperature)."""
+
+    def __init__(self, model: IMPN, drift: float, effect: float) -> None:
+        self.model, self.drift, self.effect = model, drift, effect
+        self.score = 0.0
+
+    def __call__(self) -> float:
+        return self.score
+
+    def advance(self) -> None:
+        self.score += self.drift
+        if self.model.config.temperature < 1.0:
+            self.score += self.effect
+
+
+def scripted(model: IMPN, critic: Critic, intervals: int) -> list[dict[str, Any]]:
+    planner, loss = Planner(EVERY), IMPNLoss()
+    decisions: list[dict[str, Any]] = []
+    for step in range(intervals * EVERY):
+        planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
+        if (step + 1) % EVERY == 0 and step + 1 > EVERY:
+            critic.advance()  # the interval's training, before the decision that closes it
+        decisions += planner.step(step, model, loss, critic)
+    return decisions
+
+
+def test_a_change_that_only_rides_on_training_progress_is_reverted() -> None:
+    model = IMPN(tiny_config(temperature=1.0))
+    decisions = scripted(model, Critic(model, drift=1.0, effect=0.0), intervals=3)
+
+    actions = [(d["action"], d["parameter"]) for d in decisions]
+    assert actions == [
+        ("control", None),
+        ("propose", "temperature"),
+        ("revert", "temperature"),
+        ("control", None),
+    ]
+    # The score rose over the trial (the old rule would have kept it), but no more than alone.
+    judged = decisions[2]
+    assert judged["score_after"] > judged["score_before"]
+    assert judged["gain"] == judged["control_gain"] == 1.0
+    assert model.config.temperature == 1.0
+
+
+def test_a_change_that_beats_training_alone_is_kept() -> None:
+    model = IMPN(tiny_config(temperature=1.0))
+    decisions = scripted(model, Critic(model, drift=1.0, effect=0.5), intervals=3)
+
+    judged = [d for d in decisions if d["action"] in ("keep", "revert")]
+    assert [(d["action"], d["gain"], d["control_gain"]) for d in judged] == [("keep", 1.5, 1.0)]
+    assert model.config.temperature == 0.8
+
+
+def test_the_planner_resumes_mid_trial_to_the_same_decisions() -> None:
+    def decide(split: int | None) -> list[dict[str, Any]]:
+        model = IMPN(tiny_config(temperature=1.0))
+        critic = Critic(model, drift=1.0, effect=0.25)
+        planner, loss = Planner(EVERY), IMPNLoss()
+        out: list[dict[str, Any]] = []
+        for step in range(6 * EVERY):
+            if split is not None and step == split:
+                state = json.loads(json.dumps(planner.state_dict()))  # as checkpoints do
+                planner = Planner(EVERY)
+                planner.load_state_dict(state)
+            planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
+            if (step + 1) % EVERY == 0 and step + 1 > EVERY:
+                critic.advance()
+            out += planner.step(step, model, loss, critic)
+        return out
+
+    whole = decide(None)
+    assert [d["action"] for d in whole].count("propose") == 3
+    assert decide(2 * EVERY + 3) == whole
