@@ -87,6 +87,8 @@ VARIANTS: dict[str, Variant] = {
         None,
     ),
     "lr=3e-3, front-end lr=1e-2": ({}, {"lr": 3e-3, "front_end_lr": 1e-2}, None),
+    "n-gram table 2^17": ({"token_buckets": {"bo": 2**17}}, {}, None),
+    "n-gram table 2^18": ({"token_buckets": {"bo": 2**18}}, {}, None),
     "contrastive only": (
         {},
         {
@@ -104,7 +106,8 @@ VARIANTS: dict[str, Variant] = {
 
 
 # Not IMPN: the CLIP-style heads with the same front end and budget, for reference, alone and
-# with the training changes of these IMPN variants (named "<REFERENCE>, <variant>").
+# with the changes of these IMPN variants, named "<REFERENCE>, <variant>" (of the model changes,
+# only token_buckets applies to the heads).
 VARIANTS[REFERENCE] = ({}, {}, None)
 for _name in (
     "lr=3e-3",
@@ -114,8 +117,10 @@ for _name in (
     "front-end lr=3e-2, rows without n-grams 0.2",
     "front-end lr=3e-2, n-gram dropout 0.2",
     "front-end lr=3e-2, n-gram dropout 0.5",
+    "n-gram table 2^17",
+    "n-gram table 2^18",
 ):
-    VARIANTS[f"{REFERENCE}, {_name}"] = ({}, VARIANTS[_name][1], None)
+    VARIANTS[f"{REFERENCE}, {_name}"] = VARIANTS[_name]
 
 
 def pooled_speech_data(data_dir: Path, out: Path) -> Path:
