@@ -67,7 +67,8 @@ class TrainConfig:
     loss_weights: dict[str, float] = field(default_factory=lambda: LossWeights().as_dict())
     # Run the planner-actor-critic loop.
     planner: bool = True
-    # Steps between planner decisions.
+    # Steps between planner decisions; every other interval tries one change, the others are
+    # change-free controls to judge it against.
     planner_every: int = 50
 
     def __post_init__(self) -> None:
