@@ -164,6 +164,13 @@ def main() -> None:
         "row's n-grams used) or 'bench' (the bench tibetan defaults: n-gram tables at "
         f"{FRONT_END_LR:g}, the n-grams of {TOKEN_ROW_DROPOUT:.0%} of rows withheld)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (initialisation, batch order, dropout); the split stays the same, "
+        "so runs at several seeds measure how much a variant's score moves by chance",
+    )
     args = parser.parse_args()
 
     pairs = [parse_pair(p) for p in args.pairs]
@@ -172,6 +179,7 @@ def main() -> None:
         batch_size=args.batch_size,
         eval_every=args.steps,
         checkpoint_every=args.steps,
+        seed=args.seed,
         warmup_steps=min(50, args.steps // 4),
         planner=False,
     )
@@ -190,6 +198,8 @@ def main() -> None:
         elif data_change == "pooled-speech":
             data_dir = pooled_speech_data(args.data, args.out / "data-pooled-speech")
         run = args.out / "".join(c for c in name.replace(" ", "-") if c not in "(),")
+        if args.seed:
+            run = run.with_name(f"{run.name}-seed{args.seed}")
         started = time.perf_counter()
         heads = name.startswith(REFERENCE)
         if heads:
@@ -228,7 +238,7 @@ def main() -> None:
             if row["pool"] == str(args.pool) or int(str(row["queries"])) < args.pool:
                 table.append(
                     {
-                        "variant": name,
+                        "variant": name if not args.seed else f"{name} (seed {args.seed})",
                         "pair": f"{row['source']}->{row['target']}",
                         "pool": row["queries"] if row["pool"] == "all" else row["pool"],
                         "val R@1": row["R@1"],
