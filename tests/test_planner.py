@@ -27,10 +27,18 @@ class Critic:
             self.score += self.effect
 
 
-def scripted(model: IMPN, critic: Critic, intervals: int) -> list[dict[str, Any]]:
+def scripted(
+    model: IMPN, critic: Critic, intervals: int, resume_at: int | None = None
+) -> list[dict[str, Any]]:
+    """Drives a planner for ``intervals`` decisions; at step ``resume_at`` it is replaced by a
+    new one loaded from its state, as a resumed run does."""
     planner, loss = Planner(EVERY), IMPNLoss()
     decisions: list[dict[str, Any]] = []
     for step in range(intervals * EVERY):
+        if step == resume_at:
+            state = json.loads(json.dumps(planner.state_dict()))  # as checkpoints store it
+            planner = Planner(EVERY)
+            planner.load_state_dict(state)
         planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
         if (step + 1) % EVERY == 0 and step + 1 > EVERY:
             critic.advance()  # the interval's training, before the decision that closes it
@@ -66,21 +74,9 @@ def test_a_change_that_beats_training_alone_is_kept() -> None:
 
 
 def test_the_planner_resumes_mid_trial_to_the_same_decisions() -> None:
-    def decide(split: int | None) -> list[dict[str, Any]]:
+    def decide(resume_at: int | None) -> list[dict[str, Any]]:
         model = IMPN(tiny_config(temperature=1.0))
-        critic = Critic(model, drift=1.0, effect=0.25)
-        planner, loss = Planner(EVERY), IMPNLoss()
-        out: list[dict[str, Any]] = []
-        for step in range(6 * EVERY):
-            if split is not None and step == split:
-                state = json.loads(json.dumps(planner.state_dict()))  # as checkpoints do
-                planner = Planner(EVERY)
-                planner.load_state_dict(state)
-            planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
-            if (step + 1) % EVERY == 0 and step + 1 > EVERY:
-                critic.advance()
-            out += planner.step(step, model, loss, critic)
-        return out
+        return scripted(model, Critic(model, drift=1.0, effect=0.25), 6, resume_at)
 
     whole = decide(None)
     assert [d["action"] for d in whole].count("propose") == 3
