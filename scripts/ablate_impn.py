@@ -34,6 +34,7 @@ from vallayz_train.tibetan.bench import (
     MODEL_DEFAULTS,
     TOKEN_BUCKETS,
     TOKEN_ROW_DROPOUT,
+    TRAIN_DEFAULTS,
 )
 from vallayz_train.trainer import fit
 
@@ -184,7 +185,7 @@ def main() -> None:
         planner=False,
     )
     if args.base == "bench":
-        train = replace(train, front_end_lr=FRONT_END_LR, token_row_dropout=TOKEN_ROW_DROPOUT)
+        train = replace(train, **TRAIN_DEFAULTS)
     table: list[dict[str, Any]] = []
     for name in args.only or list(VARIANTS):
         changes, train_changes, data_change = VARIANTS[name]

@@ -274,8 +274,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table
     from vallayz_train.tibetan.bench import (
-        FRONT_END_LR,
-        TOKEN_ROW_DROPOUT,
+        TRAIN_DEFAULTS,
         bench_tibetan,
         evaluate_corpus,
         translate_text,
@@ -286,9 +285,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
             raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
         evaluate_corpus(args.run, args.eval_corpus, args.out, args.pool, args.pools, not args.quiet)
         return 0
-    model, train = _train_args(
-        args, {"front_end_lr": FRONT_END_LR, "token_row_dropout": TOKEN_ROW_DROPOUT}
-    )
+    model, train = _train_args(args, TRAIN_DEFAULTS)
     if train.max_steps is None and not args.config:
         train.max_steps = 800
     train.eval_every = min(train.eval_every, 200)

@@ -54,6 +54,11 @@ FRONT_END_LR = 3e-2
 # Share of training rows whose n-gram ids are all withheld, so that every learned method also
 # learns to read the fixed vector alone (the noise sweep withholds the ids of noisy rows).
 TOKEN_ROW_DROPOUT = 0.2
+# The TrainConfig fields `bench tibetan` sets where the command line and config file name none.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "front_end_lr": FRONT_END_LR,
+    "token_row_dropout": TOKEN_ROW_DROPOUT,
+}
 
 
 def encode_tibetan(
@@ -170,8 +175,7 @@ def bench_tibetan(
         eval_every=200,
         checkpoint_every=200,
         warmup_steps=50,
-        front_end_lr=FRONT_END_LR,
-        token_row_dropout=TOKEN_ROW_DROPOUT,
+        **TRAIN_DEFAULTS,
     )
     data_dir, subsets = build_data(
         out,
