@@ -163,7 +163,7 @@ def main() -> None:
         default="plain",
         help="training settings every variant starts from: 'plain' (lr 1e-3 everywhere, every "
         "row's n-grams used) or 'bench' (the bench tibetan defaults: n-gram tables at "
-        f"{FRONT_END_LR:g}, the n-grams of {TOKEN_ROW_DROPOUT:.0%} of rows withheld)",
+        f"{FRONT_END_LR:g}, the n-grams of {TOKEN_ROW_DROPOUT * 100:g}%% of rows withheld)",
     )
     parser.add_argument(
         "--seed",
