@@ -1,5 +1,6 @@
 """IMPN ablations at one budget: micro-variants K, noise sigma, top-k, GRU vs residual update,
-the speech modality on or off, speech as frame nodes or one pooled node, loss terms, pair
+the speech modality on or off, speech as frame nodes or one pooled node, the speech features
+(MFCC or speech_embedding frames, picked or segment-averaged, 8 to 32 nodes), loss terms, pair
 weighting (rows vs equal) and bridge layers starting at the identity or at random.
 
 Each variant is one ``vallayz fit`` (planner off, so that nothing changes K, sigma or top-k
@@ -26,6 +27,7 @@ import numpy as np
 
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import PerturbedView, format_table, model_encoder, retrieval_table
+from vallayz.eval.perturb import drop_sources
 from vallayz.learned import load_pretrained
 from vallayz_train.cli import parse_pair
 from vallayz_train.config import TrainConfig
@@ -36,11 +38,14 @@ from vallayz_train.tibetan.bench import (
     TOKEN_ROW_DROPOUT,
     TRAIN_DEFAULTS,
 )
+from vallayz_train.tibetan.encoders import cached_encode, speech_encoder
 from vallayz_train.trainer import fit
 
 # name -> (model config changes, training config changes, data change); "pooled-speech" trains
-# on speech mean-pooled over its real frames (one node instead of one per frame). Training
-# changes name TrainConfig fields; "loss_weights" holds only the weights that change.
+# on speech mean-pooled over its real frames (one node instead of one per frame);
+# "speech:<kind>:<pooling>:<nodes>" synthesizes the speech rows' lines again with those
+# features (see vallayz_train.tibetan.encoders.speech_encoder). Training changes name
+# TrainConfig fields; "loss_weights" holds only the weights that change.
 Variant = tuple[dict[str, Any], dict[str, Any], str | None]
 REFERENCE = "contrastive heads (reference)"
 VARIANTS: dict[str, Variant] = {
@@ -59,6 +64,13 @@ VARIANTS: dict[str, Variant] = {
     "soil 256, hidden 512": ({"soil_dim": 256, "hidden_dim": 512}, {}, None),
     "no speech": ({}, {}, "no-speech"),
     "pooled speech": ({}, {}, "pooled-speech"),
+    "speech MFCC, 8 picked frames": ({}, {}, "speech:mfcc:pick:8"),
+    "speech MFCC, 8 segment means": ({}, {}, "speech:mfcc:mean:8"),
+    "speech MFCC, 16 segment means": ({}, {}, "speech:mfcc:mean:16"),
+    "speech MFCC, 32 segment means": ({}, {}, "speech:mfcc:mean:32"),
+    "speech oww, 8 picked frames": ({}, {}, "speech:oww:pick:8"),
+    "speech oww, 8 segment means": ({}, {}, "speech:oww:mean:8"),
+    "speech oww, 16 segment means": ({}, {}, "speech:oww:mean:16"),
     "no kNN term": ({}, {"loss_weights": {"knn": 0.0}}, None),
     "equal pair weights": ({}, {"pair_weighting": "equal"}, None),
     "lr=3e-4": ({}, {"lr": 3e-4}, None),
@@ -120,6 +132,11 @@ for _name in (
     "front-end lr=3e-2, n-gram dropout 0.5",
     "n-gram table 2^17",
     "n-gram table 2^18",
+    "speech MFCC, 8 picked frames",
+    "speech MFCC, 8 segment means",
+    "speech MFCC, 16 segment means",
+    "speech MFCC, 32 segment means",
+    "speech oww, 8 segment means",
 ):
     VARIANTS[f"{REFERENCE}, {_name}"] = VARIANTS[_name]
 
@@ -140,6 +157,37 @@ def pooled_speech_data(data_dir: Path, out: Path) -> Path:
     return out
 
 
+def speech_data(data_dir: Path, out: Path, kind: str, pooling: str, nodes: int) -> Path:
+    """A copy of the data directory (linked files) whose speech rows are synthesized again and
+    encoded as ``nodes`` nodes of ``kind`` frames with ``pooling``; cached under ``out``."""
+    if (out / "items.tsv").exists():
+        return out
+    data = PairedEmbeddings(data_dir, check_values=False)
+    rows = np.flatnonzero(data.present["speech"])
+    lines = [data.items[int(r)]["text_speech"] for r in rows]
+    frames = cached_encode(
+        f"speech-{kind}-{pooling}-{nodes}",
+        lines,
+        speech_encoder(kind, nodes, pooling),
+        out.parent / "cache",
+        chunk=256,
+    )
+    speech = np.zeros((data.size, *frames.shape[1:]), dtype=np.float16)
+    speech[rows] = frames
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in data_dir.iterdir():
+        if not path.name.startswith("speech."):
+            (staging / path.name).symlink_to(path.resolve())
+    np.save(staging / "speech.npy", speech)
+    np.save(staging / "speech.present.npy", data.present["speech"])
+    meta = {"kind": kind, "nodes": nodes, "pooling": pooling}
+    (staging / "speech.json").write_text(json.dumps(meta) + "\n")
+    staging.replace(out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,6 +204,12 @@ def main() -> None:
         dest="noisy_snr",
         type=float,
         help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld",
+    )
+    parser.add_argument(
+        "--missing",
+        type=float,
+        help="also score every multi-source pair with each source dropped for this share of "
+        "the rows (at least one kept per row), as the missing-modality sweep does",
     )
     parser.add_argument(
         "--base",
@@ -198,6 +252,10 @@ def main() -> None:
             model["modalities"] = {m: d for m, d in dims.items() if m != "speech"}
         elif data_change == "pooled-speech":
             data_dir = pooled_speech_data(args.data, args.out / "data-pooled-speech")
+        elif data_change is not None and data_change.startswith("speech:"):
+            _, kind, pooling, nodes = data_change.split(":")
+            folder = args.out / f"data-{data_change.replace(':', '-')}"
+            data_dir = speech_data(args.data, folder, kind, pooling, int(nodes))
         run = args.out / "".join(c for c in name.replace(" ", "-") if c not in "(),")
         if args.seed:
             run = run.with_name(f"{run.name}-seed{args.seed}")
@@ -218,21 +276,22 @@ def main() -> None:
         impn = load_pretrained(run).eval()
         known = json.loads((run / "config.json").read_text())["modalities"]
         usable = [p for p in pairs if all(m in known for m in (*p[0], p[1]))]
-        views: list[tuple[str, Any]] = [("", data)]
+        views: list[tuple[str, Any, list[Any]]] = [("", data, usable)]
         if args.noisy_snr is not None:
             # The noise sweep's setting: noise on the Tibetan vector, its n-grams withheld.
             noisy = PerturbedView(data, noisy=("bo",), snr_db=args.noisy_snr)
-            views.append((f" at {args.noisy_snr:g} dB", noisy))
+            views.append((f" at {args.noisy_snr:g} dB", noisy, [(("bo",), "en")]))
+        several = [p for p in usable if len(p[0]) > 1]
+        if args.missing is not None and several:
+            # The missing-modality sweep's setting: each source dropped for a share of rows.
+            sources = sorted({m for p in several for m in p[0]})
+            absent = drop_sources({m: data.present[m] for m in sources}, args.missing)
+            view = PerturbedView(data, absent=absent)
+            views.append((f", {args.missing * 100:g}% missing", view, several))
         rows = [
             {**row, "target": f"{row['target']}{suffix}"}
-            for suffix, view in views
-            for row in retrieval_table(
-                view,
-                val,
-                model_encoder(impn, view),
-                usable if not suffix else [(("bo",), "en")],
-                args.pool,
-            )
+            for suffix, view, view_pairs in views
+            for row in retrieval_table(view, val, model_encoder(impn, view), view_pairs, args.pool)
         ]
         for row in rows:
             # Pools of --pool candidates, or every query when a pair has fewer.

@@ -7,16 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from vallayz_train.cli import main
-from vallayz_train.tibetan.bench import FRONT_END_LR, TOKEN_ROW_DROPOUT
+from vallayz_train.tibetan.bench import (
+    FRONT_END_LR,
+    SPEECH_NODES,
+    SPEECH_POOLING,
+    TOKEN_ROW_DROPOUT,
+)
 from vallayz_train.tibetan.corpus import build_corpus, default_corpus_path, read_segments
 from vallayz_train.tibetan.encoders import (
     TibetanEncoder,
+    audio_features,
     mfcc,
     phonetics,
     resample_frames,
+    speech_encoder,
     syllables,
+    synthesize,
     tibetan_features,
 )
 
@@ -120,8 +129,33 @@ def test_mfcc_of_a_tone_and_frame_resampling() -> None:
     t = np.arange(16000) / 16000
     frames = mfcc(np.sin(2 * np.pi * 440 * t).astype(np.float32))
     assert frames.shape == (98, 20) and np.isfinite(frames).all()
-    assert resample_frames(frames, 8).shape == (8, 20)
-    assert resample_frames(frames[:3], 8).shape == (8, 20)  # short utterances repeat frames
+    for pooling in ("mean", "pick"):
+        assert resample_frames(frames, 8, pooling).shape == (8, 20)
+        # Short utterances repeat frames.
+        assert resample_frames(frames[:3], 8, pooling).shape == (8, 20)
+
+
+@pytest.mark.parametrize("total,count", [(98, 8), (17, 16), (16, 16), (400, 32), (5, 1)])
+def test_segment_means_match_a_loop_and_cover_every_frame(total: int, count: int) -> None:
+    frames = np.random.default_rng(total).normal(size=(total, 3))
+    pooled = resample_frames(frames, count, "mean")
+    # Reference: frame t belongs to segment floor(t * count / total).
+    owner = [t * count // total for t in range(total)]
+    for segment in range(count):
+        members = [frames[t] for t in range(total) if owner[t] == segment]
+        assert members, "a segment is empty"
+        np.testing.assert_allclose(pooled[segment], np.mean(members, axis=0), atol=1e-12)
+    # Equal-length segments: the mean of the nodes is the mean of the utterance.
+    if total % count == 0:
+        np.testing.assert_allclose(pooled.mean(axis=0), frames.mean(axis=0), atol=1e-12)
+
+
+def test_frame_pooling_rejects_unknown_modes_and_empty_input() -> None:
+    frames = np.ones((10, 4))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        resample_frames(frames, 4, "max")
+    with pytest.raises(ValueError, match="at least one frame"):
+        resample_frames(frames[:0], 4)
 
 
 CORPUS = default_corpus_path()
@@ -164,4 +198,16 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
         assert train["token_row_dropout"] == TOKEN_ROW_DROPOUT
     line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+
+    # A recording goes through the same features as the benchmark's synthesized speech.
+    meta = json.loads((out / "data" / "speech.json").read_text())
+    assert meta == {"kind": "mfcc", "nodes": SPEECH_NODES, "pooling": SPEECH_POOLING}
+    audio = synthesize(phonetics(line))
+    wav = tmp_path / "line.wav"
+    wavfile.write(wav, 16000, (audio * 32767).astype(np.int16))
+    stored = speech_encoder("mfcc", SPEECH_NODES, SPEECH_POOLING)([line])
+    recorded = audio_features(wav, "mfcc", SPEECH_NODES, SPEECH_POOLING)
+    np.testing.assert_allclose(recorded, stored.astype(np.float32), atol=0.05)
+    assert main(["translate-text", str(out / "impn"), "--audio", str(wav), "--k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5

@@ -274,6 +274,8 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table
     from vallayz_train.tibetan.bench import (
+        SPEECH_NODES,
+        SPEECH_POOLING,
         TRAIN_DEFAULTS,
         bench_tibetan,
         evaluate_corpus,
@@ -302,6 +304,8 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         matched_dropout=args.matched_dropout,
         token_buckets=args.token_buckets,
+        speech_nodes=args.speech_nodes or SPEECH_NODES,
+        speech_pooling=args.speech_pooling or SPEECH_POOLING,
     )
     rows = [
         r
@@ -437,6 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--speech", type=int, default=2000, help="items with synthesized speech")
     b.add_argument(
         "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
+    )
+    b.add_argument(
+        "--speech-nodes",
+        dest="speech_nodes",
+        type=int,
+        help="nodes per utterance, the sequence length of the speech modality (default 8)",
+    )
+    b.add_argument(
+        "--speech-pooling",
+        dest="speech_pooling",
+        choices=["mean", "pick"],
+        help="frames to nodes: averages of equal segments, or single frames at even "
+        "intervals (the default)",
     )
     b.add_argument(
         "--token-buckets",

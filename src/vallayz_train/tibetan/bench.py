@@ -42,7 +42,10 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # Bridge layers start as the identity: +5.6 points of validation R@1 in the ablation.
     "zero_init_residual": True,
 }
+# Speech nodes per utterance, and how the frames become them: single frames at even intervals
+# ("pick"), or the means of equal segments ("mean"), which let every frame reach a node.
 SPEECH_NODES = 8
+SPEECH_POOLING = "pick"
 # Length of the hashed-feature id lists of a Tibetan line (90 % of lines have fewer features),
 # and the default table size of the trainable embedding-bag front end every learned method gets.
 TOKEN_LENGTH = 256
@@ -88,6 +91,8 @@ def build_data(
     device: str = "cpu",
     progress: bool = True,
     log: Any = print,
+    speech_nodes: int = SPEECH_NODES,
+    speech_pooling: str = SPEECH_POOLING,
 ) -> tuple[Path, dict[str, list[int]]]:
     """Encodes the corpus into a data directory; returns it and the "novel" test rows."""
     data_dir = out / "data"
@@ -112,9 +117,9 @@ def build_data(
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
     frames = cached_encode(
-        f"speech-{speech_kind}",
+        f"speech-{speech_kind}-{speech_pooling}-{speech_nodes}",
         lines,
-        speech_encoder(speech_kind, SPEECH_NODES),
+        speech_encoder(speech_kind, speech_nodes, speech_pooling),
         cache,
         chunk=256,
         progress=progress,
@@ -141,7 +146,7 @@ def build_data(
         tokens={"bo": bo_tokens},
     )
     (data_dir / "speech.json").write_text(
-        json.dumps({"kind": speech_kind, "nodes": int(speech.shape[1])}) + "\n"
+        json.dumps({"kind": speech_kind, "nodes": speech_nodes, "pooling": speech_pooling}) + "\n"
     )
     return data_dir, {"novel": corpus.novel().tolist()}
 
@@ -160,6 +165,8 @@ def bench_tibetan(
     log: Any = print,
     matched_dropout: bool = False,
     token_buckets: int = TOKEN_BUCKETS,
+    speech_nodes: int = SPEECH_NODES,
+    speech_pooling: str = SPEECH_POOLING,
 ) -> dict[str, Any]:
     """Encodes the corpus, trains every method at an equal budget and writes the report.
 
@@ -187,6 +194,8 @@ def bench_tibetan(
         train.device,
         progress,
         log,
+        speech_nodes,
+        speech_pooling,
     )
     spec = BenchSpec(
         pairs=PAIRS,
@@ -221,7 +230,8 @@ def translate_text(
     data = _run_data(run_dir)
     if audio is not None:
         meta = json.loads((data.directory / "speech.json").read_text())
-        frames = audio_features(audio, meta["kind"], meta["nodes"])
+        # Runs made before the pooling choice existed picked single frames.
+        frames = audio_features(audio, meta["kind"], meta["nodes"], meta.get("pooling", "pick"))
         query = Batch.of({"speech": torch.from_numpy(frames)})
     elif source == "bo":
         if not text:

@@ -9,7 +9,8 @@
   embedding-bag front end of the learned models.
 * Generated speech: Tibetan → phonetics (``bophono``, KVP scheme, syllable by syllable; Wylie
   with ``pyewts`` as fallback) → ``espeak-ng`` → 16 kHz audio → MFCC frames (numpy), or the
-  speech_embedding frames that ship with ``openwakeword``.
+  speech_embedding frames that ship with ``openwakeword`` → a fixed number of nodes, each the
+  mean of one segment of the utterance (or single frames picked at even intervals).
 
 Encoding runs in chunks; each finished chunk is saved under its content hash, so an interrupted
 run resumes where it stopped.
@@ -338,14 +339,34 @@ def mfcc(audio: np.ndarray, n_mfcc: int = 20, hop: int = 160, window: int = 400)
     return (coeffs - coeffs.mean(axis=0)).astype(np.float32)
 
 
-def resample_frames(frames: np.ndarray, count: int) -> np.ndarray:
-    """``count`` frames taken at even intervals (repeating frames of short utterances).
+SPEECH_POOLING = ("mean", "pick")
+
+
+def resample_frames(frames: np.ndarray, count: int, pooling: str = "mean") -> np.ndarray:
+    """``count`` nodes from a variable number of frames.
+
+    ``mean`` splits the frames into ``count`` contiguous segments of (nearly) equal length and
+    averages each, so every frame of the utterance reaches a node; ``pick`` keeps single frames
+    at even intervals (one 25 ms MFCC frame per node, the rest of the utterance unseen). With
+    fewer frames than nodes, both repeat frames.
 
     Shape:
         ``[T, d]`` → ``[count, d]``.
     """
-    index = np.linspace(0, len(frames) - 1, count).round().astype(int)
-    return frames[index]
+    if pooling not in SPEECH_POOLING:
+        raise ValueError(f"speech pooling must be one of {SPEECH_POOLING}, got {pooling!r}")
+    if count < 1 or len(frames) == 0:
+        raise ValueError(f"need at least one frame and one node, got {len(frames)} and {count}")
+    total = len(frames)
+    if pooling == "pick" or total < count:
+        index = np.linspace(0, total - 1, count).round().astype(int)
+        return frames[index]
+    # Frame t belongs to segment floor(t count / T), so segment i holds the frames
+    # [ceil(i T / count), ceil((i + 1) T / count)): never empty when T >= count.
+    bounds = -((-np.arange(count + 1) * total) // count)
+    sums = np.concatenate([np.zeros((1, frames.shape[1])), np.cumsum(frames, axis=0)])
+    lengths = np.diff(bounds)[:, None]
+    return ((sums[bounds[1:]] - sums[bounds[:-1]]) / lengths).astype(frames.dtype)
 
 
 def frame_extractor(kind: str = "mfcc") -> Callable[[np.ndarray], np.ndarray]:
@@ -373,22 +394,26 @@ def frame_extractor(kind: str = "mfcc") -> Callable[[np.ndarray], np.ndarray]:
     return frames_of
 
 
-def speech_encoder(kind: str = "mfcc", nodes: int = 16) -> Callable[[list[str]], np.ndarray]:
+def speech_encoder(
+    kind: str = "mfcc", nodes: int = 16, pooling: str = "mean"
+) -> Callable[[list[str]], np.ndarray]:
     """Tibetan lines → ``[N, nodes, d]`` frame features of their synthesized speech.
 
-    Frames come from :func:`frame_extractor`; each utterance is resampled to ``nodes`` evenly
-    spaced frames.
+    Frames come from :func:`frame_extractor`; each utterance becomes ``nodes`` nodes by
+    :func:`resample_frames` with ``pooling``.
     """
     frames_of = frame_extractor(kind)
 
     def encode(texts: list[str]) -> np.ndarray:
-        out = [resample_frames(frames_of(synthesize(phonetics(t))), nodes) for t in texts]
+        out = [resample_frames(frames_of(synthesize(phonetics(t))), nodes, pooling) for t in texts]
         return np.stack(out).astype(np.float16)
 
     return encode
 
 
-def audio_features(path: str | Path, kind: str = "mfcc", nodes: int = 16) -> np.ndarray:
+def audio_features(
+    path: str | Path, kind: str = "mfcc", nodes: int = 16, pooling: str = "mean"
+) -> np.ndarray:
     """``[1, nodes, d]`` features of a recorded WAV file, as :func:`speech_encoder` makes them."""
     frames = frame_extractor(kind)(read_wav(path))
-    return resample_frames(frames, nodes)[None].astype(np.float32)
+    return resample_frames(frames, nodes, pooling)[None].astype(np.float32)
