@@ -446,14 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--speech-nodes",
         dest="speech_nodes",
         type=int,
-        help="nodes per utterance, the sequence length of the speech modality (default 8)",
+        help="nodes per utterance, the sequence length of the speech modality (default 16)",
     )
     b.add_argument(
         "--speech-pooling",
         dest="speech_pooling",
         choices=["mean", "pick"],
-        help="frames to nodes: averages of equal segments, or single frames at even "
-        "intervals (the default)",
+        help="frames to nodes: averages of equal segments (the default), or single frames at "
+        "even intervals",
     )
     b.add_argument(
         "--token-buckets",

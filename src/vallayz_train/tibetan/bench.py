@@ -42,10 +42,12 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # Bridge layers start as the identity: +5.6 points of validation R@1 in the ablation.
     "zero_init_residual": True,
 }
-# Speech nodes per utterance, and how the frames become them: single frames at even intervals
-# ("pick"), or the means of equal segments ("mean"), which let every frame reach a node.
-SPEECH_NODES = 8
-SPEECH_POOLING = "pick"
+# Speech nodes per utterance, and how the frames become them: the means of equal segments
+# ("mean"), which let every frame reach a node, or single frames at even intervals ("pick").
+# 16 segment means took IMPN's speech->bo R@1 from 0.024 (8 picked frames) to 0.368 on the
+# validation split (BENCHMARKS.md, "Speech features").
+SPEECH_NODES = 16
+SPEECH_POOLING = "mean"
 # Length of the hashed-feature id lists of a Tibetan line (90 % of lines have fewer features),
 # and the default table size of the trainable embedding-bag front end every learned method gets.
 TOKEN_LENGTH = 256
