@@ -24,7 +24,14 @@ from vallayz_train.tibetan.encoders import (
     speech_encoder,
 )
 
-PAIRS = [(("bo",), "en"), (("en",), "bo"), (("speech",), "en"), (("bo", "speech"), "en")]
+# speech->bo is the transliteration link: the spoken line against its own Tibetan text.
+PAIRS = [
+    (("bo",), "en"),
+    (("en",), "bo"),
+    (("speech",), "en"),
+    (("speech",), "bo"),
+    (("bo", "speech"), "en"),
+]
 ENCODER_DIR = "encoders"
 
 # Sized so that a CPU subset run stays within minutes; raise soil_dim/hidden_dim on a GPU.
