@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from vallayz_train.tibetan.bench import (
     TOKEN_BUCKETS,
     TOKEN_ROW_DROPOUT,
     TRAIN_DEFAULTS,
+    encode_speech,
+    write_speech_meta,
 )
-from vallayz_train.tibetan.encoders import cached_encode, speech_encoder
 from vallayz_train.trainer import fit
 
 # name -> (model config changes, training config changes, data change); "pooled-speech" trains
@@ -141,51 +143,51 @@ for _name in (
     VARIANTS[f"{REFERENCE}, {_name}"] = VARIANTS[_name]
 
 
-def pooled_speech_data(data_dir: Path, out: Path) -> Path:
-    """A copy of the data directory (linked files) whose speech is one mean-pooled node."""
+def linked_copy(data_dir: Path, out: Path, write_speech: Callable[[Path], None]) -> Path:
+    """A copy of the data directory (linked files) whose speech files ``write_speech`` writes
+    into the folder it is given; built aside and moved into place, so an interrupted copy is
+    built again rather than reused."""
     if (out / "items.tsv").exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    for path in data_dir.iterdir():
-        if path.name.startswith("speech.") and path.suffix == ".npy":
-            continue
-        (out / path.name).symlink_to(path.resolve())
-    data = PairedEmbeddings(data_dir, check_values=False)
-    batch = data.batch(np.arange(data.size), ["speech"])
-    np.save(out / "speech.npy", batch.pooled()["speech"].numpy().astype(np.float16))
-    np.save(out / "speech.present.npy", data.present["speech"])
-    return out
-
-
-def speech_data(data_dir: Path, out: Path, kind: str, pooling: str, nodes: int) -> Path:
-    """A copy of the data directory (linked files) whose speech rows are synthesized again and
-    encoded as ``nodes`` nodes of ``kind`` frames with ``pooling``; cached under ``out``."""
-    if (out / "items.tsv").exists():
-        return out
-    data = PairedEmbeddings(data_dir, check_values=False)
-    rows = np.flatnonzero(data.present["speech"])
-    lines = [data.items[int(r)]["text_speech"] for r in rows]
-    frames = cached_encode(
-        f"speech-{kind}-{pooling}-{nodes}",
-        lines,
-        speech_encoder(kind, nodes, pooling),
-        out.parent / "cache",
-        chunk=256,
-    )
-    speech = np.zeros((data.size, *frames.shape[1:]), dtype=np.float16)
-    speech[rows] = frames
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for path in data_dir.iterdir():
         if not path.name.startswith("speech."):
             (staging / path.name).symlink_to(path.resolve())
-    np.save(staging / "speech.npy", speech)
-    np.save(staging / "speech.present.npy", data.present["speech"])
-    meta = {"kind": kind, "nodes": nodes, "pooling": pooling}
-    (staging / "speech.json").write_text(json.dumps(meta) + "\n")
+    write_speech(staging)
     staging.replace(out)
     return out
+
+
+def pooled_speech_data(data_dir: Path, out: Path) -> Path:
+    """A copy of the data directory whose speech is one mean-pooled node."""
+    data = PairedEmbeddings(data_dir, check_values=False)
+
+    def write(folder: Path) -> None:
+        batch = data.batch(np.arange(data.size), ["speech"])
+        np.save(folder / "speech.npy", batch.pooled()["speech"].numpy().astype(np.float16))
+        np.save(folder / "speech.present.npy", data.present["speech"])
+
+    return linked_copy(data_dir, out, write)
+
+
+def speech_data(data_dir: Path, out: Path, kind: str, pooling: str, nodes: int) -> Path:
+    """A copy of the data directory whose speech rows are synthesized again and encoded as
+    ``nodes`` nodes of ``kind`` frames with ``pooling`` (encodings cached beside ``out``)."""
+    data = PairedEmbeddings(data_dir, check_values=False)
+
+    def write(folder: Path) -> None:
+        rows = np.flatnonzero(data.present["speech"])
+        lines = [data.items[int(r)]["text_speech"] for r in rows]
+        frames = encode_speech(lines, kind, nodes, pooling, out.parent / "cache")
+        speech = np.zeros((data.size, *frames.shape[1:]), dtype=np.float16)
+        speech[rows] = frames
+        np.save(folder / "speech.npy", speech)
+        np.save(folder / "speech.present.npy", data.present["speech"])
+        write_speech_meta(folder, kind, nodes, pooling)
+
+    return linked_copy(data_dir, out, write)
 
 
 def main() -> None:

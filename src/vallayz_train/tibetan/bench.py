@@ -90,6 +90,31 @@ def encode_tibetan(
     return vectors, ids
 
 
+def encode_speech(
+    lines: list[str],
+    kind: str,
+    nodes: int,
+    pooling: str,
+    cache: Path,
+    progress: bool = True,
+) -> np.ndarray:
+    """``[N, nodes, d]`` features of the synthesized speech of ``lines``, cached by content."""
+    return cached_encode(
+        f"speech-{kind}-{pooling}-{nodes}",
+        lines,
+        speech_encoder(kind, nodes, pooling),
+        cache,
+        chunk=256,
+        progress=progress,
+    )
+
+
+def write_speech_meta(data_dir: Path, kind: str, nodes: int, pooling: str) -> None:
+    """Records how the speech of a data directory was encoded, for recordings at query time."""
+    meta = {"kind": kind, "nodes": nodes, "pooling": pooling}
+    (data_dir / "speech.json").write_text(json.dumps(meta) + "\n")
+
+
 def build_data(
     out: Path,
     corpus_path: str | None,
@@ -125,14 +150,7 @@ def build_data(
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    frames = cached_encode(
-        f"speech-{speech_kind}-{speech_pooling}-{speech_nodes}",
-        lines,
-        speech_encoder(speech_kind, speech_nodes, speech_pooling),
-        cache,
-        chunk=256,
-        progress=progress,
-    )
+    frames = encode_speech(lines, speech_kind, speech_nodes, speech_pooling, cache, progress)
     speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
     speech[speech_rows] = frames
 
@@ -154,9 +172,7 @@ def build_data(
         present={"speech": has_speech},
         tokens={"bo": bo_tokens},
     )
-    (data_dir / "speech.json").write_text(
-        json.dumps({"kind": speech_kind, "nodes": speech_nodes, "pooling": speech_pooling}) + "\n"
-    )
+    write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
     return data_dir, {"novel": corpus.novel().tolist()}
 
 

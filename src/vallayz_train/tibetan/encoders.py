@@ -339,7 +339,8 @@ def mfcc(audio: np.ndarray, n_mfcc: int = 20, hop: int = 160, window: int = 400)
     return (coeffs - coeffs.mean(axis=0)).astype(np.float32)
 
 
-SPEECH_POOLING = ("mean", "pick")
+# How resample_frames turns frames into nodes.
+FRAME_POOLINGS = ("mean", "pick")
 
 
 def resample_frames(frames: np.ndarray, count: int, pooling: str = "mean") -> np.ndarray:
@@ -353,8 +354,8 @@ def resample_frames(frames: np.ndarray, count: int, pooling: str = "mean") -> np
     Shape:
         ``[T, d]`` → ``[count, d]``.
     """
-    if pooling not in SPEECH_POOLING:
-        raise ValueError(f"speech pooling must be one of {SPEECH_POOLING}, got {pooling!r}")
+    if pooling not in FRAME_POOLINGS:
+        raise ValueError(f"speech pooling must be one of {FRAME_POOLINGS}, got {pooling!r}")
     if count < 1 or len(frames) == 0:
         raise ValueError(f"need at least one frame and one node, got {len(frames)} and {count}")
     total = len(frames)
