@@ -221,3 +221,30 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path: Path) 
         assert torch.equal(a[key], b[key]), key
     assert (run / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
     assert (run / "planner.jsonl").read_text() == (tmp_path / "whole" / "planner.jsonl").read_text()
+
+
+def test_bench_tibetan_help_and_choices_match_the_benchmark_constants() -> None:
+    # The CLI spells these as literals to keep its heavy imports lazy; this keeps them in step.
+    import argparse
+
+    from vallayz_train.cli import build_parser
+    from vallayz_train.tibetan import bench
+    from vallayz_train.tibetan.encoders import FRAME_POOLINGS, SPEECH_FEATURES
+
+    def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                return action.choices[name]
+        raise AssertionError(f"no subcommand {name!r}")
+
+    tibetan = subparser(subparser(build_parser(), "bench"), "tibetan")
+    options = {action.dest: action for action in tibetan._actions}
+    assert set(options["speech_pooling"].choices) == set(FRAME_POOLINGS)
+    assert options["speech_pooling"].default is None
+    assert bench.SPEECH_POOLING == "mean"
+    assert "averages of equal segments (the default)" in options["speech_pooling"].help
+    assert tuple(options["speech_features"].choices) == SPEECH_FEATURES
+    assert options["speech_features"].default == SPEECH_FEATURES[0]
+    assert options["speech_nodes"].default is None
+    assert f"(default {bench.SPEECH_NODES})" in options["speech_nodes"].help
+    assert options["token_buckets"].default == bench.TOKEN_BUCKETS

@@ -370,6 +370,10 @@ def resample_frames(frames: np.ndarray, count: int, pooling: str = "mean") -> np
     return ((sums[bounds[1:]] - sums[bounds[:-1]]) / lengths).astype(frames.dtype)
 
 
+# The frame features a speech encoder can read, the cheapest first.
+SPEECH_FEATURES = ("mfcc", "oww")
+
+
 def frame_extractor(kind: str = "mfcc") -> Callable[[np.ndarray], np.ndarray]:
     """16 kHz audio → frame features: ``mfcc`` (20-d MFCC frames) or ``oww`` (the 96-d
     speech_embedding frames of ``openwakeword``, which needs ``onnxruntime``).
@@ -379,8 +383,8 @@ def frame_extractor(kind: str = "mfcc") -> Callable[[np.ndarray], np.ndarray]:
     """
     if kind == "mfcc":
         return mfcc
-    if kind != "oww":
-        raise ValueError(f"speech features must be 'mfcc' or 'oww', got {kind!r}")
+    if kind not in SPEECH_FEATURES:
+        raise ValueError(f"speech features must be one of {SPEECH_FEATURES}, got {kind!r}")
     try:
         from openwakeword.utils import AudioFeatures
     except ImportError as err:
