@@ -144,16 +144,16 @@ for _name in (
 
 
 def linked_copy(data_dir: Path, out: Path, write_speech: Callable[[Path], None]) -> Path:
-    """A copy of the data directory (linked files) whose speech files ``write_speech`` writes
-    into the folder it is given; built aside and moved into place, so an interrupted copy is
-    built again rather than reused."""
+    """A copy of the data directory (linked files, the speech presence mask included) whose
+    other speech files ``write_speech`` writes into the folder it is given; built aside and
+    moved into place, so an interrupted copy is built again rather than reused."""
     if (out / "items.tsv").exists():
         return out
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for path in data_dir.iterdir():
-        if not path.name.startswith("speech."):
+        if not path.name.startswith("speech.") or path.name == "speech.present.npy":
             (staging / path.name).symlink_to(path.resolve())
     write_speech(staging)
     staging.replace(out)
@@ -162,12 +162,11 @@ def linked_copy(data_dir: Path, out: Path, write_speech: Callable[[Path], None])
 
 def pooled_speech_data(data_dir: Path, out: Path) -> Path:
     """A copy of the data directory whose speech is one mean-pooled node."""
-    data = PairedEmbeddings(data_dir, check_values=False)
 
     def write(folder: Path) -> None:
+        data = PairedEmbeddings(data_dir, check_values=False)
         batch = data.batch(np.arange(data.size), ["speech"])
         np.save(folder / "speech.npy", batch.pooled()["speech"].numpy().astype(np.float16))
-        np.save(folder / "speech.present.npy", data.present["speech"])
 
     return linked_copy(data_dir, out, write)
 
@@ -175,16 +174,15 @@ def pooled_speech_data(data_dir: Path, out: Path) -> Path:
 def speech_data(data_dir: Path, out: Path, kind: str, pooling: str, nodes: int) -> Path:
     """A copy of the data directory whose speech rows are synthesized again and encoded as
     ``nodes`` nodes of ``kind`` frames with ``pooling`` (encodings cached beside ``out``)."""
-    data = PairedEmbeddings(data_dir, check_values=False)
 
     def write(folder: Path) -> None:
+        data = PairedEmbeddings(data_dir, check_values=False)
         rows = np.flatnonzero(data.present["speech"])
         lines = [data.items[int(r)]["text_speech"] for r in rows]
         frames = encode_speech(lines, kind, nodes, pooling, out.parent / "cache")
         speech = np.zeros((data.size, *frames.shape[1:]), dtype=np.float16)
         speech[rows] = frames
         np.save(folder / "speech.npy", speech)
-        np.save(folder / "speech.present.npy", data.present["speech"])
         write_speech_meta(folder, kind, nodes, pooling)
 
     return linked_copy(data_dir, out, write)
