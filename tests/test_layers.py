@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from conftest import tiny_config, tri_modal_inputs
 
 from vallayz import IMPN
-from vallayz.functional import topk_softmax
 from vallayz.layers import BridgeLayer, CrossModalPassing, ReceptorGate
 
 f64 = torch.float64
@@ -36,41 +35,113 @@ def test_gate_split_first_layer_equals_mlp_on_concatenation() -> None:
     torch.testing.assert_close(gate(a, v), expected)
 
 
-def reference_cross_step(layer: CrossModalPassing, states, senders, same):
-    """The update with the variant machinery bypassed: senders are the clean nodes themselves."""
-    h = layer.norm(states)
-    scores = layer.gate(h, h)
-    weights = topk_softmax(
-        scores, senders[:, None, :] & ~same[None], layer.top_k, layer.temperature
+def reference_layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean()
+    var = ((x - mean) ** 2).mean()
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def reference_gate(gate: ReceptorGate, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """g = MLP([a; v; <a, v>/sqrt(d)]) on the concatenation, one pair at a time."""
+    features = torch.cat([a, v, (a @ v / math.sqrt(a.shape[0]))[None]])
+    weight = torch.cat([gate.receiver.weight, gate.sender.weight, gate.dot[:, None]], dim=1)
+    hidden = weight @ features + gate.receiver.bias
+    return (gate.out.weight @ (0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))))[0] + (
+        gate.out.bias[0]
     )
-    message = weights @ layer.value(h)
-    return layer.apply_update(states, message)
 
 
-def test_deterministic_limit_equals_bypassed_computation() -> None:
+def reference_message(layer: CrossModalPassing, states, variants, valid):
+    """Loops over rows, receivers, senders and variants, as the spec reads.
+
+    Each sender ``j`` gets the score ``T log mean_k exp(g_ijk / T)``; the ``top_k`` best senders
+    are kept and softmaxed at ``T``; the kept sender's variants are weighed by ``softmax_k(g /
+    T)``; the message is the weighted sum of ``W_v v``. ``variants`` are the noisy copies of
+    the normalised states ``[B, N, K, d]``.
+    """
+    batch, nodes, count, dim = variants.shape
+    t = layer.temperature
+    message = torch.zeros(batch, nodes, dim, dtype=f64)
+    for b in range(batch):
+        for i in range(nodes):
+            a = reference_layer_norm(states[b, i], layer.norm)
+            scores, alphas = {}, {}
+            for j in range(nodes):
+                if not valid[b, i, j]:
+                    continue
+                g = torch.stack(
+                    [reference_gate(layer.gate, a, variants[b, j, k]) for k in range(count)]
+                )
+                scores[j] = t * torch.log(torch.exp(g / t).mean())
+                alphas[j] = torch.exp(g / t) / torch.exp(g / t).sum()
+            kept = sorted(scores, key=lambda j: -float(scores[j].detach()))[: layer.top_k]
+            if not kept:
+                continue
+            z = sum(torch.exp(scores[j] / t) for j in kept)
+            for j in kept:
+                w = torch.exp(scores[j] / t) / z
+                for k in range(count):
+                    message[b, i] += w * alphas[j][k] * (layer.value.weight @ variants[b, j, k])
+    return message
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 5])
+def test_selection_over_senders_matches_a_reference_loop(top_k: int) -> None:
+    layer = CrossModalPassing(6, 5, top_k=top_k, temperature=0.7, update="residual").double()
+    states, real, same, ids = packed_nodes(batch=2, counts=(1, 3, 2), dim=6)
+    senders = real.clone()
+    senders[0, ids == 1] = False  # modality 1 absent in row 0
+    senders[1, 4] = False  # one padding node
+    valid = senders[:, None, :] & ~same[None]
+    normed = layer.norm(states)
+    variants = normed.unsqueeze(2) + 0.3 * torch.randn(2, len(ids), 3, 6, dtype=f64)
+    message, weights = layer.aggregate(normed, variants, valid)
+    torch.testing.assert_close(message, reference_message(layer, states, variants, valid))
+    # Exactly min(top_k, valid senders) distinct senders carry weight, all K variants of each.
+    per_sender = weights.unflatten(-1, (len(ids), 3))
+    for b in range(2):
+        for i in range(len(ids)):
+            chosen = per_sender[b, i].sum(-1) > 0
+            assert int(chosen.sum()) == min(top_k, int(valid[b, i].sum()))
+            assert bool((per_sender[b, i][chosen] > 0).all())
+            assert not bool(chosen[~valid[b, i]].any())
+
+
+def test_top_k_counts_senders_not_variants() -> None:
+    # With K = 4 copies of each sender and top_k = 2, two senders (eight variants) are kept;
+    # selection over variants would keep two copies of one sender.
+    layer = CrossModalPassing(6, 5, top_k=2, temperature=1.0, update="residual").double()
+    states, real, same, _ids = packed_nodes(batch=1, counts=(1, 4), dim=6)
+    valid = real[:, None, :] & ~same[None]
+    normed = layer.norm(states)
+    _, weights = layer.aggregate(normed, normed.unsqueeze(2).expand(-1, -1, 4, -1), valid)
+    assert int((weights[0, 0] > 0).sum()) == 8
+    torch.testing.assert_close(weights.sum(-1)[0, :1], torch.ones(1, dtype=f64))
+
+
+def test_deterministic_limit_equals_a_gated_bridge() -> None:
+    """K copies at sigma = 0 give the K = 1 layer exactly, and small sigma tends to it."""
     for update in ("residual", "gru"):
         layer = CrossModalPassing(8, 6, top_k=2, temperature=0.8, update=update).double()
         states, real, same, ids = packed_nodes()
         senders = real.clone()
-        senders[0, ids == 1] = False  # modality 1 absent in row 0
-        sigma = torch.full((len(ids),), 0.3, dtype=f64)
-        out = layer(states, senders, same, sigma * 0, variants=1)
-        again = layer(states, senders, same, sigma * 0, variants=1)
-        assert torch.equal(out.states, again.states)  # deterministic
-        torch.testing.assert_close(out.states, reference_cross_step(layer, states, senders, same))
-
-
-def test_gates_respect_modalities_and_presence() -> None:
-    layer = CrossModalPassing(8, 6, top_k=100, temperature=1.0, update="residual").double()
-    states, real, same, ids = packed_nodes()
-    senders = real.clone()
-    senders[1, ids == 2] = False
-    out = layer(states, senders, same, torch.full((len(ids),), 0.2, dtype=f64), variants=3)
-    sender_ids = ids.repeat_interleave(3)
-    own = (ids[:, None] == sender_ids[None, :])[None].expand_as(out.weights)
-    assert torch.equal(out.weights[own], torch.zeros_like(out.weights[own]))
-    assert torch.equal(out.weights[1][:, sender_ids == 2], torch.zeros(len(ids), 6, dtype=f64))
-    torch.testing.assert_close(out.weights.sum(-1), torch.ones(3, len(ids), dtype=f64))
+        senders[0, ids == 1] = False
+        one = layer(states, senders, same, None, variants=1)
+        zero = torch.zeros(len(ids), dtype=f64)
+        copies = layer(states, senders, same, zero, variants=4, clean=True)
+        torch.testing.assert_close(copies.states, one.states)
+        assert copies.clean_message is not None
+        torch.testing.assert_close(copies.message, copies.clean_message)  # denoising term is 0
+        normed = layer.norm(states)
+        expected = reference_message(
+            layer, states, normed.unsqueeze(2), senders[:, None, :] & ~same[None]
+        )
+        torch.testing.assert_close(one.message, expected)
+        gaps = []
+        for sigma in (1e-2, 1e-4, 1e-6):
+            noisy = layer(states, senders, same, zero + sigma, variants=4)
+            gaps.append(float((noisy.states - one.states).detach().abs().max()))
+        assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4
 
 
 def test_bridge_gradcheck_float64() -> None:
@@ -117,12 +188,20 @@ def test_padding_nodes_neither_send_nor_attend() -> None:
 def test_zero_initialised_residual_branches_make_a_layer_the_identity(update: str) -> None:
     layer = BridgeLayer(8, 2, 4, 2, 1.0, update, 2).double()
     layer.zero_init_residual()
-    states, real, same, ids = packed_nodes()
-    sigma = torch.full((len(ids),), 0.1, dtype=f64)
-    out = layer(states, real, real, same, sigma, variants=2).states
+    states, real, same, _ids = packed_nodes()
+    out = layer(states, real, real, same, None, variants=2).states
     if update == "residual":
         torch.testing.assert_close(out, states, rtol=0, atol=0)
-    else:  # a GRU update has no residual branch to silence
+    else:  # a GRU update has no residual branch to silence: attention and FFN are silent,
+        # so the layer is the GRU of the reference message alone.
+        normed = layer.cross.norm(states)
+        message = reference_message(
+            layer.cross, states, normed.unsqueeze(2), real[:, None, :] & ~same[None]
+        )
+        gru = layer.cross.gru
+        assert gru is not None
+        expected = gru(message.reshape(-1, 8), states.reshape(-1, 8)).reshape(states.shape)
+        torch.testing.assert_close(out, expected)
         assert not torch.allclose(out, states)
     # Trainable from the first step: the zeroed projections receive gradients.
     out.sum().backward()

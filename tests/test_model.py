@@ -249,3 +249,37 @@ def test_checkpoint_tensor_names_are_stable() -> None:
         "layers.1.ffn.down.bias",
     ]:
         assert name in keys, name
+
+
+def test_absent_init_reads_the_present_nodes() -> None:
+    """With "attend", an absent modality's start depends on what the row holds; with "seed" it
+    does not. Both start as the seed until trained (zero projection)."""
+    x = tri_modal_inputs(4)
+    given = {m: x[m] for m in ("text", "audio")}
+    seeded = IMPN(tiny_config(absent_init="seed", layers=1)).eval()
+    attend = IMPN(tiny_config(absent_init="attend", layers=1)).eval()
+    attend.load_state_dict(seeded.state_dict(), strict=False)
+    torch.testing.assert_close(attend(given).soil["image"], seeded(given).soil["image"])
+    assert attend.absent_init is not None
+    torch.nn.init.normal_(attend.absent_init.proj.weight)
+    other = {m: torch.randn_like(v) for m, v in given.items()}
+    # Block the bridge's own messages: only the absent initialisation sees the other nodes.
+    for layer in (*seeded.layers, *attend.layers):
+        layer.cross.gate.out.bias.data.fill_(0)
+        assert layer.cross.out is not None
+        torch.nn.init.zeros_(layer.cross.out.weight)
+    assert torch.allclose(seeded(given).soil["image"], seeded(other).soil["image"])
+    assert not torch.allclose(attend(given).soil["image"], attend(other).soil["image"])
+    # Present modalities are not touched by it.
+    torch.testing.assert_close(attend(x).soil["text"], seeded(x).soil["text"])
+
+
+def test_many_variants_at_tiny_sigma_tend_to_the_deterministic_model() -> None:
+    model = IMPN(tiny_config(variants=4, sigma=1e-7)).double()
+    x = {m: v.double() for m, v in tri_modal_inputs(3).items()}
+    given = {m: x[m] for m in ("text", "audio")}
+    deterministic = model(given, sample=False).decoded["image"]
+    sampled = model(given, sample=True).decoded["image"]
+    torch.testing.assert_close(sampled, deterministic, atol=1e-5, rtol=0)
+    model.set_sigma(0.0)
+    torch.testing.assert_close(model(given, sample=True).decoded["image"], deterministic)

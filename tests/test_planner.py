@@ -81,3 +81,46 @@ def test_the_planner_resumes_mid_trial_to_the_same_decisions() -> None:
     whole = decide(None)
     assert [d["action"] for d in whole].count("propose") == 3
     assert decide(2 * EVERY + 3) == whole
+
+
+def test_a_run_ending_mid_trial_reverts_the_unjudged_change() -> None:
+    model = IMPN(tiny_config(temperature=1.0))
+    critic = Critic(model, drift=1.0, effect=0.5)
+    planner, loss = Planner(EVERY), IMPNLoss()
+    for step in range(2 * EVERY):  # control, then a temperature trial starts
+        planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
+        planner.step(step, model, loss, critic)
+    assert model.config.temperature == 0.8 and planner.pending is not None
+    ended = planner.finish(2 * EVERY + 3, model, loss)
+    assert [(d["action"], d["parameter"], d["new"]) for d in ended] == [
+        ("revert", "temperature", 0.8)
+    ]
+    assert "before the trial was judged" in ended[0]["reason"]
+    assert model.config.temperature == 1.0
+    assert all(layer.cross.temperature == 1.0 for layer in model.layers)
+    assert planner.pending is None and planner.finish(2 * EVERY + 4, model, loss) == []
+
+
+def test_fit_saves_a_judged_final_model(tmp_path: Any) -> None:
+    """A run whose last step falls inside a trial logs the revert and saves the old value."""
+    from synthetic import write_synthetic
+
+    from vallayz_train.config import TrainConfig
+    from vallayz_train.trainer import PLANNER_LOG, fit
+
+    data = write_synthetic(tmp_path / "data", rows=120)
+    config = TrainConfig(
+        max_steps=25,
+        batch_size=16,
+        planner_every=10,
+        eval_every=25,
+        warmup_steps=2,
+        val_pool=20,
+    )
+    fit(data, tmp_path / "run", {"soil_dim": 16, "heads": 2, "layers": 1}, config, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / PLANNER_LOG).read_text().splitlines()]
+    assert log[-1]["action"] == "revert" and log[-1]["step"] == 24
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    parameter, old = log[-1]["parameter"], log[-1]["old"]
+    assert parameter == "temperature" or parameter == "top_k"
+    assert saved[parameter] == old

@@ -13,6 +13,7 @@ SCHEMA_VERSION = 1
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
+_ABSENT_INITS = ("seed", "attend")
 
 
 @dataclass
@@ -63,6 +64,9 @@ class IMPNConfig:
     # LayerNorm on each adapter's input before its MLP branch (the LN(x) of the adapter's
     # formula); false feeds the native vector to the branch as it is.
     adapter_norm: bool = True
+    # Initial state of an absent modality's nodes: "seed" (one learned state per modality,
+    # whatever the row holds) or "attend" (the seed plus attention over the row's present nodes).
+    absent_init: str = "seed"
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -107,6 +111,10 @@ class IMPNConfig:
             )
         if self.update not in _UPDATES:
             raise ValueError(f"update must be one of {_UPDATES}, got {self.update!r}")
+        if self.absent_init not in _ABSENT_INITS:
+            raise ValueError(
+                f"absent_init must be one of {_ABSENT_INITS}, got {self.absent_init!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if isinstance(self.sigma, dict):

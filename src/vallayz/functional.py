@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -74,6 +75,38 @@ def topk_softmax(scores: Tensor, valid: Tensor, k: int, temperature: float) -> T
     weights = torch.softmax(safe / temperature, dim=-1)
     weights = torch.where(torch.isfinite(top), weights, torch.zeros_like(weights))
     return torch.zeros_like(scores).scatter(-1, index, weights)
+
+
+def sender_topk_weights(logits: Tensor, valid: Tensor, k: int, temperature: float) -> Tensor:
+    """Top-k selection over *senders*, each sender's ``K`` micro-variants combined into its message.
+
+    Within sender ``j``, receiver ``i`` weighs the variants by ``alpha_ijk = softmax_k(g_ijk / T)``;
+    the sender's score is ``s_ij = T * log(mean_k exp(g_ijk / T))`` (``= g_ij`` when ``K = 1``);
+    :func:`topk_softmax` keeps the ``k`` best senders per receiver and gives them weights
+    ``w_ij``. The weight of variant ``k`` of sender ``j`` is ``w_ij * alpha_ijk``. Selection thus
+    counts sender nodes, whatever ``K``, with the same semantics in training (``K > 1``) and
+    evaluation (``K = 1``); when nothing is truncated it equals one softmax over every incoming
+    variant.
+
+    Args:
+        logits: Gate logits ``g_ijk`` of receiver ``i`` for variant ``k`` of sender ``j``.
+        valid: ``True`` where sender ``j`` may reach receiver ``i``.
+        k: Number of senders kept per receiver (``k >= 1``).
+        temperature: Softmax temperature ``T > 0``.
+
+    Returns:
+        Weights ``[..., S, K]``; per receiver they sum to 1 over the variants of at most ``k``
+        senders (or are all zero when no sender is valid).
+
+    Shape:
+        logits ``[..., S, K]``, valid ``[..., S]`` → ``[..., S, K]``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    scaled = logits / temperature
+    within = torch.softmax(scaled, dim=-1)
+    score = temperature * (torch.logsumexp(scaled, dim=-1) - math.log(logits.shape[-1]))
+    return topk_softmax(score, valid, k, temperature).unsqueeze(-1) * within
 
 
 def masked_mean(nodes: Tensor, mask: Tensor) -> Tensor:

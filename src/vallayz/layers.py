@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.functional import hashed_bag_mean, sample_variants, topk_softmax
+from vallayz.functional import hashed_bag_mean, sample_variants, sender_topk_weights
 
 
 class ResidualMLP(nn.Module):
@@ -158,7 +158,9 @@ class CrossModalResult:
 
     Attributes:
         states: Updated node states ``[B, N, d]``.
-        weights: Gate weights ``[B, N, N*K]`` (receiver node × incoming variant).
+        weights: Gate weights ``[B, N, N*K]``: receiver node × incoming variant, variant ``j``
+            coming from sender node ``j // K``. At most ``top_k`` senders per receiver carry
+            weight.
         message: Aggregated message ``m_i`` per node ``[B, N, d]``.
         clean_message: The message recomputed from clean senders (``K = 1``, ``sigma = 0``),
             when asked for (denoising loss); else ``None``.
@@ -173,10 +175,14 @@ class CrossModalResult:
 class CrossModalPassing(nn.Module):
     """Gated cross-modal message passing (receptor gating, TopK-softmax, aggregation, update).
 
-    Each receiving node ``a_i`` scores every micro-variant ``v_j`` of every real node of every
-    *other*, *present* modality, keeps the ``top_k`` best (softmax at ``temperature``),
-    aggregates ``m_i = sum_j w_ij W_v v_j`` and updates ``a_i <- a_i + W_o m_i`` (residual) or
-    ``a_i <- GRU(m_i, a_i)``.
+    Each receiving node ``a_i`` scores every micro-variant ``v_jk`` of every real node ``j`` of
+    every *other*, *present* modality with the receptor gate. Selection is over sender nodes:
+    the ``top_k`` best senders are kept (softmax at ``temperature`` over their pooled scores),
+    and each kept sender's ``K`` variants are combined by their gate weights within the sender
+    (see :func:`~vallayz.functional.sender_topk_weights`). The message
+    ``m_i = sum_jk w_ij alpha_ijk W_v v_jk`` updates ``a_i <- a_i + W_o m_i`` (residual) or
+    ``a_i <- GRU(m_i, a_i)``. With ``K = 1`` and ``sigma = 0`` this is a deterministic gated
+    layer.
 
     Shape:
         states ``[B, N, d]``, senders ``[B, N]``, same_modality ``[N, N]``, sigma ``[N]``
@@ -205,15 +211,17 @@ class CrossModalPassing(nn.Module):
     def aggregate(
         self, receivers: Tensor, variants: Tensor, valid: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Scores, gates and aggregates incoming variants.
+        """Scores, selects and aggregates incoming variants.
 
         Shape:
-            receivers ``[B, N, d]``, variants ``[B, S, d]``, valid ``[B, N, S]``
-            → message ``[B, N, d]``, weights ``[B, N, S]``.
+            receivers ``[B, N, d]``, variants ``[B, S, K, d]``, valid ``[B, N, S]``
+            → message ``[B, N, d]``, weights ``[B, N, S*K]``.
         """
-        scores = self.gate(receivers, variants)
-        weights = topk_softmax(scores, valid, self.top_k, self.temperature)
-        return weights @ self.value(variants), weights
+        batch, senders, variants_per_node, dim = variants.shape
+        flat = variants.reshape(batch, senders * variants_per_node, dim)
+        logits = self.gate(receivers, flat).unflatten(-1, (senders, variants_per_node))
+        weights = sender_topk_weights(logits, valid, self.top_k, self.temperature).flatten(-2)
+        return weights @ self.value(flat), weights
 
     def apply_update(self, states: Tensor, message: Tensor) -> Tensor:
         """Residual or GRU state update of every node with its message."""
@@ -230,21 +238,58 @@ class CrossModalPassing(nn.Module):
         states: Tensor,
         senders: Tensor,
         same_modality: Tensor,
-        sigma: Tensor,
+        sigma: Tensor | None,
         variants: int = 1,
         generator: torch.Generator | None = None,
         clean: bool = False,
     ) -> CrossModalResult:
+        """One gated cross-modal step; ``sigma=None`` sends the clean states (no noise)."""
         normed = self.norm(states)
-        noisy = sample_variants(normed, sigma, variants, generator)
-        flat = noisy.reshape(states.shape[0], -1, states.shape[-1])
-        allowed = ~same_modality
-        valid = (senders[:, None, :] & allowed[None]).repeat_interleave(variants, dim=-1)
-        message, weights = self.aggregate(normed, flat, valid)
+        valid = senders[:, None, :] & ~same_modality[None]
+        if sigma is None:
+            noisy = normed.unsqueeze(2).expand(-1, -1, variants, -1)
+        else:
+            noisy = sample_variants(normed, sigma, variants, generator)
+        message, weights = self.aggregate(normed, noisy, valid)
         clean_message = None
         if clean:
-            clean_message, _ = self.aggregate(normed, normed, senders[:, None, :] & allowed[None])
+            clean_message, _ = self.aggregate(normed, normed.unsqueeze(2), valid)
         return CrossModalResult(self.apply_update(states, message), weights, message, clean_message)
+
+
+class AbsentInit(nn.Module):
+    """Initial states of an absent modality's nodes, read from the present ones.
+
+    Every node (its seed state as the query) attends over the sending nodes of the row (the
+    real nodes of the present modalities) and over itself, so a row with no sender keeps its
+    seed; the result is added to the seed through a projection that starts at zero, so an
+    untrained model starts from the plain seeds. The caller applies it to absent nodes only.
+
+    Shape:
+        states ``[B, N, d]``, senders ``[B, N]`` → ``[B, N, d]`` (the increment).
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, states: Tensor, senders: Tensor) -> Tensor:
+        batch, nodes, dim = states.shape
+        normed = self.norm(states)
+        q = self.query(normed).reshape(batch, nodes, self.heads, -1).transpose(1, 2)
+        k, v = (
+            self.key_value(normed).reshape(batch, nodes, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        )
+        eye = torch.eye(nodes, dtype=torch.bool, device=states.device)
+        mask = senders[:, None, :] | eye[None]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        return self.proj(attended.transpose(1, 2).reshape(batch, nodes, dim))
 
 
 class SelfAttention(nn.Module):
@@ -336,7 +381,7 @@ class BridgeLayer(nn.Module):
         real: Tensor,
         senders: Tensor,
         same_modality: Tensor,
-        sigma: Tensor,
+        sigma: Tensor | None,
         variants: int = 1,
         generator: torch.Generator | None = None,
         clean: bool = False,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.functional import masked_mean, mean_over_present
-from vallayz.layers import Adapter, BridgeLayer, Decoder, HashedBag
+from vallayz.layers import AbsentInit, Adapter, BridgeLayer, Decoder, HashedBag
 from vallayz.types import Batch, Embeddings, Masks
 
 CONFIG_NAME = "config.json"
@@ -77,6 +77,32 @@ class IMPNOutput:
     messages: list[tuple[Tensor, Tensor]] | None = None
 
 
+@dataclass
+class _Nodes:
+    """Every node of a batch packed into one tensor, with the masks the bridge needs.
+
+    Attributes:
+        states: Initial soil states ``[B, N, d]`` (adapters' output or seed states, plus the
+            modality embedding).
+        real: ``[B, N]`` real nodes (not padding; an absent modality has one seed node).
+        present_node: ``[B, N]`` nodes of modalities present in the row.
+        senders: ``[B, N]`` nodes that may send messages (real nodes of present modalities).
+        modality: ``[N]`` index of each node's modality.
+        same_modality: ``[N, N]`` whether two nodes belong to one modality.
+        present: Modality → ``[B]`` presence.
+        spans: Modality → ``(begin, end)`` of its nodes along ``N``.
+    """
+
+    states: Tensor
+    real: Tensor
+    present_node: Tensor
+    senders: Tensor
+    modality: Tensor
+    same_modality: Tensor
+    present: dict[str, Tensor]
+    spans: dict[str, tuple[int, int]]
+
+
 class IMPN(nn.Module):
     """Interspecies Message Passing Network.
 
@@ -95,6 +121,9 @@ class IMPN(nn.Module):
         >>> model.translate(torch.randn(3, 8), source="text", target="audio").shape
         torch.Size([3, 6])
     """
+
+    message_passing = True
+    """Whether queries can be read from an absent target's nodes (``embed(x, target=...)``)."""
 
     def __init__(self, config: IMPNConfig) -> None:
         super().__init__()
@@ -145,6 +174,9 @@ class IMPN(nn.Module):
                 assert isinstance(layer, BridgeLayer)
                 layer.zero_init_residual()
         self.norm = nn.LayerNorm(dim)
+        self.absent_init = AbsentInit(dim, config.heads) if config.absent_init == "attend" else None
+        # Multiplies every sigma during training (a schedule sets it; it is not saved).
+        self.sigma_scale = 1.0
         # log(sigma) per modality; trained only when config.learn_sigma.
         self.log_sigma = nn.ParameterDict(
             {
@@ -244,8 +276,57 @@ class IMPN(nn.Module):
         batch = Batch.of(batch)
         batch.validate(self.config)
         sample = self.training if sample is None else sample
-        size = batch.batch_size
-        device = self.device
+        nodes = self._encode(batch)
+        senders = torch.zeros_like(nodes.real) if isolate else nodes.senders
+        states = nodes.states
+        if self.absent_init is not None:
+            absent = ~nodes.present_node
+            increment = self.absent_init(states, senders)
+            states = torch.where(absent[..., None], states + increment, states)
+        variants = self.config.variants if sample else 1
+        sigma = self._sigma_vector()[nodes.modality] * self.sigma_scale if sample else None
+        gates: list[GateWeights] = []
+        messages: list[tuple[Tensor, Tensor]] = []
+        for layer in self.layers:
+            result = layer(
+                states,
+                nodes.real,
+                senders,
+                nodes.same_modality,
+                sigma,
+                variants=variants,
+                generator=generator,
+                clean=return_messages,
+            )
+            states = result.states
+            if return_gates:
+                names = [self.names[i] for i in nodes.modality.tolist()]
+                gates.append(GateWeights(result.weights, names, variants))
+            if return_messages:
+                assert result.clean_message is not None
+                messages.append((result.message, result.clean_message))
+        states = self.norm(states)
+
+        out_nodes, out_mask, soil, decoded = {}, {}, {}, {}
+        for name, (begin, stop) in nodes.spans.items():
+            out_nodes[name] = states[:, begin:stop]
+            out_mask[name] = nodes.real[:, begin:stop]
+            soil[name] = masked_mean(out_nodes[name], out_mask[name])
+            decoded[name] = self.decoders[name](soil[name])
+        return IMPNOutput(
+            soil=soil,
+            nodes=out_nodes,
+            node_mask=out_mask,
+            present=nodes.present,
+            decoded=decoded,
+            gates=gates if return_gates else None,
+            messages=messages if return_messages else None,
+        )
+
+    def _encode(self, batch: Batch) -> _Nodes:
+        """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
+        all packed into one node tensor."""
+        size, device = batch.batch_size, self.device
         pieces, reals, presents, spans = [], [], {}, {}
         start = 0
         for name in self.names:
@@ -278,67 +359,29 @@ class IMPN(nn.Module):
             presents[name] = present
             spans[name] = (start, start + states.shape[1])
             start += states.shape[1]
-
-        states = torch.cat(pieces, dim=1)
-        real = torch.cat(reals, dim=1)
-        node_modality = torch.cat(
+        modality = torch.cat(
             [
                 torch.full((stop - begin,), i, device=device)
                 for i, (begin, stop) in enumerate(spans.values())
             ]
         )
-        same_modality = node_modality[:, None] == node_modality[None, :]
-        senders = real & torch.cat(
+        real = torch.cat(reals, dim=1)
+        present_node = torch.cat(
             [
                 presents[name][:, None].expand_as(r)
                 for name, r in zip(self.names, reals, strict=True)
             ],
             dim=1,
         )
-        if isolate:
-            senders = torch.zeros_like(senders)
-        variants = self.config.variants if sample else 1
-        sigma = (
-            self._sigma_vector()[node_modality]
-            if sample
-            else torch.zeros(node_modality.shape, device=device)
-        )
-        gates: list[GateWeights] = []
-        messages: list[tuple[Tensor, Tensor]] = []
-        names_per_node = [self.names[i] for i in node_modality.tolist()] if return_gates else []
-        for layer in self.layers:
-            result = layer(
-                states,
-                real,
-                senders,
-                same_modality,
-                sigma,
-                variants=variants,
-                generator=generator,
-                clean=return_messages,
-            )
-            states = result.states
-            if return_gates:
-                gates.append(GateWeights(result.weights, names_per_node, variants))
-            if return_messages:
-                assert result.clean_message is not None
-                messages.append((result.message, result.clean_message))
-        states = self.norm(states)
-
-        out_nodes, out_mask, soil, decoded = {}, {}, {}, {}
-        for name, (begin, stop) in spans.items():
-            out_nodes[name] = states[:, begin:stop]
-            out_mask[name] = real[:, begin:stop]
-            soil[name] = masked_mean(out_nodes[name], out_mask[name])
-            decoded[name] = self.decoders[name](soil[name])
-        return IMPNOutput(
-            soil=soil,
-            nodes=out_nodes,
-            node_mask=out_mask,
+        return _Nodes(
+            states=torch.cat(pieces, dim=1),
+            real=real,
+            present_node=present_node,
+            senders=real & present_node,
+            modality=modality,
+            same_modality=modality[:, None] == modality[None, :],
             present=presents,
-            decoded=decoded,
-            gates=gates if return_gates else None,
-            messages=messages if return_messages else None,
+            spans=spans,
         )
 
     # ------------------------------------------------------------------ convenience API

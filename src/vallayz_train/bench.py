@@ -87,6 +87,8 @@ def _encoders(
         model = models[method]
         if hasattr(model, "embed"):
             encoders[f"{method} (shared space)"] = model_encoder(model, data, "soil")  # type: ignore[arg-type]
+        if getattr(model, "message_passing", False):
+            encoders[f"{method} (bridged)"] = model_encoder(model, data, "bridged")  # type: ignore[arg-type]
         if hasattr(model, "translate"):
             encoders[f"{method} (translate)"] = model_encoder(model, data, "translate")  # type: ignore[arg-type]
     for name in spec.closed_form:

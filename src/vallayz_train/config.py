@@ -9,6 +9,9 @@ from typing import Any
 
 from vallayz.losses import LossWeights, check_pair_weighting
 
+SIGMA_SCHEDULES = ("constant", "cosine")
+RETRIEVAL_MODES = ("soil", "bridged")
+
 
 @dataclass
 class TrainConfig:
@@ -65,6 +68,13 @@ class TrainConfig:
     pair_weighting: str = "rows"
     # Weights of the loss terms.
     loss_weights: dict[str, float] = field(default_factory=lambda: LossWeights().as_dict())
+    # Micro-variant noise over the run: "constant" keeps every sigma, "cosine" scales it from
+    # 1 at the first step to 0 at the last, as the learning rate decays.
+    sigma_schedule: str = "constant"
+    # Retrieval path of a message-passing model (IMPN) in validation, which picks the best
+    # checkpoint: "soil" (each source embedded alone) or "bridged" (queries read from the
+    # absent target's nodes after message passing).
+    retrieval_mode: str = "soil"
     # Run the planner-actor-critic loop.
     planner: bool = True
     # Steps between planner decisions; every other interval tries one change, the others are
@@ -98,6 +108,14 @@ class TrainConfig:
             )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise ValueError(
+                f"sigma_schedule must be one of {SIGMA_SCHEDULES}, got {self.sigma_schedule!r}"
+            )
+        if self.retrieval_mode not in RETRIEVAL_MODES:
+            raise ValueError(
+                f"retrieval_mode must be one of {RETRIEVAL_MODES}, got {self.retrieval_mode!r}"
+            )
         LossWeights(**self.loss_weights)  # validates names and values
         check_pair_weighting(self.pair_weighting)
 

@@ -127,6 +127,21 @@ class Planner:
         )
         return decisions
 
+    def finish(self, step: int, model: IMPN, loss_fn: IMPNLoss) -> list[dict[str, Any]]:
+        """Ends the run: a change still on trial is reverted unjudged, so the final model is the
+        last kept configuration. Returns the decision (none when no trial is running)."""
+        if self.pending is None:
+            return []
+        self._apply(model, loss_fn, self.pending["parameter"], self.pending["old"])
+        decision = {
+            **self.pending,
+            "step": step,
+            "action": "revert",
+            "reason": "the run ended before the trial was judged",
+        }
+        self.pending = None
+        return [decision]
+
     def _propose(self, model: IMPN, loss_fn: IMPNLoss, means: dict[str, float]) -> dict[str, Any]:
         kind = KINDS[self.turn % len(KINDS)]
         self.turn += 1

@@ -39,6 +39,14 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def sigma_scale(step: int, total: int, config: TrainConfig) -> float:
+    """Factor on every micro-variant sigma at ``step``: 1 throughout (``"constant"``), or a
+    cosine from 1 to 0 over ``total`` steps (``"cosine"``)."""
+    if config.sigma_schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: the hashed-feature tables (``front_ends.*``) and the
     rest, each with the ``lr_scale`` by which the scheduled learning rate is multiplied."""
@@ -126,6 +134,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.names = list(model.config.modalities)  # type: ignore[union-attr, arg-type]
         self.mode = "soil" if hasattr(model, "embed") else "translate"
+        if getattr(model, "message_passing", False):
+            self.mode = config.retrieval_mode
         splits = data.split_indices(config.split_seed)
         self.train_rows, self.val_rows = splits["train"], splits["val"]
         if len(self.train_rows) < 2:
@@ -275,6 +285,8 @@ class Trainer:
             lr = learning_rate(step, self.total_steps, self.config)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            if isinstance(self.model, IMPN):
+                self.model.sigma_scale = sigma_scale(step, self.total_steps, self.config)
             torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
             batch = self.data.batch(self._rows(step), self.names)
             rates = (self.config.token_dropout, self.config.token_row_dropout)
@@ -311,6 +323,9 @@ class Trainer:
             if self.planner:
                 assert isinstance(self.model, IMPN)
                 decisions = self.planner.step(step, self.model, self.loss_fn, self.critic)
+                if last or stopped:
+                    # The final model must be a judged state: an unjudged trial is undone.
+                    decisions += self.planner.finish(step, self.model, self.loss_fn)
                 if decisions:
                     with (self.run_dir / PLANNER_LOG).open("a") as handle:
                         for decision in decisions:

@@ -18,22 +18,29 @@ from vallayz.functional import mean_over_present
 Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 """``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
 
-MODES = ("soil", "translate")
+MODES = ("soil", "bridged", "translate")
 
 
 def model_encoder(model: Any, data: Any, mode: str = "soil", batch_size: int = 1024) -> Encoder:
     """Query/candidate vectors of a model with ``embed`` and/or ``translate`` (IMPN, baselines).
 
     ``soil``: queries are the shared-space embeddings of the sources (for IMPN each embedded
-    alone, averaged over present sources), candidates those of the target. ``translate``:
-    queries are the sources translated into the target's native space, candidates the native
-    targets.
+    alone, averaged over present sources), candidates those of the target. ``bridged`` (models
+    that pass messages, i.e. IMPN): queries are the soil states the absent target's nodes reach
+    by message passing from the sources (several sources fused by the bridge), candidates the
+    target's own soil vectors. ``translate``: queries are the sources translated into the
+    target's native space, candidates the native targets.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    needed = "embed" if mode == "soil" else "translate"
+    needed = "translate" if mode == "translate" else "embed"
     if not hasattr(model, needed):
         raise ValueError(f"{type(model).__name__} has no {needed}(); evaluate it with another mode")
+    if mode == "bridged" and not getattr(model, "message_passing", False):
+        raise ValueError(
+            f"{type(model).__name__} passes no messages, so it has no bridged embedding; "
+            "evaluate it with mode='soil'"
+        )
 
     @torch.no_grad()
     def encode(sources: Sequence[str], target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -43,7 +50,10 @@ def model_encoder(model: Any, data: Any, mode: str = "soil", batch_size: int = 1
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             src = data.batch(chunk, sources)
-            if mode == "soil":
+            if mode == "bridged":
+                queries.append(model.embed(src, target=target).cpu())
+                candidates.append(model.embed(data.batch(chunk, [target])).cpu())
+            elif mode == "soil":
                 queries.append(model.embed(src).cpu())
                 candidates.append(model.embed(data.batch(chunk, [target])).cpu())
             else:

@@ -34,6 +34,10 @@ class LossWeights:
     orthogonality: float = 0.01
     # Noisy-variant messages against clean (K = 1, sigma = 0) messages.
     denoising: float = 0.1
+    # Symmetric InfoNCE between the soil state a dropped modality's nodes reach by message
+    # passing from the kept ones and that modality's own (isolated) soil vector: trains the
+    # "bridged" retrieval path, where a query is read from the absent target's nodes.
+    bridged: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -63,8 +67,10 @@ class IMPNLoss(nn.Module):
     """Computes the IMPN objective for a model on one batch.
 
     Passes: (1) isolated unimodal pass → contrastive and kNN terms; (2) a pass with random
-    modalities dropped per row → translation and denoising terms; (3) the decoded dropped
-    modalities alone → cycle term on the kept ones; plus orthogonality of the adapters.
+    modalities dropped per row → translation, denoising and bridged-contrastive terms (the
+    dropped modalities' soil states, reached by message passing, against their isolated soil
+    vectors from pass 1); (3) the decoded dropped modalities alone → cycle term on the kept
+    ones; plus orthogonality of the adapters.
 
     Args:
         weights: Weight per term.
@@ -146,6 +152,18 @@ class IMPNLoss(nn.Module):
             for m in lost
         ]
         terms["translation"] = self._mean(translations, [int(dropped[m].sum()) for m in lost], zero)
+        bridged, bridged_rows = [], []
+        if w.bridged > 0:
+            for m in lost:
+                rows_m = dropped[m]
+                if int(rows_m.sum()) >= 2:
+                    bridged.append(
+                        info_nce(
+                            out.soil[m][rows_m], iso.soil[m][rows_m], self.contrastive_temperature
+                        )
+                    )
+                    bridged_rows.append(int(rows_m.sum()))
+        terms["bridged"] = self._mean(bridged, bridged_rows, zero)
         assert out.messages is not None
         real = torch.cat([out.node_mask[m] for m in model.names], dim=1)
         terms["denoising"] = torch.stack(
