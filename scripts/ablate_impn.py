@@ -104,6 +104,20 @@ VARIANTS: dict[str, Variant] = {
     "lr=3e-3, front-end lr=1e-2": ({}, {"lr": 3e-3, "front_end_lr": 1e-2}, None),
     "n-gram table 2^17": ({"token_buckets": {"bo": 2**17}}, {}, None),
     "n-gram table 2^18": ({"token_buckets": {"bo": 2**18}}, {}, None),
+    "selection over variants": ({"selection": "variants"}, {}, None),
+    "absent init: attend": ({"absent_init": "attend"}, {}, None),
+    "bridged term": ({}, {"loss_weights": {"bridged": 1.0}}, None),
+    "bridged term, absent init: attend": (
+        {"absent_init": "attend"},
+        {"loss_weights": {"bridged": 1.0}},
+        None,
+    ),
+    "bridged term, absent init: attend, K=4": (
+        {"absent_init": "attend", "variants": 4},
+        {"loss_weights": {"bridged": 1.0}},
+        None,
+    ),
+    "sigma cosine schedule": ({}, {"sigma_schedule": "cosine"}, None),
     "contrastive only": (
         {},
         {
@@ -226,6 +240,14 @@ def main() -> None:
         help="training seed (initialisation, batch order, dropout); the split stays the same, "
         "so runs at several seeds measure how much a variant's score moves by chance",
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["soil", "bridged"],
+        default=["soil"],
+        help="IMPN retrieval paths to score: 'soil' (each source embedded alone, averaged) "
+        "and/or 'bridged' (queries read from the absent target's nodes after message passing)",
+    )
     args = parser.parse_args()
 
     pairs = [parse_pair(p) for p in args.pairs]
@@ -288,10 +310,14 @@ def main() -> None:
             absent = drop_sources({m: data.present[m] for m in sources}, args.missing)
             view = PerturbedView(data, absent=absent)
             views.append((f", {args.missing * 100:g}% missing", view, several))
+        modes = args.modes if getattr(impn, "message_passing", False) else ["soil"]
         rows = [
-            {**row, "target": f"{row['target']}{suffix}"}
+            {**row, "target": f"{row['target']}{suffix}", "mode": mode}
+            for mode in modes
             for suffix, view, view_pairs in views
-            for row in retrieval_table(view, val, model_encoder(impn, view), view_pairs, args.pool)
+            for row in retrieval_table(
+                view, val, model_encoder(impn, view, mode), view_pairs, args.pool
+            )
         ]
         for row in rows:
             # Pools of --pool candidates, or every query when a pair has fewer.
@@ -300,6 +326,7 @@ def main() -> None:
                     {
                         "variant": name if not args.seed else f"{name} (seed {args.seed})",
                         "pair": f"{row['source']}->{row['target']}",
+                        "mode": row["mode"],
                         "pool": row["queries"] if row["pool"] == "all" else row["pool"],
                         "val R@1": row["R@1"],
                         "val R@5": row["R@5"],

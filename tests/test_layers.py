@@ -117,6 +117,12 @@ def test_top_k_counts_senders_not_variants() -> None:
     _, weights = layer.aggregate(normed, normed.unsqueeze(2).expand(-1, -1, 4, -1), valid)
     assert int((weights[0, 0] > 0).sum()) == 8
     torch.testing.assert_close(weights.sum(-1)[0, :1], torch.ones(1, dtype=f64))
+    # The earlier reading (selection over variants, kept as an ablation) fills the top-k with
+    # the copies of the one best sender.
+    layer.selection = "variants"
+    _, weights = layer.aggregate(normed, normed.unsqueeze(2).expand(-1, -1, 4, -1), valid)
+    kept = weights[0, 0].unflatten(-1, (5, 4)).sum(-1) > 0
+    assert int((weights[0, 0] > 0).sum()) == 2 and int(kept.sum()) == 1
 
 
 def test_deterministic_limit_equals_a_gated_bridge() -> None:

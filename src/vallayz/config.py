@@ -37,6 +37,10 @@ class IMPNConfig:
     learn_sigma: bool = False
     # Receptor gating keeps the top_k highest-scoring incoming variants per receiving node.
     top_k: int = 4
+    # What top_k counts: "senders" (sender nodes, each combining its K variants by their gate
+    # weights; the same number of senders in training and evaluation) or "variants" (single
+    # micro-variants, so K copies of one sender can fill the top-k; kept for ablations).
+    selection: str = "senders"
     # Softmax temperature T over the kept gate scores; lower is sharper.
     temperature: float = 1.0
     # State update after aggregation: "residual" (a + W_o m) or "gru" (GRU(m, a)).
@@ -111,6 +115,8 @@ class IMPNConfig:
             )
         if self.update not in _UPDATES:
             raise ValueError(f"update must be one of {_UPDATES}, got {self.update!r}")
+        if self.selection not in ("senders", "variants"):
+            raise ValueError(f"selection must be 'senders' or 'variants', got {self.selection!r}")
         if self.absent_init not in _ABSENT_INITS:
             raise ValueError(
                 f"absent_init must be one of {_ABSENT_INITS}, got {self.absent_init!r}"

@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.functional import hashed_bag_mean, sample_variants, sender_topk_weights
+from vallayz.functional import (
+    hashed_bag_mean,
+    sample_variants,
+    sender_topk_weights,
+    topk_softmax,
+)
 
 
 class ResidualMLP(nn.Module):
@@ -152,6 +157,11 @@ class ReceptorGate(nn.Module):
         return weight, self.receiver.bias
 
 
+SELECTIONS = ("senders", "variants")
+"""What receptor gating's top-k counts: sender nodes (each with its ``K`` variants combined),
+or single variants (the earlier reading, kept as an ablation)."""
+
+
 @dataclass
 class CrossModalResult:
     """What one gated cross-modal step produced.
@@ -190,11 +200,20 @@ class CrossModalPassing(nn.Module):
     """
 
     def __init__(
-        self, dim: int, gate_hidden: int, top_k: int, temperature: float, update: str
+        self,
+        dim: int,
+        gate_hidden: int,
+        top_k: int,
+        temperature: float,
+        update: str,
+        selection: str = "senders",
     ) -> None:
         super().__init__()
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.top_k = top_k
         self.temperature = temperature
+        self.selection = selection
         self.norm = nn.LayerNorm(dim)
         self.gate = ReceptorGate(dim, gate_hidden)
         self.value = nn.Linear(dim, dim, bias=False)
@@ -219,8 +238,14 @@ class CrossModalPassing(nn.Module):
         """
         batch, senders, variants_per_node, dim = variants.shape
         flat = variants.reshape(batch, senders * variants_per_node, dim)
-        logits = self.gate(receivers, flat).unflatten(-1, (senders, variants_per_node))
-        weights = sender_topk_weights(logits, valid, self.top_k, self.temperature).flatten(-2)
+        logits = self.gate(receivers, flat)
+        if self.selection == "variants":
+            every = valid.repeat_interleave(variants_per_node, dim=-1)
+            weights = topk_softmax(logits, every, self.top_k, self.temperature)
+        else:
+            per_sender = logits.unflatten(-1, (senders, variants_per_node))
+            weights = sender_topk_weights(per_sender, valid, self.top_k, self.temperature)
+            weights = weights.flatten(-2)
         return weights @ self.value(flat), weights
 
     def apply_update(self, states: Tensor, message: Tensor) -> Tensor:
@@ -357,10 +382,11 @@ class BridgeLayer(nn.Module):
         update: str,
         ffn_mult: int,
         dropout: float = 0.0,
+        selection: str = "senders",
     ) -> None:
         super().__init__()
         self.attention = SelfAttention(dim, heads, dropout)
-        self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update)
+        self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update, selection)
         self.ffn = FeedForward(dim, ffn_mult, dropout)
 
     def zero_init_residual(self) -> None:

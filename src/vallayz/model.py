@@ -162,6 +162,7 @@ class IMPN(nn.Module):
                 config.update,
                 config.ffn_mult,
                 config.dropout,
+                config.selection,
             )
             for _ in range(config.layers)
         )
