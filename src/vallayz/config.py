@@ -71,6 +71,9 @@ class IMPNConfig:
     # Initial state of an absent modality's nodes: "seed" (one learned state per modality,
     # whatever the row holds) or "attend" (the seed plus attention over the row's present nodes).
     absent_init: str = "seed"
+    # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
+    # (IMPN.match), trained by the "rerank" loss term with hard negatives.
+    match_head: bool = False
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -90,7 +93,7 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
-        for flag in ("zero_init_residual", "zero_init_adapters", "adapter_norm"):
+        for flag in ("zero_init_residual", "zero_init_adapters", "adapter_norm", "match_head"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _positive_int("soil_dim", self.soil_dim)

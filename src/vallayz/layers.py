@@ -416,3 +416,25 @@ class BridgeLayer(nn.Module):
         result = self.cross(states, senders, same_modality, sigma, variants, generator, clean)
         result.states = self.ffn(result.states)
         return result
+
+
+class MatchHead(nn.Module):
+    """Scores how well two pooled soil states of one joint pass belong together.
+
+    ``score(u, v) = w · GELU(W [u * v; |u - v|; u + v] + b) + c``: symmetric in ``u`` and ``v``,
+    so a joint pass of query and candidate scores both retrieval directions alike.
+
+    Shape:
+        u ``[B, d]``, v ``[B, d]`` → ``[B]``.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(3 * dim, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        u, v = self.norm(u), self.norm(v)
+        features = torch.cat([u * v, (u - v).abs(), u + v], dim=-1)
+        return self.out(F.gelu(self.up(features))).squeeze(-1)

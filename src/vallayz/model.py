@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.functional import masked_mean, mean_over_present
-from vallayz.layers import AbsentInit, Adapter, BridgeLayer, Decoder, HashedBag
+from vallayz.layers import AbsentInit, Adapter, BridgeLayer, Decoder, HashedBag, MatchHead
 from vallayz.types import Batch, Embeddings, Masks
 
 CONFIG_NAME = "config.json"
@@ -176,6 +176,7 @@ class IMPN(nn.Module):
                 layer.zero_init_residual()
         self.norm = nn.LayerNorm(dim)
         self.absent_init = AbsentInit(dim, config.heads) if config.absent_init == "attend" else None
+        self.match_head = MatchHead(dim, config.gate_hidden * 2) if config.match_head else None
         # Multiplies every sigma during training (a schedule sets it; it is not saved).
         self.sigma_scale = 1.0
         # log(sigma) per modality; trained only when config.learn_sigma.
@@ -438,6 +439,48 @@ class IMPN(nn.Module):
             return self(batch).soil[target]
         out = self(batch, isolate=True)
         return mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
+
+    def match(
+        self,
+        batch: Batch | Embeddings,
+        target: str,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Match scores of joint rows: the sources and a candidate ``target`` of each row pass
+        through the bridge together, and the match head scores the sources' pooled soil state
+        (the mean over present sources) against the target's.
+
+        Args:
+            batch: Every row holds its query's sources and one candidate of ``target``.
+            target: The candidate's modality (present in every row).
+            generator: Random generator of the micro-variants (training only).
+
+        Returns:
+            Logits ``[B]``; higher means the candidate fits the query better.
+
+        Raises:
+            ValueError: if the model has no match head (``IMPNConfig.match_head``).
+
+        Shape:
+            ``{m: [B, d_m] or [B, T_m, d_m]}`` → ``[B]``.
+        """
+        if self.match_head is None:
+            raise ValueError(
+                "this model has no match head; train one with IMPNConfig(match_head=True) and "
+                "a positive 'rerank' loss weight to re-rank candidates"
+            )
+        self._index(target)
+        batch = Batch.of(batch)
+        if target not in batch.embeddings or len(batch.embeddings) < 2:
+            raise ValueError(
+                f"match needs the candidate modality {target!r} and at least one source in "
+                "every row"
+            )
+        out = self(batch, generator=generator)
+        sources = {m: out.soil[m] for m in batch.embeddings if m != target}
+        query = mean_over_present(sources, out.present)
+        return self.match_head(query, out.soil[target])
 
     def translate(
         self,

@@ -8,6 +8,7 @@ from vallayz.eval.pairs import (
     retrieval_table,
 )
 from vallayz.eval.perturb import PerturbedView, add_noise_snr, drop_rows, drop_sources
+from vallayz.eval.rerank import rerank_ranks, rerank_table
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
 from vallayz.eval.stitching import fit_linear_classifier, stitching_accuracy
 
@@ -23,6 +24,8 @@ __all__ = [
     "keys_to_ids",
     "model_encoder",
     "random_pools",
+    "rerank_ranks",
+    "rerank_table",
     "retrieval_metrics",
     "retrieval_ranks",
     "retrieval_table",

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vallayz.losses.infonce import info_nce
@@ -38,6 +39,10 @@ class LossWeights:
     # passing from the kept ones and that modality's own (isolated) soil vector: trains the
     # "bridged" retrieval path, where a query is read from the absent target's nodes.
     bridged: float = 0.0
+    # Cross-entropy of the match head (models with IMPNConfig.match_head) picking the true
+    # partner among hard negatives (the partners' nearest neighbours in the isolated soil space)
+    # in joint passes of the two modalities: trains re-ranking.
+    rerank: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -82,6 +87,8 @@ class IMPNLoss(nn.Module):
         pair_weighting: How the per-pair contrastive terms and the per-modality kNN,
             translation and cycle terms are averaged: ``"rows"`` weighs each by the rows it was
             computed on, ``"equal"`` gives each the same weight (see :func:`pair_mean`).
+        rerank_negatives: Hard negatives per anchor row of the re-ranking term.
+        rerank_rows: Anchor rows per pair of modalities of the re-ranking term.
     """
 
     def __init__(
@@ -92,6 +99,8 @@ class IMPNLoss(nn.Module):
         reconstruction: str = "mse+cosine",
         drop_rate: float = 0.5,
         pair_weighting: str = "rows",
+        rerank_negatives: int = 3,
+        rerank_rows: int = 64,
     ) -> None:
         super().__init__()
         if not contrastive_temperature > 0 or not knn_temperature > 0:
@@ -101,6 +110,10 @@ class IMPNLoss(nn.Module):
         if not 0.0 < drop_rate <= 1.0:
             raise ValueError(f"drop_rate must lie in (0, 1], got {drop_rate}")
         check_pair_weighting(pair_weighting)
+        if rerank_negatives < 1 or rerank_rows < 1:
+            raise ValueError("rerank_negatives and rerank_rows must be >= 1; try 3 and 64")
+        self.rerank_negatives = rerank_negatives
+        self.rerank_rows = rerank_rows
         self.weights = weights or LossWeights()
         self.contrastive_temperature = contrastive_temperature
         self.knn_temperature = knn_temperature
@@ -142,6 +155,10 @@ class IMPNLoss(nn.Module):
             if knn_rows[m] >= 2
         }
         terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
+
+        terms["rerank"] = zero
+        if w.rerank > 0 and model.match_head is not None:
+            terms["rerank"] = self._rerank(model, batch, iso.soil, generator, zero)
 
         dropped = drop_modalities(present, self.drop_rate, generator)
         kept = {m: present[m] & ~dropped[m] for m in present}
@@ -191,6 +208,58 @@ class IMPNLoss(nn.Module):
         total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
         return LossOutput(total=total, terms=terms)
 
+    def _rerank(
+        self,
+        model: IMPN,
+        batch: Batch,
+        soil: dict[str, Tensor],
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> Tensor:
+        """Per pair of modalities ``(a, b)``: each anchor row's ``a`` is passed jointly with its
+        own ``b`` and with the ``b`` of its ``rerank_negatives`` nearest other rows (isolated
+        soil space); cross-entropy of the match logits against the true partner."""
+        losses, counts = [], []
+        for a, b in itertools.combinations(batch.embeddings, 2):
+            both = torch.nonzero(batch.present[a] & batch.present[b]).squeeze(1)
+            if len(both) < 2:
+                continue
+            anchors = both[: self.rerank_rows]
+            count, negatives = len(anchors), min(self.rerank_negatives, len(both) - 1)
+            on = soil[a].device
+            with torch.no_grad():
+                query = F.normalize(soil[a][anchors.to(on)].float(), dim=-1)
+                keys = F.normalize(soil[b][both.to(on)].float(), dim=-1)
+                similarity = query @ keys.T
+                own = torch.arange(count, device=on)
+                similarity[own, own] = float("-inf")
+                hard = similarity.topk(negatives, dim=1).indices.cpu()
+            partners = torch.cat([torch.arange(count)[:, None], hard], dim=1)
+            joint = joint_batch(
+                batch, a, anchors.repeat_interleave(negatives + 1), b, both[partners.flatten()]
+            )
+            logits = model.match(joint, b, generator=generator).view(count, negatives + 1)
+            target = torch.zeros(count, dtype=torch.long, device=logits.device)
+            losses.append(F.cross_entropy(logits, target))
+            counts.append(count)
+        return self._mean(losses, counts, zero)
+
     def _mean(self, values: list[Tensor], rows: list[int], zero: Tensor) -> Tensor:
         """:func:`pair_mean` of ``values`` under this loss's weighting; ``zero`` when empty."""
         return pair_mean(values, rows, self.pair_weighting) if values else zero
+
+
+def joint_batch(batch: Batch, a: str, rows_a: Tensor, b: str, rows_b: Tensor) -> Batch:
+    """Joint rows of two modalities drawn from different rows of ``batch``: row ``i`` holds
+    ``a`` of row ``rows_a[i]`` and ``b`` of row ``rows_b[i]`` (both present).
+
+    Shape:
+        rows_a ``[R]``, rows_b ``[R]`` → a batch of ``R`` rows with modalities ``a`` and ``b``.
+    """
+    picks = {a: rows_a, b: rows_b}
+    return Batch(
+        embeddings={m: batch.embeddings[m][r] for m, r in picks.items()},
+        present={m: torch.ones(len(r), dtype=torch.bool) for m, r in picks.items()},
+        padding={m: batch.padding[m][r] for m, r in picks.items() if m in batch.padding},
+        tokens={m: batch.tokens[m][r] for m, r in picks.items() if m in batch.tokens},
+    )
