@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from vallayz.data import PairedEmbeddings
-from vallayz.eval import PerturbedView, format_table, model_encoder, retrieval_table
+from vallayz.eval import (
+    PerturbedView,
+    format_table,
+    model_encoder,
+    rerank_table,
+    retrieval_table,
+)
 from vallayz.eval.perturb import drop_sources
 from vallayz.learned import load_pretrained
 from vallayz_train.cli import parse_pair
@@ -118,6 +124,12 @@ VARIANTS: dict[str, Variant] = {
         None,
     ),
     "sigma cosine schedule": ({}, {"sigma_schedule": "cosine"}, None),
+    "re-ranking": ({"match_head": True}, {"loss_weights": {"rerank": 1.0}}, None),
+    "bridged term, re-ranking": (
+        {"match_head": True},
+        {"loss_weights": {"bridged": 1.0, "rerank": 1.0}, "retrieval_mode": "bridged"},
+        None,
+    ),
     "contrastive only": (
         {},
         {
@@ -248,6 +260,12 @@ def main() -> None:
         help="IMPN retrieval paths to score: 'soil' (each source embedded alone, averaged) "
         "and/or 'bridged' (queries read from the absent target's nodes after message passing)",
     )
+    parser.add_argument(
+        "--rerank-depth",
+        type=int,
+        default=50,
+        help="candidates re-scored per query by variants with a match head",
+    )
     args = parser.parse_args()
 
     pairs = [parse_pair(p) for p in args.pairs]
@@ -319,6 +337,15 @@ def main() -> None:
                 view, val, model_encoder(impn, view, mode), view_pairs, args.pool
             )
         ]
+        if getattr(impn, "match_head", None) is not None:
+            # Re-ranked after the first stage of the variant's validation path.
+            first = model_encoder(impn, data, config.retrieval_mode)
+            rows += [
+                {**row, "mode": f"{config.retrieval_mode}, re-ranked top {args.rerank_depth}"}
+                for row in rerank_table(
+                    impn, data, val, first, usable, args.pool, 5, 0, args.rerank_depth
+                )
+            ]
         for row in rows:
             # Pools of --pool candidates, or every query when a pair has fewer.
             if row["pool"] == str(args.pool) or int(str(row["queries"])) < args.pool:

@@ -27,6 +27,7 @@ from vallayz.eval import (
     drop_sources,
     format_table,
     model_encoder,
+    rerank_table,
     retrieval_table,
 )
 from vallayz.eval.stitching import stitching_accuracy
@@ -64,6 +65,9 @@ class BenchSpec:
     matched_dropout: bool = False
     # Extra row subsets evaluated separately, e.g. {"novel": rows}.
     subsets: dict[str, list[int]] = field(default_factory=dict)
+    # Candidates re-scored per query by the joint match head of models that have one (IMPN with
+    # match_head), after the first stage of their default retrieval path.
+    rerank_depth: int = 50
     # Trainable token front ends (modality -> buckets) given to every learned method alike,
     # for data with <modality>.tokens.npy; {} for none.
     token_buckets: dict[str, int] = field(default_factory=dict)
@@ -165,6 +169,24 @@ def run_benchmark(
                 data, subset_rows, encode, pairs, spec.pool, spec.pools, spec.seed
             ):
                 retrieval.append({"method": method, "queries_from": subset, **row})
+
+    for method, model in models.items():
+        if getattr(model, "match_head", None) is None:
+            continue
+        first_stage = model_encoder(model, data, train.retrieval_mode)
+        for subset, subset_rows in subsets.items():
+            for row in rerank_table(
+                model,
+                data,
+                subset_rows,
+                first_stage,
+                pairs,
+                spec.pool,
+                spec.pools,
+                spec.seed,
+                spec.rerank_depth,
+            ):
+                retrieval.append({"method": f"{method} (re-ranked)", "queries_from": subset, **row})
 
     geometry = _geometry(data, rows, runs, models, pairs, fitted, splits["train"], spec)
     stitching = _stitching(data, rows, splits["train"], encoders_all, pairs)
@@ -301,7 +323,7 @@ def _stitching(
         native_train = data.batch(fit_rows, [target]).pooled()[target]
         used = rows[data.present[target][rows] & data.present[sources[0]][rows]]
         for method, encode in encoders.items():
-            if "(shared space)" in method:
+            if "(shared space)" in method or "(bridged)" in method:
                 continue  # its vectors live in a shared space, not in the target's native one
             queries, natives = encode(sources, target, used)
             scores = stitching_accuracy(
