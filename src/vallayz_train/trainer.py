@@ -169,6 +169,8 @@ class Trainer:
         self.best = -1.0
         self.bad_evals = 0
         self.writer: Any = None
+        # The loss terms of the last step whose loss was finite (for a divergence report).
+        self.last_terms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ state
     def scalars(self) -> dict[str, Any]:
@@ -270,13 +272,15 @@ class Trainer:
         """The error of a step whose loss or gradient is not finite; no state is written, so
         the last checkpoint is the last good one."""
         shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        if terms is self.last_terms:
+            shown = f"the loss terms of step {step - 1} were {shown}" if shown else "no loss yet"
         pointer = self.run_dir / LATEST
         kept = (
             f"the last good checkpoint, {pointer.read_text().strip()}, is kept"
             if pointer.is_file()
             else "no checkpoint was written yet"
         )
-        if step == 0 and what == "loss":
+        if step == 0:
             largest = max(float(x.abs().nan_to_num(0.0).max()) for x in batch.pooled().values())
             hint = (
                 "this is the first step, before any update, so the inputs overflow the loss: the "
@@ -325,12 +329,21 @@ class Trainer:
                     for m, ids in batch.tokens.items()
                 }
                 batch = Batch.of(batch, tokens=tokens)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = self.loss_fn(self.model, batch, self._generator(step, 2))
+            try:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.loss_fn(self.model, batch, self._generator(step, 2))
+            except ValueError as err:
+                # The data folder was checked for NaN/Inf when loaded, so non-finite values met
+                # inside the loss (the cycle pass re-reads the model's own outputs) are the
+                # model's: it diverged.
+                if "NaN or Inf" not in str(err):
+                    raise
+                raise self._diverged(step, self.last_terms, batch, "model's output") from err
             terms = {name: float(value.detach()) for name, value in out.terms.items()}
             terms["total"] = float(out.total.detach())
             if not math.isfinite(terms["total"]):
                 raise self._diverged(step, terms, batch, "loss")
+            self.last_terms = terms
             self.optimizer.zero_grad(set_to_none=True)
             out.total.backward()  # type: ignore[no-untyped-call]
             if self.config.grad_clip > 0:
