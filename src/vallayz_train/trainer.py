@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,13 @@ from tqdm.auto import tqdm
 
 from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
+from vallayz.errors import DivergenceError, VallayzUserError
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
 from vallayz.losses import IMPNLoss, LossOutput, LossWeights, check_pair_weighting
 from vallayz.masking import drop_tokens
 from vallayz.types import Batch
-from vallayz_train.checkpoint import load_state, save_state
+from vallayz_train.checkpoint import LATEST, OPTIMIZER, load_state, save_state, states
 from vallayz_train.config import TrainConfig
 from vallayz_train.planner import Planner
 
@@ -93,12 +96,12 @@ def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) ->
     if given is not None:
         for name, dim in given.items():
             if name not in modalities:
-                raise ValueError(
+                raise VallayzUserError(
                     f"the config names modality {name!r} but the data has {sorted(modalities)}; "
                     "remove it from the config or add its embeddings"
                 )
             if dim != modalities[name]:
-                raise ValueError(
+                raise VallayzUserError(
                     f"the config gives modality {name!r} dimension {dim} but its data has "
                     f"{modalities[name]}; fix the config or re-encode the data"
                 )
@@ -127,7 +130,7 @@ class Trainer:
     ) -> None:
         self.data, self.run_dir, self.config, self.progress = data, run_dir, config, progress
         if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(
+            raise VallayzUserError(
                 "--device cuda was asked for but CUDA is not available; use --device cpu"
             )
         self.device = torch.device(config.device)
@@ -139,12 +142,12 @@ class Trainer:
         splits = data.split_indices(config.split_seed)
         self.train_rows, self.val_rows = splits["train"], splits["val"]
         if len(self.train_rows) < 2:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
                 "needs at least 2 (check the split column or add data)"
             )
         if len(self.val_rows) < 2:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{data.directory}: the validation split has {len(self.val_rows)} rows; add "
                 "'split' = val rows to items.tsv or more groups"
             )
@@ -176,6 +179,8 @@ class Trainer:
         self.best = -1.0
         self.bad_evals = 0
         self.writer: Any = None
+        # The loss terms of the last step whose loss was finite (for a divergence report).
+        self.last_terms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ state
     def scalars(self) -> dict[str, Any]:
@@ -190,12 +195,18 @@ class Trainer:
     def restore(self, optimizer_state: dict[str, Any], scalars: dict[str, Any]) -> None:
         saved, made = len(optimizer_state["param_groups"]), len(self.optimizer.param_groups)
         if saved != made:
-            raise ValueError(
+            raise VallayzUserError(
                 f"the run's optimizer state has {saved} parameter group(s) but this version "
                 f"trains {made}; resume it with the vallayz version that started it, or start "
                 "a new run"
             )
-        self.optimizer.load_state_dict(optimizer_state)
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise VallayzUserError(
+                f"the optimizer state of {self.run_dir} ({OPTIMIZER}) does not fit the model: "
+                f"{err}; start the run again with vallayz fit --out"
+            ) from err
         for group in self.optimizer.param_groups:
             group.setdefault("lr_scale", 1.0)  # states written before the groups had scales
         self.step = int(scalars["step"]) + 1
@@ -265,6 +276,38 @@ class Trainer:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
 
+    def _diverged(
+        self, step: int, terms: dict[str, float], batch: Batch, what: str
+    ) -> DivergenceError:
+        """The error of a step whose loss or gradient is not finite; no state is written, so
+        the last checkpoint is the last good one."""
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        if terms is self.last_terms:
+            shown = f"the loss terms of step {step - 1} were {shown}" if shown else "no loss yet"
+        pointer = self.run_dir / LATEST
+        kept = (
+            f"the last good checkpoint, {pointer.read_text().strip()}, is kept"
+            if pointer.is_file()
+            else "no checkpoint was written yet"
+        )
+        if step == 0:
+            largest = max(float(x.abs().nan_to_num(0.0).max()) for x in batch.pooled().values())
+            hint = (
+                "this is the first step, before any update, so the inputs overflow the loss: the "
+                f"largest |value| of the batch is {largest:.3g}; rescale the embeddings (e.g. to "
+                "unit norm) and run vallayz check"
+            )
+        else:
+            hint = (
+                f"lower the learning rate (lr is {self.config.lr:g}) or keep gradient clipping "
+                "on (grad_clip), and start again with vallayz fit --out"
+            )
+        return DivergenceError(
+            f"training diverged at step {step}: the {what} is not finite ({shown}); {hint}; {kept}",
+            step,
+            terms,
+        )
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Trains until ``total_steps`` or early stopping; returns a summary."""
@@ -298,15 +341,30 @@ class Trainer:
                     for m, ids in batch.tokens.items()
                 }
                 batch = Batch.of(batch, tokens=tokens)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = self.loss_fn(self.model, batch, self._generator(step, 2))
+            try:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.loss_fn(self.model, batch, self._generator(step, 2))
+            except ValueError as err:
+                # The data folder was checked for NaN/Inf when loaded, so non-finite values met
+                # inside the loss (the cycle pass re-reads the model's own outputs) are the
+                # model's: it diverged.
+                if "NaN or Inf" not in str(err):
+                    raise
+                raise self._diverged(step, self.last_terms, batch, "model's output") from err
+            terms = {name: float(value.detach()) for name, value in out.terms.items()}
+            terms["total"] = float(out.total.detach())
+            if not math.isfinite(terms["total"]):
+                raise self._diverged(step, terms, batch, "loss")
+            self.last_terms = terms
             self.optimizer.zero_grad(set_to_none=True)
             out.total.backward()  # type: ignore[no-untyped-call]
             if self.config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.config.grad_clip
+                )
+                if not math.isfinite(float(norm)):
+                    raise self._diverged(step, terms, batch, "gradient")
             self.optimizer.step()
-            terms = {name: float(value.detach()) for name, value in out.terms.items()}
-            terms["total"] = float(out.total.detach())
             self._log(step, {**{f"train/{k}": v for k, v in terms.items()}, "lr": lr})
             if self.planner:
                 self.planner.observe(terms)
@@ -376,6 +434,73 @@ def _truncate_logs(run_dir: Path, step: int) -> None:
         planner.write_text("".join(kept))
 
 
+# What a run writes in its folder; a run without a checkpoint is cleared of these to restart.
+_RUN_NAMES = (
+    RUN_FILE,
+    "train_config.json",
+    METRICS,
+    PLANNER_LOG,
+    "summary.json",
+    "config.json",
+    "model.safetensors",
+    "best",
+    "tensorboard",
+)
+
+
+def notice(message: str) -> None:
+    """One line on stderr about something the run did on the user's behalf."""
+    print(f"vallayz: notice: {message}", file=sys.stderr)
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise VallayzUserError(
+            f"{run_dir} is not a vallayz run ({RUN_FILE} is missing); check the path"
+        )
+    try:
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VallayzUserError(f"{run_file} is unreadable ({err})") from err
+    if not isinstance(run, dict) or not isinstance(run.get("train"), dict) or "data" not in run:
+        raise VallayzUserError(f"{run_file} lacks its 'data' path or 'train' settings")
+    return run
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Removes what a run that never reached a checkpoint wrote, so it can start again."""
+    for name in _RUN_NAMES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for partial in run_dir.glob("state-*.partial"):
+        shutil.rmtree(partial)
+
+
+def _claim_run_dir(run_dir: Path) -> None:
+    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
+    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VallayzUserError(f"--out {run_dir} is a file; choose a folder for the run")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / RUN_FILE).is_file():
+        raise VallayzUserError(
+            f"--out {run_dir} is a folder that holds no vallayz run but other files; choose a "
+            "new or empty folder so that runs are not mixed"
+        )
+    if states(run_dir):
+        raise VallayzUserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose a new --out"
+        )
+    notice(f"{run_dir} holds a run that stopped before its first checkpoint; starting it again")
+    _clear_run(run_dir)
+
+
 def fit(
     data_dir: str | Path | None,
     run_dir: str | Path,
@@ -399,35 +524,54 @@ def fit(
     """
     run_dir = Path(run_dir)
     if resume:
-        run_file = run_dir / RUN_FILE
-        if not run_file.is_file():
-            raise ValueError(
-                f"{run_dir} is not a vallayz run ({RUN_FILE} is missing); check the path"
-            )
-        run = json.loads(run_file.read_text())
+        run = _read_run(run_dir)
         config = TrainConfig.from_dict(run["train"])
+        if not states(run_dir):
+            if "model" not in run:
+                raise VallayzUserError(
+                    f"{run_dir} stopped before its first checkpoint and its {RUN_FILE} does not "
+                    f"record the model config; start it again with vallayz fit DATA --out {run_dir}"
+                )
+            notice(
+                f"{run_dir} stopped before its first checkpoint, so --resume starts it fresh "
+                f"with the settings in its {RUN_FILE}"
+            )
+            _clear_run(run_dir)
+            return fit(
+                data_dir or run["data"],
+                run_dir,
+                run["model"],
+                config,
+                progress=progress,
+                method=run.get("method", "impn"),
+            )
         data = PairedEmbeddings(data_dir or run["data"])
-        model, optimizer_state, scalars = load_state(run_dir, config.device)
+        notices: list[str] = []
+        model, optimizer_state, scalars = load_state(run_dir, config.device, notices)
+        for line in notices:
+            notice(line)
         trainer = Trainer(data, run_dir, model, config, progress)
         trainer.restore(optimizer_state, scalars)
         return trainer.fit()
     if data_dir is None:
-        raise ValueError("name the data directory to train on (or pass --resume RUN_DIR)")
+        raise VallayzUserError("name the data directory to train on (or pass --resume RUN_DIR)")
     config = train_config or TrainConfig()
-    if (run_dir / RUN_FILE).exists():
-        raise ValueError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-            "or choose a new --out"
-        )
+    _claim_run_dir(run_dir)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise VallayzUserError(f"method must be one of {METHODS}, got {method!r}")
     data = PairedEmbeddings(data_dir)
     torch.manual_seed(config.seed)
-    model = build_model(method, data_modalities(data, model_overrides), model_overrides)
+    try:
+        model = build_model(method, data_modalities(data, model_overrides), model_overrides)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, VallayzUserError):
+            raise
+        raise VallayzUserError(f"the model config is invalid: {err}") from err
     run_dir.mkdir(parents=True, exist_ok=True)
     run = {
         "data": str(Path(data_dir).resolve()),
         "method": method,
+        "model": model_overrides,
         "train": asdict(config),
     }
     (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")

@@ -1,0 +1,7 @@
+"""``python -m vallayz_train``: the ``vallayz`` command line."""
+
+import sys
+
+from vallayz_train.cli import main
+
+sys.exit(main())
