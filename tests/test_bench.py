@@ -37,6 +37,7 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     methods = {r["method"] for r in results["retrieval"]}
     assert methods == {
         "impn (shared space)",
+        "impn (bridged)",
         "impn (translate)",
         "contrastive-heads (shared space)",
         "ortho (standard)",

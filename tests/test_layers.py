@@ -253,3 +253,17 @@ def test_an_adapter_without_input_norm_matches_its_formula_and_sees_scale() -> N
         branch = module.down(F.gelu(module.up(module.norm(x))))
         scaled = module.down(F.gelu(module.up(module.norm(3.0 * x))))
         assert torch.allclose(branch, scaled, atol=1e-4) == invariant  # LN eps: not exact
+
+
+@pytest.mark.parametrize("update", ["residual", "gru"])
+def test_no_senders_skips_the_gate_and_equals_an_all_false_mask(update: str) -> None:
+    layer = BridgeLayer(8, 2, 4, 2, 0.9, update, 2).double()
+    states, real, same, ids = packed_nodes()
+    sigma = torch.full((len(ids),), 0.1, dtype=f64)
+    nobody = torch.zeros_like(real)
+    masked = layer(states, real, nobody, same, sigma, variants=3, clean=True)
+    skipped = layer(states, real, None, same, sigma, variants=3, clean=True)
+    torch.testing.assert_close(skipped.states, masked.states)
+    torch.testing.assert_close(skipped.weights, masked.weights)
+    assert skipped.clean_message is not None
+    assert not skipped.message.any() and not skipped.clean_message.any()

@@ -261,14 +261,22 @@ class CrossModalPassing(nn.Module):
     def forward(
         self,
         states: Tensor,
-        senders: Tensor,
+        senders: Tensor | None,
         same_modality: Tensor,
         sigma: Tensor | None,
         variants: int = 1,
         generator: torch.Generator | None = None,
         clean: bool = False,
     ) -> CrossModalResult:
-        """One gated cross-modal step; ``sigma=None`` sends the clean states (no noise)."""
+        """One gated cross-modal step; ``sigma=None`` sends the clean states (no noise), and
+        ``senders=None`` sends nothing (every message is zero; no gate is evaluated)."""
+        if senders is None:
+            silent = torch.zeros_like(states)
+            nodes = states.shape[1]
+            weights = states.new_zeros(states.shape[0], nodes, nodes * variants)
+            return CrossModalResult(
+                self.apply_update(states, silent), weights, silent, silent if clean else None
+            )
         normed = self.norm(states)
         valid = senders[:, None, :] & ~same_modality[None]
         if sigma is None:
@@ -405,7 +413,7 @@ class BridgeLayer(nn.Module):
         self,
         states: Tensor,
         real: Tensor,
-        senders: Tensor,
+        senders: Tensor | None,
         same_modality: Tensor,
         sigma: Tensor | None,
         variants: int = 1,

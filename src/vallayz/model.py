@@ -279,11 +279,13 @@ class IMPN(nn.Module):
         batch.validate(self.config)
         sample = self.training if sample is None else sample
         nodes = self._encode(batch)
-        senders = torch.zeros_like(nodes.real) if isolate else nodes.senders
+        # No senders at all when isolated: the layers skip their gates.
+        senders = None if isolate else nodes.senders
         states = nodes.states
         if self.absent_init is not None:
             absent = ~nodes.present_node
-            increment = self.absent_init(states, senders)
+            alone = torch.zeros_like(nodes.real) if senders is None else senders
+            increment = self.absent_init(states, alone)
             states = torch.where(absent[..., None], states + increment, states)
         variants = self.config.variants if sample else 1
         sigma = self._sigma_vector()[nodes.modality] * self.sigma_scale if sample else None
