@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -102,6 +103,16 @@ def test_knn_preservation_is_zero_under_identity_and_rotation() -> None:
     q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=f64))
     assert float(knn_preservation_loss(x, x.clone())) == pytest.approx(0.0, abs=1e-12)
     assert float(knn_preservation_loss(x, x @ q)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_knn_preservation_gradient_is_finite_for_both_inputs() -> None:
+    # The masked diagonal once sent 0 * (-inf - -inf) = NaN back to the native rows.
+    x = torch.randn(6, 5, dtype=f64, requires_grad=True)
+    z = torch.randn(6, 3, dtype=f64, requires_grad=True)
+    knn_preservation_loss(x, z, 0.5).backward()
+    assert x.grad is not None and z.grad is not None
+    assert bool(torch.isfinite(x.grad).all()) and bool(torch.isfinite(z.grad).all())
+    assert float(x.grad.abs().sum()) > 0 and float(z.grad.abs().sum()) > 0
 
 
 def test_knn_jaccard_matches_set_reference() -> None:
@@ -218,3 +229,26 @@ def test_impn_loss_weightings_agree_when_every_modality_is_present() -> None:
         totals.append({k: v.detach() for k, v in out.terms.items()})
     for name in ("contrastive", "knn"):
         assert float(totals[0][name]) == pytest.approx(float(totals[1][name]), rel=1e-6)
+
+
+_MASK = torch.tensor([True, False, True, True])
+_NODE_MASK = torch.tensor([[True, False, True], [True, True, False]])
+_TERMS: dict[str, tuple[Callable[..., torch.Tensor], tuple[tuple[int, ...], ...]]] = {
+    "info_nce": (lambda a, b: info_nce(a, b, 0.5), ((4, 3), (4, 3))),
+    "knn": (lambda x, z: knn_preservation_loss(x, z, 0.5), ((5, 4), (5, 3))),
+    "translation-mse": (lambda p, y: translation_loss(p, y, "mse", _MASK), ((4, 3), (4, 3))),
+    "translation-cosine": (lambda p, y: translation_loss(p, y, "cosine", _MASK), ((4, 3), (4, 3))),
+    "cycle-mse+cosine": (lambda p, y: cycle_loss(p, y, "mse+cosine"), ((4, 3), (4, 3))),
+    "orthogonality": (lambda w, v: orthogonality_loss([w, v]), ((4, 2), (2, 3))),
+    "denoising": (lambda n, c: denoising_loss(n, c, _NODE_MASK), ((2, 3, 4), (2, 3, 4))),
+    "pair_mean-rows": (lambda a, b: pair_mean([a, b], [5, 2], "rows"), ((), ())),
+    "pair_mean-equal": (lambda a, b: pair_mean([a, b], [5, 2], "equal"), ((), ())),
+}
+
+
+@pytest.mark.parametrize("name", list(_TERMS))
+def test_loss_term_passes_gradcheck(name: str) -> None:
+    # Finite differences in float64 on tiny inputs, against every input (knn: native and soil).
+    fn, shapes = _TERMS[name]
+    inputs = tuple(torch.randn(shape, dtype=f64, requires_grad=True) for shape in shapes)
+    assert torch.autograd.gradcheck(fn, inputs)
