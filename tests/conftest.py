@@ -32,9 +32,11 @@ def tiny_config(**overrides: object) -> IMPNConfig:
     return IMPNConfig(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def model() -> IMPN:
-    return IMPN(tiny_config()).eval()
+@pytest.fixture(params=[False, True], ids=["random-bridge", "default-zero-init"])
+def model(request: pytest.FixtureRequest) -> IMPN:
+    """A tiny model with random bridge layers, and one with the library default
+    (``zero_init_residual=True``, the bridge starting as the identity) that users get."""
+    return IMPN(tiny_config(zero_init_residual=request.param)).eval()
 
 
 def tri_modal_inputs(batch: int = 5, frames: int = 4) -> dict[str, torch.Tensor]:

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
+from typing import Any
 
+import pytest
+import torch
 from synthetic import write_synthetic
 
+from vallayz.data import PairedEmbeddings
+from vallayz.learned import load_pretrained
 from vallayz_train.bench import BenchSpec, run_benchmark
 from vallayz_train.cli import main
 from vallayz_train.config import TrainConfig
@@ -58,8 +64,14 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     assert {r["snr_db"] for r in results["noise_sweep"]} == {10.0}
     stitched = {r["method"]: r for r in results["stitching"] if r["source"] == "text"}
     assert set(stitched) == {"impn (translate)", "ortho (standard)"}
-    assert stitched["ortho (standard)"]["native"] > 0.6  # the classes are separable in image space
-    assert 0.0 <= stitched["ortho (standard)"]["stitched"] <= 1.0
+    ortho = stitched["ortho (standard)"]
+    assert ortho["native"] > 0.6  # the classes are separable in image space
+    # The text -> image map keeps the latent classes, so its translations classify far above
+    # the largest class's share; translations paired with the wrong rows or labels would not.
+    labels = [item["label"] for item in PairedEmbeddings(data).items]
+    largest = max(labels.count(c) for c in set(labels)) / len(labels)
+    assert ortho["stitched"] > largest + 0.15, (ortho, largest)
+    assert ortho["ratio"] == pytest.approx(ortho["stitched"] / ortho["native"])
     metrics = {(r["method"], r["metric"]) for r in results["geometry"]}
     assert ("impn", "cycle text->image->text") in metrics
     assert ("ortho (standard)", "cycle text->image->text") in metrics
@@ -69,9 +81,65 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
         "Missing-modality sweep" in report and "ortho (standard)" in report and "seed 0" in report
     )
     assert "Stitching" in report and "Geometry" in report
-    # Re-running reuses the trained runs; the report command rewrites the report.
+    # The report command rebuilds report.md from results.json alone.
+    (tmp_path / "bench" / "report.md").unlink()
     assert main(["report", str(tmp_path / "bench")]) == 0
+    assert (tmp_path / "bench" / "report.md").read_text() == report
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["spec"]["pool"] == 8
+    _check_impn_metrics(data, tmp_path / "bench" / "impn", results, train.split_seed)
+
+
+def _check_impn_metrics(
+    data_dir: Path, run: Path, results: dict[str, Any], split_seed: int
+) -> None:
+    """Recomputes IMPN's text -> image translation retrieval and its text -> image -> text cycle
+    from the saved model, in float64 with plain loops, and compares them with the results."""
+    data = PairedEmbeddings(data_dir)
+    model = load_pretrained(run).eval()
+    test = data.split_indices(split_seed)["test"]
+    used = test[data.present["text"][test] & data.present["image"][test]]
+    assert len(set(data.keys("image"))) == len(data.items)  # one gold candidate per query
+    with torch.no_grad():
+        text = data.batch(used, ["text"]).pooled()["text"]
+        there = model.translate(text, "text", "image")
+        back = model.translate(there, "image", "text")
+    queries = there.double().tolist()
+    candidates = data.batch(used, ["image"]).pooled()["image"].double().tolist()
+
+    def cosine(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v, strict=True))
+        return dot / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v))
+
+    ranks = []
+    for i, query in enumerate(queries):
+        gold = cosine(query, candidates[i])
+        others = [cosine(query, c) for j, c in enumerate(candidates) if j != i]
+        ranks.append(1 + sum(score >= gold for score in others))
+    (row,) = _rows(results["retrieval"], "impn (translate)", "text", "image", pool="all")
+    assert row["queries"] == len(used)
+    assert row["R@1"] == pytest.approx(sum(r == 1 for r in ranks) / len(ranks), abs=1e-9)
+    assert row["R@10"] == pytest.approx(sum(r <= 10 for r in ranks) / len(ranks), abs=1e-9)
+    assert row["MRR"] == pytest.approx(sum(1 / r for r in ranks) / len(ranks), abs=1e-6)
+    (cycle,) = [
+        r
+        for r in results["geometry"]
+        if r["method"] == "impn" and r["metric"] == "cycle text->image->text"
+    ]
+    x, y = text.double(), back.double()
+    mse = sum(float((x[i] - y[i]).pow(2).sum()) for i in range(len(used))) / x.numel()
+    assert cycle["mse"] == pytest.approx(mse, rel=1e-5)
+
+
+def _rows(rows: list[dict[str, Any]], method: str, source: str, target: str, **match: Any) -> list:
+    return [
+        r
+        for r in rows
+        if r["method"] == method
+        and r["source"] == source
+        and r["target"] == target
+        and r.get("queries_from", "all") == "all"
+        and all(r[k] == v for k, v in match.items())
+    ]
 
 
 def test_impn_parameters_grow_linearly_pairwise_quadratically() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,27 +16,52 @@ from vallayz.eval import (
 )
 
 
-def dense_ranks(q, c, qk, ck):
-    """Full-matrix reference, one query at a time."""
-    sims = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
+def loop_ranks(q: torch.Tensor, c: torch.Tensor, qk: torch.Tensor, ck: torch.Tensor) -> list[int]:
+    """Reference by sorting: candidates ordered by cosine (float64 loops), incorrect ones before
+    correct ones on a tie; the rank is the position of the first correct one."""
+
+    def cosine(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v, strict=True))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    queries, candidates = q.double().tolist(), c.double().tolist()
     ranks = []
-    for i in range(q.shape[0]):
-        gold = ck == qk[i]
-        if not gold.any():
-            ranks.append(c.shape[0] + 1)
-            continue
-        best = sims[i][gold].max()
-        ranks.append(1 + int(((sims[i] >= best) & ~gold).sum()))
-    return torch.tensor(ranks)
+    for i, query in enumerate(queries):
+        order = sorted(
+            range(len(candidates)),
+            key=lambda j: (-cosine(query, candidates[j]), int(ck[j]) == int(qk[i])),
+        )
+        hits = [pos for pos, j in enumerate(order, 1) if int(ck[j]) == int(qk[i])]
+        ranks.append(hits[0] if hits else len(candidates) + 1)
+    return ranks
 
 
 @pytest.mark.parametrize(("chunk", "query_chunk"), [(1, 3), (7, 1), (64, 20), (10_000, 10_000)])
-def test_chunked_retrieval_equals_full_matrix(chunk: int, query_chunk: int) -> None:
+def test_chunked_retrieval_matches_sorting_reference(chunk: int, query_chunk: int) -> None:
+    # Few keys, so most queries have several correct candidates and some have none.
     q, c = torch.randn(20, 8), torch.randn(150, 8)
     qk = torch.randint(0, 40, (20,))
     ck = torch.randint(0, 40, (150,))
     got = retrieval_ranks(q, c, qk, ck, chunk, query_chunk)
-    torch.testing.assert_close(got, dense_ranks(q, c, qk, ck))
+    assert got.tolist() == loop_ranks(q, c, qk, ck)
+
+
+@pytest.mark.parametrize(("chunk", "query_chunk"), [(1, 1), (2, 3), (100, 100)])
+def test_ranks_by_hand_with_ties_and_duplicate_keys(chunk: int, query_chunk: int) -> None:
+    # Candidates (key): [2, 0] (x), [1, 0] (g), [0, 1] (g), [1, 1] (y), [0, -2] (x).
+    # [2, 0] and [1, 0] normalise to the same vector, so their scores tie exactly.
+    c = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, -2.0]])
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [3.0, 0.0]])
+    qk, ck = keys_to_ids(["g", "g", "z", "y", "x"], ["x", "g", "g", "y", "x"])
+    expected = [
+        2,  # best correct [1, 0] at 1 ties with the incorrect [2, 0]: the tie counts against it
+        1,  # the second copy of "g", [0, 1], scores 1 and nothing incorrect reaches it
+        6,  # no candidate has key "z": C + 1
+        3,  # correct [1, 1] at -0.71; [0, 1] (g) and [0, -2] (x) score 0, above it
+        2,  # two correct "x": the better, [2, 0], counts, and ties with the incorrect [1, 0]
+    ]
+    assert retrieval_ranks(q, c, qk, ck, chunk, query_chunk).tolist() == expected
+    assert loop_ranks(q, c, qk, ck) == expected
 
 
 def test_duplicate_candidates_are_not_misses() -> None:

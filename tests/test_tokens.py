@@ -154,6 +154,8 @@ def test_malformed_token_files_are_named(tmp_path: Path) -> None:
 def test_a_model_on_a_subset_of_the_data_modalities_trains_and_validates(tmp_path: Path) -> None:
     from synthetic import write_synthetic
 
+    from vallayz import IMPN
+    from vallayz.learned import load_pretrained
     from vallayz_train.config import TrainConfig
     from vallayz_train.trainer import fit
 
@@ -165,7 +167,12 @@ def test_a_model_on_a_subset_of_the_data_modalities_trains_and_validates(tmp_pat
         "text": 12,
         "image": 16,
     }
-    assert summary is not None
+    # Validation scored exactly the model's two directions, never the data's audio.
+    pairs = {k for k in summary if k.startswith("val/R@1/")}
+    assert pairs == {"val/R@1/text->image", "val/R@1/image->text"}
+    assert summary["steps"] == 2 and not summary["early_stopped"]
+    model = load_pretrained(tmp_path / "run")
+    assert isinstance(model, IMPN) and model.names == ["text", "image"]
 
 
 def test_token_dropout_withholds_real_ids_only_and_keeps_one_per_row() -> None:

@@ -7,10 +7,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _similarities(x: Tensor, temperature: float) -> Tensor:
+    return F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).T / temperature
+
+
 def _neighbour_logits(x: Tensor, temperature: float) -> Tensor:
-    sims = F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).T / temperature
+    """Cosine logits ``[B, B]`` with the diagonal at ``-inf`` (for ranking, not for gradients)."""
     eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return sims.masked_fill(eye, float("-inf"))
+    return _similarities(x, temperature).masked_fill(eye, float("-inf"))
+
+
+def _other_rows_log_softmax(x: Tensor, temperature: float) -> Tensor:
+    """``log softmax`` over the other rows of each row: ``[B, B - 1]``, column ``j`` of row ``i``
+    being row ``j`` if ``j < i`` and row ``j + 1`` otherwise.
+
+    The diagonal is removed rather than set to ``-inf``: an infinite logit gives a zero
+    probability whose gradient is ``0 * inf = NaN`` through ``p * (log p - log q)``.
+    """
+    rows = x.shape[0]
+    eye = torch.eye(rows, dtype=torch.bool, device=x.device)
+    others = _similarities(x, temperature)[~eye].view(rows, rows - 1)
+    return torch.log_softmax(others, dim=-1)
 
 
 def knn_preservation_loss(native: Tensor, soil: Tensor, temperature: float = 0.1) -> Tensor:
@@ -39,11 +56,9 @@ def knn_preservation_loss(native: Tensor, soil: Tensor, temperature: float = 0.1
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_p = torch.log_softmax(_neighbour_logits(native, temperature), dim=-1)
-    log_q = torch.log_softmax(_neighbour_logits(soil, temperature), dim=-1)
-    off_diagonal = ~torch.eye(native.shape[0], dtype=torch.bool, device=native.device)
-    terms = torch.where(off_diagonal, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-    return terms.sum(dim=-1).mean()
+    log_p = _other_rows_log_softmax(native, temperature)
+    log_q = _other_rows_log_softmax(soil, temperature)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
 
 
 def knn_jaccard(native: Tensor, soil: Tensor, k: int = 10) -> Tensor:
