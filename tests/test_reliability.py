@@ -372,8 +372,21 @@ def test_nan_in_the_rows_of_an_absent_modality_works_end_to_end(
     assert torch.isfinite(IMPNLoss()(model, raw, torch.Generator().manual_seed(0)).total)
 
 
-def test_the_writer_refuses_a_folder_that_is_not_a_data_folder(tmp_path: Path) -> None:
-    (tmp_path / "thesis.tex").write_text("years of work")
+def test_the_writer_refuses_a_folder_of_foreign_arrays_and_keeps_other_files(
+    tmp_path: Path,
+) -> None:
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "results.npy", np.arange(3))
     with pytest.raises(VallayzUserError, match="is not a data folder"):
-        write_paired_embeddings(tmp_path, {"a": np.zeros((1, 2))}, [{"id": "x"}])
-    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+        write_paired_embeddings(arrays, {"a": np.zeros((1, 2))}, [{"id": "x"}])
+    assert np.load(arrays / "results.npy").tolist() == [0, 1, 2]
+    # A folder of other files (an encoder saved first, notes) becomes a data folder around them.
+    folder = tmp_path / "data"
+    (folder / "encoders").mkdir(parents=True)
+    (folder / "encoders" / "bo.json").write_text("{}")
+    (folder / "thesis.tex").write_text("years of work")
+    write_paired_embeddings(folder, {"a": np.zeros((1, 2))}, [{"id": "x"}])
+    assert (folder / "thesis.tex").read_text() == "years of work"
+    assert (folder / "encoders" / "bo.json").read_text() == "{}"
+    assert (folder / "items.tsv").is_file()

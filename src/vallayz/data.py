@@ -399,13 +399,18 @@ def write_paired_embeddings(
                 f"item {item.get('id')!r} has a tab or newline in a field; remove it"
             )
         lines.append("\t".join(values))
+    # Other files of the old folder are carried over, but arrays would be replaced: a folder
+    # holding arrays and no items table is someone else's, not a data folder to overwrite.
     if directory.exists() and (
         not directory.is_dir()
-        or (any(directory.iterdir()) and not (directory / ITEMS_NAME).is_file())
+        or (
+            not (directory / ITEMS_NAME).is_file()
+            and any(_is_format_file(path) for path in directory.iterdir())
+        )
     ):
         raise VallayzUserError(
-            f"{directory} exists and is not a data folder (no {ITEMS_NAME}); choose a new or "
-            "empty folder"
+            f"{directory} exists and is not a data folder (arrays but no {ITEMS_NAME}); choose "
+            "a new or empty folder"
         )
     directory.parent.mkdir(parents=True, exist_ok=True)
     work = _aside(directory, "partial")
