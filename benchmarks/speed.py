@@ -228,14 +228,15 @@ def retrieval_data(
     candidates: int, queries: int, dim: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random candidates, 1 % of them sharing a key with another; each query is its gold
-    candidate plus noise (so most ranks are small, as in a useful retrieval)."""
+    candidate plus noise (about half the ranks are 1 at a million candidates, the rest spread
+    out, as in a useful retrieval)."""
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(candidates, dim, generator=g)
     keys = torch.arange(candidates)
     shared = torch.randint(0, candidates, (candidates // 100, 2), generator=g)
     keys[shared[:, 0]] = keys[shared[:, 1]]
     gold = torch.randint(0, candidates, (queries,), generator=g)
-    q = c[gold] + 0.8 * torch.randn(queries, dim, generator=g)
+    q = c[gold] + 2.0 * torch.randn(queries, dim, generator=g)
     return q, c, keys[gold], keys
 
 
@@ -316,7 +317,7 @@ class Sizes:
     repeats: int
 
 
-FULL = Sizes((2, 4, 8, 16), 256, 256, 20_000, 384, 256, 1_000_000, 1000, 1_000_000, 5)
+FULL = Sizes((2, 4, 8, 16), 256, 256, 20_000, 384, 256, 1_000_000, 1000, 200_000, 3)
 QUICK = Sizes((2, 4, 8, 16), 64, 64, 4000, 128, 96, 100_000, 200, 50_000, 3)
 TINY = Sizes((2,), 8, 16, 300, 24, 16, 2000, 20, 2000, 1)
 

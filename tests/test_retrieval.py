@@ -81,12 +81,9 @@ def test_streaming_ranks_equal_the_full_matrix(seed: int, chunk: int, query_chun
 def test_every_path_equals_the_full_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     q, c, qk, ck = tied_pool(3, n_candidates=2000)
     expected = full_matrix_ranks(q, c, qk, ck).tolist()
-    # Rows with many scores above the band in a chunk take the second comparison.
-    monkeypatch.setattr(retrieval_module, "_ROW_EXTRACT", 0)
-    assert retrieval_ranks(q, c, qk, ck, 128).tolist() == expected
-    monkeypatch.undo()
-    # An empty band: every query's exact best falls outside it and is ranked again.
-    monkeypatch.setattr(retrieval_module, "_BAND", 0.0)
+    # Gold scores from products too small for the blocked kernel: queries are ranked again
+    # wherever their bits differ from the score chunks'.
+    monkeypatch.setattr(retrieval_module, "_KERNEL_BLOCK", 1)
     assert retrieval_ranks(q, c, qk, ck, 128).tolist() == expected
     monkeypatch.undo()
     # Keys shared by much of the pool take the dense gold mask.

@@ -84,15 +84,10 @@ def retrieval_ranks(
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
-# Half-width of the band around each query's estimated best gold score. float32 dot products of
-# unit vectors differ by far less than this between summation orders; a query whose exact best
-# still falls outside is ranked again, so the band's width affects speed only, never the ranks.
-_BAND = 1e-5
+# Gold scores are computed in products of at least this many queries by as many candidates.
+_KERNEL_BLOCK = 64
 # Above this many (query, gold candidate) pairs per query, ranks use the dense two-pass path.
 _GOLD_PAIRS_PER_QUERY = 64
-# A row with at most this many scores above its band in one chunk has them extracted; above
-# it, a second comparison counts them instead.
-_ROW_EXTRACT = 32
 
 
 def _gold_pairs(keys: Tensor, sorted_keys: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,31 +111,24 @@ def _one_pass_ranks(
     candidate_keys: Tensor,
     chunk_size: int,
 ) -> Tensor:
-    """Ranks in one pass over the candidates.
+    """Ranks in one pass over the candidates, one comparison per score.
 
-    Each query's best gold score is estimated first from its few gold pairs, and a narrow band
-    ``[lo, hi)`` is put around the estimate. The pass then counts, per query, the scores at or
-    above ``hi`` and keeps the few scores inside the band; it also takes the exact best gold
-    score from the same score chunks that it counts, so ties are judged on identical numbers.
-    When the exact best falls inside the band (always, up to float rounding of the estimate),
-    the rank is one plus the counted incorrect scores plus the kept incorrect scores at or above
-    the best; otherwise the query is ranked again by :func:`_two_pass_ranks`.
+    Each query's best gold score is computed first, from its few gold pairs, by the same kind of
+    matrix product as the score chunks (which, for the blocked kernels of BLAS libraries, gives
+    the same bits for the same pair of vectors). The pass counts the scores at or above it and
+    also reads the best gold score off the score chunks themselves. Where the two agree, the
+    rank is one plus the count less the gold scores that equal the best; a query where they
+    differ (a kernel that rounds otherwise, such as a matrix-vector path for tiny shapes) is
+    ranked again by :func:`_two_pass_ranks`, so the ranks never depend on that agreement.
     """
     n, device = q.shape[0], q.device
     gold_rows, gold_columns = gold
-    none = torch.full((n,), float("-inf"), device=device)
-    if gold_rows.numel():
-        c = F.normalize(candidates[gold_columns.to(candidates.device)].float().to(device), dim=-1)
-        estimate = none.scatter_reduce(0, gold_rows, (q[gold_rows] * c).sum(-1), "amax")
-    else:
-        estimate = none
+    estimate = _gold_scores(q, gold_rows, gold_columns, candidates)
     has_gold = torch.isfinite(estimate)
-    delta = _BAND
-    lo = torch.where(has_gold, estimate - delta, float("inf"))[:, None]
-    hi = torch.where(has_gold, estimate + delta, float("inf"))[:, None]
-    best = none.clone()
+    threshold = torch.where(has_gold, estimate, float("inf"))[:, None]
+    best = torch.full((n,), float("-inf"), device=device)
     above = torch.zeros(n, dtype=torch.long, device=device)
-    kept_rows, kept_columns, kept_scores = [], [], []
+    gold_values = []
     chunk_starts = torch.arange(0, candidates.shape[0], chunk_size, device=device)
     gold_bounds = [*torch.searchsorted(gold_columns, chunk_starts).tolist(), gold_columns.numel()]
     scores = torch.empty(0, device=device)
@@ -154,42 +142,48 @@ def _one_pass_ranks(
         g0, g1 = gold_bounds[index], gold_bounds[index + 1]
         if g1 > g0:
             rows = gold_rows[g0:g1]
-            best.scatter_reduce_(0, rows, scores[rows, gold_columns[g0:g1] - start], "amax")
-        torch.ge(scores, lo, out=mask)
-        count = mask.view(torch.uint8).sum(1, dtype=torch.int32)
-        few = ((count > 0) & (count <= _ROW_EXTRACT)).nonzero().squeeze(1)
-        many = (count > _ROW_EXTRACT).nonzero().squeeze(1)
-        if few.numel():
-            r, col = mask[few].nonzero(as_tuple=True)
-            r = few[r]
-            value = scores[r, col]
-            high = value >= hi[r, 0]
-            above.index_add_(0, r[high], torch.ones_like(r[high]))
-            band = ~high
-            kept_rows.append(r[band])
-            kept_columns.append(col[band] + start)
-            kept_scores.append(value[band])
-        if many.numel():
-            sub = scores[many]
-            above.index_add_(0, many, (sub >= hi[many]).sum(1))
-            r, col = ((sub >= lo[many]) & (sub < hi[many])).nonzero(as_tuple=True)
-            kept_rows.append(many[r])
-            kept_columns.append(col + start)
-            kept_scores.append(sub[r, col])
-    # Gold scores at or above hi were counted in ``above``; such queries fail the check below.
-    ok = has_gold & (best >= lo[:, 0]) & (best < hi[:, 0])
-    if kept_rows:
-        r, col, value = torch.cat(kept_rows), torch.cat(kept_columns), torch.cat(kept_scores)
-        wrong = candidate_keys[col] != query_keys[r]
-        hit = wrong & (value >= best[r])
-        above.index_add_(0, r[hit], torch.ones_like(r[hit]))
+            values = scores[rows, gold_columns[g0:g1] - start]
+            best.scatter_reduce_(0, rows, values, "amax")
+            gold_values.append(values)
+        torch.ge(scores, threshold, out=mask)
+        above += mask.view(torch.uint8).sum(1, dtype=torch.int32)
+    if gold_values:
+        # Gold scores reaching the threshold were counted; they are not misses.
+        counted = torch.cat(gold_values) >= threshold[gold_rows, 0]
+        above -= torch.bincount(gold_rows[counted], minlength=n)
     ranks = torch.where(has_gold, above + 1, candidates.shape[0] + 1)
-    redo = (has_gold & ~ok).nonzero().squeeze(1)
+    redo = (has_gold & (best != estimate)).nonzero().squeeze(1)
     if redo.numel():
         ranks[redo] = _two_pass_ranks(
             q[redo], query_keys[redo], candidates, candidate_keys, chunk_size
         )
     return ranks
+
+
+def _gold_scores(q: Tensor, rows: Tensor, columns: Tensor, candidates: Tensor) -> Tensor:
+    """Each query's best score over its gold pairs (``-inf`` without any), from products of
+    blocks of at least ``_KERNEL_BLOCK`` queries by as many candidates."""
+    n = q.shape[0]
+    best = torch.full((n,), float("-inf"), device=q.device)
+    if rows.numel() == 0:
+        return best
+    by_row = torch.argsort(rows, stable=True)
+    rows, columns = rows[by_row], columns[by_row]
+    block = 4 * _KERNEL_BLOCK
+    bounds = torch.searchsorted(rows, torch.arange(0, n + block, block, device=q.device)).tolist()
+    for i, start in enumerate(range(0, n, block)):
+        r, col = rows[bounds[i] : bounds[i + 1]], columns[bounds[i] : bounds[i + 1]]
+        if r.numel() == 0:
+            continue
+        unique, inverse = torch.unique(col, return_inverse=True)
+        # Pad both sides to a size where the product takes the same blocked kernel as a chunk.
+        filler = torch.arange(_KERNEL_BLOCK, device=q.device) % candidates.shape[0]
+        unique = torch.cat([unique, filler[: max(0, _KERNEL_BLOCK - unique.numel())]])
+        qb = q[start : start + block]
+        qb = torch.cat([qb, qb[:1].expand(max(0, _KERNEL_BLOCK - qb.shape[0]), -1)])
+        c = F.normalize(candidates[unique.to(candidates.device)].float().to(q.device), dim=-1)
+        best.scatter_reduce_(0, r, (qb @ c.T)[r - start, inverse], "amax")
+    return best
 
 
 def _two_pass_ranks(
