@@ -10,8 +10,10 @@ from vallayz.baselines import (
     METHODS,
     LatentTranslator,
     denormalise,
+    linear_state,
     normalisation_state,
     normalise,
+    padded_polar,
     zero_pad,
 )
 
@@ -132,3 +134,41 @@ def test_bad_use_is_explained(tmp_path: Path) -> None:
         LatentTranslator().fit(torch.randn(5, 3), torch.randn(5, 3)).transform(torch.randn(2, 4))
     with pytest.raises(ValueError, match="cannot read a translator"):
         LatentTranslator.load(tmp_path)
+
+
+@pytest.mark.parametrize(("a", "b"), [(9, 4), (4, 9), (6, 6)])
+def test_padded_polar_acts_like_the_polar_factor_of_the_padded_matrix(a: int, b: int) -> None:
+    m = torch.randn(a, b, dtype=f64)
+    dim = max(a, b)
+    r = padded_polar(m, dim)
+    torch.testing.assert_close(r.T @ r, torch.eye(dim, dtype=f64), atol=1e-12, rtol=0)
+    u, _, vh = torch.linalg.svd(zero_pad(zero_pad(m, dim).T, dim).T)
+    # Only the block that multiplies unpadded inputs and survives the output cut is defined.
+    torch.testing.assert_close(r[:a, :b], (u @ vh)[:a, :b], atol=1e-10, rtol=0)
+
+
+def test_linear_state_takes_the_minimum_norm_solution_when_singular() -> None:
+    x = torch.randn(40, 5, dtype=f64)
+    x = torch.cat([x, x[:, :2]], dim=1)  # two repeated columns: xᵀx is singular
+    y = torch.randn(40, 3, dtype=f64)
+    expected = np.linalg.lstsq(x.numpy(), y.numpy(), rcond=None)[0]
+    np.testing.assert_allclose(linear_state(x, y)["matrix"].numpy(), expected, atol=1e-8)
+
+
+def test_float32_fits_stay_close_to_the_float64_fit() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3000, 48, dtype=f64, generator=g) * torch.logspace(0, -1, 48, dtype=f64) + 2
+    y = x @ random_orthogonal(48, 5)[:, :32] + 0.1 * torch.randn(3000, 32, dtype=f64, generator=g)
+    for method in ("linear", "l-ortho", "ortho"):
+        exact = LatentTranslator(method).fit(x, y).transform(x[:100])
+        fast = LatentTranslator(method).fit(x.float(), y.float()).transform(x[:100].float())
+        torch.testing.assert_close(fast.double(), exact, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("normalisation", ["standard", "l2", "none"])
+def test_non_finite_anchors_are_refused_for_every_normalisation(normalisation: str) -> None:
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(6, 3)
+        x[2, 1] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            LatentTranslator("ortho", normalisation).fit(x, torch.randn(6, 3))

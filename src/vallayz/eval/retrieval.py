@@ -66,24 +66,130 @@ def retrieval_ranks(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
-    ranks = [
-        _chunk_ranks(
-            queries[i : i + query_chunk_size],
-            query_keys[i : i + query_chunk_size],
-            candidates,
-            candidate_keys,
-            chunk_size,
-        )
-        for i in range(0, queries.shape[0], query_chunk_size)
-    ]
+    device = queries.device
+    candidate_keys = candidate_keys.to(device)
+    order = torch.argsort(candidate_keys)
+    sorted_keys = candidate_keys[order]
+    ranks = []
+    for i in range(0, queries.shape[0], query_chunk_size):
+        q = F.normalize(queries[i : i + query_chunk_size].float(), dim=-1)
+        keys = query_keys[i : i + query_chunk_size].to(device)
+        gold = _gold_pairs(keys, sorted_keys, order)
+        if gold[0].numel() > _GOLD_PAIRS_PER_QUERY * max(q.shape[0], 1):
+            # Keys shared by a large part of the pool (class labels): the sparse gold list
+            # would outgrow the score chunk, so the gold is found with a dense mask instead.
+            ranks.append(_two_pass_ranks(q, keys, candidates, candidate_keys, chunk_size))
+        else:
+            ranks.append(_one_pass_ranks(q, keys, gold, candidates, candidate_keys, chunk_size))
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
-def _chunk_ranks(
-    queries: Tensor, query_keys: Tensor, candidates: Tensor, candidate_keys: Tensor, chunk_size: int
+# Gold scores are computed in products of at least this many queries by as many candidates.
+_KERNEL_BLOCK = 64
+# Above this many (query, gold candidate) pairs per query, ranks use the dense two-pass path.
+_GOLD_PAIRS_PER_QUERY = 64
+
+
+def _gold_pairs(keys: Tensor, sorted_keys: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Every (query row, candidate index) pair with equal keys, ordered by candidate index."""
+    first = torch.searchsorted(sorted_keys, keys)
+    count = torch.searchsorted(sorted_keys, keys, right=True) - first
+    rows = torch.repeat_interleave(torch.arange(keys.shape[0], device=keys.device), count)
+    offsets = torch.arange(rows.shape[0], device=keys.device) - torch.repeat_interleave(
+        torch.cumsum(count, 0) - count, count
+    )
+    columns = order[first[rows] + offsets]
+    by_column = torch.argsort(columns)
+    return rows[by_column], columns[by_column]
+
+
+def _one_pass_ranks(
+    q: Tensor,
+    query_keys: Tensor,
+    gold: tuple[Tensor, Tensor],
+    candidates: Tensor,
+    candidate_keys: Tensor,
+    chunk_size: int,
 ) -> Tensor:
-    q = F.normalize(queries.float(), dim=-1)
-    query_keys = query_keys.to(q.device)
+    """Ranks in one pass over the candidates, one comparison per score.
+
+    Each query's best gold score is computed first, from its few gold pairs, by the same kind of
+    matrix product as the score chunks (which, for the blocked kernels of BLAS libraries, gives
+    the same bits for the same pair of vectors). The pass counts the scores at or above it and
+    also reads the best gold score off the score chunks themselves. Where the two agree, the
+    rank is one plus the count less the gold scores that equal the best; a query where they
+    differ (a kernel that rounds otherwise, such as a matrix-vector path for tiny shapes) is
+    ranked again by :func:`_two_pass_ranks`, so the ranks never depend on that agreement.
+    """
+    n, device = q.shape[0], q.device
+    gold_rows, gold_columns = gold
+    estimate = _gold_scores(q, gold_rows, gold_columns, candidates)
+    has_gold = torch.isfinite(estimate)
+    threshold = torch.where(has_gold, estimate, float("inf"))[:, None]
+    best = torch.full((n,), float("-inf"), device=device)
+    above = torch.zeros(n, dtype=torch.long, device=device)
+    gold_values = []
+    chunk_starts = torch.arange(0, candidates.shape[0], chunk_size, device=device)
+    gold_bounds = [*torch.searchsorted(gold_columns, chunk_starts).tolist(), gold_columns.numel()]
+    scores = torch.empty(0, device=device)
+    mask = torch.empty(0, dtype=torch.bool, device=device)
+    for index, start in enumerate(range(0, candidates.shape[0], chunk_size)):
+        c = F.normalize(candidates[start : start + chunk_size].float().to(device), dim=-1)
+        if scores.shape != (n, c.shape[0]):
+            scores = torch.empty((n, c.shape[0]), device=device)
+            mask = torch.empty((n, c.shape[0]), dtype=torch.bool, device=device)
+        torch.matmul(q, c.T, out=scores)
+        g0, g1 = gold_bounds[index], gold_bounds[index + 1]
+        if g1 > g0:
+            rows = gold_rows[g0:g1]
+            values = scores[rows, gold_columns[g0:g1] - start]
+            best.scatter_reduce_(0, rows, values, "amax")
+            gold_values.append(values)
+        torch.ge(scores, threshold, out=mask)
+        above += mask.view(torch.uint8).sum(1, dtype=torch.int32)
+    if gold_values:
+        # Gold scores reaching the threshold were counted; they are not misses.
+        counted = torch.cat(gold_values) >= threshold[gold_rows, 0]
+        above -= torch.bincount(gold_rows[counted], minlength=n)
+    ranks = torch.where(has_gold, above + 1, candidates.shape[0] + 1)
+    redo = (has_gold & (best != estimate)).nonzero().squeeze(1)
+    if redo.numel():
+        ranks[redo] = _two_pass_ranks(
+            q[redo], query_keys[redo], candidates, candidate_keys, chunk_size
+        )
+    return ranks
+
+
+def _gold_scores(q: Tensor, rows: Tensor, columns: Tensor, candidates: Tensor) -> Tensor:
+    """Each query's best score over its gold pairs (``-inf`` without any), from products of
+    blocks of at least ``_KERNEL_BLOCK`` queries by as many candidates."""
+    n = q.shape[0]
+    best = torch.full((n,), float("-inf"), device=q.device)
+    if rows.numel() == 0:
+        return best
+    by_row = torch.argsort(rows, stable=True)
+    rows, columns = rows[by_row], columns[by_row]
+    block = 4 * _KERNEL_BLOCK
+    bounds = torch.searchsorted(rows, torch.arange(0, n + block, block, device=q.device)).tolist()
+    for i, start in enumerate(range(0, n, block)):
+        r, col = rows[bounds[i] : bounds[i + 1]], columns[bounds[i] : bounds[i + 1]]
+        if r.numel() == 0:
+            continue
+        unique, inverse = torch.unique(col, return_inverse=True)
+        # Pad both sides to a size where the product takes the same blocked kernel as a chunk.
+        filler = torch.arange(_KERNEL_BLOCK, device=q.device) % candidates.shape[0]
+        unique = torch.cat([unique, filler[: max(0, _KERNEL_BLOCK - unique.numel())]])
+        qb = q[start : start + block]
+        qb = torch.cat([qb, qb[:1].expand(max(0, _KERNEL_BLOCK - qb.shape[0]), -1)])
+        c = F.normalize(candidates[unique.to(candidates.device)].float().to(q.device), dim=-1)
+        best.scatter_reduce_(0, r, (qb @ c.T)[r - start, inverse], "amax")
+    return best
+
+
+def _two_pass_ranks(
+    q: Tensor, query_keys: Tensor, candidates: Tensor, candidate_keys: Tensor, chunk_size: int
+) -> Tensor:
+    """Ranks from a dense gold mask: one pass for the best gold score, one to count."""
 
     def chunks() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, candidates.shape[0], chunk_size):
