@@ -76,8 +76,6 @@ def test_bench_emoji_end_to_end_on_a_few_images(
     root = write_emoji(tmp_path / "emoji")
     out = tmp_path / "bench"
     args = ["bench", "emoji", "--data", str(root), "--out", str(out), "--max-steps", "3"]
-    # The affine map of 1,280-d features takes minutes of gradient steps: the full benchmark
-    # fits it, the test does not.
     args += ["--closed-form", "ortho", "linear"]
     assert main([*args, "--batch-size", "8", "--pool", "4", "--pools", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -102,8 +100,10 @@ def test_bench_emoji_end_to_end_on_a_few_images(
     assert len(list((out / "cache" / "image-efficientnet-lite0").glob("*.npy"))) == 1
     assert len(list((out / "cache" / "text-minilm").glob("*.npy"))) == 1
 
+
 def test_the_command_offers_every_closed_form_map() -> None:
     from vallayz_train.bench import BenchSpec
-    from vallayz_train.emoji.command import CLOSED_FORM
+    from vallayz_train.emoji import bench, command
 
-    assert BenchSpec().closed_form == CLOSED_FORM
+    assert BenchSpec().closed_form == command.CLOSED_FORM
+    assert bench.CLOSED_FORM == command.DEFAULT_CLOSED_FORM
