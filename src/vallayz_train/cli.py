@@ -622,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run", help="trained run for --eval-corpus")
     _bench_options(b)
     b.set_defaults(func=_cmd_bench_tibetan)
+    from vallayz_train.digits.command import add_command as add_digits
+    from vallayz_train.emoji.command import add_command as add_emoji
+
+    add_emoji(bench, _bench_options)
+    add_digits(bench, _bench_options)
 
     p = sub.add_parser("translate-text", help="English candidates for a Tibetan line or recording")
     p.add_argument("run", help="a run of vallayz bench tibetan, e.g. runs/tibetan/impn")

@@ -1,0 +1,410 @@
+"""``vallayz bench digits``: real spoken digits ↔ handwritten digit images ↔ digit words.
+
+Every FSDD recording is one item with three modalities, paired by the digit: ``speech`` (the
+recording's frame nodes), ``image`` (one of scikit-learn's 8 × 8 digits of the same class) and
+``word`` (MiniLM of the digit's word). The images of each class are dealt out to the speakers
+in disjoint shares, so a held-out speaker's images are unseen in training too.
+
+The split is by speaker: one fold per speaker, whose recordings are the test split; a seeded
+10 % of the other speakers' recordings validate, the rest train. Every method of
+:func:`~vallayz_train.bench.run_benchmark` is trained and evaluated in each fold, and the
+report gives the mean and standard deviation over the folds. Retrieval is class-level: a hit
+is a candidate of the query's digit. The stitching classifier predicts the digit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import write_paired_embeddings
+from vallayz.eval import format_table
+from vallayz_train.bench import BenchSpec, Pair, run_benchmark
+from vallayz_train.config import TrainConfig
+from vallayz_train.digits.encoders import (
+    WORDS,
+    Recording,
+    digit_images,
+    read_recordings,
+    speech_encoder,
+    speech_nodes,
+)
+from vallayz_train.shared_data import file_digest, find_data
+from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.encoders import cached_encode, english_encoder
+
+ENV_DATA = "VALLAYZ_FSDD_DATA"
+SOURCE = (
+    "the Free Spoken Digit Dataset's recordings/ ({digit}_{speaker}_{take}.wav), public GitHub "
+    "repository Jakobovski/free-spoken-digit-dataset"
+)
+# speech+image->word carries the missing-modality sweep (a pair with several sources).
+PAIRS: list[Pair] = [
+    (("speech",), "image"),
+    (("image",), "speech"),
+    (("speech",), "word"),
+    (("word",), "speech"),
+    (("image",), "word"),
+    (("word",), "image"),
+    (("speech", "image"), "word"),
+]
+VAL_FRACTION = 0.1
+MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 200,
+    "batch_size": 128,
+    "eval_every": 50,
+    "checkpoint_every": 100,
+    "warmup_steps": 20,
+}
+# A held-out speaker has 500 recordings: pools of 100 besides the whole split.
+POOL = 100
+POOLS = 5
+# The columns of the benchmark's tables that summarise() averages; the rest identify a row.
+METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10", "MRR", "median_rank")
+METRICS += ("native", "stitched", "ratio", "mse", "cosine", "value")
+TABLES = ("retrieval", "stitching", "missing_sweep", "noise_sweep", "geometry")
+
+
+def read_fsdd(root: str | Path | None = None) -> list[Recording]:
+    """The recordings of the FSDD folder ``root`` (default :func:`find_data`)."""
+    folder = find_data("fsdd", ENV_DATA, root)
+    recordings = read_recordings(folder) if folder.is_dir() else []
+    if not recordings:
+        raise ValueError(
+            f"no {{digit}}_{{speaker}}_{{take}}.wav files in {folder}; give --data FOLDER or "
+            f"set {ENV_DATA} to a folder of {SOURCE}"
+        )
+    speakers = sorted({r.speaker for r in recordings})
+    if len(speakers) < 3:
+        raise ValueError(
+            f"{folder} has recordings of {len(speakers)} speaker(s) ({speakers}); the split by "
+            "speaker needs at least 3 (one to test, others to train and validate)"
+        )
+    return recordings
+
+
+def deal_images(recordings: Sequence[Recording], labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The image row paired with each recording: the images of each digit are shuffled and cut
+    into one disjoint share per speaker, and a speaker's takes cycle through its share."""
+    rng = np.random.default_rng(seed)
+    speakers = sorted({r.speaker for r in recordings})
+    shares: dict[tuple[int, str], np.ndarray] = {}
+    for digit in range(10):
+        pool = rng.permutation(np.flatnonzero(labels == digit))
+        for speaker, share in zip(speakers, np.array_split(pool, len(speakers)), strict=True):
+            shares[digit, speaker] = share
+    out = np.zeros(len(recordings), dtype=np.int64)
+    used: dict[tuple[int, str], int] = {}
+    for row, r in enumerate(recordings):
+        share = shares[r.digit, r.speaker]
+        if len(share) == 0:
+            raise ValueError(f"no image of digit {r.digit} is left for speaker {r.speaker}")
+        n = used.get((r.digit, r.speaker), 0)
+        out[row] = share[n % len(share)]
+        used[r.digit, r.speaker] = n + 1
+    return out
+
+
+def build_data(
+    out: Path,
+    root: str | Path | None = None,
+    speech_kind: str = "oww",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+) -> tuple[Path, list[str]]:
+    """Encodes every recording, image and word into ``out/data``; returns it and the speakers."""
+    recordings = read_fsdd(root)
+    cache = out / "cache"
+    digests = [file_digest(r.path) for r in recordings]
+    by_digest = {d: str(r.path) for d, r in zip(digests, recordings, strict=True)}
+    encode_speech = speech_encoder(speech_kind)
+    speech = cached_encode(
+        f"speech-{speech_kind}-{speech_nodes(speech_kind)}",
+        digests,
+        lambda chunk: encode_speech([by_digest[d] for d in chunk]),
+        cache,
+        chunk=500,
+        progress=progress,
+    )
+    words = cached_encode(
+        "word-minilm", list(WORDS), english_encoder(device), cache, progress=False
+    )
+    images, labels = digit_images()
+    image_rows = deal_images(recordings, labels, seed)
+    digits = np.array([r.digit for r in recordings])
+    speakers = sorted({r.speaker for r in recordings})
+    log(
+        f"digits: {len(recordings)} recordings of {len(speakers)} speakers {speakers}; "
+        f"speech {speech_kind} {tuple(speech.shape[1:])}; {len(set(image_rows))} distinct images"
+    )
+    items = [
+        {
+            "id": r.path.stem,
+            "group": r.speaker,
+            "label": WORDS[r.digit],
+            "image_row": str(i),
+        }
+        for r, i in zip(recordings, image_rows, strict=True)
+    ]
+    data = write_paired_embeddings(
+        out / "data",
+        {
+            "speech": speech,
+            "image": images[image_rows],
+            "word": words[digits].astype(np.float16),
+        },
+        items,
+    )
+    return data, speakers
+
+
+def fold_data(data: Path, folder: Path, test_speaker: str, seed: int = 0) -> Path:
+    """A data directory that links ``data``'s arrays and splits its items by speaker:
+    ``test_speaker`` tests, a seeded ``VAL_FRACTION`` of the others' rows validates."""
+    lines = (data / "items.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    rng = np.random.default_rng(seed)
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in data.glob("*.npy"):
+        os.symlink(path.resolve(), staging / path.name)
+    split = []
+    for row in rows:
+        if row["group"] == test_speaker:
+            split.append("test")
+        else:
+            split.append("val" if rng.random() < VAL_FRACTION else "train")
+    with (staging / "items.tsv").open("w", encoding="utf-8", newline="") as handle:
+        handle.write("\t".join([*header, "split"]) + "\n")
+        for row, s in zip(rows, split, strict=True):
+            handle.write("\t".join([*(row[c] for c in header), s]) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.replace(folder)
+    return folder
+
+
+def summarise(folds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over folds of every metric of rows that agree on every other
+    column; ``folds`` counts the folds that had the row."""
+    grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for table in folds:
+        for row in table:
+            key = tuple((k, v) for k, v in row.items() if k not in METRICS)
+            grouped.setdefault(key, []).append(row)
+    out = []
+    for key, rows in grouped.items():
+        summary: dict[str, Any] = dict(key)
+        summary["folds"] = len(rows)
+        for metric in METRICS:
+            values = [float(r[metric]) for r in rows if metric in r]
+            if values:
+                summary[metric] = float(np.mean(values))
+                summary[f"{metric} sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out.append(summary)
+    return out
+
+
+def bench_digits(
+    out: str | Path,
+    root: str | Path | None = None,
+    speech_kind: str = "oww",
+    train: TrainConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    pool: int = POOL,
+    pools: int = POOLS,
+    seed_eval: int = 0,
+    matched_dropout: bool = False,
+    closed_form: tuple[str, ...] = BenchSpec.closed_form,
+    speakers: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Encodes the data, runs one benchmark per held-out speaker and summarises them.
+
+    Args:
+        speakers: The speakers to hold out (default: every speaker, one fold each).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    data, everyone = build_data(
+        out, root, speech_kind, train.split_seed, train.device, progress, log
+    )
+    held_out = list(speakers or everyone)
+    unknown = sorted(set(held_out) - set(everyone))
+    if unknown:
+        raise ValueError(f"unknown speaker(s) {unknown}; the data has {everyone}")
+    spec = BenchSpec(
+        pairs=PAIRS,
+        pool=pool,
+        pools=pools,
+        seed=seed_eval,
+        matched_dropout=matched_dropout,
+        closed_form=closed_form,
+    )
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    per_fold: dict[str, dict[str, Any]] = {}
+    for speaker in held_out:
+        folder = out / f"fold-{speaker}"
+        log(f"fold: speaker {speaker} held out")
+        fold = fold_data(data, folder / "data", speaker, train.split_seed)
+        per_fold[speaker] = run_benchmark(fold, folder, spec, train, model, progress, log)
+    first = next(iter(per_fold.values()))
+    results: dict[str, Any] = {
+        "data": str(data.resolve()),
+        "speech_features": speech_kind,
+        "speakers": held_out,
+        "split_sizes": {s: r["split_sizes"] for s, r in per_fold.items()},
+        "spec": first["spec"],
+        "train": first["train"],
+        "hardware": first["hardware"],
+        "train_seconds": {s: r["train_seconds"] for s, r in per_fold.items()},
+        "per_speaker": {
+            s: [row for row in r["retrieval"] if row["pool"] == "all"] for s, r in per_fold.items()
+        },
+    }
+    for table in TABLES:
+        results[table] = summarise([r[table] for r in per_fold.values()])
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out, results)
+    return results
+
+
+def _mean_sd(row: dict[str, Any], metric: str) -> str:
+    if metric not in row:
+        return ""
+    return f"{row[metric]:.3f} ± {row[f'{metric} sd']:.3f}"
+
+
+def _table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> str:
+    shown = [
+        {**{k: r.get(k, "") for k in keys}, **{m: _mean_sd(r, m) for m in metrics}} for r in rows
+    ]
+    return format_table(shown, [*keys, *metrics])
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """Writes ``report.md`` (and plots when matplotlib is installed) of the folds' summary."""
+    spec, train = results["spec"], results["train"]
+    speakers = results["speakers"]
+    lines = [
+        "# Spoken digits benchmark (split by speaker)",
+        "",
+        f"- data: `{results['data']}`; speech features `{results['speech_features']}`; one fold "
+        f"per held-out speaker ({', '.join(speakers)}); every cell is the mean ± standard "
+        "deviation over the folds",
+        f"- split sizes per fold: {results['split_sizes']}",
+        f"- retrieval is class-level (a hit is a candidate of the query's digit; chance R@1 is "
+        f"about 0.1); pools: {spec['pools']} random pools of {spec['pool']} (seed "
+        f"{spec['seed']}) and the whole held-out speaker",
+        f"- learned methods trained under one budget: max_steps={train['max_steps']}, "
+        f"batch_size={train['batch_size']}, seed={train['seed']}; closed-form maps fitted on the "
+        f"training rows ({spec['normalisation']} scaling)",
+        f"- hardware: {results['hardware']}; training seconds per fold {results['train_seconds']}",
+        "",
+        "## Retrieval",
+        "",
+        _table(
+            results["retrieval"],
+            ["method", "source", "target", "pool", "queries"],
+            ["R@1", "R@5", "MRR"],
+        ),
+        "",
+        "## Retrieval per held-out speaker (R@1, whole split)",
+        "",
+    ]
+    per = results["per_speaker"]
+    rows = []
+    for row in per[speakers[0]]:
+        entry = {"method": row["method"], "direction": f"{row['source']}->{row['target']}"}
+        for s in speakers:
+            match = [
+                r
+                for r in per[s]
+                if (r["method"], r["source"], r["target"])
+                == (row["method"], row["source"], row["target"])
+            ]
+            entry[s] = f"{match[0]['R@1']:.3f}" if match else ""
+        rows.append(entry)
+    lines += [format_table(rows), ""]
+    sections = [
+        ("stitching", "Stitching: a digit classifier on native target vectors, applied to "
+         "translations", ["method", "source", "target"], ["native", "stitched", "ratio"]),
+        ("missing_sweep", "Missing-modality sweep (sources dropped at test)",
+         ["method", "missing_rate", "source", "target", "pool"], ["R@1", "R@5"]),
+        ("noise_sweep", "Noise sweep (Gaussian noise on the speech at the given SNR)",
+         ["method", "snr_db", "source", "target", "pool"], ["R@1", "R@5"]),
+        ("geometry", "Geometry: cycle reconstruction and kNN preservation",
+         ["method", "metric"], ["mse", "cosine", "value"]),
+    ]  # fmt: skip
+    for key, title, keys, metrics in sections:
+        if results.get(key):
+            lines += [f"## {title}", "", _table(results[key], keys, metrics), ""]
+    try:
+        plots = _plots(out, results)
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    except ImportError:
+        lines += ["(plots need matplotlib: pip install 'vallayz[plot]')"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
+    from vallayz_train.plots import _pyplot
+
+    plt = _pyplot()
+    paths = []
+    retrieval = [r for r in results["retrieval"] if r["pool"] == "all"]
+    directions = list(dict.fromkeys(f"{r['source']}->{r['target']}" for r in retrieval))
+    methods = list(dict.fromkeys(r["method"] for r in retrieval))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(directions)), 4))
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        by_direction = {
+            f"{r['source']}->{r['target']}": r for r in retrieval if r["method"] == method
+        }
+        x = [j + i * width for j, d in enumerate(directions) if d in by_direction]
+        bars = [by_direction[d] for d in directions if d in by_direction]
+        ax.bar(x, [r["R@1"] for r in bars], width, yerr=[r["R@1 sd"] for r in bars], label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(directions))], directions, fontsize=7)
+    ax.set_ylabel("R@1 (class-level, whole held-out speaker)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    paths.append(out / "recall_by_direction.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    sweep = [r for r in results["missing_sweep"] if r["pool"] == "all"]
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in dict.fromkeys(r["method"] for r in sweep):
+            chosen = [r for r in sweep if r["method"] == method]
+            ax.errorbar(
+                [r["missing_rate"] for r in chosen],
+                [r["R@1"] for r in chosen],
+                yerr=[r["R@1 sd"] for r in chosen],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xlabel("missing rate of each source")
+        ax.set_ylabel("R@1")
+        ax.set_title(f"{sweep[0]['source']} → {sweep[0]['target']}")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(out / "missing.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,73 @@
+"""``vallayz bench digits``: its options and what it prints. Imports nothing heavy until run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+
+
+def add_command(
+    bench: argparse._SubParsersAction,  # type: ignore[type-arg]
+    bench_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Registers ``digits`` under ``vallayz bench`` with the shared benchmark options."""
+    b = bench.add_parser(
+        "digits", help="spoken digits (FSDD) / digit images / digit words, split by speaker"
+    )
+    b.add_argument("--out", default="runs/digits")
+    b.add_argument(
+        "--data",
+        help="FSDD folder of {digit}_{speaker}_{take}.wav files (default: $VALLAYZ_FSDD_DATA or "
+        "shared/data/fsdd)",
+    )
+    b.add_argument(
+        "--speech-features",
+        dest="speech_features",
+        default="oww",
+        choices=["oww", "mfcc"],
+        help="openwakeword speech_embedding frames (default) or MFCC frames (cheaper)",
+    )
+    b.add_argument(
+        "--speakers", nargs="+", help="speakers to hold out, one fold each (default: every one)"
+    )
+    b.add_argument(
+        "--closed-form",
+        dest="closed_form",
+        nargs="+",
+        choices=list(CLOSED_FORM),
+        default=list(CLOSED_FORM),
+        help="closed-form maps to fit (default: all four)",
+    )
+    bench_options(b)
+    # A held-out speaker has 500 recordings: pools of 100 besides the whole split.
+    b.set_defaults(func=run, pool=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vallayz_train.cli import _train_args
+    from vallayz_train.digits.bench import TRAIN_DEFAULTS, bench_digits
+
+    model, train = _train_args(args, TRAIN_DEFAULTS)
+    bench_digits(
+        args.out,
+        args.data,
+        args.speech_features,
+        train,
+        model,
+        args.pool,
+        args.pools,
+        args.seed_eval,
+        args.matched_dropout,
+        tuple(args.closed_form),
+        args.speakers,
+        progress=not args.quiet,
+    )
+    report = Path(args.out) / "report.md"
+    text = report.read_text(encoding="utf-8")
+    print(text.split("## Retrieval per held-out speaker")[0].rstrip())
+    print(f"report: {report}")
+    return 0

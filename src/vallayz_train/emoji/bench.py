@@ -1,0 +1,189 @@
+"""``vallayz bench emoji``: Twemoji images ↔ their CLDR label and tags.
+
+Each emoji is one item with two modalities: ``image`` (EfficientNet-lite0 pooled features,
+1,280-d) and ``text`` (MiniLM-L6 of ``"<label>: <tags>"``, 384-d). Items are split at random
+with a fixed seed (70 / 10 / 20 % train / val / test). Retrieval counts a hit when the retrieved
+text (or image file) equals the query's own, so two identical pictures are not misses; the
+emoji's CLDR category is the label of the stitching classifier. Every method of
+:func:`~vallayz_train.bench.run_benchmark` is trained and evaluated on the same split.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import write_paired_embeddings
+from vallayz_train.bench import BenchSpec, Pair, run_benchmark
+from vallayz_train.config import TrainConfig
+from vallayz_train.emoji.encoders import image_encoder
+from vallayz_train.shared_data import file_digest, find_data
+from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.encoders import cached_encode, english_encoder
+
+ENV_DATA = "VALLAYZ_EMOJI_DATA"
+SOURCE = (
+    "Twemoji PNGs (npm emoji-datasource-twitter) with CLDR labels and tags (npm emojibase-data); "
+    "a folder with pairs.tsv (image, hexcode, label, tags, category, subcategory) and img/"
+)
+COLUMNS = ("image", "hexcode", "label", "tags", "category")
+PAIRS: list[Pair] = [(("image",), "text"), (("text",), "image")]
+# Shares of the items held out for validation and test.
+FRACTIONS = (0.1, 0.2)
+# The CPU-sized model of bench tibetan: its tuning (identity-initialised bridge layers) is
+# about the method, not the data.
+MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
+# About 100 epochs of the ~1,070 training items; under three minutes per method on 2 cores.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 400,
+    "batch_size": 128,
+    "eval_every": 50,
+    "checkpoint_every": 100,
+    "warmup_steps": 30,
+}
+# The closed-form maps fitted by default. The affine map is left out: its 500 full-batch
+# gradient steps on a 1,280 x 1,280 float64 matrix over ~1,070 anchors cost more CPU time than
+# the whole rest of the benchmark; it is the linear map's model class plus a bias, and
+# --closed-form ortho l-ortho linear affine fits it too.
+CLOSED_FORM = ("ortho", "l-ortho", "linear")
+# Candidate pools of the test split (about 306 items), besides the whole split.
+POOL = 100
+POOLS = 5
+
+
+@dataclass
+class Emoji:
+    """One row of ``pairs.tsv``."""
+
+    image: Path
+    hexcode: str
+    label: str
+    tags: str
+    category: str
+
+    @property
+    def text(self) -> str:
+        """What MiniLM reads: the CLDR label, then its tags."""
+        return f"{self.label}: {self.tags}" if self.tags else self.label
+
+
+def read_pairs(root: str | Path | None = None) -> list[Emoji]:
+    """The emoji of ``root/pairs.tsv`` (``root`` defaults to :func:`find_data`)."""
+    folder = find_data("emoji", ENV_DATA, root)
+    table = folder / "pairs.tsv"
+    if not table.is_file():
+        raise ValueError(
+            f"{table} is missing; give --data FOLDER or set {ENV_DATA} to a folder of {SOURCE}"
+        )
+    with table.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{table} lacks the column(s) {missing}; expected {SOURCE}")
+        rows = list(reader)
+    emoji = [
+        Emoji(folder / "img" / r["image"], r["hexcode"], r["label"], r["tags"], r["category"])
+        for r in rows
+    ]
+    absent = [e.image for e in emoji if not e.image.is_file()]
+    if absent:
+        raise ValueError(f"{len(absent)} image(s) of {table} are missing, e.g. {absent[0]}")
+    if not emoji:
+        raise ValueError(f"{table} lists no emoji")
+    return emoji
+
+
+def random_split(
+    count: int, seed: int = 0, fractions: tuple[float, float] = FRACTIONS
+) -> list[str]:
+    """``train`` / ``val`` / ``test`` for ``count`` items, a seeded random permutation cut at
+    ``fractions`` (val, test); at least one item in each held-out split."""
+    order = np.random.default_rng(seed).permutation(count)
+    test = max(1, round(fractions[1] * count))
+    val = max(1, round(fractions[0] * count))
+    labels = np.full(count, "train", dtype=object)
+    labels[order[:test]] = "test"
+    labels[order[test : test + val]] = "val"
+    return [str(s) for s in labels]
+
+
+def build_data(
+    out: Path,
+    root: str | Path | None = None,
+    split_seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+) -> Path:
+    """Encodes the emoji into ``out/data`` (cached by content under ``out/cache``)."""
+    emoji = read_pairs(root)
+    cache = out / "cache"
+    digests = [file_digest(e.image) for e in emoji]
+    by_digest = {d: e.image for d, e in zip(digests, emoji, strict=True)}
+    encode_images = image_encoder(device)
+    images = cached_encode(
+        "image-efficientnet-lite0",
+        digests,
+        lambda chunk: encode_images([by_digest[d] for d in chunk]),
+        cache,
+        chunk=256,
+        progress=progress,
+    )
+    texts = [e.text for e in emoji]
+    text = cached_encode("text-minilm", texts, english_encoder(device), cache, progress=progress)
+    split = random_split(len(emoji), split_seed)
+    log(f"emoji: {len(emoji)} items, split {dict(Counter(split))}")
+    items = [
+        {
+            "id": e.hexcode,
+            "split": s,
+            "label": e.category,
+            "text_text": e.text,
+            # Identical pictures share a key, so retrieving the twin is not a miss.
+            "text_image": d,
+        }
+        for e, s, d in zip(emoji, split, digests, strict=True)
+    ]
+    return write_paired_embeddings(
+        out / "data",
+        {"image": images.astype(np.float32), "text": text.astype(np.float16)},
+        items,
+    )
+
+
+def bench_emoji(
+    out: str | Path,
+    root: str | Path | None = None,
+    train: TrainConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    pool: int = POOL,
+    pools: int = POOLS,
+    seed_eval: int = 0,
+    matched_dropout: bool = False,
+    closed_form: tuple[str, ...] = CLOSED_FORM,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Encodes the emoji, trains every method at an equal budget and writes the report.
+
+    The random item split uses ``train.split_seed``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    data_dir = build_data(out, root, train.split_seed, train.device, progress, log)
+    spec = BenchSpec(
+        pairs=PAIRS,
+        pool=pool,
+        pools=pools,
+        seed=seed_eval,
+        matched_dropout=matched_dropout,
+        closed_form=closed_form,
+    )
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    return run_benchmark(data_dir, out, spec, train, model, progress, log)

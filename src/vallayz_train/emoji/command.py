@@ -1,0 +1,63 @@
+"""``vallayz bench emoji``: its options and what it prints. Imports nothing heavy until run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+# The closed-form maps of vallayz.baselines, and those bench emoji fits by default (see
+# emoji.bench.CLOSED_FORM), spelled here to keep the imports lazy.
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+DEFAULT_CLOSED_FORM = ("ortho", "l-ortho", "linear")
+
+
+def add_command(
+    bench: argparse._SubParsersAction,  # type: ignore[type-arg]
+    bench_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Registers ``emoji`` under ``vallayz bench`` with the shared benchmark options."""
+    b = bench.add_parser("emoji", help="Twemoji images (EfficientNet-lite0) / CLDR text (MiniLM)")
+    b.add_argument("--out", default="runs/emoji")
+    b.add_argument(
+        "--data",
+        help="folder with pairs.tsv and img/ (default: $VALLAYZ_EMOJI_DATA or shared/data/emoji)",
+    )
+    b.add_argument(
+        "--closed-form",
+        dest="closed_form",
+        nargs="+",
+        choices=list(CLOSED_FORM),
+        default=list(DEFAULT_CLOSED_FORM),
+        help="closed-form maps to fit (default: all but affine, whose gradient steps on "
+        "1,280-d features exceed the CPU budget)",
+    )
+    bench_options(b)
+    # The test split holds about 306 items: pools of 100 besides the whole split.
+    b.set_defaults(func=run, pool=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vallayz.eval import format_table
+    from vallayz_train.cli import _train_args
+    from vallayz_train.emoji.bench import TRAIN_DEFAULTS, bench_emoji
+
+    model, train = _train_args(args, TRAIN_DEFAULTS)
+    results = bench_emoji(
+        args.out,
+        args.data,
+        train,
+        model,
+        args.pool,
+        args.pools,
+        args.seed_eval,
+        args.matched_dropout,
+        tuple(args.closed_form),
+        progress=not args.quiet,
+    )
+    rows = [r for r in results["retrieval"] if r["pool"] in (str(args.pool), "all")]
+    columns = ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"]
+    print(format_table(rows, columns))
+    print(format_table(results["stitching"], ["method", "source", "target", "native", "stitched"]))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
