@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,67 @@ def retrieval_table(
     """
     pairs = list(pairs) if pairs is not None else default_pairs(list(data.arrays))
     table: list[dict[str, object]] = []
+    for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
+        metrics = [
+            retrieval_metrics(
+                retrieval_ranks(run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i])
+            )
+            for i in run.index_sets
+        ]
+        table.append(run.summary(metrics))
+    return table
+
+
+@dataclass
+class PoolRun:
+    """The encoded rows of one ``(sources → target)`` pair and one kind of pool.
+
+    Attributes:
+        sources: The query modalities.
+        target: The candidate modality.
+        label: ``str(pool)`` for random pools, ``"all"`` for every row.
+        used: Data rows where every source and the target are present.
+        queries: Query vectors of ``used`` ``[n, d]``.
+        candidates: Candidate vectors of ``used`` ``[n, d]``.
+        key_ids: Integer gold key of each row of ``used`` ``[n]``.
+        index_sets: Positions in ``used`` of each pool.
+    """
+
+    sources: tuple[str, ...]
+    target: str
+    label: str
+    used: np.ndarray
+    queries: Tensor
+    candidates: Tensor
+    key_ids: Tensor
+    index_sets: list[Tensor]
+
+    def summary(self, metrics: Sequence[dict[str, float]]) -> dict[str, object]:
+        """One table row: the pair, the pool kind and each metric's mean over the pools."""
+        row: dict[str, object] = {
+            "source": "+".join(self.sources),
+            "target": self.target,
+            "pool": self.label,
+            "pools": len(self.index_sets),
+            "queries": len(self.index_sets[0]),
+        }
+        for name in metrics[0]:
+            row[name] = float(np.mean([m[name] for m in metrics]))
+        return row
+
+
+def pair_pools(
+    data: Any,
+    rows: np.ndarray,
+    encode: Encoder,
+    pairs: Sequence[tuple[tuple[str, ...], str]],
+    pool: int,
+    pools: int,
+    seed: int,
+) -> Iterator[PoolRun]:
+    """For each pair, its rows with every source and the target present (pairs with fewer
+    than two are skipped), encoded once, then ``pools`` random pools of ``pool`` items (when
+    there are more rows) and the whole set: the runs every retrieval table scores."""
     for sources, target in pairs:
         mask = data.present[target][rows].copy()
         for source in sources:
@@ -154,29 +216,14 @@ def retrieval_table(
             continue
         queries, candidates = encode(sources, target, used)
         all_keys = data.keys(target)
-        keys = [all_keys[i] for i in used]
-        key_ids, _ = keys_to_ids(keys, [])
+        key_ids, _ = keys_to_ids([all_keys[i] for i in used], [])
         runs = [("all", [torch.arange(len(used))])]
         if pool < len(used):
             runs.insert(0, (str(pool), random_pools(len(used), pool, pools, seed)))
         for label, index_sets in runs:
-            metrics = [
-                retrieval_metrics(
-                    retrieval_ranks(queries[i], candidates[i], key_ids[i], key_ids[i])
-                )
-                for i in index_sets
-            ]
-            row: dict[str, object] = {
-                "source": "+".join(sources),
-                "target": target,
-                "pool": label,
-                "pools": len(index_sets),
-                "queries": len(index_sets[0]),
-            }
-            for name in metrics[0]:
-                row[name] = float(np.mean([m[name] for m in metrics]))
-            table.append(row)
-    return table
+            yield PoolRun(
+                tuple(sources), target, label, used, queries, candidates, key_ids, index_sets
+            )
 
 
 def format_table(table: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> str:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
+from vallayz.eval.pairs import Encoder, pair_pools
+from vallayz.eval.retrieval import retrieval_metrics, retrieval_ranks
 from vallayz.types import Batch
 
 PairScorer = Callable[[Tensor, Tensor], Tensor]
@@ -120,7 +121,7 @@ def rerank_table(
     model: Any,
     data: Any,
     rows: np.ndarray,
-    encode: Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]],
+    encode: Encoder,
     pairs: Sequence[tuple[tuple[str, ...], str]],
     pool: int = 1000,
     pools: int = 5,
@@ -134,47 +135,25 @@ def rerank_table(
     table: list[dict[str, object]] = []
     was_training = model.training
     model.eval()
-    for sources, target in pairs:
-        mask = data.present[target][rows].copy()
-        for source in sources:
-            mask &= data.present[source][rows]
-        used = rows[mask]
-        if len(used) < 2:
-            continue
-        queries, candidates = encode(sources, target, used)
-        all_keys = data.keys(target)
-        key_ids, _ = keys_to_ids([all_keys[i] for i in used], [])
-        runs = [("all", [torch.arange(len(used))])]
-        if pool < len(used):
-            runs.insert(0, (str(pool), random_pools(len(used), pool, pools, seed)))
-        for label, index_sets in runs:
-            metrics, seconds = [], 0.0
-            for subset in index_sets:
-                score = _joint_scorer(
-                    model, data, used[subset.numpy()], sources, target, batch_size
-                )
-                started = time.perf_counter()
-                ranks = rerank_ranks(
-                    queries[subset],
-                    candidates[subset],
-                    key_ids[subset],
-                    key_ids[subset],
-                    score,
-                    depth,
-                )
-                seconds += time.perf_counter() - started
-                metrics.append(retrieval_metrics(ranks))
-            row: dict[str, object] = {
-                "source": "+".join(sources),
-                "target": target,
-                "pool": label,
-                "pools": len(index_sets),
-                "queries": len(index_sets[0]),
-            }
-            for name in metrics[0]:
-                row[name] = float(np.mean([m[name] for m in metrics]))
-            row["depth"] = depth
-            row["ms_per_query"] = 1000 * seconds / sum(len(s) for s in index_sets)
-            table.append(row)
+    for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
+        metrics, seconds = [], 0.0
+        for subset in run.index_sets:
+            chosen = run.used[subset.numpy()]
+            score = _joint_scorer(model, data, chosen, run.sources, run.target, batch_size)
+            started = time.perf_counter()
+            ranks = rerank_ranks(
+                run.queries[subset],
+                run.candidates[subset],
+                run.key_ids[subset],
+                run.key_ids[subset],
+                score,
+                depth,
+            )
+            seconds += time.perf_counter() - started
+            metrics.append(retrieval_metrics(ranks))
+        row = run.summary(metrics)
+        row["depth"] = depth
+        row["ms_per_query"] = 1000 * seconds / sum(len(s) for s in run.index_sets)
+        table.append(row)
     model.train(was_training)
     return table
