@@ -160,3 +160,6 @@ def test_gradients_are_clipped_to_the_global_norm(tmp_path: Path) -> None:
         assert isinstance(got, list) and len(got) == len(grads)
         for g, original in zip(got, grads, strict=True):
             torch.testing.assert_close(g, original * scale, rtol=1e-4, atol=1e-8)
+        # The global norm after clipping, in float64: the limit, or the original norm.
+        after = math.sqrt(sum(float(g.double().pow(2).sum()) for g in got))
+        assert after == pytest.approx(min(limit, norm), rel=1e-5)
