@@ -136,7 +136,7 @@ def test_fit_killed_at_several_points_resumes_to_the_same_bits(tmp_path: Path) -
     second = rng.randint(3, 4)
     _kill_when(process, lambda: _last_logged_step(run) >= second, log)
     assert "before its first checkpoint" in log.read_text()  # it started afresh
-    assert _checkpoint_step(run) == 2 and _last_logged_step(run) >= 3
+    assert _last_logged_step(run) > _checkpoint_step(run) >= 2
 
     # 3. During a checkpoint write (state-5.partial on the first try). A kill that lands just
     # after the write is a valid kill point too, but then the next checkpoint is tried.
