@@ -276,7 +276,7 @@ def translate_text(
         first.setdefault(line, row)
     rows = np.array(sorted(first.values()))
     with torch.no_grad():
-        q = model.embed(query) if hasattr(model, "embed") else model.translate(query, target="en")
+        q = model.embed(query) if model.capabilities.embeds else model.translate(query, target="en")
     candidates = _candidates(model, data, rows)
     scores = (
         torch.nn.functional.normalize(q, dim=-1)
@@ -294,7 +294,7 @@ def _candidates(model: Any, data: PairedEmbeddings, rows: np.ndarray) -> torch.T
     with torch.no_grad():
         for start in range(0, len(rows), 4096):
             batch = data.batch(rows[start : start + 4096], ["en"])
-            parts.append(model.embed(batch) if hasattr(model, "embed") else batch.pooled()["en"])
+            parts.append(model.embed(batch) if model.capabilities.embeds else batch.pooled()["en"])
     return torch.cat(parts)
 
 
@@ -340,7 +340,7 @@ def evaluate_corpus(
     table = retrieval_table(
         data,
         rows,
-        model_encoder(model, data, "soil" if hasattr(model, "embed") else "translate"),
+        model_encoder(model, data, "soil" if model.capabilities.embeds else "translate"),
         [(("bo",), "en"), (("en",), "bo")],
         pool,
         pools,
