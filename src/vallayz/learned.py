@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vallayz.config import IMPNConfig, check_token_buckets
+from vallayz.errors import VallayzUserError
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
 from vallayz.losses import LossOutput, LossSettings, info_nce, pair_mean, translation_loss
@@ -345,7 +346,12 @@ def build_model(
 
 
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LearnedMethod:
-    """Loads any checkpoint written by ``save_pretrained`` (IMPN or a learned baseline)."""
+    """Loads any checkpoint written by ``save_pretrained`` (IMPN or a learned baseline).
+
+    Raises:
+        VallayzUserError: if ``config.json`` or the weights of a baseline are missing, unreadable
+            or do not match (IMPN's own checks raise ``ValueError``).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -354,7 +360,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     try:
         raw = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
+        raise VallayzUserError(
             f"cannot read {config_path} ({err}); is {directory} a vallayz checkpoint?"
         ) from err
     if "architecture" not in raw:
@@ -369,7 +375,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(
+        raise VallayzUserError(
             f"{directory / WEIGHTS_NAME} is missing, corrupt or does not match {config_path}: {err}"
         ) from err
     return model.to(device)

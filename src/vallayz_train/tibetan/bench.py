@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
+from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table, model_encoder, retrieval_table
 from vallayz.learned import load_pretrained
 from vallayz.types import Batch
@@ -238,7 +239,9 @@ def bench_tibetan(
 def _run_data(run_dir: Path) -> PairedEmbeddings:
     run_file = run_dir / "run.json"
     if not run_file.is_file():
-        raise ValueError(f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)")
+        raise VallayzUserError(
+            f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)"
+        )
     return PairedEmbeddings(json.loads(run_file.read_text())["data"], check_values=False)
 
 
@@ -260,14 +263,14 @@ def translate_text(
         query = Batch.of({"speech": torch.from_numpy(frames)})
     elif source == "bo":
         if not text:
-            raise ValueError("give a Tibetan line to translate, or --audio FILE.wav")
+            raise VallayzUserError("give a Tibetan line to translate, or --audio FILE.wav")
         encoder = TibetanEncoder.load(data.directory / ENCODER_DIR)
         query = Batch.of(
             {"bo": torch.from_numpy(encoder([text]))},
             tokens={"bo": torch.from_numpy(encoder.token_ids([text], TOKEN_LENGTH)).long()},
         )
     else:
-        raise ValueError(
+        raise VallayzUserError(
             f"translate-text reads Tibetan text (--source bo) or --audio, not {source!r}"
         )
     english = data.keys("en")
