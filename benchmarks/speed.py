@@ -108,6 +108,7 @@ def training_steps(m: int, batch: int, soil: int) -> tuple[Callable[[], None], .
     data = Batch.of({name: torch.randn(batch, d) for name, d in modalities.items()})
     impn = IMPN(IMPNConfig(modalities=modalities, soil_dim=soil))
     heads = build_model("contrastive-heads", modalities, {"dim": soil})
+    heads_loss = heads.objective()
     loss = IMPNLoss()
     impn_opt = torch.optim.AdamW(impn.parameters(), lr=1e-4)
     heads_opt = torch.optim.AdamW(heads.parameters(), lr=1e-4)
@@ -120,7 +121,7 @@ def training_steps(m: int, batch: int, soil: int) -> tuple[Callable[[], None], .
 
     def heads_step() -> None:
         heads_opt.zero_grad(set_to_none=True)
-        heads.objective(data, generator).total.backward()  # type: ignore[operator]
+        heads_loss(data, generator).total.backward()  # type: ignore[no-untyped-call]
         heads_opt.step()
 
     return impn_step, heads_step

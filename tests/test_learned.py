@@ -16,6 +16,7 @@ from vallayz.learned import (
     build_model,
     load_pretrained,
 )
+from vallayz.losses import LossSettings
 from vallayz_train.cli import main
 
 
@@ -26,12 +27,13 @@ def test_objective_falls_and_checkpoint_round_trips(method: str, tmp_path: Path)
     )
     batch = Batch.of(tri_modal_inputs(16))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = float(model.objective(batch).total.detach())
+    objective = model.objective()
+    first = float(objective(batch).total.detach())
     for _ in range(30):
         optimizer.zero_grad()
-        model.objective(batch).total.backward()
+        objective(batch).total.backward()
         optimizer.step()
-    assert float(model.objective(batch).total.detach()) < 0.5 * first
+    assert float(objective(batch).total.detach()) < 0.5 * first
     model.save_pretrained(tmp_path)
     loaded = load_pretrained(tmp_path)
     x = tri_modal_inputs(3)
@@ -98,7 +100,7 @@ def test_objective_weighs_pairs_by_shared_rows(method: str) -> None:
     batch = Batch.of(inputs, present=present)
     kind = "contrastive" if method == "contrastive-heads" else "translation"
     for weighting in ("rows", "equal"):
-        out = model.objective(batch, pair_weighting=weighting)
+        out = model.objective(LossSettings(pair_weighting=weighting))(batch)
         pairs = {k: float(v.detach()) for k, v in out.terms.items() if k.startswith(f"{kind}/")}
         rows = {k: 3 if "audio" in k else 8 for k in pairs}
         if weighting == "equal":

@@ -4,7 +4,6 @@ from typing import Any
 from conftest import tiny_config
 
 from vallayz import IMPN
-from vallayz.losses import IMPNLoss
 from vallayz_train.planner import Planner
 
 EVERY = 10
@@ -32,7 +31,7 @@ def scripted(
 ) -> list[dict[str, Any]]:
     """Drives a planner for ``intervals`` decisions; at step ``resume_at`` it is replaced by a
     new one loaded from its state, as a resumed run does."""
-    planner, loss = Planner(EVERY), IMPNLoss()
+    planner, tunables = Planner(EVERY), model.objective().tunables
     decisions: list[dict[str, Any]] = []
     for step in range(intervals * EVERY):
         if step == resume_at:
@@ -42,7 +41,7 @@ def scripted(
         planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
         if (step + 1) % EVERY == 0 and step + 1 > EVERY:
             critic.advance()  # the interval's training, before the decision that closes it
-        decisions += planner.step(step, model, loss, critic)
+        decisions += planner.step(step, tunables, critic)
     return decisions
 
 
@@ -86,19 +85,19 @@ def test_the_planner_resumes_mid_trial_to_the_same_decisions() -> None:
 def test_a_run_ending_mid_trial_reverts_the_unjudged_change() -> None:
     model = IMPN(tiny_config(temperature=1.0))
     critic = Critic(model, drift=1.0, effect=0.5)
-    planner, loss = Planner(EVERY), IMPNLoss()
+    planner, tunables = Planner(EVERY), model.objective().tunables
     for step in range(2 * EVERY):  # control, then a temperature trial starts
         planner.observe({"contrastive": 1.0, "cycle": 0.5, "translation": 0.5})
-        planner.step(step, model, loss, critic)
+        planner.step(step, tunables, critic)
     assert model.config.temperature == 0.8 and planner.pending is not None
-    ended = planner.finish(2 * EVERY + 3, model, loss)
+    ended = planner.finish(2 * EVERY + 3, tunables)
     assert [(d["action"], d["parameter"], d["new"]) for d in ended] == [
         ("revert", "temperature", 0.8)
     ]
     assert "before the trial was judged" in ended[0]["reason"]
     assert model.config.temperature == 1.0
     assert all(layer.cross.temperature == 1.0 for layer in model.layers)
-    assert planner.pending is None and planner.finish(2 * EVERY + 4, model, loss) == []
+    assert planner.pending is None and planner.finish(2 * EVERY + 4, tunables) == []
 
 
 def test_fit_saves_a_judged_final_model(tmp_path: Any) -> None:

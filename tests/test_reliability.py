@@ -61,6 +61,19 @@ def test_a_user_error_exits_2_and_a_bug_shows_its_traceback(
     assert "Traceback" in err and "an internal invariant broke" in err and "fault in vallayz" in err
 
 
+def test_missing_run_files_are_user_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders that lack what a command reads exit 2 with one line, not a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    assert main(["plot", str(run)]) == 2
+    assert "has no metrics.csv" in _error(capsys)
+    assert main(["translate-text", str(tmp_path), "ཀ"]) == 2
+    assert "a vallayz checkpoint?" in _error(capsys)
+
+
 # ---------------------------------------------------------------- data loss
 
 

@@ -11,17 +11,24 @@ un-scaled into the target space. Maps (row-vector convention, ``y ≈ x R + b``)
 * ``ortho``: orthogonal Procrustes, ``R = U Vᵀ`` for ``Xᵀ Y = U Σ Vᵀ``.
 
 The maths are pure functions returning state dicts; :class:`LatentTranslator` stores the state
-as buffers and saves it like a model (safetensors + JSON).
+as buffers and saves it like a model (safetensors + JSON). :class:`ClosedFormTranslators` holds
+one translator per ordered pair of modalities and is the translation half of the
+:class:`~vallayz.method.Method` contract.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vallayz.functional import mean_over_present
+from vallayz.method import Capabilities
+from vallayz.types import Batch
 
 METHODS = ("affine", "linear", "l-ortho", "ortho")
 NORMALISATIONS = ("standard", "l2", "none")
@@ -358,3 +365,74 @@ class LatentTranslator(nn.Module):
         for key, value in tensors.items():
             translator.register_buffer(key, value)
         return translator
+
+
+AnchorPairs = Callable[[str, str], tuple[Tensor, Tensor]]
+"""``(source, target) → (x [N, d_source], y [N, d_target])``: the anchor pairs of one map."""
+
+
+class ClosedFormTranslators:
+    """One :class:`LatentTranslator` per ordered pair of modalities, each fitted on first use
+    on the anchor pairs ``anchors(source, target)`` gives; a batch with several present sources
+    is translated from each on its own (in float64) and averaged over the present ones.
+
+    Args:
+        method: A translator method (:data:`METHODS`).
+        normalisation: Its normalisation (:data:`NORMALISATIONS`).
+        anchors: The anchor pairs of a map.
+        maps: Fitted maps to share between instances (filled on first use).
+
+    Shape:
+        ``translate``: ``{m: [B, d_m] or [B, T_m, d_m]}`` → ``[B, d_target]`` (float32).
+    """
+
+    capabilities = Capabilities(translates=True)
+    """Closed-form maps translate; they share no space and pass no messages."""
+
+    def __init__(
+        self,
+        method: str,
+        normalisation: str,
+        anchors: AnchorPairs,
+        maps: dict[tuple[str, str], LatentTranslator] | None = None,
+    ) -> None:
+        LatentTranslator(method, normalisation)  # checks both names
+        self.method, self.normalisation, self.anchors = method, normalisation, anchors
+        self.maps: dict[tuple[str, str], LatentTranslator] = maps if maps is not None else {}
+
+    def translator(self, source: str, target: str) -> LatentTranslator:
+        """The map ``source → target``, fitted on its anchors the first time it is asked for."""
+        if (source, target) not in self.maps:
+            x, y = self.anchors(source, target)
+            translator = LatentTranslator(self.method, self.normalisation)
+            self.maps[source, target] = translator.fit(x.double(), y.double())
+        return self.maps[source, target]
+
+    def embed(self, batch: Batch, /, *, target: str | None = None) -> Tensor:
+        """Not served: closed-form maps share no space.
+
+        Raises:
+            ValueError: always.
+        """
+        raise ValueError(
+            "closed-form translators have no shared space; use translate (retrieval mode "
+            "'translate')"
+        )
+
+    def translate(self, batch: Batch, /, *, target: str) -> Tensor:
+        """Mean over each row's present sources of their translations into ``target``.
+
+        Raises:
+            ValueError: if ``target`` is among the inputs.
+        """
+        if target in batch.embeddings:
+            raise ValueError(
+                f"target modality {target!r} is also an input; leave it out of the batch"
+            )
+        pooled = batch.pooled()
+        translations = {}
+        for source, x in pooled.items():
+            keep = batch.present[source][:, None]
+            clean = torch.where(keep, x, torch.zeros_like(x)).double()
+            translations[source] = self.translator(source, target).transform(clean)
+        return mean_over_present(translations, batch.present).float()

@@ -6,8 +6,9 @@
   loss. ``M(M−1)`` maps: the pairwise design IMPN's adapters replace.
 
 Both take pooled inputs (node inputs are mean-pooled over real nodes), speak the same
-modality-keyed vocabulary as :class:`~vallayz.model.IMPN`, and save as ``config.json`` +
-``model.safetensors``.
+modality-keyed vocabulary as :class:`~vallayz.model.IMPN`, implement the
+:class:`~vallayz.method.TrainableMethod` contract (the heads embed, the MLPs translate; each
+declares which in its ``capabilities``), and save as ``config.json`` + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vallayz.config import IMPNConfig, check_token_buckets
+from vallayz.errors import VallayzUserError
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
-from vallayz.losses import LossOutput, info_nce, pair_mean, translation_loss
+from vallayz.losses import LossOutput, LossSettings, info_nce, pair_mean, translation_loss
+from vallayz.method import Capabilities
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
 from vallayz.types import Batch, Embeddings, Masks
 
@@ -66,6 +69,9 @@ class BaselineConfig:
 
 
 class _Baseline(nn.Module):
+    # What the baseline serves; each subclass declares its own.
+    capabilities: Capabilities
+
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
         self.config = config
@@ -80,6 +86,26 @@ class _Baseline(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def loss(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        pair_weighting: str = "rows",
+    ) -> LossOutput:
+        """The baseline's own loss on ``batch`` (each subclass defines it)."""
+        raise NotImplementedError
+
+    def objective(self, settings: LossSettings | None = None) -> BaselineObjective:
+        """This baseline's loss under ``settings`` (it reads ``pair_weighting``)."""
+        return BaselineObjective(self, settings or LossSettings())
+
+    def _unserved(self, call: str) -> ValueError:
+        """The error of a call this baseline's ``capabilities`` do not include."""
+        modes = " or ".join(repr(m) for m in self.capabilities.modes)
+        return ValueError(
+            f"{type(self).__name__} has no {call}; it serves the retrieval path {modes} only"
+        )
 
     def _batch(
         self,
@@ -158,6 +184,9 @@ class ContrastiveHeads(_Baseline):
         ``embed``: ``{m: [B, d_m] or [B, T, d_m]}`` → ``[B, dim]``.
     """
 
+    capabilities = Capabilities(embeds=True)
+    """The heads embed into a shared space; they neither bridge nor translate."""
+
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__(config)
         self.heads = nn.ModuleDict(
@@ -169,16 +198,32 @@ class ContrastiveHeads(_Baseline):
         x: Tensor | Embeddings | Batch,
         modality: str | None = None,
         *,
+        target: str | None = None,
         present: Masks | None = None,
         padding: Masks | None = None,
     ) -> Tensor:
-        """Mean of the normalised head outputs of the present modalities of each row."""
+        """Mean of the normalised head outputs of the present modalities of each row.
+
+        Raises:
+            ValueError: if ``target`` is given: the heads pass no messages, so there is no
+                state of an absent modality to read.
+        """
+        if target is not None:
+            raise self._unserved("bridged embedding (embed(..., target=...))")
         batch = self._batch(x, modality, present, padding)
         inputs = self._clean_inputs(batch)
         heads = {m: F.normalize(self.heads[m](x), dim=-1) for m, x in inputs.items()}
         return mean_over_present(heads, batch.present)
 
-    def objective(
+    def translate(self, batch: Batch, /, *, target: str) -> Tensor:
+        """Not served: the heads have no way back into a native space.
+
+        Raises:
+            ValueError: always.
+        """
+        raise self._unserved("translate()")
+
+    def loss(
         self,
         batch: Batch,
         generator: torch.Generator | None = None,
@@ -202,6 +247,9 @@ class MLPTranslator(_Baseline):
     Shape:
         ``translate``: ``{m: [B, d_m]}`` → ``[B, d_target]``.
     """
+
+    capabilities = Capabilities(translates=True)
+    """The MLPs translate; they have no shared space."""
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__(config)
@@ -237,7 +285,15 @@ class MLPTranslator(_Baseline):
         translations = {m: self.maps[f"{m}__{target}"](x) for m, x in inputs.items()}
         return mean_over_present(translations, batch.present)
 
-    def objective(
+    def embed(self, batch: Batch, /, *, target: str | None = None) -> Tensor:
+        """Not served: the pairwise maps share no space.
+
+        Raises:
+            ValueError: always.
+        """
+        raise self._unserved("embed()")
+
+    def loss(
         self,
         batch: Batch,
         generator: torch.Generator | None = None,
@@ -256,9 +312,31 @@ class MLPTranslator(_Baseline):
         return self._pair_objective(batch, pairs, "translation", 1, term, pair_weighting)
 
 
+class BaselineObjective:
+    """A learned baseline's loss under fixed settings; it has no knobs for a planner.
+
+    Args:
+        model: The baseline.
+        settings: The loss settings (the baseline reads ``pair_weighting``).
+    """
+
+    tunables: None = None
+
+    def __init__(self, model: _Baseline, settings: LossSettings) -> None:
+        self.model, self.settings = model, settings
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        """The baseline's loss on ``batch``."""
+        return self.model.loss(batch, generator, self.settings.pair_weighting)
+
+
+LearnedMethod = IMPN | ContrastiveHeads | MLPTranslator
+"""Every trainable method that :func:`build_model` and :func:`load_pretrained` make."""
+
+
 def build_model(
     method: str, modalities: dict[str, int], overrides: dict[str, Any] | None = None
-) -> nn.Module:
+) -> LearnedMethod:
     """A fresh model of ``method`` (``"impn"`` or a baseline architecture) for ``modalities``."""
     fields = {k: v for k, v in (overrides or {}).items() if k != "modalities"}
     if method == "impn":
@@ -267,8 +345,13 @@ def build_model(
     return ContrastiveHeads(config) if method == "contrastive-heads" else MLPTranslator(config)
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Loads any checkpoint written by ``save_pretrained`` (IMPN or a learned baseline)."""
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LearnedMethod:
+    """Loads any checkpoint written by ``save_pretrained`` (IMPN or a learned baseline).
+
+    Raises:
+        VallayzUserError: if ``config.json`` or the weights of a baseline are missing, unreadable
+            or do not match (IMPN's own checks raise ``ValueError``).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -277,13 +360,13 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     try:
         raw = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(
+        raise VallayzUserError(
             f"cannot read {config_path} ({err}); is {directory} a vallayz checkpoint?"
         ) from err
     if "architecture" not in raw:
         return IMPN.from_pretrained(directory, device)
     config = BaselineConfig(**raw)
-    model: _Baseline = (
+    model: ContrastiveHeads | MLPTranslator = (
         ContrastiveHeads(config)
         if config.architecture == "contrastive-heads"
         else MLPTranslator(config)
@@ -292,7 +375,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(
+        raise VallayzUserError(
             f"{directory / WEIGHTS_NAME} is missing, corrupt or does not match {config_path}: {err}"
         ) from err
     return model.to(device)

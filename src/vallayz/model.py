@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.functional import masked_mean, mean_over_present
 from vallayz.layers import AbsentInit, Adapter, BridgeLayer, Decoder, HashedBag, MatchHead
+from vallayz.losses.total import IMPNObjective, LossSettings
+from vallayz.method import Capabilities
 from vallayz.types import Batch, Embeddings, Masks
 
 CONFIG_NAME = "config.json"
@@ -594,3 +596,12 @@ class IMPN(nn.Module):
             )
         model.load_state_dict(state)
         return model
+
+    # ------------------------------------------------------------------ method contract
+    capabilities = Capabilities(embeds=True, bridges=True, translates=True)
+    """IMPN embeds into the soil space, bridges to absent modalities and translates."""
+
+    def objective(self, settings: LossSettings | None = None) -> IMPNObjective:
+        """The IMPN loss of this model under ``settings`` (defaults when ``None``), whose
+        gating, noise and term weights a planner may change."""
+        return IMPNObjective(self, settings or LossSettings())

@@ -89,11 +89,11 @@ def _encoders(
         if method not in models:
             models[method] = load_pretrained(run).eval()
         model = models[method]
-        if hasattr(model, "embed"):
+        if model.capabilities.embeds:
             encoders[f"{method} (shared space)"] = model_encoder(model, data, "soil")  # type: ignore[arg-type]
-        if getattr(model, "message_passing", False):
+        if model.capabilities.bridges:
             encoders[f"{method} (bridged)"] = model_encoder(model, data, "bridged")  # type: ignore[arg-type]
-        if hasattr(model, "translate"):
+        if model.capabilities.translates:
             encoders[f"{method} (translate)"] = model_encoder(model, data, "translate")  # type: ignore[arg-type]
     for name in spec.closed_form:
         encoders[f"{name} ({spec.normalisation})"] = ClosedFormEncoder(
@@ -266,7 +266,7 @@ def _geometry(
     native and shared-space neighbours) on up to ``GEOMETRY_ROWS`` test rows."""
     out: list[dict[str, Any]] = []
     directions = {(s[0], t) for s, t in pairs if len(s) == 1}
-    translators: dict[str, Any] = {m: models[m] for m in runs if hasattr(models[m], "translate")}
+    translators: dict[str, Any] = {m: models[m] for m in runs if models[m].capabilities.translates}
     for name in spec.closed_form:
         encoder = ClosedFormEncoder(
             data, train_rows, name, spec.normalisation, maps=fitted.setdefault(name, {})
@@ -291,7 +291,7 @@ def _geometry(
                 )
         for method in runs:
             model = models[method]
-            if not hasattr(model, "embed"):
+            if not model.capabilities.embeds:
                 continue
             for m in data.arrays:
                 used = rows[data.present[m][rows]][:GEOMETRY_ROWS]

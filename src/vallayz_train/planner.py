@@ -21,6 +21,7 @@ Proposals come from the window of recent training losses, in turn:
 * noise: scale every modality's sigma by 0.7;
 * weights: raise by half the weight of the term that fell least since the first window.
 
+The planner reads and changes a method only through its :class:`~vallayz.method.Tunables`.
 Every decision is returned as a JSON-able dict for ``planner.jsonl``.
 """
 
@@ -29,8 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vallayz import IMPN
-from vallayz.losses import IMPNLoss
+from vallayz.method import Tunables
 
 KINDS = ("gating", "noise", "weights")
 MIN_TEMPERATURE = 0.05
@@ -82,7 +82,7 @@ class Planner:
         self.turn = int(state["turn"])
 
     def step(
-        self, step: int, model: IMPN, loss_fn: IMPNLoss, critic: Callable[[], float]
+        self, step: int, tunables: Tunables, critic: Callable[[], float]
     ) -> list[dict[str, Any]]:
         """Runs one decision if ``step`` is due; returns the decisions made (possibly none)."""
         if (step + 1) % self.every:
@@ -97,8 +97,8 @@ class Planner:
             # A control interval ends: measure it, then try a change.
             self.control_gain = score - self.control_start
             self.control_start = None
-            proposal = self._propose(model, loss_fn, means)
-            self._apply(model, loss_fn, proposal["parameter"], proposal["new"])
+            proposal = self._propose(tunables, means)
+            self._apply(tunables, proposal["parameter"], proposal["new"])
             self.pending = {**proposal, "score_before": score, "proposed_at": step}
             decisions.append({**self.pending, "step": step, "action": "propose", "window": means})
             return decisions
@@ -118,7 +118,7 @@ class Planner:
                 }
             )
             if not kept:
-                self._apply(model, loss_fn, self.pending["parameter"], self.pending["old"])
+                self._apply(tunables, self.pending["parameter"], self.pending["old"])
                 score = critic()
             self.pending = None
         self.control_start = score
@@ -127,12 +127,12 @@ class Planner:
         )
         return decisions
 
-    def finish(self, step: int, model: IMPN, loss_fn: IMPNLoss) -> list[dict[str, Any]]:
+    def finish(self, step: int, tunables: Tunables) -> list[dict[str, Any]]:
         """Ends the run: a change still on trial is reverted unjudged, so the final model is the
         last kept configuration. Returns the decision (none when no trial is running)."""
         if self.pending is None:
             return []
-        self._apply(model, loss_fn, self.pending["parameter"], self.pending["old"])
+        self._apply(tunables, self.pending["parameter"], self.pending["old"])
         decision = {
             **self.pending,
             "step": step,
@@ -142,15 +142,15 @@ class Planner:
         self.pending = None
         return [decision]
 
-    def _propose(self, model: IMPN, loss_fn: IMPNLoss, means: dict[str, float]) -> dict[str, Any]:
+    def _propose(self, tunables: Tunables, means: dict[str, float]) -> dict[str, Any]:
         kind = KINDS[self.turn % len(KINDS)]
         self.turn += 1
-        weights = loss_fn.weights.as_dict()
+        weights = tunables.loss_weights.as_dict()
         if kind == "gating":
             contrastive = weights["contrastive"] * means.get("contrastive", 0.0)
             cycle = weights["cycle"] * means.get("cycle", 0.0)
-            if contrastive >= cycle and model.config.temperature > MIN_TEMPERATURE:
-                old_t = model.config.temperature
+            if contrastive >= cycle and tunables.temperature > MIN_TEMPERATURE:
+                old_t = tunables.temperature
                 new_t = max(MIN_TEMPERATURE, old_t * 0.8)
                 return {
                     "parameter": "temperature",
@@ -158,7 +158,7 @@ class Planner:
                     "new": new_t,
                     "reason": "contrastive loss dominates",
                 }
-            old_k = model.config.top_k
+            old_k = tunables.top_k
             return {
                 "parameter": "top_k",
                 "old": old_k,
@@ -166,7 +166,7 @@ class Planner:
                 "reason": "cycle loss dominates",
             }
         if kind == "noise":
-            old = model.sigma
+            old = tunables.sigma
             return {
                 "parameter": "sigma",
                 "old": old,
@@ -188,14 +188,15 @@ class Planner:
         }
 
     @staticmethod
-    def _apply(model: IMPN, loss_fn: IMPNLoss, parameter: str, value: Any) -> None:
+    def _apply(tunables: Tunables, parameter: str, value: Any) -> None:
         if parameter == "temperature":
-            model.set_gating(temperature=float(value))
+            tunables.set_gating(temperature=float(value))
         elif parameter == "top_k":
-            model.set_gating(top_k=int(value))
+            tunables.set_gating(top_k=int(value))
         elif parameter == "sigma":
-            model.set_sigma({m: float(v) for m, v in value.items()})
+            tunables.set_sigma({m: float(v) for m, v in value.items()})
         elif parameter.startswith("weight:"):
-            setattr(loss_fn.weights, parameter.split(":", 1)[1], float(value))
+            term = parameter.split(":", 1)[1]
+            tunables.set_loss_weights(tunables.loss_weights.replace(**{term: float(value)}))
         else:
             raise ValueError(f"unknown planner parameter {parameter!r}")

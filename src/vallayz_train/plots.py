@@ -12,6 +12,7 @@ import torch
 
 from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
+from vallayz.errors import VallayzUserError
 
 SAMPLE_ROWS = 400
 
@@ -148,7 +149,9 @@ def plot_run(run_dir: Path, data_dir: str | None = None, out_dir: str | None = N
     from vallayz_train.trainer import METRICS, PLANNER_LOG, RUN_FILE
 
     if not (run_dir / METRICS).is_file():
-        raise ValueError(f"{run_dir} has no {METRICS}; plot a run directory written by vallayz fit")
+        raise VallayzUserError(
+            f"{run_dir} has no {METRICS}; plot a run directory written by vallayz fit"
+        )
     out = Path(out_dir) if out_dir else run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     paths = [plot_curves(run_dir / METRICS, out)]

@@ -13,20 +13,18 @@ from typing import Any
 
 import torch
 
-from vallayz import IMPN, Batch, IMPNConfig
+from vallayz import IMPN, Batch, IMPNConfig, Objective
 from vallayz.learned import BaselineConfig, MLPTranslator
-from vallayz.losses import IMPNLoss
-from vallayz_train.trainer import ModelObjective
 
 
-def _step_seconds(model: torch.nn.Module, loss: Any, batch: Any, repeats: int) -> float:
+def _step_seconds(model: torch.nn.Module, loss: Objective, batch: Batch, repeats: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     times = []
     for index in range(repeats + 1):
         started = time.perf_counter()
         optimizer.zero_grad()
-        loss(model, batch, generator).total.backward()
+        loss(batch, generator).total.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         if index:  # the first step warms up
             times.append(time.perf_counter() - started)
@@ -46,7 +44,7 @@ def scaling_table(
     for m in counts:
         torch.manual_seed(0)
         modalities = {f"m{i}": dim for i in range(m)}
-        batch = {name: torch.randn(batch_size, dim) for name in modalities}
+        batch = Batch.of({name: torch.randn(batch_size, dim) for name in modalities})
         impn = IMPN(
             IMPNConfig(
                 modalities=modalities, soil_dim=soil_dim, hidden_dim=hidden, layers=2, heads=4
@@ -62,9 +60,9 @@ def scaling_table(
                 "impn_params": sum(p.numel() for p in impn.parameters()),
                 "pairwise_params": sum(p.numel() for p in pairwise.parameters()),
                 "pairwise_maps": m * (m - 1),
-                "impn_step_ms": 1000 * _step_seconds(impn, IMPNLoss(), batch, repeats),
+                "impn_step_ms": 1000 * _step_seconds(impn, impn.objective(), batch, repeats),
                 "pairwise_step_ms": 1000
-                * _step_seconds(pairwise, ModelObjective(), Batch.of(batch), repeats),
+                * _step_seconds(pairwise, pairwise.objective(), batch, repeats),
             }
         )
     return rows

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
 from vallayz.errors import DivergenceError, VallayzUserError
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
-from vallayz.losses import IMPNLoss, LossOutput, LossWeights, check_pair_weighting
+from vallayz.losses import LossSettings, LossWeights
 from vallayz.masking import drop_tokens
+from vallayz.method import TrainableMethod
 from vallayz.types import Batch
 from vallayz_train.checkpoint import LATEST, OPTIMIZER, load_state, save_state, states
 from vallayz_train.config import TrainConfig
@@ -70,23 +70,15 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
 METHODS = ("impn", "contrastive-heads", "mlp-translator")
 
 
-class ModelObjective:
-    """The training objective of a learned baseline: its own ``objective(batch, generator)``.
-
-    Args:
-        pair_weighting: How the baseline averages its per-pair terms (``"rows"`` or
-            ``"equal"``, see :func:`vallayz.losses.pair_mean`).
-    """
-
-    def __init__(self, pair_weighting: str = "rows") -> None:
-        check_pair_weighting(pair_weighting)
-        self.pair_weighting = pair_weighting
-
-    def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> LossOutput:
-        out: LossOutput = model.objective(  # type: ignore[operator]
-            batch, generator, pair_weighting=self.pair_weighting
-        )
-        return out
+def loss_settings(config: TrainConfig) -> LossSettings:
+    """The loss settings a training config gives every method."""
+    return LossSettings(
+        weights=LossWeights(**config.loss_weights),
+        contrastive_temperature=config.contrastive_temperature,
+        reconstruction=config.reconstruction,
+        drop_rate=config.modality_dropout,
+        pair_weighting=config.pair_weighting,
+    )
 
 
 def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) -> dict[str, int]:
@@ -110,12 +102,15 @@ def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) ->
 
 
 class Trainer:
-    """Trains a model (IMPN or a learned baseline) on a data directory into a run directory.
+    """Trains any :class:`~vallayz.method.TrainableMethod` on a data directory into a run
+    directory, reading only that contract: the method's objective gives the loss of a batch,
+    its capabilities the retrieval path of validation, its objective's tunables (if any) the
+    knobs of the sigma schedule and the planner.
 
     Args:
         data: The paired embeddings.
         run_dir: Where checkpoints, metrics and logs go.
-        model: The model to train (fresh or resumed); baselines bring ``objective()``.
+        model: The method to train (fresh or resumed), a ``torch.nn.Module``.
         config: Training settings.
         progress: Show a tqdm progress bar.
     """
@@ -124,21 +119,33 @@ class Trainer:
         self,
         data: PairedEmbeddings,
         run_dir: Path,
-        model: nn.Module,
+        model: TrainableMethod,
         config: TrainConfig,
         progress: bool = True,
     ) -> None:
         self.data, self.run_dir, self.config, self.progress = data, run_dir, config, progress
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"{type(model).__name__} implements TrainableMethod but is not a "
+                "torch.nn.Module; the trainer needs its parameters"
+            )
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise VallayzUserError(
                 "--device cuda was asked for but CUDA is not available; use --device cpu"
             )
         self.device = torch.device(config.device)
-        self.model = model.to(self.device)
-        self.names = list(model.config.modalities)  # type: ignore[union-attr, arg-type]
-        self.mode = "soil" if hasattr(model, "embed") else "translate"
-        if getattr(model, "message_passing", False):
-            self.mode = config.retrieval_mode
+        model.to(self.device)
+        # One object seen twice: through the method contract and as a torch module.
+        self.method: TrainableMethod = model
+        self.model: nn.Module = model
+        self.names = list(model.names)
+        modes = model.capabilities.modes
+        if not modes:
+            raise ValueError(
+                f"{type(model).__name__} declares neither embedding nor translation in its "
+                "capabilities; validation needs one of them"
+            )
+        self.mode = config.retrieval_mode if "bridged" in modes else modes[0]
         splits = data.split_indices(config.split_seed)
         self.train_rows, self.val_rows = splits["train"], splits["val"]
         if len(self.train_rows) < 2:
@@ -154,22 +161,14 @@ class Trainer:
         pool = random_pools(len(self.val_rows), config.val_pool, 1, config.seed)[0]
         self.val_pool = self.val_rows[pool.numpy()]
         self.critic_rows = self.val_rows[:CRITIC_ROWS]
-        self.loss_fn: Any = (
-            IMPNLoss(
-                LossWeights(**config.loss_weights),
-                contrastive_temperature=config.contrastive_temperature,
-                reconstruction=config.reconstruction,
-                drop_rate=config.modality_dropout,
-                pair_weighting=config.pair_weighting,
-            )
-            if isinstance(model, IMPN)
-            else ModelObjective(config.pair_weighting)
-        )
+        self.objective = model.objective(loss_settings(config))
+        # The knobs of the sigma schedule and the planner; None for a method without any.
+        self.tunables = self.objective.tunables
         self.optimizer = torch.optim.AdamW(
             parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay
         )
         self.planner = (
-            Planner(config.planner_every) if config.planner and isinstance(model, IMPN) else None
+            Planner(config.planner_every) if config.planner and self.tunables is not None else None
         )
         bs = min(config.batch_size, len(self.train_rows))
         self.batch_size = bs
@@ -187,7 +186,9 @@ class Trainer:
         return {
             "best": self.best,
             "bad_evals": self.bad_evals,
-            "loss_weights": self.loss_fn.weights.as_dict() if self.planner else {},
+            "loss_weights": (
+                self.tunables.loss_weights.as_dict() if self.planner and self.tunables else {}
+            ),
             "planner": self.planner.state_dict() if self.planner else None,
             "lr_schedule": {"kind": "warmup-cosine", "total_steps": self.total_steps},
         }
@@ -211,11 +212,28 @@ class Trainer:
             group.setdefault("lr_scale", 1.0)  # states written before the groups had scales
         self.step = int(scalars["step"]) + 1
         self.best, self.bad_evals = float(scalars["best"]), int(scalars["bad_evals"])
-        for name, value in scalars["loss_weights"].items():
-            setattr(self.loss_fn.weights, name, float(value))
+        self._restore_loss_weights(scalars["loss_weights"])
         if self.planner and scalars["planner"]:
             self.planner.load_state_dict(scalars["planner"])
         _truncate_logs(self.run_dir, self.step - 1)
+
+    def _restore_loss_weights(self, saved: dict[str, Any]) -> None:
+        """Puts back the loss weights a planner had reached (``{}`` when it was off)."""
+        if not saved:
+            return
+        if self.tunables is None:
+            raise VallayzUserError(
+                f"the state of {self.run_dir} holds loss weights but its method has no tunable "
+                "loss; resume it with the vallayz version that started it, or start a new run"
+            )
+        try:
+            weights = self.tunables.loss_weights.replace(**saved)
+        except (TypeError, ValueError) as err:
+            raise VallayzUserError(
+                f"the loss weights in the state of {self.run_dir} are invalid ({err}); start the "
+                "run again with vallayz fit --out"
+            ) from err
+        self.tunables.set_loss_weights(weights)
 
     # ------------------------------------------------------------------ pieces
     def _rows(self, step: int) -> np.ndarray:
@@ -238,7 +256,7 @@ class Trainer:
         validation items) from moving the score that selects the best checkpoint and stops
         training early as much as a pair with thousands of queries.
         """
-        encode = model_encoder(self.model, self.data, self.mode)
+        encode = model_encoder(self.method, self.data, self.mode)
         # The model's modalities, which may be fewer than the data's.
         pairs = default_pairs(self.names)
         table = retrieval_table(
@@ -251,17 +269,19 @@ class Trainer:
         return out
 
     def critic(self) -> float:
-        """``-(contrastive + 0.5 * cycle)`` on a fixed validation batch, deterministic."""
+        """The tunables' critic score of the loss on a fixed validation batch, deterministic."""
+        if self.tunables is None:
+            raise ValueError("the critic needs a method with tunables")
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             batch = self.data.batch(self.critic_rows, self.names)
-            out = self.loss_fn(self.model, batch, self._generator(0, 99))
+            out = self.objective(batch, self._generator(0, 99))
         self.model.train(was_training)
-        return -float(out.terms["contrastive"] + 0.5 * out.terms["cycle"])
+        return self.tunables.critic_score(out)
 
     def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)  # type: ignore[operator]
+        self.method.save_pretrained(directory)
 
     def _log(self, step: int, values: dict[str, float]) -> None:
         path = self.run_dir / METRICS
@@ -328,8 +348,8 @@ class Trainer:
             lr = learning_rate(step, self.total_steps, self.config)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            if isinstance(self.model, IMPN):
-                self.model.sigma_scale = sigma_scale(step, self.total_steps, self.config)
+            if self.tunables is not None:
+                self.tunables.set_sigma_scale(sigma_scale(step, self.total_steps, self.config))
             torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
             batch = self.data.batch(self._rows(step), self.names)
             rates = (self.config.token_dropout, self.config.token_row_dropout)
@@ -343,7 +363,7 @@ class Trainer:
                 batch = Batch.of(batch, tokens=tokens)
             try:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = self.loss_fn(self.model, batch, self._generator(step, 2))
+                    out = self.objective(batch, self._generator(step, 2))
             except ValueError as err:
                 # The data folder was checked for NaN/Inf when loaded, so non-finite values met
                 # inside the loss (the cycle pass re-reads the model's own outputs) are the
@@ -378,12 +398,11 @@ class Trainer:
                 else:
                     self.bad_evals += 1
                     stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
-            if self.planner:
-                assert isinstance(self.model, IMPN)
-                decisions = self.planner.step(step, self.model, self.loss_fn, self.critic)
+            if self.planner and self.tunables:
+                decisions = self.planner.step(step, self.tunables, self.critic)
                 if last or stopped:
                     # The final model must be a judged state: an unjudged trial is undone.
-                    decisions += self.planner.finish(step, self.model, self.loss_fn)
+                    decisions += self.planner.finish(step, self.tunables)
                 if decisions:
                     with (self.run_dir / PLANNER_LOG).open("a") as handle:
                         for decision in decisions:
@@ -550,6 +569,11 @@ def fit(
         model, optimizer_state, scalars = load_state(run_dir, config.device, notices)
         for line in notices:
             notice(line)
+        if not isinstance(model, TrainableMethod):
+            raise VallayzUserError(
+                f"the model of {run_dir} is not a trainable method; resume it with the vallayz "
+                "version that started it"
+            )
         trainer = Trainer(data, run_dir, model, config, progress)
         trainer.restore(optimizer_state, scalars)
         return trainer.fit()

@@ -11,42 +11,38 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vallayz.baselines import LatentTranslator
+from vallayz.baselines import ClosedFormTranslators, LatentTranslator
 from vallayz.data import PairedEmbeddings
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
-from vallayz.functional import mean_over_present
+from vallayz.method import Method
 
 Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 """``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
 
-MODES = ("soil", "bridged", "translate")
 
+def model_encoder(model: Method, data: Any, mode: str = "soil", batch_size: int = 1024) -> Encoder:
+    """Query/candidate vectors of any :class:`~vallayz.method.Method` along one retrieval path.
 
-def model_encoder(model: Any, data: Any, mode: str = "soil", batch_size: int = 1024) -> Encoder:
-    """Query/candidate vectors of a model with ``embed`` and/or ``translate`` (IMPN, baselines).
+    ``soil`` (``capabilities.embeds``): queries are the shared-space embeddings of the sources
+    (for IMPN each embedded alone, averaged over present sources), candidates those of the
+    target. ``bridged`` (``capabilities.bridges``): queries are the states the absent target's
+    nodes reach by message passing from the sources (several sources fused by the bridge),
+    candidates the target's own shared-space vectors. ``translate``
+    (``capabilities.translates``): queries are the sources translated into the target's native
+    space, candidates the native targets. A ``torch.nn.Module`` is encoded in eval mode.
 
-    ``soil``: queries are the shared-space embeddings of the sources (for IMPN each embedded
-    alone, averaged over present sources), candidates those of the target. ``bridged`` (models
-    that pass messages, i.e. IMPN): queries are the soil states the absent target's nodes reach
-    by message passing from the sources (several sources fused by the bridge), candidates the
-    target's own soil vectors. ``translate``: queries are the sources translated into the
-    target's native space, candidates the native targets.
+    Raises:
+        ValueError: if ``mode`` is not one of :data:`~vallayz.method.MODES` or the method does
+            not serve it.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    needed = "translate" if mode == "translate" else "embed"
-    if not hasattr(model, needed):
-        raise ValueError(f"{type(model).__name__} has no {needed}(); evaluate it with another mode")
-    if mode == "bridged" and not getattr(model, "message_passing", False):
-        raise ValueError(
-            f"{type(model).__name__} passes no messages, so it has no bridged embedding; "
-            "evaluate it with mode='soil'"
-        )
+    model.capabilities.check_mode(mode, type(model).__name__)
+    module = model if isinstance(model, torch.nn.Module) else None
 
     @torch.no_grad()
     def encode(sources: Sequence[str], target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        was_training = model.training
-        model.eval()
+        was_training = module is not None and module.training
+        if module is not None:
+            module.eval()
         queries, candidates = [], []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
@@ -60,15 +56,17 @@ def model_encoder(model: Any, data: Any, mode: str = "soil", batch_size: int = 1
             else:
                 queries.append(model.translate(src, target=target).cpu())
                 candidates.append(data.batch(chunk, [target]).pooled()[target])
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
         return torch.cat(queries), torch.cat(candidates)
 
     return encode
 
 
 class ClosedFormEncoder:
-    """Translates with one closed-form map per ``(source, target)`` pair, fitted lazily on anchor
-    rows where both are present; several sources are averaged (each translated on its own).
+    """Translates with :class:`~vallayz.baselines.ClosedFormTranslators`: one closed-form map
+    per ``(source, target)`` pair, fitted lazily on anchor rows where both are present; several
+    sources are averaged (each translated on its own).
 
     Args:
         data: The data set whose rows are encoded.
@@ -93,30 +91,24 @@ class ClosedFormEncoder:
         self.data, self.anchors = data, anchors
         self.anchor_data = anchor_data if anchor_data is not None else data
         self.method, self.normalisation = method, normalisation
-        self.maps: dict[tuple[str, str], Any] = maps if maps is not None else {}
+        self.translators = ClosedFormTranslators(method, normalisation, self._anchor_pairs, maps)
+        self.maps = self.translators.maps
 
-    def translator(self, source: str, target: str) -> Any:
+    def _anchor_pairs(self, source: str, target: str) -> tuple[Tensor, Tensor]:
+        present = self.anchor_data.present
+        rows = self.anchors[present[source][self.anchors] & present[target][self.anchors]]
+        pooled = self.anchor_data.batch(rows, [source, target]).pooled()
+        return pooled[source], pooled[target]
+
+    def translator(self, source: str, target: str) -> LatentTranslator:
         """The fitted map ``source → target``."""
-        if (source, target) not in self.maps:
-            present = self.anchor_data.present
-            rows = self.anchors[present[source][self.anchors] & present[target][self.anchors]]
-            pooled = self.anchor_data.batch(rows, [source, target]).pooled()
-            self.maps[source, target] = LatentTranslator(self.method, self.normalisation).fit(
-                pooled[source].double(), pooled[target].double()
-            )
-        return self.maps[source, target]
+        return self.translators.translator(source, target)
 
     def __call__(
         self, sources: Sequence[str], target: str, rows: np.ndarray
     ) -> tuple[Tensor, Tensor]:
-        batch = self.data.batch(rows, [*sources, target])
-        pooled = batch.pooled()
-        translations = {}
-        for source in sources:
-            keep = batch.present[source][:, None]
-            clean = torch.where(keep, pooled[source], torch.zeros_like(pooled[source])).double()
-            translations[source] = self.translator(source, target).transform(clean)
-        return mean_over_present(translations, batch.present).float(), pooled[target]
+        queries = self.translators.translate(self.data.batch(rows, sources), target=target)
+        return queries, self.data.batch(rows, [target]).pooled()[target]
 
 
 def default_pairs(modalities: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:

@@ -14,16 +14,18 @@ from vallayz.losses.regularisers import (
     denoising_loss,
     orthogonality_loss,
 )
-from vallayz.losses.total import IMPNLoss, LossOutput, LossWeights
+from vallayz.losses.total import IMPNLoss, IMPNObjective, LossOutput, LossSettings, LossWeights
 from vallayz.losses.weighting import PAIR_WEIGHTINGS, check_pair_weighting, pair_mean
 
 __all__ = [
     "PAIR_WEIGHTINGS",
     "DenoisingLoss",
     "IMPNLoss",
+    "IMPNObjective",
     "InfoNCELoss",
     "KNNPreservationLoss",
     "LossOutput",
+    "LossSettings",
     "LossWeights",
     "OrthogonalityLoss",
     "ReconstructionLoss",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +18,18 @@ from vallayz.losses.reconstruction import KINDS, cycle_loss, translation_loss
 from vallayz.losses.regularisers import denoising_loss, orthogonality_loss
 from vallayz.losses.weighting import check_pair_weighting, pair_mean
 from vallayz.masking import drop_modalities
-from vallayz.model import IMPN
 from vallayz.types import Batch, Embeddings
 
+if TYPE_CHECKING:
+    from vallayz.model import IMPN
 
-@dataclass
+
+@dataclass(frozen=True)
 class LossWeights:
-    """Weights of the terms of the IMPN objective (0 switches a term off)."""
+    """Weights of the terms of the IMPN objective (0 switches a term off).
+
+    Frozen: a change is a new object from :meth:`replace`, which checks the term names.
+    """
 
     # Symmetric InfoNCE between unimodal soil vectors of every present pair of modalities.
     contrastive: float = 1.0
@@ -52,6 +60,38 @@ class LossWeights:
     def as_dict(self) -> dict[str, float]:
         """Term name → weight."""
         return asdict(self)
+
+    def replace(self, **changes: float) -> LossWeights:
+        """These weights with the named terms changed.
+
+        Raises:
+            ValueError: if a name is not a term of the objective, or a weight is negative.
+        """
+        known = self.as_dict()
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise ValueError(f"unknown loss term(s) {unknown}; the terms are {list(known)}")
+        return dataclasses.replace(self, **{name: float(v) for name, v in changes.items()})
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How a method's training loss is computed; each method reads the settings its terms use
+    (a learned baseline only ``pair_weighting``)."""
+
+    # Weight of each term of the IMPN objective.
+    weights: LossWeights = field(default_factory=LossWeights)
+    # InfoNCE temperature of IMPN's contrastive and bridged terms.
+    contrastive_temperature: float = 0.07
+    # "mse", "cosine" or "mse+cosine" for IMPN's translation and cycle terms.
+    reconstruction: str = "mse+cosine"
+    # Probability of dropping each present modality in IMPN's translation pass.
+    drop_rate: float = 0.5
+    # How per-pair (and per-modality) terms are averaged: "rows" or "equal" (see pair_mean).
+    pair_weighting: str = "rows"
+
+    def __post_init__(self) -> None:
+        check_pair_weighting(self.pair_weighting)
 
 
 @dataclass
@@ -263,3 +303,76 @@ def joint_batch(batch: Batch, a: str, rows_a: Tensor, b: str, rows_b: Tensor) ->
         padding={m: batch.padding[m][r] for m, r in picks.items() if m in batch.padding},
         tokens={m: batch.tokens[m][r] for m, r in picks.items() if m in batch.tokens},
     )
+
+
+class IMPNObjective:
+    """:class:`IMPNLoss` bound to one model: IMPN's :class:`~vallayz.method.Objective`, and the
+    :class:`~vallayz.method.Tunables` a planner may turn (gating, noise, term weights).
+
+    Args:
+        model: The model whose loss this is.
+        settings: The loss settings.
+    """
+
+    def __init__(self, model: IMPN, settings: LossSettings) -> None:
+        self.model = model
+        self.loss = IMPNLoss(
+            settings.weights,
+            contrastive_temperature=settings.contrastive_temperature,
+            reconstruction=settings.reconstruction,
+            drop_rate=settings.drop_rate,
+            pair_weighting=settings.pair_weighting,
+        )
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        """The weighted total and every term of the model's loss on ``batch``."""
+        out: LossOutput = self.loss(self.model, batch, generator)
+        return out
+
+    @property
+    def tunables(self) -> IMPNObjective:
+        """This objective: it exposes the model's gating and noise and its own weights."""
+        return self
+
+    @property
+    def temperature(self) -> float:
+        """Gate temperature of every bridge layer."""
+        return self.model.config.temperature
+
+    @property
+    def top_k(self) -> int:
+        """Senders each node keeps in every bridge layer."""
+        return self.model.config.top_k
+
+    @property
+    def sigma(self) -> dict[str, float]:
+        """Micro-variant noise scale per modality."""
+        return self.model.sigma
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        """Weight of each term."""
+        return self.loss.weights
+
+    def set_gating(self, *, top_k: int | None = None, temperature: float | None = None) -> None:
+        """Changes top-k and/or the gate temperature (see :meth:`IMPN.set_gating`)."""
+        self.model.set_gating(top_k=top_k, temperature=temperature)
+
+    def set_sigma(self, sigma: Mapping[str, float]) -> None:
+        """Sets the noise scale of the named modalities (see :meth:`IMPN.set_sigma`)."""
+        self.model.set_sigma(sigma)
+
+    def set_sigma_scale(self, scale: float) -> None:
+        """Multiplies every sigma by ``scale`` in training passes (a schedule; not saved)."""
+        if not scale >= 0:
+            raise ValueError(f"the sigma scale must be >= 0, got {scale}")
+        self.model.sigma_scale = scale
+
+    def set_loss_weights(self, weights: LossWeights) -> None:
+        """Replaces the term weights (build them with :meth:`LossWeights.replace`)."""
+        self.loss.weights = weights
+
+    def critic_score(self, out: LossOutput) -> float:
+        """``-(contrastive + 0.5 * cycle)``: unweighted terms, so that a change of the weights
+        does not move the score by itself."""
+        return -float(out.terms["contrastive"] + 0.5 * out.terms["cycle"])

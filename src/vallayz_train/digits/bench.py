@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vallayz.data import write_paired_embeddings
+from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table
 from vallayz_train.bench import BenchSpec, Pair, run_benchmark
 from vallayz_train.config import TrainConfig
@@ -77,13 +78,13 @@ def read_fsdd(root: str | Path | None = None) -> list[Recording]:
     folder = find_data("fsdd", ENV_DATA, root)
     recordings = read_recordings(folder) if folder.is_dir() else []
     if not recordings:
-        raise ValueError(
+        raise VallayzUserError(
             f"no {{digit}}_{{speaker}}_{{take}}.wav files in {folder}; give --data FOLDER or "
             f"set {ENV_DATA} to a folder of {SOURCE}"
         )
     speakers = sorted({r.speaker for r in recordings})
     if len(speakers) < 3:
-        raise ValueError(
+        raise VallayzUserError(
             f"{folder} has recordings of {len(speakers)} speaker(s) ({speakers}); the split by "
             "speaker needs at least 3 (one to test, others to train and validate)"
         )
@@ -105,7 +106,7 @@ def deal_images(recordings: Sequence[Recording], labels: np.ndarray, seed: int =
     for row, r in enumerate(recordings):
         share = shares[r.digit, r.speaker]
         if len(share) == 0:
-            raise ValueError(f"no image of digit {r.digit} is left for speaker {r.speaker}")
+            raise VallayzUserError(f"no image of digit {r.digit} is left for speaker {r.speaker}")
         n = used.get((r.digit, r.speaker), 0)
         out[row] = share[n % len(share)]
         used[r.digit, r.speaker] = n + 1
@@ -244,7 +245,7 @@ def bench_digits(
     held_out = list(speakers or everyone)
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
-        raise ValueError(f"unknown speaker(s) {unknown}; the data has {everyone}")
+        raise VallayzUserError(f"unknown speaker(s) {unknown}; the data has {everyone}")
     spec = BenchSpec(
         pairs=PAIRS,
         pool=pool,

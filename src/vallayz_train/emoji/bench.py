@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vallayz.data import write_paired_embeddings
+from vallayz.errors import VallayzUserError
 from vallayz_train.bench import BenchSpec, Pair, run_benchmark
 from vallayz_train.config import TrainConfig
 from vallayz_train.emoji.encoders import image_encoder
@@ -77,14 +78,14 @@ def read_pairs(root: str | Path | None = None) -> list[Emoji]:
     folder = find_data("emoji", ENV_DATA, root)
     table = folder / "pairs.tsv"
     if not table.is_file():
-        raise ValueError(
+        raise VallayzUserError(
             f"{table} is missing; give --data FOLDER or set {ENV_DATA} to a folder of {SOURCE}"
         )
     with table.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{table} lacks the column(s) {missing}; expected {SOURCE}")
+            raise VallayzUserError(f"{table} lacks the column(s) {missing}; expected {SOURCE}")
         rows = list(reader)
     emoji = [
         Emoji(folder / "img" / r["image"], r["hexcode"], r["label"], r["tags"], r["category"])
@@ -92,9 +93,9 @@ def read_pairs(root: str | Path | None = None) -> list[Emoji]:
     ]
     absent = [e.image for e in emoji if not e.image.is_file()]
     if absent:
-        raise ValueError(f"{len(absent)} image(s) of {table} are missing, e.g. {absent[0]}")
+        raise VallayzUserError(f"{len(absent)} image(s) of {table} are missing, e.g. {absent[0]}")
     if not emoji:
-        raise ValueError(f"{table} lists no emoji")
+        raise VallayzUserError(f"{table} lists no emoji")
     return emoji
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vallayz.errors import VallayzUserError
+
 IMAGE_SIZE = 224
 IMAGE_DIM = 1280
 EXTRA = "pip install 'vallayz[emoji]'"
@@ -40,7 +42,7 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
         with Image.open(path) as opened:
             rgba = opened.convert("RGBA")
     except OSError as err:
-        raise ValueError(f"cannot read {path} as an image ({err})") from err
+        raise VallayzUserError(f"cannot read {path} as an image ({err})") from err
     page = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     page.alpha_composite(rgba)
     rgb = page.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
+from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table, model_encoder, retrieval_table
 from vallayz.learned import load_pretrained
 from vallayz.types import Batch
@@ -238,7 +239,9 @@ def bench_tibetan(
 def _run_data(run_dir: Path) -> PairedEmbeddings:
     run_file = run_dir / "run.json"
     if not run_file.is_file():
-        raise ValueError(f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)")
+        raise VallayzUserError(
+            f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)"
+        )
     return PairedEmbeddings(json.loads(run_file.read_text())["data"], check_values=False)
 
 
@@ -260,14 +263,14 @@ def translate_text(
         query = Batch.of({"speech": torch.from_numpy(frames)})
     elif source == "bo":
         if not text:
-            raise ValueError("give a Tibetan line to translate, or --audio FILE.wav")
+            raise VallayzUserError("give a Tibetan line to translate, or --audio FILE.wav")
         encoder = TibetanEncoder.load(data.directory / ENCODER_DIR)
         query = Batch.of(
             {"bo": torch.from_numpy(encoder([text]))},
             tokens={"bo": torch.from_numpy(encoder.token_ids([text], TOKEN_LENGTH)).long()},
         )
     else:
-        raise ValueError(
+        raise VallayzUserError(
             f"translate-text reads Tibetan text (--source bo) or --audio, not {source!r}"
         )
     english = data.keys("en")
@@ -276,7 +279,7 @@ def translate_text(
         first.setdefault(line, row)
     rows = np.array(sorted(first.values()))
     with torch.no_grad():
-        q = model.embed(query) if hasattr(model, "embed") else model.translate(query, target="en")
+        q = model.embed(query) if model.capabilities.embeds else model.translate(query, target="en")
     candidates = _candidates(model, data, rows)
     scores = (
         torch.nn.functional.normalize(q, dim=-1)
@@ -294,7 +297,7 @@ def _candidates(model: Any, data: PairedEmbeddings, rows: np.ndarray) -> torch.T
     with torch.no_grad():
         for start in range(0, len(rows), 4096):
             batch = data.batch(rows[start : start + 4096], ["en"])
-            parts.append(model.embed(batch) if hasattr(model, "embed") else batch.pooled()["en"])
+            parts.append(model.embed(batch) if model.capabilities.embeds else batch.pooled()["en"])
     return torch.cat(parts)
 
 
@@ -340,7 +343,7 @@ def evaluate_corpus(
     table = retrieval_table(
         data,
         rows,
-        model_encoder(model, data, "soil" if hasattr(model, "embed") else "translate"),
+        model_encoder(model, data, "soil" if model.capabilities.embeds else "translate"),
         [(("bo",), "en"), (("en",), "bo")],
         pool,
         pools,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vallayz.errors import VallayzUserError
+
 ENV_CORPUS = "VALLAYZ_TIBETAN_CORPUS"
 DEFAULT_NAME = Path("shared") / "data" / "tibetan" / "openpecha-bo-en.tsv.xz"
 SOURCE_HINT = (
@@ -78,7 +80,7 @@ def read_segments(path: str | Path | None = None) -> list[tuple[str, str, str]]:
     """
     path = Path(path) if path is not None else default_corpus_path()
     if not path.exists():
-        raise ValueError(f"no Tibetan corpus at {path}; get {SOURCE_HINT}")
+        raise VallayzUserError(f"no Tibetan corpus at {path}; get {SOURCE_HINT}")
     if path.is_dir():
         folder = path / "text-pairs" if (path / "text-pairs").is_dir() else path
         segments = []
@@ -94,7 +96,7 @@ def read_segments(path: str | Path | None = None) -> list[tuple[str, str, str]]:
             en_lines = en_file.read_text(encoding="utf-8").splitlines()
             segments += [(doc, b, e) for b, e in zip(bo_lines, en_lines, strict=False)]
         if not segments:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{folder} holds no <ID>-bo.txt / <ID>-en.txt pairs; get {SOURCE_HINT}"
             )
         return segments
@@ -104,12 +106,12 @@ def read_segments(path: str | Path | None = None) -> list[tuple[str, str, str]]:
             reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None or [h.strip() for h in header[:3]] != ["doc", "bo", "en"]:
-                raise ValueError(
+                raise VallayzUserError(
                     f"{path} must start with the header doc<TAB>bo<TAB>en, got {header}"
                 )
             return [(row[0], row[1], row[2]) for row in reader if len(row) >= 3]
     except (OSError, lzma.LZMAError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path} ({err}); get {SOURCE_HINT}") from err
+        raise VallayzUserError(f"cannot read {path} ({err}); get {SOURCE_HINT}") from err
 
 
 def build_corpus(

