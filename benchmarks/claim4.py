@@ -133,30 +133,30 @@ class PlainBridge(nn.Module):
         self.top_k, self.temperature = cross.top_k, cross.temperature
         self.norm = nn.LayerNorm(dim, eps=cross.norm.eps)
         weight, bias = cross.gate.first_layer()
-        self.gate = nn.Sequential(
-            nn.Linear(2 * dim + 1, weight.shape[0]), nn.GELU(), nn.Linear(weight.shape[0], 1)
-        )
+        first, last = nn.Linear(2 * dim + 1, weight.shape[0]), nn.Linear(weight.shape[0], 1)
+        self.gate = nn.Sequential(first, nn.GELU(), last)
         self.value = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
-        self.ffn = nn.Sequential(
+        hidden = bridge.ffn.up.out_features
+        norm, up, down = (
             nn.LayerNorm(dim, eps=bridge.ffn.norm.eps),
-            nn.Linear(dim, bridge.ffn.up.out_features),
-            nn.GELU(),
-            nn.Linear(bridge.ffn.up.out_features, dim),
+            nn.Linear(dim, hidden),
+            nn.Linear(hidden, dim),
         )
+        self.ffn = nn.Sequential(norm, up, nn.GELU(), down)
         with torch.no_grad():
             self.norm.weight.copy_(cross.norm.weight)
             self.norm.bias.copy_(cross.norm.bias)
-            self.gate[0].weight.copy_(weight)
-            self.gate[0].bias.copy_(bias)
-            self.gate[2].weight.copy_(cross.gate.out.weight)
-            self.gate[2].bias.copy_(cross.gate.out.bias)
+            first.weight.copy_(weight)
+            first.bias.copy_(bias)
+            last.weight.copy_(cross.gate.out.weight)
+            last.bias.copy_(cross.gate.out.bias)
             self.value.weight.copy_(cross.value.weight)
             self.out.weight.copy_(cross.out.weight)
-            for mine, theirs in zip(
-                (self.ffn[0], self.ffn[1], self.ffn[3]),
-                (bridge.ffn.norm, bridge.ffn.up, bridge.ffn.down),
-                strict=True,
+            for mine, theirs in (
+                (norm, bridge.ffn.norm),
+                (up, bridge.ffn.up),
+                (down, bridge.ffn.down),
             ):
                 mine.weight.copy_(theirs.weight)
                 mine.bias.copy_(theirs.bias)
