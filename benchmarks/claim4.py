@@ -16,7 +16,8 @@
     expansion shows through. The layer's own noisy path is measured too: ``K`` micro-variants of
     the sender, combined by the layer's gate weights, averaged over repeated draws.
 
-The "order" columns are the measured exponent ``p`` of ``error ∝ σ^p`` between successive ``σ``
+Norms ``‖·‖∞`` are the largest absolute difference over the message's components. The "order"
+columns are the measured exponent ``p`` of ``error ∝ σ^p`` between successive ``σ``
 (``log(e₁/e₂) / log(σ₁/σ₂)``): 4 means the error shrinks as ``σ⁴``, 2 as ``σ²``.
 
 Usage::
@@ -50,8 +51,8 @@ SIGMAS = (0.4, 0.2, 0.1, 0.05, 0.025)
 # Senders of the receiver node; at most the layer's top_k, so selection keeps every sender
 # and φ is smooth (a sender entering or leaving the top-k is a kink of φ).
 SENDERS = 3
-EXPANSION = "|E[φ] − (φ(s) + ½σ²Tr∇²φ)|"
-LAYER = "|layer, K → ∞ − (φ(s) + ½σ²Tr∇²φ)|"
+EXPANSION = "‖E[φ] − (φ(s) + ½σ²Tr∇²φ)‖∞"
+LAYER = "‖layer, K → ∞ − (φ(s) + ½σ²Tr∇²φ)‖∞"
 
 
 def train_tiny_bridge(steps: int = 60, seed: int = 0) -> BridgeLayer:
@@ -357,10 +358,10 @@ def smoothing_rows(
         rows.append(
             {
                 "sigma": sigma,
-                "|E[φ] − φ(s)|": float((smoothed - centre).abs().max()),
+                "‖E[φ] − φ(s)‖∞": float((smoothed - centre).abs().max()),
                 EXPANSION: float((smoothed - expansion).abs().max()),
                 LAYER: float((limit - expansion).abs().max()),
-                f"|layer, K = {variants} sampled − K → ∞|": float((sampled - limit).abs().max()),
+                f"‖layer, K = {variants} sampled − K → ∞‖∞": float((sampled - limit).abs().max()),
             }
         )
     for key, name in (
