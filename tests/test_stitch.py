@@ -18,6 +18,7 @@ from vallayz_train.stitch.bench import (
     identity_encoder,
     mean_target_encoder,
     normalisation_table,
+    training_means,
 )
 
 WORDS = [
@@ -71,7 +72,8 @@ def test_an_exact_rotation_is_recovered_and_the_reference_cosine_is_the_mean(
         REFERENCE: (mean_target_encoder(data, train), True),
         "no map": (identity_encoder(data), False),
     }
-    table = evaluate(data, test, encoders, [(("minilm",), "e5")], 8, 3, 0)
+    centres = training_means(data, train)
+    table = evaluate(data, test, encoders, [(("minilm",), "e5")], 8, 3, 0, centres)
     rows = {(r["method"], r["pool"]): r for r in table}
     assert set(rows) == {(m, p) for m in encoders for p in ("8", "all")}
     assert rows["ortho (l2)", "all"]["R@1"] == 1.0
@@ -81,6 +83,14 @@ def test_an_exact_rotation_is_recovered_and_the_reference_cosine_is_the_mean(
     mean = e5[train].mean(0)
     expected = np.mean(e5[test] @ mean / np.linalg.norm(e5[test], axis=1) / np.linalg.norm(mean))
     assert rows[REFERENCE, "all"]["cosine"] == pytest.approx(expected, abs=1e-6)
+    # Centred on the training mean, the reference says nothing (0); the map's centred cosine
+    # against a float64 recomputation.
+    assert rows[REFERENCE, "all"]["centred cosine"] == 0.0
+    translated = encoders["ortho (l2)"][0](("minilm",), "e5", test)[0].double().numpy() - mean
+    truth = e5[test] - mean
+    centred = np.sum(translated * truth, 1) / np.linalg.norm(translated, axis=1)
+    centred /= np.linalg.norm(truth, axis=1)
+    assert rows["ortho (l2)", "all"]["centred cosine"] == pytest.approx(centred.mean(), abs=1e-5)
     # A shared-space method carries no translation cosine.
     assert "cosine" not in rows["no map", "all"]
     assert rows["ortho (l2)", "8"]["queries"] == 8 and rows["ortho (l2)", "all"]["queries"] == 20
@@ -190,6 +200,9 @@ def test_bench_stitch_end_to_end_on_a_few_lines(
         if r["method"] == "ortho (standard)" and r["source"] == "minilm" and r["pool"] == "all"
     )
     assert row["cosine"] == pytest.approx(float(expected), abs=1e-5)
+    mean = y[splits["train"]].mean(0)
+    centred = torch.cosine_similarity(translator.transform(x[test]) - mean, y[test] - mean, -1)
+    assert row["centred cosine"] == pytest.approx(float(centred.mean()), abs=1e-5)
     # Negative control: each encoder's own Tibetan vector against its English vectors.
     control = PairedEmbeddings(out / "control")
     assert len(control.split_indices()["train"]) == 10

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     pool = str(args.pool)
     shown = [r for r in results["results"] if r["pool"] in (pool, "all")]
     columns = ["method", "source", "target", "pool", "queries", "R@1", "R@5", "cosine"]
+    columns.append("centred cosine")
     print(format_table(shown, columns))
     print(format_table(normalisation_table(results["results"], pool)))
     if results["control"]:
