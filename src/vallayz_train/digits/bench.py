@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from vallayz.data import write_paired_embeddings
 from vallayz.eval import format_table
-from vallayz_train.bench import BenchSpec, Pair, run_benchmark
+from vallayz_train.bench import BenchSpec, Pair, finish_report, run_benchmark
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.encoders import (
     WORDS,
@@ -348,17 +348,17 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         ("geometry", "Geometry: cycle reconstruction and kNN preservation",
          ["method", "metric"], ["mse", "cosine", "value"]),
     ]  # fmt: skip
-    for key, title, keys, metrics in sections:
-        if results.get(key):
-            lines += [f"## {title}", "", _table(results[key], keys, metrics), ""]
-    try:
-        plots = _plots(out, results)
-        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    except ImportError:
-        lines += ["(plots need matplotlib: pip install 'vallayz[plot]')"]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return finish_report(
+        out,
+        results,
+        lines,
+        [(key, title, _columns(keys, metrics)) for key, title, keys, metrics in sections],
+        _plots,
+    )
+
+
+def _columns(keys: list[str], metrics: list[str]) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda rows: _table(rows, keys, metrics)
 
 
 def _plots(out: Path, results: dict[str, Any]) -> list[Path]:
