@@ -55,17 +55,10 @@ def train_runs(
     runs = Runs()
 
     def train_once(name: str, run: Path, config: TrainConfig) -> Path:
-        if is_finished(run):
-            return run
-        started = time.perf_counter()
-        if (run / LATEST).exists():
-            log(f"resuming {name} in {run}")
-            fit(data_dir, run, resume=True, progress=progress)
-        else:
-            log(f"training {name} -> {run}")
-            overrides = learned_method(name).overrides(model_overrides, spec)
-            fit(data_dir, run, overrides, config, progress=progress, method=name)
-        runs.seconds[run.name] = time.perf_counter() - started
+        overrides = learned_method(name).overrides(model_overrides, spec)
+        seconds = train_run(data_dir, run, name, overrides, config, progress, log)
+        if seconds is not None:
+            runs.seconds[run.name] = seconds
         return run
 
     for name in spec.methods:
@@ -76,6 +69,30 @@ def train_runs(
                 config = replace(train, modality_dropout=rate)
                 runs.matched[rate] = train_once("impn", out / matched_run_name(rate), config)
     return runs
+
+
+def train_run(
+    data_dir: str | Path,
+    run: Path,
+    method: str,
+    overrides: dict[str, Any] | None,
+    config: TrainConfig,
+    progress: bool,
+    log: Any,
+) -> float | None:
+    """Trains ``method`` into the run folder ``run``: nothing when it is finished, resumed from
+    its last state when it was interrupted, else a new run (one that stopped before its first
+    checkpoint starts again). Returns the seconds spent, or None for a finished run."""
+    if is_finished(run):
+        return None
+    started = time.perf_counter()
+    if (run / LATEST).exists():
+        log(f"resuming {method} in {run}")
+        fit(data_dir, run, resume=True, progress=progress)
+    else:
+        log(f"training {method} -> {run}")
+        fit(data_dir, run, overrides, config, progress=progress, method=method)
+    return time.perf_counter() - started
 
 
 @dataclass
