@@ -11,7 +11,7 @@ import pytest
 from scipy.io import wavfile
 
 from vallayz_train.cli import main
-from vallayz_train.tibetan.bench import (
+from vallayz_train.tibetan.constants import (
     FRONT_END_LR,
     SPEECH_NODES,
     SPEECH_POOLING,

@@ -405,14 +405,9 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
 def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table
-    from vallayz_train.tibetan.bench import (
-        SPEECH_NODES,
-        SPEECH_POOLING,
-        TRAIN_DEFAULTS,
-        bench_tibetan,
-        evaluate_corpus,
-        translate_text,
-    )
+    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus
+    from vallayz_train.tibetan.constants import SPEECH_NODES, SPEECH_POOLING, TRAIN_DEFAULTS
+    from vallayz_train.tibetan.translate import translate_text
 
     if args.eval_corpus:
         if not args.run:
@@ -459,7 +454,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from vallayz_train.bench.ablation import AblationSpec, run_ablation
     from vallayz_train.tibetan.ablations import VARIANTS
-    from vallayz_train.tibetan.bench import FRONT_END_DEFAULTS, MODEL_DEFAULTS, TOKEN_BUCKETS
+    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, MODEL_DEFAULTS, TOKEN_BUCKETS
 
     if args.list:
         print("\n".join(VARIANTS))
@@ -493,7 +488,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate_text(args: argparse.Namespace) -> int:
-    from vallayz_train.tibetan.bench import translate_text
+    from vallayz_train.tibetan.translate import translate_text
 
     if not args.text and not args.audio:
         raise UsageError('give a Tibetan line ("...") or --audio FILE.wav')

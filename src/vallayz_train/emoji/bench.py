@@ -23,7 +23,7 @@ from vallayz_train.bench import BenchSpec, Pair, run_benchmark
 from vallayz_train.config import TrainConfig
 from vallayz_train.emoji.encoders import image_encoder
 from vallayz_train.shared_data import file_digest, find_data
-from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 
 ENV_DATA = "VALLAYZ_EMOJI_DATA"

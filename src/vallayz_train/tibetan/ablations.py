@@ -20,7 +20,7 @@ import numpy as np
 
 from vallayz.data import PairedEmbeddings
 from vallayz_train.bench.ablation import Variant
-from vallayz_train.tibetan.bench import encode_speech, write_speech_meta
+from vallayz_train.tibetan.data import encode_speech, write_speech_meta
 
 
 def linked_copy(data_dir: Path, out: Path, write_speech: Callable[[Path], None]) -> Path:
