@@ -370,6 +370,19 @@ def _train_args(
         raise UsageError(f"{args.config}: {err}" if args.config else str(err)) from err
 
 
+def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a benchmark function that come from the shared benchmark
+    options (and ``--closed-form``): pools, their seed, matched dropout, progress."""
+    return {
+        "pool": args.pool,
+        "pools": args.pools,
+        "seed_eval": args.seed_eval,
+        "matched_dropout": args.matched_dropout,
+        "closed_form": tuple(args.closed_form),
+        "progress": not args.quiet,
+    }
+
+
 def _cmd_bench_data(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.bench import BenchSpec, run_benchmark
@@ -518,19 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="data directory (optional with --resume)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument(
-        "--front-end-lr",
-        dest="front_end_lr",
-        type=float,
-        help="peak learning rate of the hashed n-gram tables (default: --lr)",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    _training_options(p, "(default: --lr)")
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
@@ -727,21 +728,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bench_options(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
-    b.add_argument("--max-steps", dest="max_steps", type=int)
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--batch-size", dest="batch_size", type=int)
-    b.add_argument("--lr", type=float, help="peak learning rate")
-    b.add_argument(
+def _training_options(p: argparse.ArgumentParser, front_end_default: str) -> None:
+    """The options that override the training config file: budget, learning rates, seed,
+    device."""
+    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument(
         "--front-end-lr",
         dest="front_end_lr",
         type=float,
-        help="peak learning rate of the hashed n-gram tables (default: --lr; bench tibetan: "
-        "its own measured default, see BENCHMARKS.md)",
+        help=f"peak learning rate of the hashed n-gram tables {front_end_default}",
     )
-    b.add_argument("--seed", type=int)
-    b.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+
+# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+
+
+def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:
+    """``--closed-form``: the closed-form maps a benchmark fits (``note`` says its default)."""
+    b.add_argument(
+        "--closed-form",
+        dest="closed_form",
+        nargs="+",
+        choices=list(CLOSED_FORM),
+        default=list(default),
+        help=f"closed-form maps to fit ({note})",
+    )
+
+
+def _bench_options(b: argparse.ArgumentParser) -> None:
+    _training_options(
+        b, "(default: --lr; bench tibetan: its own measured default, see BENCHMARKS.md)"
+    )
     b.add_argument("--pool", type=int, default=1000)
     b.add_argument("--pools", type=int, default=5)
     b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")

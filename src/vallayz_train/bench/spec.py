@@ -51,6 +51,31 @@ class BenchSpec:
     token_buckets: dict[str, int] = field(default_factory=dict)
 
 
+# The training settings of the small benchmarks (bench emoji, bench digits) besides their
+# budget: batches of 128, validation every 50 steps, a checkpoint every 100.
+SMALL_DATA_TRAIN: dict[str, Any] = {"batch_size": 128, "eval_every": 50, "checkpoint_every": 100}
+
+
+def fixed_pairs_spec(
+    pairs: list[Pair],
+    pool: int,
+    pools: int,
+    seed: int,
+    matched_dropout: bool,
+    closed_form: tuple[str, ...],
+) -> BenchSpec:
+    """The spec of a benchmark with fixed directions whose pools, seed, matched dropout and
+    closed-form maps come from its command line (bench emoji, bench digits)."""
+    return BenchSpec(
+        pairs=pairs,
+        pool=pool,
+        pools=pools,
+        seed=seed,
+        matched_dropout=matched_dropout,
+        closed_form=closed_form,
+    )
+
+
 # The retrieval paths a trained model offers: (label suffix, model_encoder mode, whether the
 # path reads the target's native space). A model offers a path when it has the capability.
 _PATHS = (

@@ -26,6 +26,7 @@ import numpy as np
 from vallayz.data import write_paired_embeddings
 from vallayz.eval import format_table
 from vallayz_train.bench import BenchSpec, Pair, finish_report, run_benchmark
+from vallayz_train.bench.spec import SMALL_DATA_TRAIN, fixed_pairs_spec
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.encoders import (
     WORDS,
@@ -56,13 +57,7 @@ PAIRS: list[Pair] = [
 ]
 VAL_FRACTION = 0.1
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "max_steps": 200,
-    "batch_size": 128,
-    "eval_every": 50,
-    "checkpoint_every": 100,
-    "warmup_steps": 20,
-}
+TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 200, "warmup_steps": 20}
 # A held-out speaker has 500 recordings: pools of 100 besides the whole split.
 POOL = 100
 POOLS = 5
@@ -245,14 +240,7 @@ def bench_digits(
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
         raise ValueError(f"unknown speaker(s) {unknown}; the data has {everyone}")
-    spec = BenchSpec(
-        pairs=PAIRS,
-        pool=pool,
-        pools=pools,
-        seed=seed_eval,
-        matched_dropout=matched_dropout,
-        closed_form=closed_form,
-    )
+    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     per_fold: dict[str, dict[str, Any]] = {}
     for speaker in held_out:
