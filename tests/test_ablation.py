@@ -6,14 +6,16 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from synthetic import write_synthetic
 
+from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.bench.ablation import AblationSpec, Variant, run_ablation
-from vallayz_train.cli import build_parser
+from vallayz_train.cli import build_parser, main
 from vallayz_train.tibetan.ablations import REFERENCE, VARIANTS, NoSpeech
 from vallayz_train.trainer import fit
 
@@ -94,3 +96,38 @@ def test_a_variant_is_the_same_trainer_run_and_is_reused(
     again = run_ablation(data, out, spec, variants, model_defaults=SMALL, progress=False)
     assert [r["variant"] for r in again] == list(variants)
     assert [r["val R@1"] for r in again] == [r["val R@1"] for r in table]
+
+
+def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(120, 4))
+    arrays = {
+        "bo": (latent @ rng.normal(size=(4, 10))).astype(np.float32),
+        "en": (latent @ rng.normal(size=(4, 8))).astype(np.float32),
+        "speech": (latent @ rng.normal(size=(4, 6)))[:, None, :].repeat(3, 1).astype(np.float32),
+    }
+    items = [{"id": f"i{i}", "group": f"g{i % 30}", "text_en": f"e{i}"} for i in range(120)]
+    tokens = {"bo": rng.integers(0, 50, size=(120, 5))}
+    data = write_paired_embeddings(tmp_path / "data", arrays, items, tokens=tokens)
+    assert main(["ablate", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == list(VARIANTS)
+    args = ["ablate", str(data), "--out", str(tmp_path / "ab"), "--steps", "2", "--pool", "5"]
+    options = ["--batch-size", "16", "--base", "bench", "--noisy-snr", "10", "--quiet"]
+    assert main([*args, *options, "--only", "no speech", REFERENCE]) == 0
+    table = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert [r["pair"] for r in table] == [
+        "bo->en",
+        "bo->en at 10 dB",
+        "bo->en",
+        "bo+speech->en",
+        "bo->en at 10 dB",
+    ]
+    config = json.loads((tmp_path / "ab" / "no-speech" / "config.json").read_text())
+    assert set(config["modalities"]) == {"bo", "en"}
+    train = json.loads((tmp_path / "ab" / "no-speech" / "run.json").read_text())["train"]
+    assert (train["max_steps"], train["front_end_lr"], train["planner"]) == (2, 3e-2, False)
+    capsys.readouterr()
+    assert main([*args, "--only", "no such variant"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
