@@ -322,9 +322,10 @@ LARGE_VALUE = 1e4
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from vallayz_train.plots import plot_run
+    from vallayz_train.run_folder import RUN_FILE
 
-    if not (Path(args.run) / "run.json").is_file():
-        raise UsageError(f"{args.run} is not a run folder of vallayz fit (no run.json)")
+    if not (Path(args.run) / RUN_FILE).is_file():
+        raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
     for path in plot_run(Path(args.run), args.data, args.out):
         print(f"wrote {path}")
     return 0
