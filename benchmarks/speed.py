@@ -10,8 +10,9 @@ Rows:
 * ``ranks``: ``retrieval_ranks`` (exact, duplicate-aware) over a bare streaming matmul + top-10
   (:func:`vallayz.index.exact_search`); the ratio is the reference's time over ours, i.e. our
   share of its throughput.
-* ``index <kind>``: :class:`vallayz.index.VectorIndex` search over the exact streaming top-10,
-  with recall@10 against it (when faiss is installed).
+* ``index <kind>``: :class:`vallayz.index.SearchIndex` search (FAISS; the index that
+  ``vallayz retrieve --index`` saves) over the exact streaming top-10, with recall@10 against
+  it (when faiss is installed).
 
 Peak memory is the rise of the process's peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs`` after returning freed heap with ``malloc_trim``) during one run of
@@ -38,7 +39,7 @@ import torch
 from vallayz import IMPN, IMPNConfig
 from vallayz.baselines import LatentTranslator
 from vallayz.eval import retrieval_ranks
-from vallayz.index import VectorIndex, exact_search, recall_at_k
+from vallayz.index import SearchIndex, exact_search, recall_at_k
 from vallayz.learned import build_model
 from vallayz.losses import IMPNLoss
 from vallayz.types import Batch
@@ -274,12 +275,13 @@ def retrieval_rows(
     c = c[:index_candidates]
     exact = exact_search(q, c, 10)[1]
     for kind in ("hnsw", "ivf"):
-        index = VectorIndex(kind)
+        # The index that vallayz retrieve --index KIND builds and saves in a run folder.
+        index = SearchIndex(kind)
         start = time.perf_counter()
         index.build(c)
         build = time.perf_counter() - start
 
-        def search(index: VectorIndex = index) -> tuple[torch.Tensor, torch.Tensor]:
+        def search(index: SearchIndex = index) -> tuple[torch.Tensor, torch.Tensor]:
             return index.search(q, 10)
 
         def exact_top10(c: torch.Tensor = c) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,8 @@ from vallayz_train.bench import BenchSpec
 from vallayz_train.cli import main
 from vallayz_train.config import TrainConfig
 from vallayz_train.tibetan import bench
-from vallayz_train.tibetan.bench import ENCODER_DIR, TOKEN_LENGTH, evaluate_corpus
+from vallayz_train.tibetan.bench import evaluate_corpus
+from vallayz_train.tibetan.constants import ENCODER_DIR, TOKEN_LENGTH
 from vallayz_train.tibetan.encoders import TibetanEncoder
 from vallayz_train.trainer import fit
 
@@ -203,11 +204,6 @@ def test_the_eval_corpus_option_runs_it_from_the_command_line(
     assert "--eval-corpus needs --run" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench tibetan accepts --seed-eval but never reads it: evaluate_corpus has no seed "
-    "and always draws the pools of seed 0",
-)
 def test_seed_eval_chooses_the_pools_of_eval_corpus(
     run: Path, english: None, tmp_path: Path
 ) -> None:
@@ -220,11 +216,6 @@ def test_seed_eval_chooses_the_pools_of_eval_corpus(
     check_table(json.loads((out / "eval.json").read_text())["results"], reference(run, 4, 3, 7))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench tibetan accepts --seed-eval but never passes it on: its benchmark runs with "
-    "BenchSpec's default seed (0) whatever the option says",
-)
 def test_seed_eval_reaches_the_tibetan_benchmark(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

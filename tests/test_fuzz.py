@@ -27,8 +27,8 @@ from vallayz import IMPN, IMPNConfig
 from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
 from vallayz.types import Batch
-from vallayz_train.checkpoint import read_state
 from vallayz_train.config import TrainConfig
+from vallayz_train.run_folder import read_state
 
 FUZZ = bool(os.environ.get("VALLAYZ_FUZZ"))
 CASES = {"count": 0}
@@ -197,7 +197,7 @@ def test_the_training_config_loader_accepts_or_names_the_field(data: dict[str, o
 
 @pytest.fixture(scope="module")
 def state_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vallayz_train.checkpoint import save_state
+    from vallayz_train.run_folder import save_state
 
     run = tmp_path_factory.mktemp("run")
     model = IMPN(tiny_config())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vallayz.index import VectorIndex, exact_search, recall_at_k
+from vallayz.index import SearchIndex, VectorIndex, exact_search, recall_at_k
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
@@ -64,3 +65,88 @@ def test_load_explains_a_missing_index(tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     with pytest.raises(ValueError, match="cannot read an index"):
         VectorIndex.load(tmp_path)
+
+
+# ---------------------------------------------------------------- SearchIndex
+
+
+def _ranks_by_loop(q: torch.Tensor, c: torch.Tensor, qk: list[int], ck: list[int]) -> list[int]:
+    """Float64 reference: one plus the wrong candidates scoring at least the best right one."""
+    qn = q.double() / q.double().norm(dim=1, keepdim=True)
+    cn = c.double() / c.double().norm(dim=1, keepdim=True)
+    out = []
+    for i in range(len(qk)):
+        scores = [float(qn[i] @ cn[j]) for j in range(len(ck))]
+        best = max(s for s, key in zip(scores, ck, strict=True) if key == qk[i])
+        out.append(1 + sum(s >= best for s, key in zip(scores, ck, strict=True) if key != qk[i]))
+    return out
+
+
+def test_search_index_agrees_with_a_full_sort_and_counts_duplicates_as_hits() -> None:
+    g = torch.Generator().manual_seed(2)
+    c = torch.randn(80, 8, generator=g)
+    keys = torch.arange(80) // 2  # every candidate has a duplicate
+    q = c[::7] + 0.5 * torch.randn(12, 8, generator=g)
+    index = SearchIndex(chunk_size=9).build(c, keys)
+    scores, ids = index.search(q, 5)
+    full = F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T
+    expected_scores, expected_ids = full.sort(dim=1, descending=True)
+    torch.testing.assert_close(scores, expected_scores[:, :5])
+    assert torch.equal(ids, expected_ids[:, :5])
+    query_keys = keys[::7]
+    ranks = index.ranks(q, query_keys)
+    assert ranks.tolist() == _ranks_by_loop(q, c, query_keys.tolist(), keys.tolist())
+
+
+def test_search_index_survives_save_and_load(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    c, q = torch.randn(50, 6, generator=g), torch.randn(4, 6, generator=g)
+    index = SearchIndex(meta={"model": [1, 2]}).build(c)
+    index.save(tmp_path / "index")
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [
+        "candidates.safetensors",
+        "index.json",
+    ]
+    loaded = SearchIndex.load(tmp_path / "index")
+    assert (loaded.kind, loaded.size, loaded.meta) == ("exact", 50, {"model": [1, 2]})
+    for got, expected in zip(loaded.search(q, 7), index.search(q, 7), strict=True):
+        assert torch.equal(got, expected)
+    (tmp_path / "index" / "candidates.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read a search index"):
+        SearchIndex.load(tmp_path / "index")
+
+
+def test_search_index_refuses_bad_use() -> None:
+    with pytest.raises(ValueError, match="kind must be one of"):
+        SearchIndex("flat")
+    with pytest.raises(ValueError, match="empty"):
+        SearchIndex().search(torch.randn(2, 3), 1)
+    index = SearchIndex().build(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="space of the indexed candidates"):
+        index.search(torch.randn(2, 4), 1)
+    with pytest.raises(ValueError, match="k must be in"):
+        index.search(torch.randn(2, 3), 6)
+    with pytest.raises(ValueError, match="one key per candidate"):
+        SearchIndex().build(torch.randn(5, 3), torch.arange(4))
+
+
+def test_approximate_kinds_without_faiss_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now fails
+    with pytest.raises(ImportError, match=r"pip install 'vallayz\[index\]'"):
+        SearchIndex("ivf").build(torch.randn(50, 4))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_index_finds_the_exact_neighbours(kind: str, tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(1500, 12, generator=g)
+    q = c[:40] + 0.05 * torch.randn(40, 12, generator=g)
+    index = SearchIndex(kind).build(c)
+    exact = SearchIndex().build(c).search(q, 10)[1]
+    assert recall_at_k(index.search(q, 10)[1], exact) >= 0.8
+    # Ranks stay exact whatever the kind.
+    assert torch.equal(index.ranks(q, torch.arange(40)), torch.ones(40, dtype=torch.long))
+    index.save(tmp_path)
+    loaded = SearchIndex.load(tmp_path)
+    assert loaded.kind == kind and torch.equal(loaded.search(q, 10)[1], index.search(q, 10)[1])

@@ -105,7 +105,8 @@ def test_fit_saves_a_judged_final_model(tmp_path: Any) -> None:
     from synthetic import write_synthetic
 
     from vallayz_train.config import TrainConfig
-    from vallayz_train.trainer import PLANNER_LOG, fit
+    from vallayz_train.run_folder import PLANNER_LOG
+    from vallayz_train.trainer import fit
 
     data = write_synthetic(tmp_path / "data", rows=120)
     config = TrainConfig(

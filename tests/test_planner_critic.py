@@ -50,7 +50,8 @@ def _terms(contrastive: float, translation: float, cycle: float) -> dict[str, fl
 def _score_with(trainer: Trainer, parameter: str, value: Any) -> float:
     """The critic with one change made through the model's and the loss's own API, then
     undone the same way."""
-    model, weights = trainer.model, trainer.loss_fn.weights
+    model, tunables = trainer.model, trainer.tunables
+    assert tunables is not None
     assert isinstance(model, IMPN)
     if parameter == "temperature":
         old: Any = model.config.temperature
@@ -63,8 +64,8 @@ def _score_with(trainer: Trainer, parameter: str, value: Any) -> float:
         model.set_sigma(value)
     else:
         name = parameter.removeprefix("weight:")
-        old = getattr(weights, name)
-        setattr(weights, name, value)
+        old = getattr(tunables.loss_weights, name)
+        tunables.set_loss_weights(tunables.loss_weights.replace(**{name: value}))
     score = trainer.critic()
     if parameter == "temperature":
         model.set_gating(temperature=old)
@@ -73,25 +74,27 @@ def _score_with(trainer: Trainer, parameter: str, value: Any) -> float:
     elif parameter == "sigma":
         model.set_sigma(old)
     else:
-        setattr(weights, parameter.removeprefix("weight:"), old)
+        name = parameter.removeprefix("weight:")
+        tunables.set_loss_weights(tunables.loss_weights.replace(**{name: old}))
     return score
 
 
 def _state(trainer: Trainer) -> tuple[float, int, dict[str, float], dict[str, float]]:
-    model = trainer.model
-    assert isinstance(model, IMPN)
+    model, tunables = trainer.model, trainer.tunables
+    assert isinstance(model, IMPN) and tunables is not None
     return (
         model.config.temperature,
         model.config.top_k,
         model.sigma,
-        trainer.loss_fn.weights.as_dict(),
+        tunables.loss_weights.as_dict(),
     )
 
 
 def test_each_proposal_is_judged_by_the_real_critic_and_reverts_restore_it(
     trainer: Trainer,
 ) -> None:
-    model, loss = trainer.model, trainer.loss_fn
+    model, loss = trainer.model, trainer.tunables
+    assert loss is not None
     assert isinstance(model, IMPN)
     planner = Planner(1)  # a decision at every step: each step below is one interval
     start = _state(trainer)
@@ -100,7 +103,7 @@ def test_each_proposal_is_judged_by_the_real_critic_and_reverts_restore_it(
 
     def decide(step: int, terms: dict[str, float]) -> list[dict[str, Any]]:
         planner.observe(terms)
-        return planner.step(step, model, loss, trainer.critic)
+        return planner.step(step, loss, trainer.critic)
 
     # The first window is the reference of the weight rule: contrastive 2, translation 1,
     # cycle 1.
@@ -149,11 +152,11 @@ def test_each_proposal_is_judged_by_the_real_critic_and_reverts_restore_it(
         1.0,
         1.5,
     )
-    assert loss.weights.translation == 1.5
+    assert loss.loss_weights.translation == 1.5
     assert _score_with(trainer, "weight:translation", 1.0) == base
     judged, control = decide(6, _terms(1.0, 1.0, 1.0))
     assert (judged["action"], judged["gain"]) == ("revert", 0.0)
-    assert loss.weights.as_dict() == start[3]
+    assert loss.loss_weights.as_dict() == start[3]
     assert control["score_before"] == base
 
     # Gating again, contrastive dominating: 1.0 * 2.0 >= 0.5 * 1.0 -> temperature x 0.8.
@@ -174,12 +177,13 @@ def test_a_change_is_kept_when_it_beats_a_control_interval_that_lost_ground(
 ) -> None:
     # A control interval whose critic fell (here: the model was made worse during it) sets
     # the bar below 0; a change that does nothing to the critic (a loss weight) then beats it.
-    model, loss = trainer.model, trainer.loss_fn
+    model, loss = trainer.model, trainer.tunables
+    assert loss is not None
     assert isinstance(model, IMPN)
     planner = Planner(1)
     planner.turn = 2  # the next proposal is a loss weight
     planner.observe(_terms(1.0, 1.0, 1.0))
-    planner.step(0, model, loss, trainer.critic)
+    planner.step(0, loss, trainer.critic)
     before = trainer.critic()
     with torch.no_grad():
         for parameter in model.adapters.parameters():
@@ -187,10 +191,10 @@ def test_a_change_is_kept_when_it_beats_a_control_interval_that_lost_ground(
     worse = trainer.critic()
     assert worse < before
     planner.observe(_terms(1.0, 1.0, 1.0))
-    (proposal,) = planner.step(1, model, loss, trainer.critic)
+    (proposal,) = planner.step(1, loss, trainer.critic)
     assert proposal["parameter"].startswith("weight:")
     planner.observe(_terms(1.0, 1.0, 1.0))
-    judged, _ = planner.step(2, model, loss, trainer.critic)
+    judged, _ = planner.step(2, loss, trainer.critic)
     assert (judged["gain"], judged["control_gain"]) == (0.0, worse - before)
     assert judged["action"] == "keep"
 
@@ -221,19 +225,22 @@ def test_the_gating_proposal_by_hand(
     model.set_gating(top_k=top_k, temperature=temperature)
     planner = Planner(1)
     planner.observe(_terms(*terms))
-    planner.step(0, model, trainer.loss_fn, trainer.critic)
+    assert trainer.tunables is not None
+    planner.step(0, trainer.tunables, trainer.critic)
     planner.observe(_terms(*terms))
-    (proposal,) = planner.step(1, model, trainer.loss_fn, trainer.critic)
+    (proposal,) = planner.step(1, trainer.tunables, trainer.critic)
     assert (proposal["parameter"], proposal["old"], proposal["new"]) == pytest.approx(expected)
 
 
 def test_a_weight_that_is_off_is_proposed_at_0_1(trainer: Trainer) -> None:
-    trainer.loss_fn.weights.cycle = 0.0
+    tunables = trainer.tunables
+    assert tunables is not None
+    tunables.set_loss_weights(tunables.loss_weights.replace(cycle=0.0))
     planner = Planner(1)
     planner.turn = 2
     planner.observe(_terms(2.0, 2.0, 2.0))
-    planner.step(0, trainer.model, trainer.loss_fn, trainer.critic)  # type: ignore[arg-type]
+    planner.step(0, tunables, trainer.critic)
     planner.observe(_terms(1.0, 1.0, 1.8))  # cycle fell least (0.9 of its first window)
-    (proposal,) = planner.step(1, trainer.model, trainer.loss_fn, trainer.critic)  # type: ignore[arg-type]
+    (proposal,) = planner.step(1, tunables, trainer.critic)
     assert (proposal["parameter"], proposal["old"], proposal["new"]) == ("weight:cycle", 0.0, 0.1)
-    assert trainer.loss_fn.weights.cycle == 0.1
+    assert tunables.loss_weights.cycle == 0.1

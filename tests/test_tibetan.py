@@ -11,7 +11,7 @@ import pytest
 from scipy.io import wavfile
 
 from vallayz_train.cli import main
-from vallayz_train.tibetan.bench import (
+from vallayz_train.tibetan.constants import (
     FRONT_END_LR,
     SPEECH_NODES,
     SPEECH_POOLING,
@@ -200,7 +200,16 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
         assert train["token_row_dropout"] == TOKEN_ROW_DROPOUT
     line = "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།"
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    first = capsys.readouterr().out
+    assert len(first.strip().splitlines()) == 5
+    # The English candidates were embedded once and saved with the run; the next call reads
+    # them back and answers the same.
+    index = out / "impn" / "index-en-exact"
+    assert (index / "candidates.safetensors").is_file()
+    saved = (index / "candidates.safetensors").stat().st_mtime_ns
+    assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
+    assert capsys.readouterr().out == first
+    assert (index / "candidates.safetensors").stat().st_mtime_ns == saved
 
     # A recording goes through the same features as the benchmark's synthesized speech.
     meta = json.loads((out / "data" / "speech.json").read_text())

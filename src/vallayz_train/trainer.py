@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +21,28 @@ from vallayz.losses import LossSettings, LossWeights
 from vallayz.masking import drop_tokens
 from vallayz.method import TrainableMethod
 from vallayz.types import Batch
-from vallayz_train.checkpoint import LATEST, OPTIMIZER, load_state, save_state, states
 from vallayz_train.config import TrainConfig
 from vallayz_train.planner import Planner
+from vallayz_train.run_folder import (
+    BEST,
+    LATEST,
+    METRICS,
+    OPTIMIZER,
+    PLANNER_LOG,
+    RUN_FILE,
+    TENSORBOARD,
+    claim_run_dir,
+    clear_run,
+    load_state,
+    notice,
+    read_run,
+    save_state,
+    states,
+    truncate_logs,
+    write_run,
+    write_summary,
+)
 
-RUN_FILE = "run.json"
-METRICS = "metrics.csv"
-PLANNER_LOG = "planner.jsonl"
 CRITIC_ROWS = 512
 
 
@@ -215,7 +227,7 @@ class Trainer:
         self._restore_loss_weights(scalars["loss_weights"])
         if self.planner and scalars["planner"]:
             self.planner.load_state_dict(scalars["planner"])
-        _truncate_logs(self.run_dir, self.step - 1)
+        truncate_logs(self.run_dir, self.step - 1)
 
     def _restore_loss_weights(self, saved: dict[str, Any]) -> None:
         """Puts back the loss weights a planner had reached (``{}`` when it was off)."""
@@ -394,7 +406,7 @@ class Trainer:
                 self._log(step, last_val)
                 if last_val["val/R@1"] > self.best:
                     self.best, self.bad_evals = last_val["val/R@1"], 0
-                    self.save(self.run_dir / "best")
+                    self.save(self.run_dir / BEST)
                 else:
                     self.bad_evals += 1
                     stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
@@ -424,7 +436,7 @@ class Trainer:
             "early_stopped": stopped,
             **last_val,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(self.run_dir, summary)
         return summary
 
 
@@ -433,91 +445,7 @@ def _tensorboard(run_dir: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _truncate_logs(run_dir: Path, step: int) -> None:
-    """Drops log lines written after the state being resumed (a killed run wrote them)."""
-    metrics = run_dir / METRICS
-    if metrics.exists():
-        lines = metrics.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
-        metrics.write_text("".join(kept))
-    planner = run_dir / PLANNER_LOG
-    if planner.exists():
-        kept = [
-            line
-            for line in planner.read_text().splitlines(keepends=True)
-            if json.loads(line)["step"] <= step
-        ]
-        planner.write_text("".join(kept))
-
-
-# What a run writes in its folder; a run without a checkpoint is cleared of these to restart.
-_RUN_NAMES = (
-    RUN_FILE,
-    "train_config.json",
-    METRICS,
-    PLANNER_LOG,
-    "summary.json",
-    "config.json",
-    "model.safetensors",
-    "best",
-    "tensorboard",
-)
-
-
-def notice(message: str) -> None:
-    """One line on stderr about something the run did on the user's behalf."""
-    print(f"vallayz: notice: {message}", file=sys.stderr)
-
-
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    run_file = run_dir / RUN_FILE
-    if not run_file.is_file():
-        raise VallayzUserError(
-            f"{run_dir} is not a vallayz run ({RUN_FILE} is missing); check the path"
-        )
-    try:
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise VallayzUserError(f"{run_file} is unreadable ({err})") from err
-    if not isinstance(run, dict) or not isinstance(run.get("train"), dict) or "data" not in run:
-        raise VallayzUserError(f"{run_file} lacks its 'data' path or 'train' settings")
-    return run
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Removes what a run that never reached a checkpoint wrote, so it can start again."""
-    for name in _RUN_NAMES:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for partial in run_dir.glob("state-*.partial"):
-        shutil.rmtree(partial)
-
-
-def _claim_run_dir(run_dir: Path) -> None:
-    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
-    or a run that stopped before its first checkpoint (cleared, with a notice)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise VallayzUserError(f"--out {run_dir} is a file; choose a folder for the run")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
-    if not (run_dir / RUN_FILE).is_file():
-        raise VallayzUserError(
-            f"--out {run_dir} is a folder that holds no vallayz run but other files; choose a "
-            "new or empty folder so that runs are not mixed"
-        )
-    if states(run_dir):
-        raise VallayzUserError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-            "or choose a new --out"
-        )
-    notice(f"{run_dir} holds a run that stopped before its first checkpoint; starting it again")
-    _clear_run(run_dir)
+    return SummaryWriter(str(run_dir / TENSORBOARD))
 
 
 def fit(
@@ -543,7 +471,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     if resume:
-        run = _read_run(run_dir)
+        run = read_run(run_dir)
         config = TrainConfig.from_dict(run["train"])
         if not states(run_dir):
             if "model" not in run:
@@ -555,7 +483,7 @@ def fit(
                 f"{run_dir} stopped before its first checkpoint, so --resume starts it fresh "
                 f"with the settings in its {RUN_FILE}"
             )
-            _clear_run(run_dir)
+            clear_run(run_dir)
             return fit(
                 data_dir or run["data"],
                 run_dir,
@@ -580,7 +508,7 @@ def fit(
     if data_dir is None:
         raise VallayzUserError("name the data directory to train on (or pass --resume RUN_DIR)")
     config = train_config or TrainConfig()
-    _claim_run_dir(run_dir)
+    claim_run_dir(run_dir)
     if method not in METHODS:
         raise VallayzUserError(f"method must be one of {METHODS}, got {method!r}")
     data = PairedEmbeddings(data_dir)
@@ -592,12 +520,5 @@ def fit(
             raise
         raise VallayzUserError(f"the model config is invalid: {err}") from err
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = {
-        "data": str(Path(data_dir).resolve()),
-        "method": method,
-        "model": model_overrides,
-        "train": asdict(config),
-    }
-    (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-    config.to_json(run_dir / "train_config.json")
+    write_run(run_dir, data_dir, method, model_overrides, config)
     return Trainer(data, run_dir, model, config, progress).fit()

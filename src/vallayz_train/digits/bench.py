@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ import numpy as np
 from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table
-from vallayz_train.bench import BenchSpec, Pair, run_benchmark
+from vallayz_train.bench import BenchSpec, Pair, finish_report, run_benchmark
+from vallayz_train.bench.spec import SMALL_DATA_TRAIN, fixed_pairs_spec
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.encoders import (
     WORDS,
@@ -37,7 +38,7 @@ from vallayz_train.digits.encoders import (
     speech_nodes,
 )
 from vallayz_train.shared_data import file_digest, find_data
-from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 
 ENV_DATA = "VALLAYZ_FSDD_DATA"
@@ -57,13 +58,7 @@ PAIRS: list[Pair] = [
 ]
 VAL_FRACTION = 0.1
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "max_steps": 200,
-    "batch_size": 128,
-    "eval_every": 50,
-    "checkpoint_every": 100,
-    "warmup_steps": 20,
-}
+TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 200, "warmup_steps": 20}
 # A held-out speaker has 500 recordings: pools of 100 besides the whole split.
 POOL = 100
 POOLS = 5
@@ -246,14 +241,7 @@ def bench_digits(
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
         raise VallayzUserError(f"unknown speaker(s) {unknown}; the data has {everyone}")
-    spec = BenchSpec(
-        pairs=PAIRS,
-        pool=pool,
-        pools=pools,
-        seed=seed_eval,
-        matched_dropout=matched_dropout,
-        closed_form=closed_form,
-    )
+    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     per_fold: dict[str, dict[str, Any]] = {}
     for speaker in held_out:
@@ -349,17 +337,17 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         ("geometry", "Geometry: cycle reconstruction and kNN preservation",
          ["method", "metric"], ["mse", "cosine", "value"]),
     ]  # fmt: skip
-    for key, title, keys, metrics in sections:
-        if results.get(key):
-            lines += [f"## {title}", "", _table(results[key], keys, metrics), ""]
-    try:
-        plots = _plots(out, results)
-        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    except ImportError:
-        lines += ["(plots need matplotlib: pip install 'vallayz[plot]')"]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return finish_report(
+        out,
+        results,
+        lines,
+        [(key, title, _columns(keys, metrics)) for key, title, keys, metrics in sections],
+        _plots,
+    )
+
+
+def _columns(keys: list[str], metrics: list[str]) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda rows: _table(rows, keys, metrics)
 
 
 def _plots(out: Path, results: dict[str, Any]) -> list[Path]:

@@ -15,6 +15,8 @@ def add_command(
     bench_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Registers ``digits`` under ``vallayz bench`` with the shared benchmark options."""
+    from vallayz_train.cli import closed_form_option
+
     b = bench.add_parser(
         "digits", help="spoken digits (FSDD) / digit images / digit words, split by speaker"
     )
@@ -34,21 +36,14 @@ def add_command(
     b.add_argument(
         "--speakers", nargs="+", help="speakers to hold out, one fold each (default: every one)"
     )
-    b.add_argument(
-        "--closed-form",
-        dest="closed_form",
-        nargs="+",
-        choices=list(CLOSED_FORM),
-        default=list(CLOSED_FORM),
-        help="closed-form maps to fit (default: all four)",
-    )
+    closed_form_option(b, CLOSED_FORM, "default: all four")
     bench_options(b)
     # A held-out speaker has 500 recordings: pools of 100 besides the whole split.
     b.set_defaults(func=run, pool=100)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vallayz_train.cli import _train_args
+    from vallayz_train.cli import _train_args, bench_arguments
     from vallayz_train.digits.bench import TRAIN_DEFAULTS, bench_digits
 
     model, train = _train_args(args, TRAIN_DEFAULTS)
@@ -58,13 +53,8 @@ def run(args: argparse.Namespace) -> int:
         args.speech_features,
         train,
         model,
-        args.pool,
-        args.pools,
-        args.seed_eval,
-        args.matched_dropout,
-        tuple(args.closed_form),
-        args.speakers,
-        progress=not args.quiet,
+        speakers=args.speakers,
+        **bench_arguments(args),
     )
     report = Path(args.out) / "report.md"
     text = report.read_text(encoding="utf-8")

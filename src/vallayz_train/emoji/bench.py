@@ -20,11 +20,12 @@ import numpy as np
 
 from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
-from vallayz_train.bench import BenchSpec, Pair, run_benchmark
+from vallayz_train.bench import Pair, run_benchmark
+from vallayz_train.bench.spec import SMALL_DATA_TRAIN, fixed_pairs_spec
 from vallayz_train.config import TrainConfig
 from vallayz_train.emoji.encoders import image_encoder
 from vallayz_train.shared_data import file_digest, find_data
-from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 
 ENV_DATA = "VALLAYZ_EMOJI_DATA"
@@ -40,13 +41,7 @@ FRACTIONS = (0.1, 0.2)
 # about the method, not the data.
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
 # About 100 epochs of the ~1,070 training items; under three minutes per method on 2 cores.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "max_steps": 400,
-    "batch_size": 128,
-    "eval_every": 50,
-    "checkpoint_every": 100,
-    "warmup_steps": 30,
-}
+TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 400, "warmup_steps": 30}
 # The closed-form maps fitted by default. The affine map is left out: its 500 full-batch
 # gradient steps on a 1,280 x 1,280 float64 matrix over ~1,070 anchors cost more CPU time than
 # the whole rest of the benchmark; it is the linear map's model class plus a bias, and
@@ -178,13 +173,6 @@ def bench_emoji(
     out.mkdir(parents=True, exist_ok=True)
     train = train or TrainConfig(**TRAIN_DEFAULTS)
     data_dir = build_data(out, root, train.split_seed, train.device, progress, log)
-    spec = BenchSpec(
-        pairs=PAIRS,
-        pool=pool,
-        pools=pools,
-        seed=seed_eval,
-        matched_dropout=matched_dropout,
-        closed_form=closed_form,
-    )
+    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     return run_benchmark(data_dir, out, spec, train, model, progress, log)

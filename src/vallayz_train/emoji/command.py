@@ -17,20 +17,18 @@ def add_command(
     bench_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Registers ``emoji`` under ``vallayz bench`` with the shared benchmark options."""
+    from vallayz_train.cli import closed_form_option
+
     b = bench.add_parser("emoji", help="Twemoji images (EfficientNet-lite0) / CLDR text (MiniLM)")
     b.add_argument("--out", default="runs/emoji")
     b.add_argument(
         "--data",
         help="folder with pairs.tsv and img/ (default: $VALLAYZ_EMOJI_DATA or shared/data/emoji)",
     )
-    b.add_argument(
-        "--closed-form",
-        dest="closed_form",
-        nargs="+",
-        choices=list(CLOSED_FORM),
-        default=list(DEFAULT_CLOSED_FORM),
-        help="closed-form maps to fit (default: all but affine, whose gradient steps on "
-        "1,280-d features exceed the CPU budget)",
+    closed_form_option(
+        b,
+        DEFAULT_CLOSED_FORM,
+        "default: all but affine, whose gradient steps on 1,280-d features exceed the CPU budget",
     )
     bench_options(b)
     # The test split holds about 306 items: pools of 100 besides the whole split.
@@ -39,22 +37,11 @@ def add_command(
 
 def run(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
-    from vallayz_train.cli import _train_args
+    from vallayz_train.cli import _train_args, bench_arguments
     from vallayz_train.emoji.bench import TRAIN_DEFAULTS, bench_emoji
 
     model, train = _train_args(args, TRAIN_DEFAULTS)
-    results = bench_emoji(
-        args.out,
-        args.data,
-        train,
-        model,
-        args.pool,
-        args.pools,
-        args.seed_eval,
-        args.matched_dropout,
-        tuple(args.closed_form),
-        progress=not args.quiet,
-    )
+    results = bench_emoji(args.out, args.data, train, model, **bench_arguments(args))
     rows = [r for r in results["retrieval"] if r["pool"] in (str(args.pool), "all")]
     columns = ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"]
     print(format_table(rows, columns))

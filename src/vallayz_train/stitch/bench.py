@@ -42,10 +42,10 @@ from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
 from vallayz.eval.pairs import Encoder, pair_pools
 from vallayz.eval.retrieval import retrieval_metrics, retrieval_ranks
 from vallayz.learned import load_pretrained
-from vallayz_train.bench import _hardware
+from vallayz_train.bench import hardware
 from vallayz_train.config import TrainConfig
 from vallayz_train.stitch.encoders import e5_encoder
-from vallayz_train.tibetan.bench import MODEL_DEFAULTS as TIBETAN_MODEL
+from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.tibetan.corpus import Corpus, build_corpus, read_segments
 from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 from vallayz_train.trainer import fit
@@ -282,11 +282,11 @@ def _method_encoders(
             )
     for method, run in runs.items():
         model: Any = load_pretrained(run).eval()
-        if hasattr(model, "embed"):
+        if model.capabilities.embeds:
             encoders[f"{method} (shared space)"] = (model_encoder(model, data, "soil"), False)
-        if getattr(model, "message_passing", False):
+        if model.capabilities.bridges:
             encoders[f"{method} (bridged)"] = (model_encoder(model, data, "bridged"), False)
-        if hasattr(model, "translate"):
+        if model.capabilities.translates:
             encoders[f"{method} (translate)"] = (model_encoder(model, data, "translate"), True)
     return encoders
 
@@ -445,7 +445,7 @@ def bench_stitch(
         "normalisations": list(NORMALISATIONS),
         "model": model,
         "train": asdict(train),
-        "hardware": _hardware(train.device),
+        "hardware": hardware(train.device),
         "seconds": {
             "encode": encode_seconds,
             "train": train_seconds,

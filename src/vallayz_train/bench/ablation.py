@@ -1,0 +1,210 @@
+"""Ablations as benchmark specs: named variants of a method, each trained by the same trainer
+into its own run folder at one budget and scored on the *validation* split (the test split
+stays untouched).
+
+A :class:`Variant` says what it changes (model config fields, training config fields, the data
+through a :class:`DataChange` object, the method); an :class:`AblationSpec` says how every
+variant is trained and scored. Finished variants are reused and interrupted ones resumed, as in
+the benchmark, so an interrupted ablation continues.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from vallayz.data import PairedEmbeddings
+from vallayz.errors import VallayzUserError
+from vallayz.eval import PerturbedView, format_table, model_encoder, rerank_table, retrieval_table
+from vallayz.eval.perturb import drop_sources
+from vallayz_train.bench.runs import train_run
+from vallayz_train.bench.spec import Pair
+from vallayz_train.config import TrainConfig
+from vallayz_train.run_folder import load_model
+
+
+class DataChange(Protocol):
+    """A change of the data folder a variant trains on."""
+
+    def prepare(self, data_dir: Path, out: Path) -> Path:
+        """The data folder of the variant (built under ``out`` if needed, and reused)."""
+        ...
+
+    def model_changes(self, data_dir: Path) -> dict[str, Any]:
+        """Model config changes that go with the data change (e.g. fewer modalities)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One named change of the reference setting.
+
+    Attributes:
+        model: Model config fields that change (for a method other than IMPN only
+            ``token_buckets`` applies).
+        train: Training config fields that change; ``loss_weights`` holds only the weights
+            that change.
+        data: How the data folder changes (None: the ablation's data as it is).
+        method: The trainer's method name.
+    """
+
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    data: DataChange | None = None
+    method: str = "impn"
+
+    def configs(
+        self, model_defaults: dict[str, Any], train: TrainConfig, data_dir: Path
+    ) -> tuple[dict[str, Any], TrainConfig]:
+        """The model overrides and training config of this variant."""
+        model = {**model_defaults, **self.model}
+        if self.data is not None:
+            model.update(self.data.model_changes(data_dir))
+        if self.method != "impn":
+            model = {"token_buckets": model["token_buckets"]} if "token_buckets" in model else {}
+        weights = {**train.loss_weights, **self.train.get("loss_weights", {})}
+        return model, replace(train, **{**self.train, "loss_weights": weights})
+
+
+@dataclass
+class AblationSpec:
+    """How every variant of an ablation is trained and scored."""
+
+    # Optimizer steps of every variant (validated once, at the end).
+    steps: int = 400
+    # Rows per optimizer step.
+    batch_size: int = 256
+    # Training seed (initialisation, batch order, dropout); the split stays the same.
+    seed: int = 0
+    # Training config fields every variant starts from, besides the budget above.
+    base: dict[str, Any] = field(default_factory=dict)
+    # Scored directions.
+    pairs: list[Pair] = field(default_factory=list)
+    # Candidate pool size of the validation retrieval.
+    pool: int = 1000
+    # IMPN retrieval paths scored ("soil" and/or "bridged").
+    modes: tuple[str, ...] = ("soil",)
+    # Candidates re-scored per query by variants with a match head.
+    rerank_depth: int = 50
+    # Also score noisy_pair with noise at this SNR on its source (its n-grams withheld).
+    noisy_snr: float | None = None
+    # The direction of the noisy score (None: the first single-source pair of `pairs`).
+    noisy_pair: Pair | None = None
+    # Also score every multi-source pair with each source dropped for this share of the rows.
+    missing: float | None = None
+
+    def train_config(self) -> TrainConfig:
+        """The training config every variant starts from (the planner off, so that nothing
+        changes the variant's settings during training)."""
+        config = TrainConfig(
+            max_steps=self.steps,
+            batch_size=self.batch_size,
+            eval_every=self.steps,
+            checkpoint_every=self.steps,
+            seed=self.seed,
+            warmup_steps=min(50, self.steps // 4),
+            planner=False,
+        )
+        return replace(config, **self.base)
+
+
+def run_folder_name(name: str, seed: int) -> str:
+    """The run folder of a variant: its name without spaces or brackets (and its seed)."""
+    folder = "".join(c for c in name.replace(" ", "-") if c not in "(),")
+    return f"{folder}-seed{seed}" if seed else folder
+
+
+def run_ablation(
+    data_dir: str | Path,
+    out: str | Path,
+    spec: AblationSpec,
+    variants: Mapping[str, Variant],
+    names: Sequence[str] | None = None,
+    model_defaults: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Trains and scores the variants ``names`` (default: all); writes ``ablation.json``.
+
+    Returns:
+        One row per variant, pair and retrieval path: validation R@1 and R@5 on pools of
+        ``spec.pool`` candidates (every query when a pair has fewer), and training seconds.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    unknown = [n for n in names or () if n not in variants]
+    if unknown:
+        raise VallayzUserError(
+            f"unknown variant(s) {unknown}; list the variants with vallayz ablate --list"
+        )
+    train = spec.train_config()
+    table: list[dict[str, Any]] = []
+    for name in names or list(variants):
+        variant = variants[name]
+        variant_data = data_dir if variant.data is None else variant.data.prepare(data_dir, out)
+        model, config = variant.configs(model_defaults or {}, train, data_dir)
+        run = out / run_folder_name(name, spec.seed)
+        seconds = train_run(variant_data, run, variant.method, model, config, progress, log)
+        rows = score_variant(run, variant_data, spec, config)
+        label = name if not spec.seed else f"{name} (seed {spec.seed})"
+        table += [{"variant": label, **row, "train s": seconds or 0.0} for row in rows]
+        log(format_table(table[-len(rows) :]) if rows else "")
+    log(format_table(table))
+    (out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def score_variant(
+    run: Path, data_dir: Path, spec: AblationSpec, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """Validation R@1 and R@5 of one trained variant on every usable pair and view."""
+    data = PairedEmbeddings(data_dir, check_values=False)
+    val = data.split_indices(config.split_seed)["val"]
+    model = load_model(run)
+    known = model.config.modalities
+    usable = [p for p in spec.pairs if all(m in known for m in (*p[0], p[1]))]
+    views: list[tuple[str, Any, list[Pair]]] = [("", data, usable)]
+    if spec.noisy_snr is not None:
+        # The noise sweep's setting: noise on the source vector, its n-grams withheld.
+        pair = spec.noisy_pair or next(p for p in spec.pairs if len(p[0]) == 1)
+        noisy = PerturbedView(data, noisy=pair[0], snr_db=spec.noisy_snr)
+        views.append((f" at {spec.noisy_snr:g} dB", noisy, [pair]))
+    several = [p for p in usable if len(p[0]) > 1]
+    if spec.missing is not None and several:
+        # The missing-modality sweep's setting: each source dropped for a share of rows.
+        sources = sorted({m for p in several for m in p[0]})
+        absent = drop_sources({m: data.present[m] for m in sources}, spec.missing)
+        view = PerturbedView(data, absent=absent)
+        views.append((f", {spec.missing * 100:g}% missing", view, several))
+    modes = spec.modes if model.capabilities.bridges else ("soil",)
+    rows = [
+        {**row, "target": f"{row['target']}{suffix}", "mode": mode}
+        for mode in modes
+        for suffix, view, view_pairs in views
+        for row in retrieval_table(
+            view, val, model_encoder(model, view, mode), view_pairs, spec.pool
+        )
+    ]
+    if getattr(model, "match_head", None) is not None:
+        # Re-ranked after the first stage of the variant's validation path.
+        first = model_encoder(model, data, config.retrieval_mode)
+        rows += [
+            {**row, "mode": f"{config.retrieval_mode}, re-ranked top {spec.rerank_depth}"}
+            for row in rerank_table(
+                model, data, val, first, usable, spec.pool, 5, 0, spec.rerank_depth
+            )
+        ]
+    return [
+        {
+            "pair": f"{row['source']}->{row['target']}",
+            "mode": row["mode"],
+            "pool": row["queries"] if row["pool"] == "all" else row["pool"],
+            "val R@1": row["R@1"],
+            "val R@5": row["R@5"],
+        }
+        for row in rows
+        # Pools of spec.pool candidates, or every query when a pair has fewer.
+        if row["pool"] == str(spec.pool) or int(str(row["queries"])) < spec.pool
+    ]

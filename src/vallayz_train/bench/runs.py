@@ -1,0 +1,160 @@
+"""The runs of a benchmark: every learned method trained (or resumed, or reused) into its run
+folder under one budget, and the encoders of every method over a view of the data."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import PairedEmbeddings
+from vallayz.eval import PerturbedView
+from vallayz_train.bench.spec import BenchSpec, Pair, closed_form_method, learned_method
+from vallayz_train.config import TrainConfig
+from vallayz_train.run_folder import LATEST, is_finished, load_model
+from vallayz_train.trainer import fit
+
+
+def matched_run_name(rate: float) -> str:
+    """The run folder of the IMPN trained with modality dropout at ``rate``."""
+    return f"impn-dropout-{rate:g}"
+
+
+@dataclass
+class Runs:
+    """The trained runs of a benchmark.
+
+    Attributes:
+        methods: Method name → run folder.
+        matched: Missing rate → run folder of the IMPN trained with that modality dropout.
+        seconds: Run folder name → training seconds (runs trained by this call only).
+    """
+
+    methods: dict[str, Path] = field(default_factory=dict)
+    matched: dict[float, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def train_runs(
+    data_dir: str | Path,
+    out: Path,
+    spec: BenchSpec,
+    train: TrainConfig,
+    model_overrides: dict[str, Any] | None,
+    progress: bool,
+    log: Any,
+) -> Runs:
+    """Trains every learned method of ``spec`` (and the matched-dropout IMPNs) into ``out``.
+
+    A finished run is reused and an interrupted one resumed, so an interrupted benchmark
+    continues where it stopped.
+    """
+    runs = Runs()
+
+    def train_once(name: str, run: Path, config: TrainConfig) -> Path:
+        overrides = learned_method(name).overrides(model_overrides, spec)
+        seconds = train_run(data_dir, run, name, overrides, config, progress, log)
+        if seconds is not None:
+            runs.seconds[run.name] = seconds
+        return run
+
+    for name in spec.methods:
+        runs.methods[name] = train_once(name, out / name, train)
+    if spec.matched_dropout and "impn" in spec.methods:
+        for rate in spec.missing_rates:
+            if rate > 0:
+                config = replace(train, modality_dropout=rate)
+                runs.matched[rate] = train_once("impn", out / matched_run_name(rate), config)
+    return runs
+
+
+def train_run(
+    data_dir: str | Path,
+    run: Path,
+    method: str,
+    overrides: dict[str, Any] | None,
+    config: TrainConfig,
+    progress: bool,
+    log: Any,
+) -> float | None:
+    """Trains ``method`` into the run folder ``run``: nothing when it is finished, resumed from
+    its last state when it was interrupted, else a new run (one that stopped before its first
+    checkpoint starts again). Returns the seconds spent, or None for a finished run."""
+    if is_finished(run):
+        return None
+    started = time.perf_counter()
+    if (run / LATEST).exists():
+        log(f"resuming {method} in {run}")
+        fit(data_dir, run, resume=True, progress=progress)
+    else:
+        log(f"training {method} -> {run}")
+        fit(data_dir, run, overrides, config, progress=progress, method=method)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Bench:
+    """Everything the measures and sweeps of one benchmark read: the data, the rows, the
+    trained runs, and caches of the loaded models and fitted closed-form maps.
+
+    Attributes:
+        data: The data folder.
+        spec: What the benchmark evaluates.
+        train: The training config of every learned method.
+        runs: The trained runs.
+        pairs: The retrieval directions.
+        rows: The rows of the evaluated split.
+        train_rows: The training rows (closed-form maps fit on them).
+        models: Run folder → loaded model (filled on first use).
+        fitted: Closed-form method → its fitted maps (filled on first use).
+    """
+
+    data: PairedEmbeddings
+    spec: BenchSpec
+    train: TrainConfig
+    runs: Runs
+    pairs: list[Pair]
+    rows: np.ndarray
+    train_rows: np.ndarray
+    models: dict[str, Any] = field(default_factory=dict)
+    fitted: dict[str, dict[tuple[str, str], Any]] = field(default_factory=dict)
+
+    def model(self, run: Path) -> Any:
+        """The model of a run folder, loaded once."""
+        if str(run) not in self.models:
+            self.models[str(run)] = load_model(run)
+        return self.models[str(run)]
+
+    def encoders(
+        self,
+        view: PairedEmbeddings | PerturbedView,
+        runs: dict[str, Path] | None = None,
+        closed_form: bool = True,
+        native_only: bool = False,
+    ) -> dict[str, Any]:
+        """Encoders of every method over ``view``, labelled for the tables; closed-form maps
+        fit once, on the clean data.
+
+        Args:
+            view: The data or a perturbed view of it.
+            runs: Label → run folder of the learned methods (default: the benchmark's).
+            closed_form: Include the closed-form maps.
+            native_only: Only paths whose vectors lie in the target's native space.
+        """
+        encoders: dict[str, Any] = {}
+        for label, run in (self.runs.methods if runs is None else runs).items():
+            model = self.model(run)
+            encoders.update(learned_method(label).encoders(label, model, view, native_only))
+        for name in self.spec.closed_form if closed_form else ():
+            method = closed_form_method(name)
+            encoders[method.label(self.spec.normalisation)] = method.encoder(
+                view,
+                self.train_rows,
+                self.spec.normalisation,
+                self.fitted.setdefault(name, {}),
+                anchor_data=self.data,
+            )
+        return encoders

@@ -1,0 +1,494 @@
+"""The run folder: everything a run writes and reads back, in one place.
+
+A run folder holds ``run.json`` (the data path, the method, the model overrides and the training
+settings), ``train_config.json``, the final model (``config.json`` + ``model.safetensors``), the
+best validated model (``best/``), the logs (``metrics.csv``, ``planner.jsonl``), the summary
+(``summary.json``), resumable states, and saved search indexes (``index-<modality>/``).
+
+A resumable state lives in ``RUN_DIR/state-<step>/`` (``config.json``, ``model.safetensors``,
+``optimizer.safetensors``, ``trainer_state.json``). The folder is written completely before the
+pointer file ``RUN_DIR/latest`` is replaced (a rename) to name it, so a run killed at any moment
+resumes from the last complete state. The state before it is kept too: when a file of the latest
+state is unreadable (a disk fault, an edit), :func:`load_state` falls back to it and says so.
+Random draws are derived from ``(seed, step)``, so the step is all the random state there is to
+keep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from vallayz.data import PairedEmbeddings
+from vallayz.errors import VallayzUserError
+from vallayz.eval import keys_to_ids
+from vallayz.index import SEARCH_KINDS, SearchIndex
+from vallayz.learned import load_pretrained
+from vallayz.types import Batch
+
+if TYPE_CHECKING:
+    from vallayz_train.config import TrainConfig
+
+# The files and folders of a run folder.
+RUN_FILE = "run.json"
+TRAIN_CONFIG = "train_config.json"
+METRICS = "metrics.csv"
+PLANNER_LOG = "planner.jsonl"
+SUMMARY = "summary.json"
+BEST = "best"
+TENSORBOARD = "tensorboard"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+INDEX_PREFIX = "index-"
+# Keys of trainer_state.json and the JSON types each must have.
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "step": (int,),
+    "best": (int, float),
+    "bad_evals": (int,),
+    "loss_weights": (dict,),
+    "optimizer": (dict,),
+}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, flushed to disk, then renames it onto
+    ``path``: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def optimizer_to_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Splits an optimizer ``state_dict`` into flat tensors and JSON-able scalars."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars["state"].setdefault(str(index), {})[key] = value
+    return tensors, scalars
+
+
+def optimizer_from_tensors(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
+) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split("/", 1)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in scalars["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def save_state(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scalars: dict[str, Any],
+) -> Path:
+    """Writes ``state-<step>/`` and points ``latest`` at it; removes the states older than the
+    one ``latest`` named before (kept as the fallback of :func:`load_state`)."""
+    previous = _pointed(run_dir)
+    folder = run_dir / f"state-{step}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    work = run_dir / f"state-{step}.partial"
+    if work.exists():
+        shutil.rmtree(work)
+    model.save_pretrained(work)  # type: ignore[operator]
+    tensors, optim_scalars = optimizer_to_tensors(optimizer.state_dict())
+    save_file(tensors, str(work / OPTIMIZER))
+    atomic_write(
+        work / TRAINER_STATE,
+        json.dumps({**scalars, "step": step, "optimizer": optim_scalars}),
+    )
+    work.replace(folder)
+    atomic_write(run_dir / LATEST, folder.name + "\n")
+    for old in run_dir.glob("state-*"):
+        if old not in (folder, previous):
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def states(run_dir: Path) -> list[Path]:
+    """The complete state folders of a run: the one ``latest`` names first, then the others,
+    newest first."""
+    latest = _pointed(run_dir)
+    others = sorted(
+        (f for f in run_dir.glob("state-*") if f.is_dir() and f != latest and _step_of(f) >= 0),
+        key=_step_of,
+        reverse=True,
+    )
+    return ([latest] if latest is not None and latest.is_dir() else []) + others
+
+
+def _pointed(run_dir: Path) -> Path | None:
+    """The state folder that ``latest`` names, if it names one."""
+    try:
+        name = (run_dir / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return run_dir / name if name.startswith("state-") and "/" not in name else None
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.removeprefix("state-"))
+    except ValueError:
+        return -1
+
+
+def load_state(
+    run_dir: Path, device: str, notices: list[str] | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Reads the state that ``latest`` names, or the state before it when that one is
+    unreadable (saying so in ``notices``).
+
+    Returns:
+        ``(model, optimizer_state_dict, scalars)``.
+
+    Raises:
+        VallayzUserError: if the run has no readable state; the message names the file at fault.
+    """
+    candidates = states(run_dir)
+    if not candidates:
+        raise VallayzUserError(
+            f"{run_dir} has no resumable state ({LATEST} is missing); start it with vallayz fit "
+            "--out, or check the path"
+        )
+    errors: list[str] = []
+    for folder in candidates:
+        try:
+            model, optimizer_state, scalars = read_state(folder, device)
+        except VallayzUserError as err:
+            errors.append(str(err))
+            continue
+        if errors and notices is not None:
+            notices.append(f"{errors[0]}; resuming from the previous state, {folder.name}")
+        return model, optimizer_state, scalars
+    raise VallayzUserError(
+        f"{errors[0]}; {run_dir} has no earlier readable state to resume from, so start the run "
+        "again with vallayz fit --out"
+    )
+
+
+def read_state(folder: Path, device: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Reads one ``state-<step>/`` folder, checking every file.
+
+    Raises:
+        VallayzUserError: naming the file that is missing, corrupt or of the wrong shape.
+    """
+    if not folder.is_dir():
+        raise VallayzUserError(f"the state folder {folder} is missing")
+    try:
+        model = load_pretrained(folder, device=device)
+    except (ValueError, TypeError, KeyError) as err:
+        raise VallayzUserError(f"the model of {folder} is unreadable: {err}") from err
+    path = folder / TRAINER_STATE
+    try:
+        scalars = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VallayzUserError(f"{path} is unreadable ({err})") from err
+    check_scalars(scalars, path)
+    path = folder / OPTIMIZER
+    try:
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise VallayzUserError(f"{path} is unreadable ({err})") from err
+    try:
+        optimizer_state = optimizer_from_tensors(tensors, scalars.pop("optimizer"))
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise VallayzUserError(
+            f"{path} and {folder / TRAINER_STATE} do not form an optimizer state ({err!r})"
+        ) from err
+    return model, optimizer_state, scalars
+
+
+def check_scalars(scalars: object, path: Path) -> None:
+    """Raises :class:`VallayzUserError` naming ``path`` unless ``scalars`` has every key of a
+    trainer state with the right JSON type."""
+    if not isinstance(scalars, dict):
+        raise VallayzUserError(f"{path} must hold a JSON object, not {type(scalars).__name__}")
+    for key, types in _SCALARS.items():
+        value = scalars.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise VallayzUserError(
+                f"{path}: {key!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
+    optimizer = scalars["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(
+        optimizer.get("state"), dict
+    ):
+        raise VallayzUserError(f"{path}: 'optimizer' lacks its 'param_groups' list or 'state'")
+
+
+# ---------------------------------------------------------------------- the run's own files
+# What a run writes in its folder; a run without a checkpoint is cleared of these to restart.
+_RUN_NAMES = (
+    RUN_FILE,
+    TRAIN_CONFIG,
+    METRICS,
+    PLANNER_LOG,
+    SUMMARY,
+    "config.json",
+    "model.safetensors",
+    BEST,
+    TENSORBOARD,
+)
+
+
+def notice(message: str) -> None:
+    """One line on stderr about something the run did on the user's behalf."""
+    print(f"vallayz: notice: {message}", file=sys.stderr)
+
+
+def write_run(
+    run_dir: Path,
+    data_dir: str | Path,
+    method: str,
+    model_overrides: dict[str, Any] | None,
+    config: TrainConfig,
+) -> None:
+    """Writes ``run.json`` (what :func:`read_run` gives back to resume the run) and
+    ``train_config.json``."""
+    run = {
+        "data": str(Path(data_dir).resolve()),
+        "method": method,
+        "model": model_overrides,
+        "train": asdict(config),
+    }
+    (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    config.to_json(run_dir / TRAIN_CONFIG)
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The ``run.json`` of a run folder, checked.
+
+    Raises:
+        VallayzUserError: if it is missing, unreadable or lacks its data path or settings.
+    """
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise VallayzUserError(
+            f"{run_dir} is not a vallayz run ({RUN_FILE} is missing); check the path"
+        )
+    try:
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VallayzUserError(f"{run_file} is unreadable ({err})") from err
+    if not isinstance(run, dict) or not isinstance(run.get("train"), dict) or "data" not in run:
+        raise VallayzUserError(f"{run_file} lacks its 'data' path or 'train' settings")
+    return run
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run trained to its end (it wrote ``summary.json``)."""
+    return (run_dir / SUMMARY).exists()
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Writes ``summary.json``, the mark of a finished run."""
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Removes what a run that never reached a checkpoint wrote, so it can start again."""
+    for name in _RUN_NAMES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for partial in run_dir.glob("state-*.partial"):
+        shutil.rmtree(partial)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
+    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VallayzUserError(f"--out {run_dir} is a file; choose a folder for the run")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / RUN_FILE).is_file():
+        raise VallayzUserError(
+            f"--out {run_dir} is a folder that holds no vallayz run but other files; choose a "
+            "new or empty folder so that runs are not mixed"
+        )
+    if states(run_dir):
+        raise VallayzUserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose a new --out"
+        )
+    notice(f"{run_dir} holds a run that stopped before its first checkpoint; starting it again")
+    clear_run(run_dir)
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drops log lines written after the state being resumed (a killed run wrote them)."""
+    metrics = run_dir / METRICS
+    if metrics.exists():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
+        metrics.write_text("".join(kept))
+    planner = run_dir / PLANNER_LOG
+    if planner.exists():
+        kept = [
+            line
+            for line in planner.read_text().splitlines(keepends=True)
+            if json.loads(line)["step"] <= step
+        ]
+        planner.write_text("".join(kept))
+
+
+# ---------------------------------------------------------------------- reading a run back
+def load_model(run_dir: str | Path, device: str = "cpu") -> Any:
+    """The final model of a run folder (IMPN or a learned baseline), in eval mode.
+
+    Raises:
+        VallayzUserError: if the folder is missing, CUDA is asked for but absent, or the model
+            files are unreadable.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VallayzUserError(
+            f"{run_dir} is not a folder; name a run folder written by vallayz fit"
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VallayzUserError("--device cuda was asked for but CUDA is not available; use cpu")
+    try:
+        return load_pretrained(run_dir, device=device).eval()
+    except (ValueError, TypeError, KeyError) as err:
+        # The folder is the only input: a fault here is a fault in the user's files.
+        raise VallayzUserError(f"cannot load the model in {run_dir}: {err}") from err
+
+
+def run_data(run_dir: Path, check_values: bool = False) -> PairedEmbeddings:
+    """The data folder a run was trained on (the path its ``run.json`` records)."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise VallayzUserError(f"{run_dir} is not a vallayz run ({RUN_FILE} is missing)")
+    return PairedEmbeddings(read_run(run_dir)["data"], check_values=check_values)
+
+
+def index_dir(run_dir: Path, name: str) -> Path:
+    """The folder of the run's saved search index ``name`` (e.g. a target modality)."""
+    return run_dir / f"{INDEX_PREFIX}{name}"
+
+
+def save_index(run_dir: Path, name: str, index: SearchIndex) -> Path:
+    """Saves ``index`` into the run folder as ``index-<name>/``; returns that folder."""
+    folder = index_dir(run_dir, name)
+    index.save(folder)
+    return folder
+
+
+def load_index(run_dir: Path, name: str, kind: str | None = None) -> SearchIndex | None:
+    """The run's saved index ``name`` if there is one (of ``kind``, when given), else None.
+
+    An index saved by another version or of another kind is not an error: the caller builds
+    a new one.
+    """
+    folder = index_dir(run_dir, name)
+    if not folder.is_dir():
+        return None
+    try:
+        index = SearchIndex.load(folder)
+    except (ValueError, ImportError):
+        return None
+    return index if kind is None or index.kind == kind else None
+
+
+def model_fingerprint(run_dir: Path) -> list[int]:
+    """Sizes and modification times of the run's final model files: an index saved with
+    other ones was embedded by another model, and is built again."""
+    out: list[int] = []
+    for name in ("config.json", "model.safetensors"):
+        try:
+            stat = (run_dir / name).stat()
+        except OSError:
+            return []
+        out += [stat.st_size, stat.st_mtime_ns]
+    return out
+
+
+def candidate_index(
+    model: Any,
+    run_dir: Path,
+    data: PairedEmbeddings,
+    target: str,
+    rows: np.ndarray,
+    kind: str = "exact",
+    embed: Callable[[Batch], Tensor] | None = None,
+) -> SearchIndex:
+    """The search index of ``model``'s shared-space embeddings of the ``target`` candidates
+    ``rows`` of ``data``: read from the run folder when it was saved there for the same model,
+    candidates and kind, else built (by embedding the candidates once) and saved there.
+
+    Args:
+        model: The run's model.
+        run_dir: The run folder (where the index is saved).
+        data: The data folder of the candidates.
+        target: The candidates' modality.
+        rows: The candidate rows of ``data``.
+        kind: One of :data:`~vallayz.index.SEARCH_KINDS`.
+        embed: How a batch of candidates becomes vectors (default ``model.embed``).
+
+    Raises:
+        VallayzUserError: for an unknown kind, or an approximate one without faiss.
+    """
+    if kind not in SEARCH_KINDS:
+        raise VallayzUserError(f"--index must be one of {SEARCH_KINDS}, got {kind!r}")
+    if kind != "exact":
+        try:
+            import faiss  # noqa: F401
+        except ImportError as err:
+            raise VallayzUserError(
+                f"--index {kind} is an approximate index, which needs faiss: install it with "
+                "pip install 'vallayz[index]' (or use --index exact)"
+            ) from err
+    meta = {
+        "model": model_fingerprint(run_dir),
+        "data": str(Path(data.directory).resolve()),
+        "target": target,
+        "rows": len(rows),
+    }
+    name = f"{target}-{kind}"
+    index = load_index(run_dir, name, kind)
+    if index is not None and index.meta == meta:
+        return index
+    keys = data.keys(target)
+    with torch.no_grad():
+        c = torch.cat(
+            [
+                (embed or model.embed)(data.batch(rows[i : i + 4096], [target])).cpu()
+                for i in range(0, len(rows), 4096)
+            ]
+        )
+    _, key_ids = keys_to_ids([], [keys[int(r)] for r in rows])
+    index = SearchIndex(kind, meta=meta).build(c, key_ids)
+    try:
+        save_index(run_dir, name, index)
+    except OSError as err:
+        notice(f"the index was not saved in {index_dir(run_dir, name)} ({err})")
+    return index

@@ -1,0 +1,192 @@
+"""The named IMPN ablations of the Tibetan benchmark (``vallayz ablate``): micro-variants K,
+noise sigma, top-k, GRU vs residual update, the speech modality on or off, speech as frame
+nodes or one pooled node, the speech features, loss terms, pair weighting, learning rates,
+n-gram tables, bridge-layer initialisation, and the contrastive heads as the reference.
+
+Each variant is a :class:`~vallayz_train.bench.ablation.Variant`; the speech changes are
+:class:`~vallayz_train.bench.ablation.DataChange` objects that build a linked copy of the data
+folder with other speech files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import PairedEmbeddings
+from vallayz_train.bench.ablation import Variant
+from vallayz_train.tibetan.data import encode_speech, write_speech_meta
+
+
+def linked_copy(data_dir: Path, out: Path, write_speech: Callable[[Path], None]) -> Path:
+    """A copy of the data directory (linked files, the speech presence mask included) whose
+    other speech files ``write_speech`` writes into the folder it is given; built aside and
+    moved into place, so an interrupted copy is built again rather than reused."""
+    if (out / "items.tsv").exists():
+        return out
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in data_dir.iterdir():
+        if not path.name.startswith("speech.") or path.name == "speech.present.npy":
+            (staging / path.name).symlink_to(path.resolve())
+    write_speech(staging)
+    staging.replace(out)
+    return out
+
+
+@dataclass(frozen=True)
+class NoSpeech:
+    """Trains without the speech modality (the data as it is, the model without speech)."""
+
+    def prepare(self, data_dir: Path, out: Path) -> Path:
+        return data_dir
+
+    def model_changes(self, data_dir: Path) -> dict[str, Any]:
+        dims = PairedEmbeddings(data_dir, check_values=False).modalities
+        return {"modalities": {m: d for m, d in dims.items() if m != "speech"}}
+
+
+@dataclass(frozen=True)
+class PooledSpeech:
+    """Speech mean-pooled over its real frames: one node instead of one per frame."""
+
+    def prepare(self, data_dir: Path, out: Path) -> Path:
+        def write(folder: Path) -> None:
+            data = PairedEmbeddings(data_dir, check_values=False)
+            batch = data.batch(np.arange(data.size), ["speech"])
+            np.save(folder / "speech.npy", batch.pooled()["speech"].numpy().astype(np.float16))
+
+        return linked_copy(data_dir, out / "data-pooled-speech", write)
+
+    def model_changes(self, data_dir: Path) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True)
+class SpeechFeatures:
+    """The speech rows' lines synthesized again and encoded as ``nodes`` nodes of ``kind``
+    frames with ``pooling`` (see :func:`vallayz_train.tibetan.encoders.speech_encoder`;
+    encodings cached under the ablation's ``cache/``)."""
+
+    kind: str
+    pooling: str
+    nodes: int
+
+    def prepare(self, data_dir: Path, out: Path) -> Path:
+        def write(folder: Path) -> None:
+            data = PairedEmbeddings(data_dir, check_values=False)
+            rows = np.flatnonzero(data.present["speech"])
+            lines = [data.items[int(r)]["text_speech"] for r in rows]
+            frames = encode_speech(lines, self.kind, self.nodes, self.pooling, out / "cache")
+            speech = np.zeros((data.size, *frames.shape[1:]), dtype=np.float16)
+            speech[rows] = frames
+            np.save(folder / "speech.npy", speech)
+            write_speech_meta(folder, self.kind, self.nodes, self.pooling)
+
+        folder = out / f"data-speech-{self.kind}-{self.pooling}-{self.nodes}"
+        return linked_copy(data_dir, folder, write)
+
+    def model_changes(self, data_dir: Path) -> dict[str, Any]:
+        return {}
+
+
+REFERENCE = "contrastive heads (reference)"
+_CONTRASTIVE_ONLY = {
+    "loss_weights": {
+        "knn": 0.0,
+        "translation": 0.0,
+        "cycle": 0.0,
+        "denoising": 0.0,
+        "orthogonality": 0.0,
+    }
+}
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "K=1": Variant({"variants": 1}),
+    "K=4": Variant({"variants": 4}),
+    "sigma=0": Variant({"sigma": 0.0}),
+    "sigma=0.2": Variant({"sigma": 0.2}),
+    "top-k=1": Variant({"top_k": 1}),
+    "top-k=16 (all)": Variant({"top_k": 16}),
+    "GRU update": Variant({"update": "gru"}),
+    "random-init bridge layers": Variant({"zero_init_residual": False}),
+    "zero-init adapters": Variant({"zero_init_adapters": True}),
+    "no adapter input norm": Variant({"adapter_norm": False}),
+    "soil 256": Variant({"soil_dim": 256}),
+    "soil 256, hidden 512": Variant({"soil_dim": 256, "hidden_dim": 512}),
+    "no speech": Variant(data=NoSpeech()),
+    "pooled speech": Variant(data=PooledSpeech()),
+    "speech MFCC, 8 picked frames": Variant(data=SpeechFeatures("mfcc", "pick", 8)),
+    "speech MFCC, 8 segment means": Variant(data=SpeechFeatures("mfcc", "mean", 8)),
+    "speech MFCC, 16 segment means": Variant(data=SpeechFeatures("mfcc", "mean", 16)),
+    "speech MFCC, 32 segment means": Variant(data=SpeechFeatures("mfcc", "mean", 32)),
+    "speech oww, 8 picked frames": Variant(data=SpeechFeatures("oww", "pick", 8)),
+    "speech oww, 8 segment means": Variant(data=SpeechFeatures("oww", "mean", 8)),
+    "speech oww, 16 segment means": Variant(data=SpeechFeatures("oww", "mean", 16)),
+    "no kNN term": Variant(train={"loss_weights": {"knn": 0.0}}),
+    "equal pair weights": Variant(train={"pair_weighting": "equal"}),
+    "lr=3e-4": Variant(train={"lr": 3e-4}),
+    "lr=3e-3": Variant(train={"lr": 3e-3}),
+    "lr=1e-2": Variant(train={"lr": 1e-2}),
+    "front-end lr=1e-2": Variant(train={"front_end_lr": 1e-2}),
+    "front-end lr=3e-2": Variant(train={"front_end_lr": 3e-2}),
+    "front-end lr=1e-1": Variant(train={"front_end_lr": 1e-1}),
+    "front-end lr=3e-2, rows without n-grams 0.2": Variant(
+        train={"front_end_lr": 3e-2, "token_row_dropout": 0.2}
+    ),
+    "front-end lr=3e-2, rows without n-grams 0.2, planner on": Variant(
+        train={"front_end_lr": 3e-2, "token_row_dropout": 0.2, "planner": True}
+    ),
+    "front-end lr=3e-2, n-gram dropout 0.2": Variant(
+        train={"front_end_lr": 3e-2, "token_dropout": 0.2}
+    ),
+    "front-end lr=3e-2, n-gram dropout 0.5": Variant(
+        train={"front_end_lr": 3e-2, "token_dropout": 0.5}
+    ),
+    "lr=3e-3, front-end lr=1e-2": Variant(train={"lr": 3e-3, "front_end_lr": 1e-2}),
+    "n-gram table 2^17": Variant({"token_buckets": {"bo": 2**17}}),
+    "n-gram table 2^18": Variant({"token_buckets": {"bo": 2**18}}),
+    "selection over variants": Variant({"selection": "variants"}),
+    "absent init: attend": Variant({"absent_init": "attend"}),
+    "bridged term": Variant(train={"loss_weights": {"bridged": 1.0}}),
+    "bridged term, absent init: attend": Variant(
+        {"absent_init": "attend"}, {"loss_weights": {"bridged": 1.0}}
+    ),
+    "bridged term, absent init: attend, K=4": Variant(
+        {"absent_init": "attend", "variants": 4}, {"loss_weights": {"bridged": 1.0}}
+    ),
+    "sigma cosine schedule": Variant(train={"sigma_schedule": "cosine"}),
+    "re-ranking": Variant({"match_head": True}, {"loss_weights": {"rerank": 1.0}}),
+    "bridged term, re-ranking": Variant(
+        {"match_head": True},
+        {"loss_weights": {"bridged": 1.0, "rerank": 1.0}, "retrieval_mode": "bridged"},
+    ),
+    "contrastive only": Variant(train=_CONTRASTIVE_ONLY),
+}
+# Not IMPN: the CLIP-style heads with the same front end and budget, for reference, alone and
+# with the changes of these IMPN variants, named "<REFERENCE>, <variant>" (of the model
+# changes, only token_buckets applies to the heads).
+VARIANTS[REFERENCE] = Variant(method="contrastive-heads")
+for _name in (
+    "lr=3e-3",
+    "front-end lr=1e-2",
+    "front-end lr=3e-2",
+    "front-end lr=1e-1",
+    "front-end lr=3e-2, rows without n-grams 0.2",
+    "front-end lr=3e-2, n-gram dropout 0.2",
+    "front-end lr=3e-2, n-gram dropout 0.5",
+    "n-gram table 2^17",
+    "n-gram table 2^18",
+    "speech MFCC, 8 picked frames",
+    "speech MFCC, 8 segment means",
+    "speech MFCC, 16 segment means",
+    "speech MFCC, 32 segment means",
+    "speech oww, 8 segment means",
+):
+    VARIANTS[f"{REFERENCE}, {_name}"] = replace(VARIANTS[_name], method="contrastive-heads")

@@ -1,0 +1,61 @@
+"""Constants of the Tibetan benchmark: its directions, model and training defaults, speech
+and n-gram settings. The command line, the benchmark, the ablations and the other benchmarks
+that reuse the CPU-sized model read them from here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# speech->bo is the transliteration link: the spoken line against its own Tibetan text.
+PAIRS = [
+    (("bo",), "en"),
+    (("en",), "bo"),
+    (("speech",), "en"),
+    (("speech",), "bo"),
+    (("bo", "speech"), "en"),
+]
+ENCODER_DIR = "encoders"
+
+# Sized so that a CPU subset run stays within minutes; raise soil_dim/hidden_dim on a GPU.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "soil_dim": 128,
+    "hidden_dim": 256,
+    "layers": 2,
+    "heads": 4,
+    "variants": 2,
+    "top_k": 4,
+    "sigma": 0.05,
+    "gate_hidden": 32,
+    "ffn_mult": 2,
+    "dropout": 0.0,
+    # Bridge layers start as the identity: +5.6 points of validation R@1 in the ablation.
+    "zero_init_residual": True,
+}
+# Speech nodes per utterance, and how the frames become them: the means of equal segments
+# ("mean"), which let every frame reach a node, or single frames at even intervals ("pick").
+# 16 segment means took IMPN's speech->bo R@1 from 0.024 (8 picked frames) to 0.368 on the
+# validation split (BENCHMARKS.md, "Speech features").
+SPEECH_NODES = 16
+SPEECH_POOLING = "mean"
+# Length of the hashed-feature id lists of a Tibetan line (90 % of lines have fewer features),
+# and the default table size of the trainable embedding-bag front end every learned method gets.
+TOKEN_LENGTH = 256
+TOKEN_BUCKETS = 2**16
+# Peak learning rate of those tables when the command line and config file name none (the
+# rest of each model trains at TrainConfig.lr): a bucket sees a gradient only in the batches
+# that hold one of its n-grams. See BENCHMARKS.md, "Learning rates".
+FRONT_END_LR = 3e-2
+# Share of training rows whose n-gram ids are all withheld, so that every learned method also
+# learns to read the fixed vector alone (the noise sweep withholds the ids of noisy rows).
+TOKEN_ROW_DROPOUT = 0.2
+# Optimizer steps of every learned method of the benchmark (an equal budget).
+MAX_STEPS = 800
+# The TrainConfig fields `bench tibetan` sets where the command line and config file name
+# none; the rest (warm-up, validation and checkpoint intervals, batch size) are TrainConfig's.
+# The command line and bench_tibetan() both start from TRAIN_DEFAULTS; the ablations'
+# "--base bench" from FRONT_END_DEFAULTS (their budget is their own).
+FRONT_END_DEFAULTS: dict[str, Any] = {
+    "front_end_lr": FRONT_END_LR,
+    "token_row_dropout": TOKEN_ROW_DROPOUT,
+}
+TRAIN_DEFAULTS: dict[str, Any] = {"max_steps": MAX_STEPS, **FRONT_END_DEFAULTS}

@@ -1,0 +1,129 @@
+"""The data folder of the Tibetan benchmark: the corpus encoded (English MiniLM, the Tibetan
+TF-IDF + SVD vectors and n-gram ids, synthesized speech) into ``OUT/data``, cached under
+``OUT/cache``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz.data import write_paired_embeddings
+from vallayz_train.tibetan.constants import (
+    ENCODER_DIR,
+    SPEECH_NODES,
+    SPEECH_POOLING,
+    TOKEN_LENGTH,
+)
+from vallayz_train.tibetan.corpus import build_corpus, read_segments
+from vallayz_train.tibetan.encoders import (
+    TibetanEncoder,
+    cached_encode,
+    english_encoder,
+    speech_encoder,
+)
+
+
+def encode_tibetan(
+    lines: list[str], tibetan: TibetanEncoder, cache: Path, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed TF-IDF + SVD vectors and the hashed n-gram ids of ``lines``, both cached."""
+    vectors = cached_encode(
+        f"bo-tfidf-{tibetan.fingerprint()}", lines, tibetan, cache, progress=progress
+    )
+    ids = cached_encode(
+        f"bo-tokens-{tibetan.buckets}-{TOKEN_LENGTH}",
+        lines,
+        lambda chunk: tibetan.token_ids(chunk, TOKEN_LENGTH),
+        cache,
+        progress=progress,
+    )
+    return vectors, ids
+
+
+def encode_speech(
+    lines: list[str],
+    kind: str,
+    nodes: int,
+    pooling: str,
+    cache: Path,
+    progress: bool = True,
+) -> np.ndarray:
+    """``[N, nodes, d]`` features of the synthesized speech of ``lines``, cached by content."""
+    return cached_encode(
+        f"speech-{kind}-{pooling}-{nodes}",
+        lines,
+        speech_encoder(kind, nodes, pooling),
+        cache,
+        chunk=256,
+        progress=progress,
+    )
+
+
+def write_speech_meta(data_dir: Path, kind: str, nodes: int, pooling: str) -> None:
+    """Records how the speech of a data directory was encoded, for recordings at query time."""
+    meta = {"kind": kind, "nodes": nodes, "pooling": pooling}
+    (data_dir / "speech.json").write_text(json.dumps(meta) + "\n")
+
+
+def build_data(
+    out: Path,
+    corpus_path: str | None,
+    max_pairs: int | None,
+    speech_items: int,
+    speech_kind: str = "mfcc",
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Any = print,
+    speech_nodes: int = SPEECH_NODES,
+    speech_pooling: str = SPEECH_POOLING,
+) -> tuple[Path, dict[str, list[int]]]:
+    """Encodes the corpus into a data directory; returns it and the "novel" test rows."""
+    data_dir = out / "data"
+    cache = out / "cache"
+    corpus = build_corpus(read_segments(corpus_path), seed=seed, max_pairs=max_pairs)
+    sizes = {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
+    log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
+
+    english = cached_encode(
+        "en-minilm", corpus.en, english_encoder(device), cache, progress=progress
+    )
+    train_bo = [corpus.bo[i] for i in corpus.indices("train")]
+    tibetan = TibetanEncoder().fit(train_bo, seed=seed)
+    tibetan.save(data_dir / ENCODER_DIR)
+    bo, bo_tokens = encode_tibetan(corpus.bo, tibetan, cache, progress)
+
+    rng = np.random.default_rng(seed)
+    speech_rows = np.sort(
+        rng.choice(len(corpus), size=min(speech_items, len(corpus)), replace=False)
+    )
+    has_speech = np.zeros(len(corpus), dtype=bool)
+    has_speech[speech_rows] = True
+    lines = [corpus.bo[i] for i in speech_rows]
+    frames = encode_speech(lines, speech_kind, speech_nodes, speech_pooling, cache, progress)
+    speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
+    speech[speech_rows] = frames
+
+    items = [
+        {
+            "id": f"s{i:06d}",
+            "group": corpus.docs[i],
+            "split": corpus.split[i],
+            "text_en": corpus.en[i],
+            "text_bo": corpus.bo[i],
+            "text_speech": corpus.bo[i],
+        }
+        for i in range(len(corpus))
+    ]
+    write_paired_embeddings(
+        data_dir,
+        {"bo": bo.astype(np.float32), "en": english.astype(np.float16), "speech": speech},
+        items,
+        present={"speech": has_speech},
+        tokens={"bo": bo_tokens},
+    )
+    write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
+    return data_dir, {"novel": corpus.novel().tolist()}

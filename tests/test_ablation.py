@@ -1,0 +1,133 @@
+"""Ablations: named variants run through the trainer into run folders, scored on validation."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from synthetic import write_synthetic
+
+from vallayz.data import write_paired_embeddings
+from vallayz.errors import VallayzUserError
+from vallayz_train.bench.ablation import AblationSpec, Variant, run_ablation
+from vallayz_train.cli import build_parser, main
+from vallayz_train.tibetan.ablations import REFERENCE, VARIANTS, NoSpeech
+from vallayz_train.trainer import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"soil_dim": 16, "heads": 2, "layers": 1, "variants": 2, "top_k": 2}
+
+
+def _ablation_commands() -> list[list[str]]:
+    """The argument lists of BENCHMARKS.md's ablate_impn.py commands."""
+    text = (ROOT / "BENCHMARKS.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        if "scripts/ablate_impn.py" in line:
+            words = shlex.split(line.split("scripts/ablate_impn.py", 1)[1])
+            commands.append([w.replace("$s", "1") for w in words])
+    return commands
+
+
+def test_every_variant_and_option_of_the_documented_ablations_still_parses() -> None:
+    commands = _ablation_commands()
+    assert len(commands) >= 10
+    parser = build_parser()
+    for words in commands:
+        args = parser.parse_args(["ablate", *words])
+        assert set(args.only or []) <= set(VARIANTS), set(args.only) - set(VARIANTS)
+
+
+def test_variant_configs_change_only_what_they_name(tmp_path: Path) -> None:
+    spec = AblationSpec(steps=40, base={"front_end_lr": 3e-2})
+    train = spec.train_config()
+    assert (train.max_steps, train.eval_every, train.warmup_steps) == (40, 40, 10)
+    assert train.front_end_lr == 3e-2 and not train.planner
+    defaults = {"soil_dim": 128, "token_buckets": {"bo": 2**16}}
+    model, config = VARIANTS["no kNN term"].configs(defaults, train, tmp_path)
+    assert model == defaults
+    assert config.loss_weights == {**train.loss_weights, "knn": 0.0}
+    heads = VARIANTS[f"{REFERENCE}, n-gram table 2^17"]
+    model, config = heads.configs(defaults, train, tmp_path)
+    assert heads.method == "contrastive-heads" and model == {"token_buckets": {"bo": 2**17}}
+    data = write_synthetic(tmp_path / "data", rows=40, groups=8)
+    model, _ = Variant(data=NoSpeech()).configs(defaults, train, data)
+    assert model["modalities"] == {"text": 12, "audio": 6, "image": 16}  # no speech to drop
+    with pytest.raises(VallayzUserError, match="unknown variant"):
+        run_ablation(data, tmp_path / "out", spec, VARIANTS, ["no such variant"])
+
+
+def test_a_variant_is_the_same_trainer_run_and_is_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_synthetic(tmp_path / "data", rows=120, groups=24)
+    spec = AblationSpec(steps=4, batch_size=16, pairs=[(("text",), "image")], pool=5)
+    variants = {
+        "default": Variant(),
+        "K=1": Variant({"variants": 1}),
+        "heads (reference)": Variant(method="contrastive-heads"),
+    }
+    out = tmp_path / "ablate"
+    table = run_ablation(data, out, spec, variants, model_defaults=SMALL, progress=False)
+    assert [r["variant"] for r in table] == list(variants)
+    assert all(0.0 <= r["val R@1"] <= 1.0 and r["pool"] == "5" for r in table)
+    assert json.loads((out / "ablation.json").read_text()) == table
+    assert json.loads((out / "K=1" / "config.json").read_text())["variants"] == 1
+    assert json.loads((out / "heads-reference" / "run.json").read_text())["method"] == (
+        "contrastive-heads"
+    )
+    # The default variant is exactly what vallayz fit trains with the same settings.
+    fit(data, tmp_path / "direct", dict(SMALL), spec.train_config(), progress=False)
+    ours = load_file(str(out / "default" / "model.safetensors"))
+    direct = load_file(str(tmp_path / "direct" / "model.safetensors"))
+    assert ours.keys() == direct.keys()
+    for name, value in ours.items():
+        assert torch.equal(value, direct[name]), name
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("finished variants should be reused")
+
+    monkeypatch.setattr("vallayz_train.bench.runs.fit", refuse)
+    again = run_ablation(data, out, spec, variants, model_defaults=SMALL, progress=False)
+    assert [r["variant"] for r in again] == list(variants)
+    assert [r["val R@1"] for r in again] == [r["val R@1"] for r in table]
+
+
+def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(120, 4))
+    arrays = {
+        "bo": (latent @ rng.normal(size=(4, 10))).astype(np.float32),
+        "en": (latent @ rng.normal(size=(4, 8))).astype(np.float32),
+        "speech": (latent @ rng.normal(size=(4, 6)))[:, None, :].repeat(3, 1).astype(np.float32),
+    }
+    items = [{"id": f"i{i}", "group": f"g{i % 30}", "text_en": f"e{i}"} for i in range(120)]
+    tokens = {"bo": rng.integers(0, 50, size=(120, 5))}
+    data = write_paired_embeddings(tmp_path / "data", arrays, items, tokens=tokens)
+    assert main(["ablate", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == list(VARIANTS)
+    args = ["ablate", str(data), "--out", str(tmp_path / "ab"), "--steps", "2", "--pool", "5"]
+    options = ["--batch-size", "16", "--base", "bench", "--noisy-snr", "10", "--quiet"]
+    assert main([*args, *options, "--only", "no speech", REFERENCE]) == 0
+    table = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert [r["pair"] for r in table] == [
+        "bo->en",
+        "bo->en at 10 dB",
+        "bo->en",
+        "bo+speech->en",
+        "bo->en at 10 dB",
+    ]
+    config = json.loads((tmp_path / "ab" / "no-speech" / "config.json").read_text())
+    assert set(config["modalities"]) == {"bo", "en"}
+    train = json.loads((tmp_path / "ab" / "no-speech" / "run.json").read_text())["train"]
+    assert (train["max_steps"], train["front_end_lr"], train["planner"]) == (2, 3e-2, False)
+    capsys.readouterr()
+    assert main([*args, "--only", "no such variant"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
