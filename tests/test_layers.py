@@ -267,3 +267,49 @@ def test_no_senders_skips_the_gate_and_equals_an_all_false_mask(update: str) -> 
     torch.testing.assert_close(skipped.weights, masked.weights)
     assert skipped.clean_message is not None
     assert not skipped.message.any() and not skipped.clean_message.any()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_single_node_shortcut_equals_attention_over_one_node_per_modality(dropout: float) -> None:
+    """With one node per modality each node attends to itself alone, so the shortcut (values
+    only) must give what the full attention gives, padding or not."""
+    layer = BridgeLayer(8, 2, 4, 2, 0.9, "residual", 2, dropout=dropout).double().eval()
+    states, real, same, _ids = packed_nodes(batch=4, counts=(1, 1, 1))
+    real[1, 2] = False
+    general = layer.attention(states, real, same)
+    shortcut = layer.attention(states, real, same, single_nodes=True)
+    torch.testing.assert_close(shortcut, general)
+    torch.testing.assert_close(
+        layer(states, real, real, same, None, single_nodes=True).states,
+        layer(states, real, real, same, None).states,
+    )
+    # Training with attention dropout takes the general path (it drops the one weight).
+    layer.train()
+    torch.manual_seed(3)
+    dropped = layer.attention(states, real, same, single_nodes=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropped, layer.attention(states, real, same))
+
+
+@pytest.mark.parametrize("selection", ["senders", "variants"])
+def test_noisy_and_clean_messages_in_one_gate_pass_equal_two_separate_passes(
+    selection: str,
+) -> None:
+    layer = CrossModalPassing(6, 5, 2, 0.8, "residual", selection).double()
+    states, real, same, ids = packed_nodes(batch=3, counts=(1, 3, 2), dim=6)
+    senders = real.clone()
+    senders[0, ids == 2] = False
+    sigma = torch.full((len(ids),), 0.2, dtype=f64)
+    result = layer(states, senders, same, sigma, 4, torch.Generator().manual_seed(5), clean=True)
+    normed = layer.norm(states)
+    noisy = normed.unsqueeze(2) + sigma[None, :, None, None] * torch.randn(
+        3, len(ids), 4, 6, generator=torch.Generator().manual_seed(5), dtype=f64
+    )
+    valid = senders[:, None, :] & ~same[None]
+    message, weights = layer.aggregate(normed, noisy, valid)
+    clean, _ = layer.aggregate(normed, normed.unsqueeze(2), valid)
+    torch.testing.assert_close(result.message, message)
+    torch.testing.assert_close(result.weights, weights)
+    assert result.clean_message is not None
+    torch.testing.assert_close(result.clean_message, clean)
+    torch.testing.assert_close(result.states, states + layer.out(message))  # type: ignore[misc]

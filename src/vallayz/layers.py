@@ -236,17 +236,40 @@ class CrossModalPassing(nn.Module):
             receivers ``[B, N, d]``, variants ``[B, S, K, d]``, valid ``[B, N, S]``
             → message ``[B, N, d]``, weights ``[B, N, S*K]``.
         """
-        batch, senders, variants_per_node, dim = variants.shape
-        flat = variants.reshape(batch, senders * variants_per_node, dim)
-        logits = self.gate(receivers, flat)
+        (message,), (weights,) = self._aggregate_groups(receivers, [variants], valid)
+        return message, weights
+
+    def _aggregate_groups(
+        self, receivers: Tensor, groups: list[Tensor], valid: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`aggregate` of several groups of variants of the same senders (e.g. the noisy
+        ones and the clean ones), with one gate evaluation and one value projection for all.
+
+        ``W_v`` is linear and bias-free, so it is applied once to each aggregated message
+        (``sum_j w_j W_v v_j = W_v sum_j w_j v_j``) rather than to every variant.
+
+        Shape:
+            receivers ``[B, N, d]``, groups ``[B, S, K_g, d]`` each, valid ``[B, N, S]``
+            → messages ``[B, N, d]`` and weights ``[B, N, S*K_g]`` per group.
+        """
+        flats = [group.flatten(1, 2) for group in groups]
+        logits = self.gate(receivers, torch.cat(flats, dim=1) if len(flats) > 1 else flats[0])
+        sizes = [flat.shape[1] for flat in flats]
+        messages, all_weights = [], []
+        for group, flat, scores in zip(groups, flats, logits.split(sizes, dim=-1), strict=True):
+            weights = self._select(scores, group.shape[1], group.shape[2], valid)
+            messages.append(weights @ flat)
+            all_weights.append(weights)
+        projected = self.value(torch.stack(messages) if len(messages) > 1 else messages[0][None])
+        return list(projected.unbind(0)), all_weights
+
+    def _select(self, logits: Tensor, senders: int, variants: int, valid: Tensor) -> Tensor:
+        """Gate weights ``[B, N, S*K]`` from gate logits ``[B, N, S*K]`` (see ``selection``)."""
         if self.selection == "variants":
-            every = valid.repeat_interleave(variants_per_node, dim=-1)
-            weights = topk_softmax(logits, every, self.top_k, self.temperature)
-        else:
-            per_sender = logits.unflatten(-1, (senders, variants_per_node))
-            weights = sender_topk_weights(per_sender, valid, self.top_k, self.temperature)
-            weights = weights.flatten(-2)
-        return weights @ self.value(flat), weights
+            every = valid.repeat_interleave(variants, dim=-1)
+            return topk_softmax(logits, every, self.top_k, self.temperature)
+        per_sender = logits.reshape(*logits.shape[:-1], senders, variants)
+        return sender_topk_weights(per_sender, valid, self.top_k, self.temperature).flatten(-2)
 
     def apply_update(self, states: Tensor, message: Tensor) -> Tensor:
         """Residual or GRU state update of every node with its message."""
@@ -274,20 +297,21 @@ class CrossModalPassing(nn.Module):
             silent = torch.zeros_like(states)
             nodes = states.shape[1]
             weights = states.new_zeros(states.shape[0], nodes, nodes * variants)
-            return CrossModalResult(
-                self.apply_update(states, silent), weights, silent, silent if clean else None
-            )
+            # A residual update of a zero message is the identity (W_o has no bias).
+            updated = states if self.out is not None else self.apply_update(states, silent)
+            return CrossModalResult(updated, weights, silent, silent if clean else None)
         normed = self.norm(states)
         valid = senders[:, None, :] & ~same_modality[None]
         if sigma is None:
             noisy = normed.unsqueeze(2).expand(-1, -1, variants, -1)
         else:
             noisy = sample_variants(normed, sigma, variants, generator)
-        message, weights = self.aggregate(normed, noisy, valid)
-        clean_message = None
-        if clean:
-            clean_message, _ = self.aggregate(normed, normed.unsqueeze(2), valid)
-        return CrossModalResult(self.apply_update(states, message), weights, message, clean_message)
+        groups = [noisy, normed.unsqueeze(2)] if clean else [noisy]
+        messages, group_weights = self._aggregate_groups(normed, groups, valid)
+        clean_message = messages[1] if clean else None
+        return CrossModalResult(
+            self.apply_update(states, messages[0]), group_weights[0], messages[0], clean_message
+        )
 
 
 class AbsentInit(nn.Module):
@@ -343,8 +367,19 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, states: Tensor, real: Tensor, same_modality: Tensor) -> Tensor:
+    def forward(
+        self, states: Tensor, real: Tensor, same_modality: Tensor, single_nodes: bool = False
+    ) -> Tensor:
+        """``single_nodes=True`` promises that every modality holds one node: each node then
+        attends to itself alone, the attention output is its own value, and queries and keys
+        are not computed (the same result; with attention dropout in training the general
+        path runs)."""
         batch, nodes, dim = states.shape
+        if single_nodes and not (self.training and self.dropout > 0):
+            values = F.linear(
+                self.norm(states), self.qkv.weight[2 * dim :], self.qkv.bias[2 * dim :]
+            )
+            return states + self.proj(values)
         qkv = self.qkv(self.norm(states)).reshape(batch, nodes, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         eye = torch.eye(nodes, dtype=torch.bool, device=states.device)
@@ -419,8 +454,11 @@ class BridgeLayer(nn.Module):
         variants: int = 1,
         generator: torch.Generator | None = None,
         clean: bool = False,
+        single_nodes: bool = False,
     ) -> CrossModalResult:
-        states = self.attention(states, real, same_modality)
+        """One layer; ``single_nodes=True`` promises that every modality holds one node (see
+        :meth:`SelfAttention.forward`)."""
+        states = self.attention(states, real, same_modality, single_nodes)
         result = self.cross(states, senders, same_modality, sigma, variants, generator, clean)
         result.states = self.ffn(result.states)
         return result

@@ -135,7 +135,7 @@ class IMPNLoss(nn.Module):
         zero = torch.zeros((), device=model.device)
         terms: dict[str, Tensor] = {}
 
-        iso = model(batch, isolate=True, generator=generator)
+        iso = model(batch, isolate=True, generator=generator, validate=False, decode=False)
         pairs, pair_rows = [], []
         for a, b in itertools.combinations(batch.embeddings, 2):
             both = present[a] & present[b]
@@ -162,7 +162,12 @@ class IMPNLoss(nn.Module):
 
         dropped = drop_modalities(present, self.drop_rate, generator)
         kept = {m: present[m] & ~dropped[m] for m in present}
-        out = model(Batch.of(batch, present=kept), generator=generator, return_messages=True)
+        out = model(
+            Batch.of(batch, present=kept),
+            generator=generator,
+            return_messages=True,
+            validate=False,
+        )
         lost = [m for m in dropped if bool(dropped[m].any())]
         translations = [
             translation_loss(out.decoded[m], native[m], self.reconstruction, dropped[m])
@@ -194,6 +199,7 @@ class IMPNLoss(nn.Module):
             back = model(
                 Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
                 generator=generator,
+                validate=False,
             )
             back_to = [m for m in kept if bool(kept[m][rows].any())]
             cycles = [
