@@ -143,11 +143,18 @@ class ReceptorGate(nn.Module):
 
     def forward(self, receivers: Tensor, senders: Tensor) -> Tensor:
         dot = torch.einsum("bid,bjd->bij", receivers, senders) * self.scale
-        hidden = (
-            self.receiver(receivers).unsqueeze(2)
-            + self.sender(senders).unsqueeze(1)
-            + dot.unsqueeze(-1) * self.dot
+        return self.score(
+            self.receiver(receivers).unsqueeze(2), self.sender(senders).unsqueeze(1), dot
         )
+
+    def score(self, receiver: Tensor, sender: Tensor, dot: Tensor) -> Tensor:
+        """The MLP from the parts of its first layer: the receiver part ``W_a a + b``, the sender
+        part ``W_v v`` and the scaled dot product, broadcast against each other.
+
+        Shape:
+            receiver ``[..., hidden]``, sender ``[..., hidden]``, dot ``[...]`` → ``[...]``.
+        """
+        hidden = receiver + sender + dot.unsqueeze(-1) * self.dot
         return self.out(F.gelu(hidden)).squeeze(-1)
 
     def first_layer(self) -> tuple[Tensor, Tensor]:
@@ -189,7 +196,9 @@ class CrossModalPassing(nn.Module):
     every *other*, *present* modality with the receptor gate. Selection is over sender nodes:
     the ``top_k`` best senders are kept (softmax at ``temperature`` over their pooled scores),
     and each kept sender's ``K`` variants are combined by their gate weights within the sender
-    (see :func:`~vallayz.functional.sender_topk_weights`). The message
+    (see :func:`~vallayz.functional.sender_topk_weights`). With ``candidates``, each receiver
+    scores only that many senders (those whose clean states have the largest dot product with
+    its own), so the gate's cost grows linearly, not quadratically, with the nodes. The message
     ``m_i = sum_jk w_ij alpha_ijk W_v v_jk`` updates ``a_i <- a_i + W_o m_i`` (residual) or
     ``a_i <- GRU(m_i, a_i)``. With ``K = 1`` and ``sigma = 0`` this is a deterministic gated
     layer.
@@ -207,11 +216,15 @@ class CrossModalPassing(nn.Module):
         temperature: float,
         update: str,
         selection: str = "senders",
+        candidates: int | None = None,
     ) -> None:
         super().__init__()
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be None or >= 1, got {candidates}")
         self.top_k = top_k
+        self.candidates = candidates
         self.temperature = temperature
         self.selection = selection
         self.norm = nn.LayerNorm(dim)
@@ -246,22 +259,67 @@ class CrossModalPassing(nn.Module):
         ones and the clean ones), with one gate evaluation and one value projection for all.
 
         ``W_v`` is linear and bias-free, so it is applied once to each aggregated message
-        (``sum_j w_j W_v v_j = W_v sum_j w_j v_j``) rather than to every variant.
+        (``sum_j w_j W_v v_j = W_v sum_j w_j v_j``) rather than to every variant. With
+        ``candidates`` below the number of senders, the gate scores only the ``candidates``
+        senders per receiver whose clean states have the largest dot product with it.
 
         Shape:
             receivers ``[B, N, d]``, groups ``[B, S, K_g, d]`` each, valid ``[B, N, S]``
             → messages ``[B, N, d]`` and weights ``[B, N, S*K_g]`` per group.
         """
-        flats = [group.flatten(1, 2) for group in groups]
-        logits = self.gate(receivers, torch.cat(flats, dim=1) if len(flats) > 1 else flats[0])
-        sizes = [flat.shape[1] for flat in flats]
-        messages, all_weights = [], []
-        for group, flat, scores in zip(groups, flats, logits.split(sizes, dim=-1), strict=True):
-            weights = self._select(scores, group.shape[1], group.shape[2], valid)
-            messages.append(weights @ flat)
-            all_weights.append(weights)
-        projected = self.value(torch.stack(messages) if len(messages) > 1 else messages[0][None])
-        return list(projected.unbind(0)), all_weights
+        senders = groups[0].shape[1]
+        if self.candidates is not None and self.candidates < senders:
+            chosen = self._candidates(receivers, valid, self.candidates)
+            weights = [self._bounded_weights(receivers, group, valid, chosen) for group in groups]
+        else:
+            flats = [group.flatten(1, 2) for group in groups]
+            logits = self.gate(receivers, torch.cat(flats, dim=1) if len(flats) > 1 else flats[0])
+            parts = logits.split([flat.shape[1] for flat in flats], dim=-1)
+            weights = [
+                self._select(scores, senders, group.shape[2], valid)
+                for group, scores in zip(groups, parts, strict=True)
+            ]
+        messages = torch.stack([w @ g.flatten(1, 2) for w, g in zip(weights, groups, strict=True)])
+        return list(self.value(messages).unbind(0)), weights
+
+    @staticmethod
+    def _candidates(receivers: Tensor, valid: Tensor, count: int) -> Tensor:
+        """Indices ``[B, N, count]`` of each receiver's candidate senders: the valid ones whose
+        (clean, normalised) states have the largest dot product with the receiver's.
+
+        Shape:
+            receivers ``[B, N, d]``, valid ``[B, N, S]`` → ``[B, N, count]``.
+        """
+        with torch.no_grad():
+            affinity = receivers @ receivers.transpose(1, 2)
+            affinity = affinity.masked_fill(~valid, float("-inf"))
+            return affinity.topk(count, dim=-1).indices
+
+    def _bounded_weights(
+        self, receivers: Tensor, group: Tensor, valid: Tensor, chosen: Tensor
+    ) -> Tensor:
+        """Gate weights when each receiver scores only its candidate senders ``chosen``; zero
+        for every other sender.
+
+        Shape:
+            receivers ``[B, N, d]``, group ``[B, S, K, d]``, valid ``[B, N, S]``,
+            chosen ``[B, N, C]`` → ``[B, N, S*K]``.
+        """
+        batch, senders, variants, _ = group.shape
+        nodes, count = chosen.shape[1:]
+        # Sender part of the gate for every variant, then the candidates' rows for each receiver.
+        sender = self.gate.sender(group).flatten(0, 1)
+        offset = torch.arange(batch, device=chosen.device)[:, None, None] * senders
+        sender = sender.index_select(0, (chosen + offset).flatten())
+        sender = sender.view(batch, nodes, count, variants, -1)
+        dot = torch.einsum("bnd,bskd->bnsk", receivers, group) * self.gate.scale
+        by_variant = chosen[..., None].expand(-1, -1, -1, variants)
+        dot = dot.gather(2, by_variant)
+        receiver = self.gate.receiver(receivers)[:, :, None, None]
+        logits = self.gate.score(receiver, sender, dot).flatten(-2)
+        kept = self._select(logits, count, variants, valid.gather(2, chosen))
+        weights = torch.zeros(batch, nodes, senders, variants, dtype=kept.dtype, device=kept.device)
+        return weights.scatter(2, by_variant, kept.view_as(dot)).flatten(-2)
 
     def _select(self, logits: Tensor, senders: int, variants: int, valid: Tensor) -> Tensor:
         """Gate weights ``[B, N, S*K]`` from gate logits ``[B, N, S*K]`` (see ``selection``)."""
@@ -426,10 +484,13 @@ class BridgeLayer(nn.Module):
         ffn_mult: int,
         dropout: float = 0.0,
         selection: str = "senders",
+        candidates: int | None = None,
     ) -> None:
         super().__init__()
         self.attention = SelfAttention(dim, heads, dropout)
-        self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update, selection)
+        self.cross = CrossModalPassing(
+            dim, gate_hidden, top_k, temperature, update, selection, candidates
+        )
         self.ffn = FeedForward(dim, ffn_mult, dropout)
 
     def zero_init_residual(self) -> None:

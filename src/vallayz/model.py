@@ -163,6 +163,7 @@ class IMPN(nn.Module):
                 config.ffn_mult,
                 config.dropout,
                 config.selection,
+                config.sender_candidates,
             )
             for _ in range(config.layers)
         )
