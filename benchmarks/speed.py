@@ -142,7 +142,7 @@ def step_rows(
     """IMPN step over contrastive-heads step for each number of modalities; with
     ``sender_candidates``, also the bounded-sender option wherever it bounds anything (more
     other modalities than candidates)."""
-    settings = [(m, None) for m in modality_counts]
+    settings: list[tuple[int, int | None]] = [(m, None) for m in modality_counts]
     if sender_candidates:
         settings += [(m, sender_candidates) for m in modality_counts if m - 1 > sender_candidates]
     rows = []
