@@ -18,7 +18,10 @@ Peak memory is the rise of the process's peak resident set (``VmHWM``, reset thr
 ``/proc/self/clear_refs`` after returning freed heap with ``malloc_trim``) during one run of
 each side; it counts every allocator (torch, numpy, faiss), on Linux only.
 
-Usage: ``python benchmarks/speed.py [--quick] [--repeats N]``.
+With ``--sender-candidates C`` (default 8) the step rows also time IMPN with
+``IMPNConfig(sender_candidates=C)`` wherever that bounds anything (``M - 1 > C``).
+
+Usage: ``python benchmarks/speed.py [--quick] [--repeats N] [--parts steps] [--modalities 2,4]``.
 """
 
 from __future__ import annotations
@@ -102,12 +105,15 @@ def side_by_side(
     return statistics.median(a), statistics.median(b)
 
 
-def training_steps(m: int, batch: int, soil: int) -> tuple[Callable[[], None], ...]:
+def training_steps(
+    m: int, batch: int, soil: int, sender_candidates: int | None = None
+) -> tuple[Callable[[], None], ...]:
     """An IMPN and a contrastive-heads training step over the same ``m``-modality batch."""
     torch.manual_seed(0)
     modalities = {f"m{i}": (384, 256)[i % 2] for i in range(m)}
     data = Batch.of({name: torch.randn(batch, d) for name, d in modalities.items()})
-    impn = IMPN(IMPNConfig(modalities=modalities, soil_dim=soil))
+    config = IMPNConfig(modalities=modalities, soil_dim=soil, sender_candidates=sender_candidates)
+    impn = IMPN(config)
     heads = build_model("contrastive-heads", modalities, {"dim": soil})
     heads_loss = heads.objective()
     loss = IMPNLoss()
@@ -128,15 +134,27 @@ def training_steps(m: int, batch: int, soil: int) -> tuple[Callable[[], None], .
     return impn_step, heads_step
 
 
-def step_rows(modality_counts: Sequence[int], batch: int, soil: int, repeats: int) -> list[Row]:
-    """IMPN step over contrastive-heads step for each number of modalities."""
+def step_rows(
+    modality_counts: Sequence[int],
+    batch: int,
+    soil: int,
+    repeats: int,
+    sender_candidates: int = 0,
+) -> list[Row]:
+    """IMPN step over contrastive-heads step for each number of modalities; with
+    ``sender_candidates``, also the bounded-sender option wherever it bounds anything (more
+    other modalities than candidates)."""
+    settings: list[tuple[int, int | None]] = [(m, None) for m in modality_counts]
+    if sender_candidates:
+        settings += [(m, sender_candidates) for m in modality_counts if m - 1 > sender_candidates]
     rows = []
-    for m in modality_counts:
-        impn_step, heads_step = training_steps(m, batch, soil)
+    for m, candidates in settings:
+        impn_step, heads_step = training_steps(m, batch, soil, candidates)
         ours, reference = side_by_side(impn_step, heads_step, repeats)
+        bound = "" if candidates is None else f", <= {candidates} senders"
         rows.append(
             Row(
-                f"step M={m} (IMPN / heads)",
+                f"step M={m}{bound} (IMPN / heads)",
                 ours * 1e3,
                 reference * 1e3,
                 ours / reference,
@@ -347,12 +365,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="toy sizes that only check the table is produced"
     )
+    parser.add_argument(
+        "--parts",
+        default="steps,fits,retrieval",
+        help="comma-separated parts of the table to run: steps, fits, retrieval",
+    )
+    parser.add_argument(
+        "--modalities",
+        default="",
+        help="comma-separated numbers of modalities of the step rows (default: 2,4,8,16)",
+    )
+    parser.add_argument(
+        "--sender-candidates",
+        type=int,
+        default=8,
+        help="also time IMPN with this bound on the senders each node scores (0: no such rows)",
+    )
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     repeats = args.repeats or sizes.repeats
-    rows = step_rows(sizes.modalities, sizes.batch, sizes.soil, repeats)
-    rows += fit_rows(sizes.anchors, sizes.source, sizes.target, repeats)
-    rows += retrieval_rows(sizes.candidates, sizes.queries, 128, sizes.indexed, repeats)
+    parts = set(args.parts.split(","))
+    if parts - {"steps", "fits", "retrieval"}:
+        parser.error(f"unknown parts {sorted(parts - {'steps', 'fits', 'retrieval'})}")
+    counts = tuple(int(m) for m in args.modalities.split(",")) if args.modalities else None
+    rows: list[Row] = []
+    if "steps" in parts:
+        modalities = counts or sizes.modalities
+        rows += step_rows(modalities, sizes.batch, sizes.soil, repeats, args.sender_candidates)
+    if "fits" in parts:
+        rows += fit_rows(sizes.anchors, sizes.source, sizes.target, repeats)
+    if "retrieval" in parts:
+        rows += retrieval_rows(sizes.candidates, sizes.queries, 128, sizes.indexed, repeats)
     print(format_rows(rows))
     threads = torch.get_num_threads()
     print(f"\ntorch {torch.__version__}, {threads} threads, python {sys.version.split()[0]}")

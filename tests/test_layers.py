@@ -267,3 +267,132 @@ def test_no_senders_skips_the_gate_and_equals_an_all_false_mask(update: str) -> 
     torch.testing.assert_close(skipped.weights, masked.weights)
     assert skipped.clean_message is not None
     assert not skipped.message.any() and not skipped.clean_message.any()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_single_node_shortcut_equals_attention_over_one_node_per_modality(dropout: float) -> None:
+    """With one node per modality each node attends to itself alone, so the shortcut (values
+    only) must give what the full attention gives, padding or not."""
+    layer = BridgeLayer(8, 2, 4, 2, 0.9, "residual", 2, dropout=dropout).double().eval()
+    states, real, same, _ids = packed_nodes(batch=4, counts=(1, 1, 1))
+    real[1, 2] = False
+    general = layer.attention(states, real, same)
+    shortcut = layer.attention(states, real, same, single_nodes=True)
+    torch.testing.assert_close(shortcut, general)
+    torch.testing.assert_close(
+        layer(states, real, real, same, None, single_nodes=True).states,
+        layer(states, real, real, same, None).states,
+    )
+    # Training with attention dropout takes the general path (it drops the one weight).
+    layer.train()
+    torch.manual_seed(3)
+    dropped = layer.attention(states, real, same, single_nodes=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropped, layer.attention(states, real, same))
+
+
+@pytest.mark.parametrize("selection", ["senders", "variants"])
+def test_noisy_and_clean_messages_in_one_gate_pass_equal_two_separate_passes(
+    selection: str,
+) -> None:
+    layer = CrossModalPassing(6, 5, 2, 0.8, "residual", selection).double()
+    states, real, same, ids = packed_nodes(batch=3, counts=(1, 3, 2), dim=6)
+    senders = real.clone()
+    senders[0, ids == 2] = False
+    sigma = torch.full((len(ids),), 0.2, dtype=f64)
+    result = layer(states, senders, same, sigma, 4, torch.Generator().manual_seed(5), clean=True)
+    normed = layer.norm(states)
+    noisy = normed.unsqueeze(2) + sigma[None, :, None, None] * torch.randn(
+        3, len(ids), 4, 6, generator=torch.Generator().manual_seed(5), dtype=f64
+    )
+    valid = senders[:, None, :] & ~same[None]
+    message, weights = layer.aggregate(normed, noisy, valid)
+    clean, _ = layer.aggregate(normed, normed.unsqueeze(2), valid)
+    torch.testing.assert_close(result.message, message)
+    torch.testing.assert_close(result.weights, weights)
+    assert result.clean_message is not None
+    torch.testing.assert_close(result.clean_message, clean)
+    torch.testing.assert_close(result.states, states + layer.out(message))  # type: ignore[misc]
+
+
+def bounded_pair(candidates: int, selection: str = "senders"):
+    """A layer that scores every sender and the same layer bounded to ``candidates``."""
+    full = CrossModalPassing(6, 5, 2, 0.8, "residual", selection).double()
+    bounded = CrossModalPassing(6, 5, 2, 0.8, "residual", selection, candidates).double()
+    bounded.load_state_dict(full.state_dict())
+    return full, bounded
+
+
+@pytest.mark.parametrize("selection", ["senders", "variants"])
+def test_bounded_senders_equal_all_senders_when_no_receiver_has_more(selection: str) -> None:
+    # Four modalities of one node: each receiver has at most three valid senders of four.
+    full, bounded = bounded_pair(3, selection)
+    states, real, same, _ids = packed_nodes(batch=3, counts=(1, 1, 1, 1), dim=6)
+    senders = real.clone()
+    senders[0, 1] = False
+    sigma = torch.full((4,), 0.2, dtype=f64)
+    runs = [
+        layer(states, senders, same, sigma, 3, torch.Generator().manual_seed(2), clean=True)
+        for layer in (full, bounded)
+    ]
+    for field in ("states", "weights", "message", "clean_message"):
+        torch.testing.assert_close(getattr(runs[1], field), getattr(runs[0], field))
+
+
+def test_bounded_senders_score_the_nearest_candidates_only() -> None:
+    """Below the valid senders, the bounded layer is the full layer restricted to the senders
+    whose clean states have the largest dot products with the receiver's (chosen here by
+    sorting), in values and in gradients."""
+    full, bounded = bounded_pair(2)
+    states, real, same, ids = packed_nodes(batch=2, counts=(1, 3, 2), dim=6)
+    senders = real.clone()
+    senders[1, 4] = False
+    valid = senders[:, None, :] & ~same[None]
+    x = states.clone().requires_grad_()
+    normed = full.norm(x)
+    noise = 0.3 * torch.randn(2, len(ids), 3, 6, dtype=f64)
+    affinity = (normed @ normed.transpose(1, 2)).detach()
+    restricted = torch.zeros_like(valid)
+    for b in range(2):
+        for i in range(len(ids)):
+            order = sorted(
+                (j for j in range(len(ids)) if valid[b, i, j]), key=lambda j: -affinity[b, i, j]
+            )
+            restricted[b, i, order[:2]] = True
+    expected, expected_weights = full.aggregate(normed, normed.unsqueeze(2) + noise, restricted)
+    own = bounded.norm(x)
+    message, weights = bounded.aggregate(own, own.unsqueeze(2) + noise, valid)
+    torch.testing.assert_close(message, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    assert bool((valid.sum(-1) > 2).any())  # some receiver loses senders to the bound
+    grads = [
+        torch.autograd.grad(out.square().sum(), [x, *layer.parameters()], allow_unused=True)
+        for out, layer in ((expected, full), (message, bounded))
+    ]
+    for g_full, g_bounded in zip(*grads, strict=True):
+        if g_full is None:
+            assert g_bounded is None
+        else:
+            torch.testing.assert_close(g_bounded, g_full)
+
+
+def test_a_model_with_bounded_senders_trains_and_equals_the_default_above_its_senders() -> None:
+    from conftest import tiny_config
+
+    from vallayz.losses import IMPNLoss
+
+    x = tri_modal_inputs(4, frames=3)  # 1 + 3 + 1 nodes: at most 4 senders per receiver
+    default = IMPN(tiny_config())
+    bounded = IMPN(tiny_config(sender_candidates=4))
+    bounded.load_state_dict(default.state_dict())
+    outs = [
+        model(x, generator=torch.Generator().manual_seed(0), return_messages=True)
+        for model in (default, bounded)
+    ]
+    torch.testing.assert_close(outs[1].decoded["image"], outs[0].decoded["image"])
+    tight = IMPN(tiny_config(sender_candidates=1))
+    loss = IMPNLoss()(tight, x, torch.Generator().manual_seed(0)).total
+    loss.backward()
+    assert torch.isfinite(loss)
+    gate = tight.layers[0].cross.gate  # type: ignore[union-attr]
+    assert gate.sender.weight.grad is not None and gate.sender.weight.grad.abs().sum() > 0

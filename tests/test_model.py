@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DIMS, tiny_config, tri_modal_inputs
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vallayz import IMPN, Batch, IMPNConfig
 from vallayz.losses import IMPNLoss
@@ -283,3 +284,94 @@ def test_many_variants_at_tiny_sigma_tend_to_the_deterministic_model() -> None:
     torch.testing.assert_close(sampled, deterministic, atol=1e-5, rtol=0)
     model.set_sigma(0.0)
     torch.testing.assert_close(model(given, sample=True).decoded["image"], deterministic)
+
+
+class _NoHostSync(TorchDispatchMode):
+    """Fails on every operator that makes the host wait for the device: reading a value
+    (``.item()``, ``bool(t)``, ``int(t)``, ``.tolist()``) or a shape that depends on values
+    (``nonzero``, boolean-mask indexing, ``masked_select``)."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.__name__.split(".")[0]
+        indices = args[1] if name in ("index", "index_put", "index_put_") else ()
+        by_mask = any(i is not None and i.dtype == torch.bool for i in indices)
+        if name in self.SYNCING or by_mask:
+            raise AssertionError(f"host-device synchronisation in forward: {func}")
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        # tolist() reads the values without passing through the dispatcher.
+        self._tolist = torch.Tensor.tolist
+
+        def tolist(tensor: torch.Tensor) -> object:
+            raise AssertionError("host-device synchronisation in forward: tolist")
+
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign,assignment]
+        return super().__enter__()
+
+    def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+        torch.Tensor.tolist = self._tolist  # type: ignore[method-assign]
+        return super().__exit__(*exc)
+
+
+def test_the_guard_catches_host_syncs() -> None:
+    x = torch.randn(4)
+    syncs = (
+        lambda: bool(x.sum() > 0),
+        lambda: x[x > 0],
+        lambda: float(x.max()),
+        lambda: x.tolist(),
+    )
+    for sync in syncs:
+        with pytest.raises(AssertionError, match="synchronisation"), _NoHostSync():
+            sync()
+
+
+@pytest.mark.parametrize("absent_init", ["seed", "attend"])
+def test_forward_reads_nothing_back_from_the_device(absent_init: str) -> None:
+    """Once the batch is checked, a training pass (noisy variants, messages, gates) and an
+    isolated pass never wait for the device."""
+    model = IMPN(tiny_config(absent_init=absent_init)).train()
+    x = tri_modal_inputs(4, frames=3)
+    present = {"text": torch.tensor([True, False, True, True])}
+    batch = Batch.of(x, present=present)
+    batch.validate(model.config)
+    generator = torch.Generator().manual_seed(0)
+    with _NoHostSync():
+        out = model(
+            batch, generator=generator, return_messages=True, return_gates=True, validate=False
+        )
+        model(batch, isolate=True, validate=False, decode=False)
+    assert out.gates is not None and out.gates[0].node_modality[:2] == ["text", "audio"]
+    # ... and the check still runs by default.
+    with pytest.raises(AssertionError, match="synchronisation"), _NoHostSync():
+        model(batch)
+
+
+def test_skipping_the_check_and_the_decoders_changes_no_state() -> None:
+    model = IMPN(tiny_config()).eval()
+    x = tri_modal_inputs(3)
+    full = model(x, isolate=True)
+    lean = model(x, isolate=True, validate=False, decode=False)
+    assert lean.decoded == {} and set(full.decoded) == set(x)
+    for name in x:
+        torch.testing.assert_close(lean.soil[name], full.soil[name])
+
+
+def test_clean_variants_draw_no_noise() -> None:
+    """At sigma = 0 (or a schedule's scale 0) the K copies are clean and no random number is
+    drawn, so that seeded runs keep their sequence of draws."""
+    model = IMPN(tiny_config(sigma=0.0)).train()
+    generator = torch.Generator().manual_seed(0)
+    before = generator.get_state()
+    model(tri_modal_inputs(3), generator=generator)
+    assert torch.equal(generator.get_state(), before)
+    model.set_sigma(0.1)
+    model.sigma_scale = 0.0
+    model(tri_modal_inputs(3), generator=generator)
+    assert torch.equal(generator.get_state(), before)
+    model.sigma_scale = 1.0
+    model(tri_modal_inputs(3), generator=generator)
+    assert not torch.equal(generator.get_state(), before)

@@ -45,6 +45,11 @@ class IMPNConfig:
     # weights; the same number of senders in training and evaluation) or "variants" (single
     # micro-variants, so K copies of one sender can fill the top-k; kept for ablations).
     selection: str = "senders"
+    # Bound on the senders each receiving node's gate scores: the valid senders whose clean
+    # states have the largest dot product with the receiver's (then top_k of them are kept).
+    # None scores every sender, whose cost grows with the square of the number of nodes;
+    # a number (>= top_k) makes it grow linearly. Changes the model when below the senders.
+    sender_candidates: int | None = None
     # Softmax temperature T over the kept gate scores; lower is sharper.
     temperature: float = 1.0
     # State update after aggregation: "residual" (a + W_o m) or "gru" (GRU(m, a)).
@@ -109,6 +114,8 @@ class IMPNConfig:
         _positive_int("ffn_mult", self.ffn_mult)
         if self.hidden_dim is not None:
             _positive_int("hidden_dim", self.hidden_dim)
+        if self.sender_candidates is not None:
+            _positive_int("sender_candidates", self.sender_candidates)
         check_token_buckets(self.token_buckets, self.modalities)
         if self.soil_dim % self.heads:
             raise ValueError(

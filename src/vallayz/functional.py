@@ -24,7 +24,9 @@ def sample_variants(
         generator: Optional random generator for reproducible draws.
 
     Returns:
-        The micro-variants. With ``variants == 1`` and ``sigma == 0`` they equal ``senders``.
+        The micro-variants. With ``variants == 1`` and ``sigma == 0`` they equal ``senders``
+        (the noise is drawn all the same: whether ``sigma`` is zero is not read back from its
+        device; callers that know it is zero skip the call and copy the senders).
 
     Shape:
         senders ``[B, N, d]``, sigma ``[N]`` or ``[]`` → ``[B, N, K, d]``.
@@ -32,8 +34,6 @@ def sample_variants(
     if variants < 1:
         raise ValueError(f"variants must be >= 1, got {variants}")
     expanded = senders.unsqueeze(2).expand(*senders.shape[:2], variants, senders.shape[-1])
-    if not bool((sigma != 0).any()):
-        return expanded
     eps = torch.randn(
         expanded.shape, generator=generator, device=senders.device, dtype=senders.dtype
     )

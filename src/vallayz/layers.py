@@ -143,11 +143,18 @@ class ReceptorGate(nn.Module):
 
     def forward(self, receivers: Tensor, senders: Tensor) -> Tensor:
         dot = torch.einsum("bid,bjd->bij", receivers, senders) * self.scale
-        hidden = (
-            self.receiver(receivers).unsqueeze(2)
-            + self.sender(senders).unsqueeze(1)
-            + dot.unsqueeze(-1) * self.dot
+        return self.score(
+            self.receiver(receivers).unsqueeze(2), self.sender(senders).unsqueeze(1), dot
         )
+
+    def score(self, receiver: Tensor, sender: Tensor, dot: Tensor) -> Tensor:
+        """The MLP from the parts of its first layer: the receiver part ``W_a a + b``, the sender
+        part ``W_v v`` and the scaled dot product, broadcast against each other.
+
+        Shape:
+            receiver ``[..., hidden]``, sender ``[..., hidden]``, dot ``[...]`` → ``[...]``.
+        """
+        hidden = receiver + sender + dot.unsqueeze(-1) * self.dot
         return self.out(F.gelu(hidden)).squeeze(-1)
 
     def first_layer(self) -> tuple[Tensor, Tensor]:
@@ -189,7 +196,9 @@ class CrossModalPassing(nn.Module):
     every *other*, *present* modality with the receptor gate. Selection is over sender nodes:
     the ``top_k`` best senders are kept (softmax at ``temperature`` over their pooled scores),
     and each kept sender's ``K`` variants are combined by their gate weights within the sender
-    (see :func:`~vallayz.functional.sender_topk_weights`). The message
+    (see :func:`~vallayz.functional.sender_topk_weights`). With ``candidates``, each receiver
+    scores only that many senders (those whose clean states have the largest dot product with
+    its own), so the gate's cost grows linearly, not quadratically, with the nodes. The message
     ``m_i = sum_jk w_ij alpha_ijk W_v v_jk`` updates ``a_i <- a_i + W_o m_i`` (residual) or
     ``a_i <- GRU(m_i, a_i)``. With ``K = 1`` and ``sigma = 0`` this is a deterministic gated
     layer.
@@ -207,11 +216,15 @@ class CrossModalPassing(nn.Module):
         temperature: float,
         update: str,
         selection: str = "senders",
+        candidates: int | None = None,
     ) -> None:
         super().__init__()
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be None or >= 1, got {candidates}")
         self.top_k = top_k
+        self.candidates = candidates
         self.temperature = temperature
         self.selection = selection
         self.norm = nn.LayerNorm(dim)
@@ -236,17 +249,85 @@ class CrossModalPassing(nn.Module):
             receivers ``[B, N, d]``, variants ``[B, S, K, d]``, valid ``[B, N, S]``
             → message ``[B, N, d]``, weights ``[B, N, S*K]``.
         """
-        batch, senders, variants_per_node, dim = variants.shape
-        flat = variants.reshape(batch, senders * variants_per_node, dim)
-        logits = self.gate(receivers, flat)
-        if self.selection == "variants":
-            every = valid.repeat_interleave(variants_per_node, dim=-1)
-            weights = topk_softmax(logits, every, self.top_k, self.temperature)
+        (message,), (weights,) = self._aggregate_groups(receivers, [variants], valid)
+        return message, weights
+
+    def _aggregate_groups(
+        self, receivers: Tensor, groups: list[Tensor], valid: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`aggregate` of several groups of variants of the same senders (e.g. the noisy
+        ones and the clean ones), with one gate evaluation and one value projection for all.
+
+        ``W_v`` is linear and bias-free, so it is applied once to each aggregated message
+        (``sum_j w_j W_v v_j = W_v sum_j w_j v_j``) rather than to every variant. With
+        ``candidates`` below the number of senders, the gate scores only the ``candidates``
+        senders per receiver whose clean states have the largest dot product with it.
+
+        Shape:
+            receivers ``[B, N, d]``, groups ``[B, S, K_g, d]`` each, valid ``[B, N, S]``
+            → messages ``[B, N, d]`` and weights ``[B, N, S*K_g]`` per group.
+        """
+        senders = groups[0].shape[1]
+        if self.candidates is not None and self.candidates < senders:
+            chosen = self._candidates(receivers, valid, self.candidates)
+            weights = [self._bounded_weights(receivers, group, valid, chosen) for group in groups]
         else:
-            per_sender = logits.unflatten(-1, (senders, variants_per_node))
-            weights = sender_topk_weights(per_sender, valid, self.top_k, self.temperature)
-            weights = weights.flatten(-2)
-        return weights @ self.value(flat), weights
+            flats = [group.flatten(1, 2) for group in groups]
+            logits = self.gate(receivers, torch.cat(flats, dim=1) if len(flats) > 1 else flats[0])
+            parts = logits.split([flat.shape[1] for flat in flats], dim=-1)
+            weights = [
+                self._select(scores, senders, group.shape[2], valid)
+                for group, scores in zip(groups, parts, strict=True)
+            ]
+        messages = torch.stack([w @ g.flatten(1, 2) for w, g in zip(weights, groups, strict=True)])
+        return list(self.value(messages).unbind(0)), weights
+
+    @staticmethod
+    def _candidates(receivers: Tensor, valid: Tensor, count: int) -> Tensor:
+        """Indices ``[B, N, count]`` of each receiver's candidate senders: the valid ones whose
+        (clean, normalised) states have the largest dot product with the receiver's.
+
+        Shape:
+            receivers ``[B, N, d]``, valid ``[B, N, S]`` → ``[B, N, count]``.
+        """
+        with torch.no_grad():
+            affinity = receivers @ receivers.transpose(1, 2)
+            affinity = affinity.masked_fill(~valid, float("-inf"))
+            return affinity.topk(count, dim=-1).indices
+
+    def _bounded_weights(
+        self, receivers: Tensor, group: Tensor, valid: Tensor, chosen: Tensor
+    ) -> Tensor:
+        """Gate weights when each receiver scores only its candidate senders ``chosen``; zero
+        for every other sender.
+
+        Shape:
+            receivers ``[B, N, d]``, group ``[B, S, K, d]``, valid ``[B, N, S]``,
+            chosen ``[B, N, C]`` → ``[B, N, S*K]``.
+        """
+        batch, senders, variants, _ = group.shape
+        nodes, count = chosen.shape[1:]
+        # Sender part of the gate for every variant, then the candidates' rows for each receiver.
+        sender = self.gate.sender(group).flatten(0, 1)
+        offset = torch.arange(batch, device=chosen.device)[:, None, None] * senders
+        sender = sender.index_select(0, (chosen + offset).flatten())
+        sender = sender.view(batch, nodes, count, variants, -1)
+        dot = torch.einsum("bnd,bskd->bnsk", receivers, group) * self.gate.scale
+        by_variant = chosen[..., None].expand(-1, -1, -1, variants)
+        dot = dot.gather(2, by_variant)
+        receiver = self.gate.receiver(receivers)[:, :, None, None]
+        logits = self.gate.score(receiver, sender, dot).flatten(-2)
+        kept = self._select(logits, count, variants, valid.gather(2, chosen))
+        weights = torch.zeros(batch, nodes, senders, variants, dtype=kept.dtype, device=kept.device)
+        return weights.scatter(2, by_variant, kept.view_as(dot)).flatten(-2)
+
+    def _select(self, logits: Tensor, senders: int, variants: int, valid: Tensor) -> Tensor:
+        """Gate weights ``[B, N, S*K]`` from gate logits ``[B, N, S*K]`` (see ``selection``)."""
+        if self.selection == "variants":
+            every = valid.repeat_interleave(variants, dim=-1)
+            return topk_softmax(logits, every, self.top_k, self.temperature)
+        per_sender = logits.reshape(*logits.shape[:-1], senders, variants)
+        return sender_topk_weights(per_sender, valid, self.top_k, self.temperature).flatten(-2)
 
     def apply_update(self, states: Tensor, message: Tensor) -> Tensor:
         """Residual or GRU state update of every node with its message."""
@@ -274,20 +355,21 @@ class CrossModalPassing(nn.Module):
             silent = torch.zeros_like(states)
             nodes = states.shape[1]
             weights = states.new_zeros(states.shape[0], nodes, nodes * variants)
-            return CrossModalResult(
-                self.apply_update(states, silent), weights, silent, silent if clean else None
-            )
+            # A residual update of a zero message is the identity (W_o has no bias).
+            updated = states if self.out is not None else self.apply_update(states, silent)
+            return CrossModalResult(updated, weights, silent, silent if clean else None)
         normed = self.norm(states)
         valid = senders[:, None, :] & ~same_modality[None]
         if sigma is None:
             noisy = normed.unsqueeze(2).expand(-1, -1, variants, -1)
         else:
             noisy = sample_variants(normed, sigma, variants, generator)
-        message, weights = self.aggregate(normed, noisy, valid)
-        clean_message = None
-        if clean:
-            clean_message, _ = self.aggregate(normed, normed.unsqueeze(2), valid)
-        return CrossModalResult(self.apply_update(states, message), weights, message, clean_message)
+        groups = [noisy, normed.unsqueeze(2)] if clean else [noisy]
+        messages, group_weights = self._aggregate_groups(normed, groups, valid)
+        clean_message = messages[1] if clean else None
+        return CrossModalResult(
+            self.apply_update(states, messages[0]), group_weights[0], messages[0], clean_message
+        )
 
 
 class AbsentInit(nn.Module):
@@ -343,8 +425,19 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, states: Tensor, real: Tensor, same_modality: Tensor) -> Tensor:
+    def forward(
+        self, states: Tensor, real: Tensor, same_modality: Tensor, single_nodes: bool = False
+    ) -> Tensor:
+        """``single_nodes=True`` promises that every modality holds one node: each node then
+        attends to itself alone, the attention output is its own value, and queries and keys
+        are not computed (the same result; with attention dropout in training the general
+        path runs)."""
         batch, nodes, dim = states.shape
+        if single_nodes and not (self.training and self.dropout > 0):
+            values = F.linear(
+                self.norm(states), self.qkv.weight[2 * dim :], self.qkv.bias[2 * dim :]
+            )
+            return states + self.proj(values)
         qkv = self.qkv(self.norm(states)).reshape(batch, nodes, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         eye = torch.eye(nodes, dtype=torch.bool, device=states.device)
@@ -391,10 +484,13 @@ class BridgeLayer(nn.Module):
         ffn_mult: int,
         dropout: float = 0.0,
         selection: str = "senders",
+        candidates: int | None = None,
     ) -> None:
         super().__init__()
         self.attention = SelfAttention(dim, heads, dropout)
-        self.cross = CrossModalPassing(dim, gate_hidden, top_k, temperature, update, selection)
+        self.cross = CrossModalPassing(
+            dim, gate_hidden, top_k, temperature, update, selection, candidates
+        )
         self.ffn = FeedForward(dim, ffn_mult, dropout)
 
     def zero_init_residual(self) -> None:
@@ -419,8 +515,11 @@ class BridgeLayer(nn.Module):
         variants: int = 1,
         generator: torch.Generator | None = None,
         clean: bool = False,
+        single_nodes: bool = False,
     ) -> CrossModalResult:
-        states = self.attention(states, real, same_modality)
+        """One layer; ``single_nodes=True`` promises that every modality holds one node (see
+        :meth:`SelfAttention.forward`)."""
+        states = self.attention(states, real, same_modality, single_nodes)
         result = self.cross(states, senders, same_modality, sigma, variants, generator, clean)
         result.states = self.ffn(result.states)
         return result

@@ -165,6 +165,7 @@ class IMPN(nn.Module):
                 config.ffn_mult,
                 config.dropout,
                 config.selection,
+                config.sender_candidates,
             )
             for _ in range(config.layers)
         )
@@ -255,6 +256,8 @@ class IMPN(nn.Module):
         generator: torch.Generator | None = None,
         return_gates: bool = False,
         return_messages: bool = False,
+        validate: bool = True,
+        decode: bool = True,
     ) -> IMPNOutput:
         """Runs adapters, bridge layers and decoders.
 
@@ -270,6 +273,10 @@ class IMPN(nn.Module):
             generator: Random generator for the micro-variants.
             return_gates: Also return the gate weights of every bridge layer.
             return_messages: Also return noisy and clean aggregated messages per layer.
+            validate: Check the batch against the config first. Callers that pass one batch
+                (or batches derived from it) several times check it once and skip the rest.
+            decode: Also decode the pooled soil states into native spaces (``decoded`` is
+                empty otherwise).
 
         Returns:
             An :class:`IMPNOutput` covering every modality of the model.
@@ -278,19 +285,118 @@ class IMPN(nn.Module):
             ``{m: [B, d_m] or [B, T_m, d_m]}`` → soil ``{m: [B, d]}``, decoded ``{m: [B, d_m]}``.
         """
         batch = Batch.of(batch)
-        batch.validate(self.config)
-        sample = self.training if sample is None else sample
+        if validate:
+            batch.validate(self.config)
         nodes = self._encode(batch)
         # No senders at all when isolated: the layers skip their gates.
         senders = None if isolate else nodes.senders
-        states = nodes.states
-        if self.absent_init is not None:
-            absent = ~nodes.present_node
-            alone = torch.zeros_like(nodes.real) if senders is None else senders
-            increment = self.absent_init(states, alone)
-            states = torch.where(absent[..., None], states + increment, states)
+        states = self._init_absent(nodes, senders)
+        sample = self.training if sample is None else sample
+        states, gates, messages = self._bridge(
+            states, nodes, senders, sample, generator, return_gates, return_messages
+        )
+        out = self._read_out(states, nodes, decode)
+        out.gates = gates if return_gates else None
+        out.messages = messages if return_messages else None
+        return out
+
+    def _encode(self, batch: Batch) -> _Nodes:
+        """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
+        all packed into one node tensor."""
+        size, device = batch.batch_size, self.device
+        pieces, reals, present_nodes, presents, spans = [], [], [], {}, {}
+        start = 0
+        for name in self.names:
+            if name in batch.embeddings:
+                states, real, present = self._encode_present(batch, name)
+            else:
+                states = self.seeds[name].expand(size, 1, -1)
+                real = torch.ones(size, 1, dtype=torch.bool, device=device)
+                present = torch.zeros(size, dtype=torch.bool, device=device)
+            pieces.append(states + self.modality_embedding[name])
+            reals.append(real)
+            present_nodes.append(present[:, None].expand_as(real))
+            presents[name] = present
+            spans[name] = (start, start + states.shape[1])
+            start += states.shape[1]
+        modality = torch.cat(
+            [
+                torch.full((stop - begin,), i, device=device)
+                for i, (begin, stop) in enumerate(spans.values())
+            ]
+        )
+        real = torch.cat(reals, dim=1)
+        present_node = torch.cat(present_nodes, dim=1)
+        return _Nodes(
+            states=torch.cat(pieces, dim=1),
+            real=real,
+            present_node=present_node,
+            senders=real & present_node,
+            modality=modality,
+            same_modality=modality[:, None] == modality[None, :],
+            present=presents,
+            spans=spans,
+        )
+
+    def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Soil states ``[B, T, d]``, real-node mask ``[B, T]`` and presence ``[B]`` of a given
+        modality; its absent rows hold one real node, the seed."""
+        device, seed = self.device, self.seeds[name]
+        x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
+        x = x.unsqueeze(1) if x.dim() == 2 else x
+        present = batch.present[name].to(device)
+        padding = batch.padding.get(name)
+        real = (
+            torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+            if padding is None
+            else padding.to(device)
+        )
+        keep = present[:, None] & real
+        if name in self.front_ends and name in batch.tokens:
+            x = x + self.front_ends[name](batch.tokens[name])[:, None]
+        # Zero ignored entries first: NaN in an absent row must not reach the gradients.
+        states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
+        states = torch.where(present[:, None, None], states, seed.expand_as(states))
+        first = torch.zeros_like(real)
+        first[:, 0] = True
+        return states, torch.where(present[:, None], real, first), present
+
+    def _init_absent(self, nodes: _Nodes, senders: Tensor | None) -> Tensor:
+        """Initial states: with ``absent_init="attend"``, absent nodes add what they read from
+        the senders to their seed; otherwise the encoded states as they are."""
+        if self.absent_init is None:
+            return nodes.states
+        alone = torch.zeros_like(nodes.real) if senders is None else senders
+        increment = self.absent_init(nodes.states, alone)
+        absent = ~nodes.present_node
+        return torch.where(absent[..., None], nodes.states + increment, nodes.states)
+
+    def _noise(self, sample: bool, nodes: _Nodes) -> Tensor | None:
+        """Noise scale per node ``[N]`` when micro-variants are sampled, ``None`` when they are
+        clean copies (not sampling, or every sigma is zero: decided from the config's values,
+        kept in step by :meth:`set_sigma`, without reading the device)."""
+        if not sample or self.sigma_scale == 0:
+            return None
+        if not self.config.learn_sigma and not any(self.config.sigma_per_modality().values()):
+            return None
+        return self._sigma_vector()[nodes.modality] * self.sigma_scale
+
+    def _bridge(
+        self,
+        states: Tensor,
+        nodes: _Nodes,
+        senders: Tensor | None,
+        sample: bool,
+        generator: torch.Generator | None,
+        return_gates: bool,
+        return_messages: bool,
+    ) -> tuple[Tensor, list[GateWeights], list[tuple[Tensor, Tensor]]]:
+        """The bridge layers, then the final norm: node states, and per layer the gate weights
+        and ``(noisy, clean)`` messages when asked for."""
         variants = self.config.variants if sample else 1
-        sigma = self._sigma_vector()[nodes.modality] * self.sigma_scale if sample else None
+        sigma = self._noise(sample, nodes)
+        single = all(stop - begin == 1 for begin, stop in nodes.spans.values())
+        names = [name for name, (begin, stop) in nodes.spans.items() for _ in range(stop - begin)]
         gates: list[GateWeights] = []
         messages: list[tuple[Tensor, Tensor]] = []
         for layer in self.layers:
@@ -303,92 +409,27 @@ class IMPN(nn.Module):
                 variants=variants,
                 generator=generator,
                 clean=return_messages,
+                single_nodes=single,
             )
             states = result.states
             if return_gates:
-                names = [self.names[i] for i in nodes.modality.tolist()]
                 gates.append(GateWeights(result.weights, names, variants))
             if return_messages:
                 assert result.clean_message is not None
                 messages.append((result.message, result.clean_message))
-        states = self.norm(states)
+        return self.norm(states), gates, messages
 
+    def _read_out(self, states: Tensor, nodes: _Nodes, decode: bool) -> IMPNOutput:
+        """Per modality: its nodes, their mask, the pooled soil state and (when ``decode``) its
+        native-space reconstruction."""
         out_nodes, out_mask, soil, decoded = {}, {}, {}, {}
         for name, (begin, stop) in nodes.spans.items():
             out_nodes[name] = states[:, begin:stop]
             out_mask[name] = nodes.real[:, begin:stop]
             soil[name] = masked_mean(out_nodes[name], out_mask[name])
-            decoded[name] = self.decoders[name](soil[name])
-        return IMPNOutput(
-            soil=soil,
-            nodes=out_nodes,
-            node_mask=out_mask,
-            present=nodes.present,
-            decoded=decoded,
-            gates=gates if return_gates else None,
-            messages=messages if return_messages else None,
-        )
-
-    def _encode(self, batch: Batch) -> _Nodes:
-        """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
-        all packed into one node tensor."""
-        size, device = batch.batch_size, self.device
-        pieces, reals, presents, spans = [], [], {}, {}
-        start = 0
-        for name in self.names:
-            seed = self.seeds[name]
-            if name in batch.embeddings:
-                x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
-                x = x.unsqueeze(1) if x.dim() == 2 else x
-                present = batch.present[name].to(device)
-                padding = batch.padding.get(name)
-                real = (
-                    torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-                    if padding is None
-                    else padding.to(device)
-                )
-                keep = present[:, None] & real
-                if name in self.front_ends and name in batch.tokens:
-                    x = x + self.front_ends[name](batch.tokens[name])[:, None]
-                # Zero ignored entries first: NaN in an absent row must not reach the gradients.
-                states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
-                states = torch.where(present[:, None, None], states, seed.expand_as(states))
-                first = torch.zeros_like(real)
-                first[:, 0] = True
-                real = torch.where(present[:, None], real, first)
-            else:
-                states = seed.expand(size, 1, -1)
-                real = torch.ones(size, 1, dtype=torch.bool, device=device)
-                present = torch.zeros(size, dtype=torch.bool, device=device)
-            pieces.append(states + self.modality_embedding[name])
-            reals.append(real)
-            presents[name] = present
-            spans[name] = (start, start + states.shape[1])
-            start += states.shape[1]
-        modality = torch.cat(
-            [
-                torch.full((stop - begin,), i, device=device)
-                for i, (begin, stop) in enumerate(spans.values())
-            ]
-        )
-        real = torch.cat(reals, dim=1)
-        present_node = torch.cat(
-            [
-                presents[name][:, None].expand_as(r)
-                for name, r in zip(self.names, reals, strict=True)
-            ],
-            dim=1,
-        )
-        return _Nodes(
-            states=torch.cat(pieces, dim=1),
-            real=real,
-            present_node=present_node,
-            senders=real & present_node,
-            modality=modality,
-            same_modality=modality[:, None] == modality[None, :],
-            present=presents,
-            spans=spans,
-        )
+            if decode:
+                decoded[name] = self.decoders[name](soil[name])
+        return IMPNOutput(soil, out_nodes, out_mask, nodes.present, decoded)
 
     # ------------------------------------------------------------------ convenience API
     def _sources(
@@ -519,8 +560,10 @@ class IMPN(nn.Module):
         if ensemble <= 0:
             return self(batch, sample=False).decoded[target]
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        batch.validate(self.config)  # once, not once per pass
         runs = [
-            self(batch, sample=True, generator=generator).decoded[target] for _ in range(ensemble)
+            self(batch, sample=True, generator=generator, validate=False).decoded[target]
+            for _ in range(ensemble)
         ]
         return torch.stack(runs).mean(dim=0)
 

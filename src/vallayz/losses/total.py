@@ -175,18 +175,23 @@ class IMPNLoss(nn.Module):
         zero = torch.zeros((), device=model.device)
         terms: dict[str, Tensor] = {}
 
-        iso = model(batch, isolate=True, generator=generator)
+        iso = model(batch, isolate=True, generator=generator, validate=False, decode=False)
+        # Rows shared by every pair of modalities (per modality on the diagonal), read at once.
+        names = list(batch.embeddings)
+        stacked = torch.stack([present[m] for m in names], dim=1)
+        shared = (stacked[:, :, None] & stacked[:, None, :]).sum(dim=0).tolist()
+        together = {(a, b): shared[i][j] for i, a in enumerate(names) for j, b in enumerate(names)}
         pairs, pair_rows = [], []
-        for a, b in itertools.combinations(batch.embeddings, 2):
+        for a, b in itertools.combinations(names, 2):
             both = present[a] & present[b]
-            count = int(both.sum())
+            count = together[a, b]
             if count >= 2:
                 pair = info_nce(iso.soil[a][both], iso.soil[b][both], self.contrastive_temperature)
                 terms[f"contrastive/{a}-{b}"] = pair
                 pairs.append(pair)
                 pair_rows.append(count)
         terms["contrastive"] = self._mean(pairs, pair_rows, zero)
-        knn_rows = {m: int(present[m].sum()) for m in batch.embeddings}
+        knn_rows = {m: together[m, m] for m in names}
         knn = {
             m: knn_preservation_loss(
                 native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature
@@ -202,24 +207,42 @@ class IMPNLoss(nn.Module):
 
         dropped = drop_modalities(present, self.drop_rate, generator)
         kept = {m: present[m] & ~dropped[m] for m in present}
-        out = model(Batch.of(batch, present=kept), generator=generator, return_messages=True)
-        lost = [m for m in dropped if bool(dropped[m].any())]
+        out = model(
+            Batch.of(batch, present=kept),
+            generator=generator,
+            return_messages=True,
+            validate=False,
+        )
+        # Per modality: dropped rows, and kept rows among those with a drop (the cycle's
+        # targets); then how many rows have a drop. One read for all of them.
+        lost_stack = torch.stack([dropped[m] for m in names], dim=1)
+        rows = lost_stack.any(dim=1)
+        counts = torch.cat(
+            [
+                lost_stack.sum(dim=0),
+                (stacked & ~lost_stack & rows[:, None]).sum(dim=0),
+                rows.sum()[None],
+            ]
+        ).tolist()
+        lost_rows = dict(zip(names, counts[: len(names)], strict=True))
+        back_rows = dict(zip(names, counts[len(names) : 2 * len(names)], strict=True))
+        lost = [m for m in names if lost_rows[m] > 0]
         translations = [
             translation_loss(out.decoded[m], native[m], self.reconstruction, dropped[m])
             for m in lost
         ]
-        terms["translation"] = self._mean(translations, [int(dropped[m].sum()) for m in lost], zero)
+        terms["translation"] = self._mean(translations, [lost_rows[m] for m in lost], zero)
         bridged, bridged_rows = [], []
         if w.bridged > 0:
             for m in lost:
                 rows_m = dropped[m]
-                if int(rows_m.sum()) >= 2:
+                if lost_rows[m] >= 2:
                     bridged.append(
                         info_nce(
                             out.soil[m][rows_m], iso.soil[m][rows_m], self.contrastive_temperature
                         )
                     )
-                    bridged_rows.append(int(rows_m.sum()))
+                    bridged_rows.append(lost_rows[m])
         terms["bridged"] = self._mean(bridged, bridged_rows, zero)
         assert out.messages is not None
         real = torch.cat([out.node_mask[m] for m in model.names], dim=1)
@@ -227,20 +250,20 @@ class IMPNLoss(nn.Module):
             [denoising_loss(noisy, clean, real) for noisy, clean in out.messages]
         ).mean()
 
-        rows = torch.stack(list(dropped.values()), dim=1).any(dim=1)
         terms["cycle"] = zero
-        if bool(rows.any()):
+        if counts[-1] > 0:
             sources = {m: out.decoded[m][rows] for m in dropped}
             back = model(
                 Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
                 generator=generator,
+                validate=False,
             )
-            back_to = [m for m in kept if bool(kept[m][rows].any())]
+            back_to = [m for m in names if back_rows[m] > 0]
             cycles = [
                 cycle_loss(back.decoded[m], native[m][rows], self.reconstruction, kept[m][rows])
                 for m in back_to
             ]
-            terms["cycle"] = self._mean(cycles, [int(kept[m][rows].sum()) for m in back_to], zero)
+            terms["cycle"] = self._mean(cycles, [back_rows[m] for m in back_to], zero)
 
         projections = model.projection_weights()
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
