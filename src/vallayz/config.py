@@ -183,10 +183,6 @@ class IMPNConfig:
         Raises:
             VallayzUserError: naming the field at fault and what it must be.
         """
-        if not isinstance(data, dict):
-            raise VallayzUserError(
-                f"an IMPN config must be a JSON object, got {type(data).__name__}"
-            )
         return build_checked(cls, data, "IMPN config")
 
     def to_json(self, path: str | Path) -> None:
@@ -221,10 +217,13 @@ class IMPNConfig:
 _Config = typing.TypeVar("_Config")
 
 
-def build_checked(cls: type[_Config], data: dict[str, Any], what: str) -> _Config:
+def build_checked(cls: type[_Config], data: object, what: str) -> _Config:
     """``cls(**data)`` for a config dataclass read from JSON: unknown keys, values of the wrong
     JSON type and values its own validation refuses all raise one :class:`VallayzUserError`
-    that names the field, instead of a ``TypeError`` from deep inside."""
+    that names the field, instead of a ``TypeError`` from deep inside (as does ``data`` that is
+    not a JSON object)."""
+    if not isinstance(data, dict):
+        raise VallayzUserError(f"{what} must be a JSON object, got {type(data).__name__}")
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = set(data) - set(fields)
     if unknown:
