@@ -18,6 +18,15 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
 _ABSENT_INITS = ("seed", "attend")
+_FLAGS = (
+    "zero_init_residual",
+    "zero_init_adapters",
+    "adapter_norm",
+    "bridge_attention",
+    "bridge_ffn",
+    "final_norm",
+    "match_head",
+)
 
 
 @dataclass
@@ -77,6 +86,13 @@ class IMPNConfig:
     # LayerNorm on each adapter's input before its MLP branch (the LN(x) of the adapter's
     # formula); false feeds the native vector to the branch as it is.
     adapter_norm: bool = True
+    # The within-modality self-attention block of each bridge layer; false leaves it out (the
+    # states go straight to cross-modal passing), for ablations.
+    bridge_attention: bool = True
+    # The feed-forward block of each bridge layer; false leaves it out, for ablations.
+    bridge_ffn: bool = True
+    # LayerNorm on the node states after the last bridge layer; false reads them as they are.
+    final_norm: bool = True
     # Initial state of an absent modality's nodes: "seed" (one learned state per modality,
     # whatever the row holds) or "attend" (the seed plus attention over the row's present nodes).
     absent_init: str = "seed"
@@ -102,7 +118,7 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
-        for flag in ("zero_init_residual", "zero_init_adapters", "adapter_norm", "match_head"):
+        for flag in _FLAGS:
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _positive_int("soil_dim", self.soil_dim)
