@@ -129,8 +129,13 @@ class PlainBridge(nn.Module):
         cross = bridge.cross
         if cross.out is None:
             raise ValueError("PlainBridge reproduces the residual update, not the GRU update")
+        if bridge.attention is None or bridge.ffn is None:
+            raise ValueError(
+                "PlainBridge reproduces a bridge layer with attention and feed-forward"
+            )
         dim = cross.value.in_features
-        self.attention = bridge.attention
+        self.attention: nn.Module = bridge.attention
+        ffn = bridge.ffn
         self.top_k, self.temperature = cross.top_k, cross.temperature
         self.norm = nn.LayerNorm(dim, eps=cross.norm.eps)
         weight, bias = cross.gate.first_layer()
@@ -138,9 +143,9 @@ class PlainBridge(nn.Module):
         self.gate = nn.Sequential(first, nn.GELU(), last)
         self.value = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
-        hidden = bridge.ffn.up.out_features
+        hidden = ffn.up.out_features
         norm, up, down = (
-            nn.LayerNorm(dim, eps=bridge.ffn.norm.eps),
+            nn.LayerNorm(dim, eps=ffn.norm.eps),
             nn.Linear(dim, hidden),
             nn.Linear(hidden, dim),
         )
@@ -155,9 +160,9 @@ class PlainBridge(nn.Module):
             self.value.weight.copy_(cross.value.weight)
             self.out.weight.copy_(cross.out.weight)
             for mine, theirs in (
-                (norm, bridge.ffn.norm),
-                (up, bridge.ffn.up),
-                (down, bridge.ffn.down),
+                (norm, ffn.norm),
+                (up, ffn.up),
+                (down, ffn.down),
             ):
                 mine.weight.copy_(theirs.weight)
                 mine.bias.copy_(theirs.bias)
@@ -275,6 +280,7 @@ class MessageProbe:
 
     def __init__(self, bridge: BridgeLayer, dim: int) -> None:
         self.cross, self.dim = bridge.cross, dim
+        assert bridge.attention is not None
         states, real, senders, same = layout(dim)
         with torch.no_grad():
             self.normed = self.cross.norm(bridge.attention(states, real, same))

@@ -131,3 +131,35 @@ def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
     capsys.readouterr()
     assert main([*args, "--only", "no such variant"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+def test_encoder_variants_are_listed_and_the_old_script_maps_onto_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    from vallayz_train.tibetan.ablations import ENCODER_PARTS, ENCODER_PROBE
+
+    assert main(["ablate", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    for name, change in ENCODER_PARTS.items():
+        assert name in listed and f"{ENCODER_PROBE}, {name}" in listed
+        assert dict(VARIANTS[name].model) == change
+        probe = VARIANTS[f"{ENCODER_PROBE}, {name}"]
+        assert dict(probe.model) == {**change, "zero_init_residual": False}
+        assert probe.train == VARIANTS["contrastive only"].train
+    spec = importlib.util.spec_from_file_location(
+        "ablate_encoder", ROOT / "scripts/ablate_encoder.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert set(script.KINDS.values()) <= set(listed)
+    words = script.ablate_arguments(
+        ["d", "--source", "bo", "--target", "en", "--val-rows", "7", "--kinds", "impn no-ffn"]
+    )
+    args = build_parser().parse_args(["ablate", *words])
+    assert (args.data, args.pairs, args.pool) == ("d", ["bo->en"], 7)
+    assert args.only == [f"{ENCODER_PROBE}, no bridge feed-forward"]
+    with pytest.raises(SystemExit):
+        script.ablate_arguments(["d", "--source", "bo", "--target", "en", "--kinds", "adapter"])

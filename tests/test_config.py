@@ -48,3 +48,21 @@ def test_train_config_rejects_an_unknown_pair_weighting() -> None:
     assert TrainConfig().pair_weighting == "rows"
     with pytest.raises(ValueError, match="pair weighting must be one of"):
         TrainConfig(pair_weighting="size")
+
+
+def test_encoder_switches_default_on_serialise_and_are_checked(tmp_path: Path) -> None:
+    from vallayz.errors import VallayzUserError
+
+    switches = ("bridge_attention", "bridge_ffn", "final_norm")
+    assert all(getattr(tiny_config(), s) is True for s in switches)
+    off = tiny_config(bridge_attention=False, bridge_ffn=False, final_norm=False)
+    off.to_json(tmp_path / "c.json")
+    assert IMPNConfig.from_json(tmp_path / "c.json") == off
+    # A config written before the switches existed reads as today's model.
+    old = {k: v for k, v in tiny_config().to_dict().items() if k not in switches}
+    assert IMPNConfig.from_dict(old) == tiny_config()
+    for switch in switches:
+        with pytest.raises(ValueError, match=f"{switch} must be true or false"):
+            tiny_config(**{switch: 0})
+        with pytest.raises(VallayzUserError, match=switch):
+            IMPNConfig.from_dict({**old, switch: "no"})

@@ -150,3 +150,88 @@ def test_approximate_search_index_finds_the_exact_neighbours(kind: str, tmp_path
     index.save(tmp_path)
     loaded = SearchIndex.load(tmp_path)
     assert loaded.kind == kind and torch.equal(loaded.search(q, 10)[1], index.search(q, 10)[1])
+
+
+def _duplicated_data(tmp_path: Path):
+    """A data folder shaped like tiny_config's modalities, whose rows share target texts
+    (duplicate keys) and whose audio is missing in some rows."""
+    import numpy as np
+
+    from vallayz.data import PairedEmbeddings, write_paired_embeddings
+
+    rng = np.random.default_rng(3)
+    rows = 40
+    latent = rng.normal(size=(rows, 4))
+    text = latent @ rng.normal(size=(4, 12))
+    text[7] = text[3]  # one duplicate vector as well as duplicate keys
+    arrays = {
+        "text": text.astype(np.float32),
+        "audio": (latent[:, None, :] @ rng.normal(size=(4, 6))).repeat(2, 1).astype(np.float32),
+        "image": (latent @ rng.normal(size=(4, 16))).astype(np.float32),
+    }
+    items = [{"id": f"r{i}", "text": f"line {i % 25}"} for i in range(rows)]
+    present = {"audio": rng.random(rows) > 0.2}
+    return PairedEmbeddings(write_paired_embeddings(tmp_path / "d", arrays, items, present=present))
+
+
+def test_whole_set_ranks_through_the_index_equal_retrieval_ranks(tmp_path: Path) -> None:
+    import numpy as np
+    from conftest import tiny_config
+
+    from vallayz import IMPN
+    from vallayz.eval import model_encoder, retrieval_metrics, retrieval_table
+    from vallayz.eval.pairs import default_pairs, pair_pools
+    from vallayz.eval.retrieval import retrieval_ranks
+
+    data = _duplicated_data(tmp_path)
+    torch.manual_seed(0)
+    encode = model_encoder(IMPN(tiny_config()), data)
+    rows = np.arange(data.size)
+    pairs = [*default_pairs(["text", "audio", "image"]), (("audio", "image"), "text")]
+    table = retrieval_table(data, rows, encode, pairs, pool=10, pools=3, seed=1)
+    reference = []
+    for run in pair_pools(data, rows, encode, pairs, 10, 3, 1):
+        ranks = [
+            retrieval_ranks(run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i])
+            for i in run.index_sets
+        ]
+        if run.label == "all":
+            assert len(set(run.key_ids.tolist())) < len(run.key_ids)  # duplicate keys
+            index = SearchIndex().build(run.candidates, run.key_ids)
+            assert torch.equal(index.ranks(run.queries, run.key_ids), ranks[0])
+        reference.append(run.summary([retrieval_metrics(r) for r in ranks]))
+    assert table == reference
+    assert [r["pool"] for r in table].count("all") == len(pairs)
+
+
+def test_the_whole_set_index_is_built_once_per_target_and_candidate_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from vallayz.eval import retrieval_table
+
+    data = _duplicated_data(tmp_path)
+    built: list[int] = []
+    original = SearchIndex.build
+
+    def counting(self: SearchIndex, candidates: torch.Tensor, *args, **kwargs) -> SearchIndex:
+        built.append(candidates.shape[0])
+        return original(self, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(SearchIndex, "build", counting)
+    weights = {m: torch.randn(d, 5, generator=torch.Generator().manual_seed(len(m))) for m, d in
+               data.modalities.items()}  # fmt: skip
+
+    def encode(sources, target, rows):
+        pooled = data.batch(rows, [*sources, target]).pooled()
+        queries = sum(pooled[s] @ weights[s] for s in sources)
+        return queries, pooled[target] @ weights[target]
+
+    full = int(data.present["audio"].sum())
+    # image and text are present in every row, audio in fewer: text->image and audio->image
+    # rank different candidate sets, the two image->text pairs the same one.
+    pairs = [(("text",), "image"), (("audio",), "image"), (("image",), "text")]
+    pairs.append((("image",), "text"))
+    retrieval_table(data, np.arange(data.size), encode, pairs, pool=10, pools=2)
+    assert built == [data.size, full, data.size]

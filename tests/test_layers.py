@@ -396,3 +396,64 @@ def test_a_model_with_bounded_senders_trains_and_equals_the_default_above_its_se
     assert torch.isfinite(loss)
     gate = tight.layers[0].cross.gate  # type: ignore[union-attr]
     assert gate.sender.weight.grad is not None and gate.sender.weight.grad.abs().sum() > 0
+
+
+def _parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("switches", "removed"),
+    [
+        # Pre-LN self-attention: LayerNorm 2d, qkv 3d^2 + 3d, output projection d^2 + d.
+        ({"bridge_attention": False}, lambda d, m: 4 * d * d + 6 * d),
+        # Pre-LN feed-forward: LayerNorm 2d, up m*d^2 + m*d, down m*d^2 + d.
+        ({"bridge_ffn": False}, lambda d, m: 2 * m * d * d + (m + 3) * d),
+        ({"final_norm": False}, None),
+    ],
+)
+def test_encoder_switches_remove_exactly_their_blocks(switches: dict, removed) -> None:
+    default, changed = IMPN(tiny_config()), IMPN(tiny_config(**switches))
+    d, m, layers = 16, 2, 2  # tiny_config's soil_dim, ffn_mult and layers
+    expected = 2 * d if removed is None else layers * removed(d, m)
+    assert _parameters(default) - _parameters(changed) == expected
+    prefix = {
+        "bridge_attention": [f"layers.{i}.attention." for i in range(layers)],
+        "bridge_ffn": [f"layers.{i}.ffn." for i in range(layers)],
+        "final_norm": ["norm."],
+    }[next(iter(switches))]
+    gone = set(default.state_dict()) - set(changed.state_dict())
+    assert gone and all(any(k.startswith(p) for p in prefix) for k in gone)
+    assert set(changed.state_dict()) < set(default.state_dict())
+
+
+def test_a_bridge_layer_without_attention_or_ffn_skips_exactly_that_block() -> None:
+    torch.manual_seed(0)
+    full = BridgeLayer(8, 2, 4, 2, 1.0, "residual", 2).double()
+    states, real, same, ids = packed_nodes()
+    sigma = torch.zeros(len(ids), dtype=f64)
+    for attention, ffn in ((False, True), (True, False), (False, False)):
+        part = BridgeLayer(8, 2, 4, 2, 1.0, "residual", 2, attention=attention, ffn=ffn)
+        part = part.double()
+        part.load_state_dict({k: v for k, v in full.state_dict().items() if k in part.state_dict()})
+        expected = full.attention(states, real, same) if attention else states
+        expected = full.cross(expected, real, same, sigma).states
+        expected = full.ffn(expected) if ffn else expected
+        torch.testing.assert_close(part(states, real, real, same, sigma).states, expected)
+        part.zero_init_residual()  # only the blocks it has
+        assert part.cross.out is not None and not part.cross.out.weight.any()
+
+
+def test_without_final_norm_the_soil_states_are_not_normalised() -> None:
+    x = tri_modal_inputs(4)
+    normed = IMPN(tiny_config()).eval()
+    raw = IMPN(tiny_config(final_norm=False)).eval()
+    raw.load_state_dict({k: v for k, v in normed.state_dict().items() if not k.startswith("norm.")})
+    # The default LayerNorm (weight 1, bias 0) is the standardisation of each node state.
+    out_raw, out_normed = raw(x, isolate=True), normed(x, isolate=True)
+    for name in x:
+        nodes = out_raw.nodes[name]
+        standard = (nodes - nodes.mean(-1, keepdim=True)) / torch.sqrt(
+            nodes.var(-1, unbiased=False, keepdim=True) + 1e-5
+        )
+        torch.testing.assert_close(out_normed.nodes[name], standard, atol=1e-5, rtol=1e-4)

@@ -18,6 +18,15 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
 _ABSENT_INITS = ("seed", "attend")
+_FLAGS = (
+    "zero_init_residual",
+    "zero_init_adapters",
+    "adapter_norm",
+    "bridge_attention",
+    "bridge_ffn",
+    "final_norm",
+    "match_head",
+)
 
 
 @dataclass
@@ -77,6 +86,13 @@ class IMPNConfig:
     # LayerNorm on each adapter's input before its MLP branch (the LN(x) of the adapter's
     # formula); false feeds the native vector to the branch as it is.
     adapter_norm: bool = True
+    # The within-modality self-attention block of each bridge layer; false leaves it out (the
+    # states go straight to cross-modal passing), for ablations.
+    bridge_attention: bool = True
+    # The feed-forward block of each bridge layer; false leaves it out, for ablations.
+    bridge_ffn: bool = True
+    # LayerNorm on the node states after the last bridge layer; false reads them as they are.
+    final_norm: bool = True
     # Initial state of an absent modality's nodes: "seed" (one learned state per modality,
     # whatever the row holds) or "attend" (the seed plus attention over the row's present nodes).
     absent_init: str = "seed"
@@ -102,7 +118,7 @@ class IMPNConfig:
                 raise ValueError(
                     f"modality {name!r} has native dimension {dim!r}; give a positive integer"
                 )
-        for flag in ("zero_init_residual", "zero_init_adapters", "adapter_norm", "match_head"):
+        for flag in _FLAGS:
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _positive_int("soil_dim", self.soil_dim)
@@ -183,10 +199,6 @@ class IMPNConfig:
         Raises:
             VallayzUserError: naming the field at fault and what it must be.
         """
-        if not isinstance(data, dict):
-            raise VallayzUserError(
-                f"an IMPN config must be a JSON object, got {type(data).__name__}"
-            )
         return build_checked(cls, data, "IMPN config")
 
     def to_json(self, path: str | Path) -> None:
@@ -221,10 +233,13 @@ class IMPNConfig:
 _Config = typing.TypeVar("_Config")
 
 
-def build_checked(cls: type[_Config], data: dict[str, Any], what: str) -> _Config:
+def build_checked(cls: type[_Config], data: object, what: str) -> _Config:
     """``cls(**data)`` for a config dataclass read from JSON: unknown keys, values of the wrong
     JSON type and values its own validation refuses all raise one :class:`VallayzUserError`
-    that names the field, instead of a ``TypeError`` from deep inside."""
+    that names the field, instead of a ``TypeError`` from deep inside (as does ``data`` that is
+    not a JSON object)."""
+    if not isinstance(data, dict):
+        raise VallayzUserError(f"{what} must be a JSON object, got {type(data).__name__}")
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     unknown = set(data) - set(fields)
     if unknown:

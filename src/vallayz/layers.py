@@ -469,6 +469,9 @@ class FeedForward(nn.Module):
 class BridgeLayer(nn.Module):
     """Self-attention within each modality → gated cross-modal passing → feed-forward.
 
+    ``attention=False`` or ``ffn=False`` leaves that block out (for ablations): the states pass
+    it unchanged and it has no parameters.
+
     Shape:
         states ``[B, N, d]`` → ``[B, N, d]`` (see :class:`CrossModalPassing` for the masks).
     """
@@ -485,21 +488,29 @@ class BridgeLayer(nn.Module):
         dropout: float = 0.0,
         selection: str = "senders",
         candidates: int | None = None,
+        attention: bool = True,
+        ffn: bool = True,
     ) -> None:
         super().__init__()
-        self.attention = SelfAttention(dim, heads, dropout)
+        self.attention = SelfAttention(dim, heads, dropout) if attention else None
         self.cross = CrossModalPassing(
             dim, gate_hidden, top_k, temperature, update, selection, candidates
         )
-        self.ffn = FeedForward(dim, ffn_mult, dropout)
+        self.ffn = FeedForward(dim, ffn_mult, dropout) if ffn else None
 
     def zero_init_residual(self) -> None:
         """Set the last projection of every residual branch (attention, residual message
         update, feed-forward) to zero, making the layer the identity until it is trained. A
         GRU update has no residual branch and is left as it is."""
-        branches = [self.attention.proj, self.ffn.down]
-        if self.cross.out is not None:
-            branches.append(self.cross.out)
+        branches = [
+            branch
+            for branch in (
+                self.attention.proj if self.attention is not None else None,
+                self.ffn.down if self.ffn is not None else None,
+                self.cross.out,
+            )
+            if branch is not None
+        ]
         for linear in branches:
             nn.init.zeros_(linear.weight)
             if linear.bias is not None:
@@ -519,9 +530,11 @@ class BridgeLayer(nn.Module):
     ) -> CrossModalResult:
         """One layer; ``single_nodes=True`` promises that every modality holds one node (see
         :meth:`SelfAttention.forward`)."""
-        states = self.attention(states, real, same_modality, single_nodes)
+        if self.attention is not None:
+            states = self.attention(states, real, same_modality, single_nodes)
         result = self.cross(states, senders, same_modality, sigma, variants, generator, clean)
-        result.states = self.ffn(result.states)
+        if self.ffn is not None:
+            result.states = self.ffn(result.states)
         return result
 
 

@@ -35,6 +35,21 @@ from vallayz.types import Batch, Embeddings, Masks
 
 ARCHITECTURES = ("contrastive-heads", "mlp-translator")
 
+# The loss of one pair of modalities ``(a, b)`` on the rows (a boolean mask) that hold both.
+_PairTerm = Callable[[str, str, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class _PairLoss:
+    """Which pairs of modalities a baseline's loss covers."""
+
+    # The loss's name in the logged terms (each pair's term is "name/a-b").
+    name: str
+    # Ordered pairs (a -> b and b -> a apart) or unordered ones.
+    ordered: bool
+    # The fewest rows a pair must share to count.
+    min_rows: int
+
 
 @dataclass
 class BaselineConfig:
@@ -87,13 +102,33 @@ class _Baseline(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # The pairs the loss covers and its name; each subclass sets it.
+    _pair_loss: _PairLoss
+
     def loss(
         self,
         batch: Batch,
         generator: torch.Generator | None = None,
         pair_weighting: str = "rows",
     ) -> LossOutput:
-        """The baseline's own loss on ``batch`` (each subclass defines it)."""
+        """Mean of the baseline's pair term (:meth:`_pair_term`) over every pair of modalities
+        present together in enough rows, weighted as ``pair_weighting`` says (see
+        :func:`~vallayz.losses.pair_mean`); ``generator`` is unused (the loss draws nothing)."""
+        inputs = self._clean_inputs(batch)
+        spec = self._pair_loss
+        combine = itertools.permutations if spec.ordered else itertools.combinations
+        return self._pair_objective(
+            batch,
+            combine(batch.embeddings, 2),
+            spec.name,
+            spec.min_rows,
+            self._pair_term(batch, inputs),
+            pair_weighting,
+        )
+
+    def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
+        """``term(a, b, rows)``: the loss of one pair on the rows that hold both, given the
+        batch and its :meth:`_clean_inputs` (each subclass defines it)."""
         raise NotImplementedError
 
     def objective(self, settings: LossSettings | None = None) -> BaselineObjective:
@@ -187,6 +222,9 @@ class ContrastiveHeads(_Baseline):
     capabilities = Capabilities(embeds=True)
     """The heads embed into a shared space; they neither bridge nor translate."""
 
+    # Symmetric InfoNCE over every unordered pair present in at least two rows.
+    _pair_loss = _PairLoss("contrastive", ordered=False, min_rows=2)
+
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__(config)
         self.heads = nn.ModuleDict(
@@ -216,29 +254,15 @@ class ContrastiveHeads(_Baseline):
         return mean_over_present(heads, batch.present)
 
     def translate(self, batch: Batch, /, *, target: str) -> Tensor:
-        """Not served: the heads have no way back into a native space.
-
-        Raises:
-            ValueError: always.
-        """
+        """Not served: the heads have no way back into a native space (raises ``ValueError``)."""
         raise self._unserved("translate()")
 
-    def loss(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        pair_weighting: str = "rows",
-    ) -> LossOutput:
-        """Mean symmetric InfoNCE over every pair present in at least two rows, weighted as
-        ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
-        inputs = self._clean_inputs(batch)
-
+    def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
         def term(a: str, b: str, both: Tensor) -> Tensor:
             za, zb = self.heads[a](inputs[a][both]), self.heads[b](inputs[b][both])
             return info_nce(za, zb, self.config.temperature)
 
-        pairs = itertools.combinations(batch.embeddings, 2)
-        return self._pair_objective(batch, pairs, "contrastive", 2, term, pair_weighting)
+        return term
 
 
 class MLPTranslator(_Baseline):
@@ -250,6 +274,9 @@ class MLPTranslator(_Baseline):
 
     capabilities = Capabilities(translates=True)
     """The MLPs translate; they have no shared space."""
+
+    # Translation loss over every ordered pair present in a row.
+    _pair_loss = _PairLoss("translation", ordered=True, min_rows=1)
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__(config)
@@ -286,30 +313,17 @@ class MLPTranslator(_Baseline):
         return mean_over_present(translations, batch.present)
 
     def embed(self, batch: Batch, /, *, target: str | None = None) -> Tensor:
-        """Not served: the pairwise maps share no space.
-
-        Raises:
-            ValueError: always.
-        """
+        """Not served: the pairwise maps share no space (raises ``ValueError``)."""
         raise self._unserved("embed()")
 
-    def loss(
-        self,
-        batch: Batch,
-        generator: torch.Generator | None = None,
-        pair_weighting: str = "rows",
-    ) -> LossOutput:
-        """Mean translation loss over every ordered pair present in a row, weighted as
-        ``pair_weighting`` says (see :func:`~vallayz.losses.pair_mean`)."""
-        inputs = self._clean_inputs(batch)
+    def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
         pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
 
         def term(a: str, b: str, both: Tensor) -> Tensor:
             prediction = self.maps[f"{a}__{b}"](inputs[a][both])
             return translation_loss(prediction, pooled[b][both])
 
-        pairs = itertools.permutations(batch.embeddings, 2)
-        return self._pair_objective(batch, pairs, "translation", 1, term, pair_weighting)
+        return term
 
 
 class BaselineObjective:

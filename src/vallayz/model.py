@@ -166,6 +166,8 @@ class IMPN(nn.Module):
                 config.dropout,
                 config.selection,
                 config.sender_candidates,
+                config.bridge_attention,
+                config.bridge_ffn,
             )
             for _ in range(config.layers)
         )
@@ -177,7 +179,7 @@ class IMPN(nn.Module):
             for layer in self.layers:
                 assert isinstance(layer, BridgeLayer)
                 layer.zero_init_residual()
-        self.norm = nn.LayerNorm(dim)
+        self.norm: nn.Module = nn.LayerNorm(dim) if config.final_norm else nn.Identity()
         self.absent_init = AbsentInit(dim, config.heads) if config.absent_init == "attend" else None
         self.match_head = MatchHead(dim, config.gate_hidden * 2) if config.match_head else None
         # Multiplies every sigma during training (a schedule sets it; it is not saved).

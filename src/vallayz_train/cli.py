@@ -652,13 +652,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run", help="trained run for --eval-corpus")
     _bench_options(b)
     b.set_defaults(func=_cmd_bench_tibetan)
-    from vallayz_train.digits.command import add_command as add_digits
-    from vallayz_train.emoji.command import add_command as add_emoji
-    from vallayz_train.stitch.command import add_command as add_stitch
+    from vallayz_train.digits import command as digits
+    from vallayz_train.emoji import command as emoji
+    from vallayz_train.stitch import command as stitch
 
-    add_emoji(bench, _bench_options)
-    add_digits(bench, _bench_options)
-    add_stitch(bench, _bench_options)
+    # Each data set's command: its name, help, own options, output folder runs/NAME, the shared
+    # benchmark options, and its defaults.
+    for command in (emoji, digits, stitch):
+        b = bench.add_parser(command.NAME, help=command.HELP)
+        b.add_argument("--out", default=f"runs/{command.NAME}")
+        command.add_options(b)
+        _bench_options(b)
+        b.set_defaults(func=command.run, **command.DEFAULTS)
 
     p = sub.add_parser(
         "ablate",

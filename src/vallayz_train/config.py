@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from vallayz.config import build_checked
-from vallayz.errors import VallayzUserError
 from vallayz.losses import LossWeights, check_pair_weighting
 
 SIGMA_SCHEDULES = ("constant", "cosine")
@@ -139,8 +138,4 @@ class TrainConfig:
         Raises:
             VallayzUserError: naming the field at fault and what it must be.
         """
-        if not isinstance(data, dict):
-            raise VallayzUserError(
-                f"a training config must be a JSON object, got {type(data).__name__}"
-            )
         return build_checked(cls, data, "training config")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from vallayz.baselines import ClosedFormTranslators, LatentTranslator
 from vallayz.data import PairedEmbeddings
 from vallayz.eval.retrieval import keys_to_ids, random_pools, retrieval_metrics, retrieval_ranks
 from vallayz.method import Method
+
+if TYPE_CHECKING:
+    from vallayz.index import SearchIndex
 
 Encoder = Callable[[Sequence[str], str, np.ndarray], tuple[Tensor, Tensor]]
 """``(sources, target, rows) → (queries [n, d], candidates [n, d])`` in one space, row-aligned."""
@@ -132,21 +135,48 @@ def retrieval_table(
     are reported for ``pools`` random pools of ``pool`` items (mean over pools; the same pools
     for every method with the same ``seed``) and for the whole set of rows.
 
+    The whole set is ranked through a :class:`~vallayz.index.SearchIndex`, built once per
+    target and set of candidates (pairs into one target over the same rows share it). Each
+    random pool is ranked by :func:`~vallayz.eval.retrieval_ranks` directly: an index over a
+    pool would be used once, and its :meth:`~vallayz.index.SearchIndex.ranks` calls that same
+    function, so both give the same ranks.
+
     Returns:
         One dict per pair and pool kind: ``source``, ``target``, ``pool`` (``"1000"`` or
         ``"all"``), ``queries``, ``R@1``, ``R@5``, ``R@10``, ``MRR``, ``median_rank``.
     """
     pairs = list(pairs) if pairs is not None else default_pairs(list(data.arrays))
     table: list[dict[str, object]] = []
+    indexes = _WholeSetIndexes()
     for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
-        metrics = [
-            retrieval_metrics(
+        if run.label == "all":
+            ranks = [indexes.get(run).ranks(run.queries, run.key_ids)]
+        else:
+            ranks = [
                 retrieval_ranks(run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i])
-            )
-            for i in run.index_sets
-        ]
-        table.append(run.summary(metrics))
+                for i in run.index_sets
+            ]
+        table.append(run.summary([retrieval_metrics(r) for r in ranks]))
     return table
+
+
+class _WholeSetIndexes:
+    """The search index of each target's whole set of candidates, built on first use and
+    reused while the candidates are the same rows with the same vectors."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, bytes], tuple[Tensor, SearchIndex]] = {}
+
+    def get(self, run: PoolRun) -> SearchIndex:
+        """The index over ``run``'s candidates with its gold keys."""
+        from vallayz.index import SearchIndex
+
+        key = (run.target, run.used.tobytes())
+        built = self._built.get(key)
+        if built is None or not torch.equal(built[0], run.candidates):
+            built = (run.candidates, SearchIndex().build(run.candidates, run.key_ids))
+            self._built[key] = built
+        return built[1]
 
 
 @dataclass

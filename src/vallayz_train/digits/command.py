@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
 CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
 
+# The command's name, its help line and its defaults of the shared benchmark options.
+NAME = "digits"
+HELP = "spoken digits (FSDD) / digit images / digit words, split by speaker"
+# A held-out speaker has 500 recordings: pools of 100 besides the whole split.
+DEFAULTS: dict[str, Any] = {"pool": 100}
 
-def add_command(
-    bench: argparse._SubParsersAction,  # type: ignore[type-arg]
-    bench_options: Callable[[argparse.ArgumentParser], None],
-) -> None:
-    """Registers ``digits`` under ``vallayz bench`` with the shared benchmark options."""
+
+def add_options(b: argparse.ArgumentParser) -> None:
+    """The options of ``vallayz bench digits`` besides ``--out`` and the shared benchmark ones."""
     from vallayz_train.cli import closed_form_option
 
-    b = bench.add_parser(
-        "digits", help="spoken digits (FSDD) / digit images / digit words, split by speaker"
-    )
-    b.add_argument("--out", default="runs/digits")
     b.add_argument(
         "--data",
         help="FSDD folder of {digit}_{speaker}_{take}.wav files (default: $VALLAYZ_FSDD_DATA or "
@@ -37,9 +36,6 @@ def add_command(
         "--speakers", nargs="+", help="speakers to hold out, one fold each (default: every one)"
     )
     closed_form_option(b, CLOSED_FORM, "default: all four")
-    bench_options(b)
-    # A held-out speaker has 500 recordings: pools of 100 besides the whole split.
-    b.set_defaults(func=run, pool=100)
 
 
 def run(args: argparse.Namespace) -> int:

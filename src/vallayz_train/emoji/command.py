@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The closed-form maps of vallayz.baselines, and those bench emoji fits by default (see
 # emoji.bench.CLOSED_FORM), spelled here to keep the imports lazy.
 CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
 DEFAULT_CLOSED_FORM = ("ortho", "l-ortho", "linear")
 
+# The command's name, its help line and its defaults of the shared benchmark options.
+NAME = "emoji"
+HELP = "Twemoji images (EfficientNet-lite0) / CLDR text (MiniLM)"
+# The test split holds about 306 items: pools of 100 besides the whole split.
+DEFAULTS: dict[str, Any] = {"pool": 100}
 
-def add_command(
-    bench: argparse._SubParsersAction,  # type: ignore[type-arg]
-    bench_options: Callable[[argparse.ArgumentParser], None],
-) -> None:
-    """Registers ``emoji`` under ``vallayz bench`` with the shared benchmark options."""
+
+def add_options(b: argparse.ArgumentParser) -> None:
+    """The options of ``vallayz bench emoji`` besides ``--out`` and the shared benchmark ones."""
     from vallayz_train.cli import closed_form_option
 
-    b = bench.add_parser("emoji", help="Twemoji images (EfficientNet-lite0) / CLDR text (MiniLM)")
-    b.add_argument("--out", default="runs/emoji")
     b.add_argument(
         "--data",
         help="folder with pairs.tsv and img/ (default: $VALLAYZ_EMOJI_DATA or shared/data/emoji)",
@@ -30,9 +31,6 @@ def add_command(
         DEFAULT_CLOSED_FORM,
         "default: all but affine, whose gradient steps on 1,280-d features exceed the CPU budget",
     )
-    bench_options(b)
-    # The test split holds about 306 items: pools of 100 besides the whole split.
-    b.set_defaults(func=run, pool=100)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -126,17 +126,8 @@ def build_data(
             f"en-{name}", corpus.en, encoder, cache, chunk=chunk, progress=progress
         ).astype(np.float32)
         seconds[name] = time.perf_counter() - started
-    items = [
-        {
-            "id": f"s{i:06d}",
-            "group": corpus.docs[i],
-            "split": corpus.split[i],
-            # Both modalities read the same line: a retrieved duplicate of it is a hit.
-            "text_minilm": corpus.en[i],
-            "text_e5": corpus.en[i],
-        }
-        for i in range(len(corpus))
-    ]
+    # Both modalities read the same line: a retrieved duplicate of it is a hit.
+    items = corpus.items({"text_minilm": corpus.en, "text_e5": corpus.en})
     return write_paired_embeddings(out / "data", arrays, items), seconds
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The closed-form maps of vallayz.baselines and the defaults of stitch.bench, spelled here to
 # keep the imports lazy (tests check that they agree).
@@ -12,16 +12,16 @@ CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
 DEFAULT_PAIRS = 6000
 CONTROL_ANCHORS = 1000
 
+# The command's name, its help line and its defaults of the shared benchmark options.
+NAME = "stitch"
+HELP = "MiniLM-L6 <-> multilingual-e5-small on English lines, held-out documents"
+DEFAULTS: dict[str, Any] = {}
 
-def add_command(
-    bench: argparse._SubParsersAction,  # type: ignore[type-arg]
-    bench_options: Callable[[argparse.ArgumentParser], None],
-) -> None:
-    """Registers ``stitch`` under ``vallayz bench`` with the shared benchmark options."""
-    b = bench.add_parser(
-        "stitch", help="MiniLM-L6 <-> multilingual-e5-small on English lines, held-out documents"
-    )
-    b.add_argument("--out", default="runs/stitch")
+
+def add_options(b: argparse.ArgumentParser) -> None:
+    """The options of ``vallayz bench stitch`` besides ``--out`` and the shared benchmark ones."""
+    from vallayz_train.cli import closed_form_option
+
     b.add_argument(
         "--corpus",
         help="doc<TAB>bo<TAB>en TSV (.xz or plain) or a text-pairs folder (default: "
@@ -36,14 +36,8 @@ def add_command(
         "2 CPU cores; multilingual-e5-small reads about 1,000 lines in 23 s there)",
     )
     size.add_argument("--full", action="store_true", help="the whole corpus")
-    b.add_argument(
-        "--closed-form",
-        dest="closed_form",
-        nargs="+",
-        choices=list(CLOSED_FORM),
-        default=list(CLOSED_FORM),
-        help="closed-form maps, each fitted with standard scaling and with L2 normalisation "
-        "(default: all four)",
+    closed_form_option(
+        b, CLOSED_FORM, "each with standard scaling and with L2 normalisation; default: all four"
     )
     b.add_argument(
         "--control-anchors",
@@ -59,8 +53,6 @@ def add_command(
         action="store_false",
         help="skip the negative control (Tibetan read by both encoders)",
     )
-    bench_options(b)
-    b.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

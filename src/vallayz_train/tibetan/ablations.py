@@ -1,7 +1,8 @@
 """The named IMPN ablations of the Tibetan benchmark (``vallayz ablate``): micro-variants K,
 noise sigma, top-k, GRU vs residual update, the speech modality on or off, speech as frame
 nodes or one pooled node, the speech features, loss terms, pair weighting, learning rates,
-n-gram tables, bridge-layer initialisation, and the contrastive heads as the reference.
+n-gram tables, bridge-layer initialisation, parts of the encoder path left out (bridge
+attention, bridge feed-forward, final norm), and the contrastive heads as the reference.
 
 Each variant is a :class:`~vallayz_train.bench.ablation.Variant`; the speech changes are
 :class:`~vallayz_train.bench.ablation.DataChange` objects that build a linked copy of the data
@@ -169,6 +170,25 @@ VARIANTS: dict[str, Variant] = {
     ),
     "contrastive only": Variant(train=_CONTRASTIVE_ONLY),
 }
+# Parts of the isolated encoder path (adapters, bridge layers, final norm) left out: with every
+# loss term, and with InfoNCE alone from random bridge layers (the encoder-capacity probe).
+ENCODER_PARTS: dict[str, dict[str, Any]] = {
+    "no bridge attention": {"bridge_attention": False},
+    "no bridge feed-forward": {"bridge_ffn": False},
+    "no final norm": {"final_norm": False},
+    "no bridge attention, feed-forward or final norm": {
+        "bridge_attention": False,
+        "bridge_ffn": False,
+        "final_norm": False,
+    },
+}
+ENCODER_PROBE = "contrastive only, random-init bridge layers"
+VARIANTS[ENCODER_PROBE] = Variant({"zero_init_residual": False}, _CONTRASTIVE_ONLY)
+for _name, _change in ENCODER_PARTS.items():
+    VARIANTS[_name] = Variant(_change)
+    VARIANTS[f"{ENCODER_PROBE}, {_name}"] = Variant(
+        {**_change, "zero_init_residual": False}, _CONTRASTIVE_ONLY
+    )
 # Not IMPN: the CLIP-style heads with the same front end and budget, for reference, alone and
 # with the changes of these IMPN variants, named "<REFERENCE>, <variant>" (of the model
 # changes, only token_buckets applies to the heads).

@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,20 @@ class Corpus:
     def indices(self, name: str) -> np.ndarray:
         """Row indices of one split."""
         return np.flatnonzero(np.array(self.split) == name)
+
+    def items(self, texts: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The items table of a data folder holding one row per segment: its id, document
+        (the group) and split, then per key of ``texts`` (such as ``text_en``) that row's line,
+        which names the gold key of that modality (equal lines are each other's hits)."""
+        return [
+            {
+                "id": f"s{i:06d}",
+                "group": self.docs[i],
+                "split": self.split[i],
+                **{key: lines[i] for key, lines in texts.items()},
+            }
+            for i in range(len(self))
+        ]
 
     def novel(self) -> np.ndarray:
         """Test rows whose Tibetan line is absent from the training split."""

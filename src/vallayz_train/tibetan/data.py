@@ -107,17 +107,7 @@ def build_data(
     speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
     speech[speech_rows] = frames
 
-    items = [
-        {
-            "id": f"s{i:06d}",
-            "group": corpus.docs[i],
-            "split": corpus.split[i],
-            "text_en": corpus.en[i],
-            "text_bo": corpus.bo[i],
-            "text_speech": corpus.bo[i],
-        }
-        for i in range(len(corpus))
-    ]
+    items = corpus.items({"text_en": corpus.en, "text_bo": corpus.bo, "text_speech": corpus.bo})
     write_paired_embeddings(
         data_dir,
         {"bo": bo.astype(np.float32), "en": english.astype(np.float16), "speech": speech},
