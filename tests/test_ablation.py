@@ -24,12 +24,12 @@ SMALL = {"soil_dim": 16, "heads": 2, "layers": 1, "variants": 2, "top_k": 2}
 
 
 def _ablation_commands() -> list[list[str]]:
-    """The argument lists of BENCHMARKS.md's ablate_impn.py commands."""
+    """The argument lists of BENCHMARKS.md's ``vallayz ablate`` commands."""
     text = (ROOT / "BENCHMARKS.md").read_text().replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
-        if "scripts/ablate_impn.py" in line:
-            words = shlex.split(line.split("scripts/ablate_impn.py", 1)[1])
+        if line.startswith("vallayz ablate "):
+            words = shlex.split(line.removeprefix("vallayz ablate "), comments=True)
             commands.append([w.replace("$s", "1") for w in words])
     return commands
 
