@@ -221,7 +221,7 @@ class Trainer:
         self.own_shards = list(range(self.world.rank, self.shards, self.world.size))
         bs = min(config.batch_size, len(self.train_rows))
         bs -= bs % self.shards
-        if bs < 2 * self.shards:
+        if self.shards > 1 and bs < 2 * self.shards:
             raise VallayzUserError(
                 f"{data.directory}: the training split has {len(self.train_rows)} rows, too few "
                 f"to cut a batch into {self.shards} slices of at least 2 rows; use fewer "
