@@ -27,7 +27,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train import trainer as trainer_module
 from vallayz_train.config import TrainConfig
-from vallayz_train.distributed import World, mean_terms, world_from_env
+from vallayz_train.distributed import World, combine_terms, world_from_env
 from vallayz_train.trainer import Trainer, fit
 
 # Checkpoints after steps 1, 3 and 5; validations after 2 and 5; planner decisions every 2.
@@ -48,7 +48,8 @@ class _StopError(Exception):
     """Ends a run right after a checkpoint, as a kill would."""
 
 
-def _torchrun(args: list[str], tmp_path: Path) -> None:
+def _torchrun(args: list[str], tmp_path: Path) -> str:
+    """Runs ``vallayz fit ARGS`` in two processes; returns what they printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
@@ -73,6 +74,7 @@ def _torchrun(args: list[str], tmp_path: Path) -> None:
         timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -116,7 +118,9 @@ def test_two_processes_reach_the_weights_of_one_process_with_the_same_slices(
     monkeypatch.undo()
 
     # Two processes from the start, with the default of one slice per process.
-    _torchrun([str(data), "--out", "two", "--config", str(tmp_path / "config.json")], tmp_path)
+    printed = _torchrun(
+        [str(data), "--out", "two", "--config", str(tmp_path / "config.json")], tmp_path
+    )
     _torchrun(["--resume", "stopped"], tmp_path)
 
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "stopped"
@@ -133,6 +137,7 @@ def test_two_processes_reach_the_weights_of_one_process_with_the_same_slices(
     planner = (one / "planner.jsonl").read_text()
     assert planner and (two / "planner.jsonl").read_text() == planner
     summary = json.loads((one / "summary.json").read_text())
+    assert printed.count('"best_val_R@1"') == 1  # the summary, from rank 0 alone
     assert json.loads((two / "summary.json").read_text()) == pytest.approx(summary, abs=1e-6)
     assert sorted(p.name for p in two.glob("state-*")) == ["state-3", "state-5"]
 
@@ -180,6 +185,48 @@ def test_slices_must_divide_the_batch_and_be_shared_by_the_processes(tmp_path: P
 
 
 def test_the_logged_terms_are_means_over_the_slices_that_have_them() -> None:
-    terms = mean_terms(World(), [{"total": 1.0, "a-b": 2.0}, {"total": 3.0}])
-    assert list(terms) == ["total", "a-b"]
+    failure, terms = combine_terms(World(), 1, [{"total": 1.0, "a-b": 2.0}, {"total": 3.0}])
+    assert failure == 1 and list(terms) == ["total", "a-b"]
     assert terms == {"total": 2.0, "a-b": 2.0}
+
+
+def _exchange(rank: int, folder: str) -> None:
+    """One of two gloo processes: exchanges values through each helper and writes what it got."""
+    import torch.distributed as dist
+
+    from vallayz_train.distributed import average_gradients, broadcast, gather
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    world = World(rank=rank, size=2, local_rank=rank)
+    # Rank 1's slice lacks the pair term; rank 0's has two slices.
+    shards = [{"total": 1.0, "a-b": 4.0}, {"total": 2.0}] if rank == 0 else [{"total": 6.0}]
+    failure, terms = combine_terms(world, rank, shards)
+    # Parameter 0 has a gradient on both ranks, 1 on rank 0 only, 2 on neither.
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    params[0].grad = torch.full((3,), float(rank + 1))
+    if rank == 0:
+        params[1].grad = torch.ones(3)
+    average_gradients(world, params)
+    got = {
+        "broadcast": broadcast(world, {"rank": rank, "text": "བོད"}),
+        "gather": gather(world, [rank] * (rank + 1)),
+        "failure": failure,
+        "terms": terms,
+        "grads": [None if p.grad is None else p.grad.tolist() for p in params],
+    }
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(got))
+    dist.destroy_process_group()
+
+
+def test_two_processes_exchange_terms_gradients_and_values(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_exchange, args=(str(tmp_path),), nprocs=2)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0] == seen[1], "every process must hold the same values"
+    got = seen[0]
+    assert got["broadcast"] == {"rank": 0, "text": "བོད"}
+    assert got["gather"] == [[0], [1, 1]]
+    assert got["failure"] == 1
+    # Means over the slices that have each term: three slices have the total, one the pair.
+    assert got["terms"] == {"total": 3.0, "a-b": 4.0}
+    # Gradients are averaged over processes; one no process gave stays None.
+    assert got["grads"] == [[1.5] * 3, [0.5] * 3, None]

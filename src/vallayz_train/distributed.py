@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -89,6 +90,11 @@ def start(world: World, device: str) -> str:
 
     ``MASTER_ADDR`` and ``MASTER_PORT`` come from ``torchrun``.
     """
+    if device.startswith("cuda:"):
+        raise VallayzUserError(
+            f"device {device!r} names one GPU, but under torchrun each process takes the GPU of "
+            "its LOCAL_RANK; use --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
     if device == "cuda":
         if not torch.cuda.is_available():
             raise VallayzUserError(
@@ -177,18 +183,26 @@ def broadcast_parameters(world: World, model: nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def mean_terms(world: World, shards: list[dict[str, float]]) -> dict[str, float]:
-    """Each loss term's mean over the slices of the global batch that have it, from every
-    process's slices (``shards``: the terms of this process's slices); identical on every
-    process.
+def combine_terms(
+    world: World, failure: int, shards: list[dict[str, float]]
+) -> tuple[int, dict[str, float]]:
+    """The largest of every process's ``failure`` code, and each loss term's mean over the
+    slices of the global batch that have it (``shards``: the terms of this process's slices);
+    both identical on every process.
 
     A term that some slices lack (a pair of modalities absent from a slice's rows) is the mean
-    over the slices that have it.
+    over the slices that have it. The term names are exchanged only when the processes' names
+    differ, so a step costs two small all-reduces besides the gradients'.
     """
     # In order of first appearance, so that one process logs the terms in the method's order.
     names = list(dict.fromkeys(name for terms in shards for name in terms))
     if world.distributed:
-        names = list(dict.fromkeys(name for part in gather(world, names) for name in part))
+        key = zlib.crc32("\x1f".join(names).encode())
+        flags = torch.tensor([failure, key, -key], dtype=torch.int64, device=_device())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        failure = int(flags[0])
+        if int(flags[1]) != -int(flags[2]):  # the largest key is not also the smallest
+            names = list(dict.fromkeys(name for part in gather(world, names) for name in part))
     sums = torch.zeros(2, len(names), dtype=torch.float64)
     for terms in shards:
         for i, name in enumerate(names):
@@ -199,16 +213,7 @@ def mean_terms(world: World, shards: list[dict[str, float]]) -> dict[str, float]
         sums = sums.to(_device())
         dist.all_reduce(sums)
     means = (sums[0] / sums[1]).tolist()
-    return dict(zip(names, means, strict=True))
-
-
-def worst(world: World, code: int) -> int:
-    """The largest of every process's ``code`` (identical on every process)."""
-    if not world.distributed:
-        return code
-    value = torch.tensor([code], dtype=torch.int64, device=_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return int(value)
+    return failure, dict(zip(names, means, strict=True))
 
 
 def average_gradients(world: World, parameters: list[nn.Parameter]) -> None:

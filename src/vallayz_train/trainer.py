@@ -28,9 +28,8 @@ from vallayz_train.distributed import (
     barrier,
     broadcast,
     broadcast_parameters,
-    mean_terms,
+    combine_terms,
     start,
-    worst,
 )
 from vallayz_train.planner import Planner
 from vallayz_train.run_folder import (
@@ -463,8 +462,7 @@ class Trainer:
                 share = len(self.own_shards)
                 total = out.total if share == 1 else out.total / share
                 total.backward()  # type: ignore[no-untyped-call]
-            failure = worst(self.world, failure)
-            terms = mean_terms(self.world, shard_terms)
+            failure, terms = combine_terms(self.world, failure, shard_terms)
             if failure == 2:
                 raise self._diverged(step, self.last_terms, batch, "model's output") from cause
             if failure == 1:
