@@ -94,18 +94,31 @@ def _replace_atomically(path: Path, write: Any) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from vallayz_train import distributed
     from vallayz_train.trainer import fit
 
-    if args.resume:
-        summary = fit(args.data, args.resume, resume=True, progress=not args.quiet)
-    else:
-        if args.out is None:
-            raise UsageError("fit needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
-        model, train = _train_args(args)
-        summary = fit(
-            args.data, args.out, model, train, progress=not args.quiet, method=args.method
-        )
-    print(json.dumps(summary, indent=2))
+    # Under torchrun every process runs this command; fit() starts their process group.
+    world = distributed.world_from_env()
+    try:
+        if args.resume:
+            summary = fit(args.data, args.resume, resume=True, progress=not args.quiet, world=world)
+        else:
+            if args.out is None:
+                raise UsageError("fit needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+            model, train = _train_args(args)
+            summary = fit(
+                args.data,
+                args.out,
+                model,
+                train,
+                progress=not args.quiet,
+                method=args.method,
+                world=world,
+            )
+    finally:
+        distributed.stop()
+    if world is None or world.is_main:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

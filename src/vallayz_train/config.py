@@ -22,8 +22,13 @@ class TrainConfig:
     epochs: int = 20
     # Stop after this many optimizer steps in total; None runs `epochs` epochs.
     max_steps: int | None = None
-    # Rows per optimizer step.
+    # Rows per optimizer step: the global batch, whatever the number of processes.
     batch_size: int = 256
+    # Equal slices the global batch is cut into. Each slice's loss is computed on its own (its
+    # in-batch negatives are the slice's rows) and the slices' gradients are averaged. None
+    # gives one slice per process (one without torchrun); a fixed value, a multiple of the
+    # number of processes, makes the run independent of how many processes train it.
+    batch_shards: int | None = None
     # Peak learning rate of AdamW.
     lr: float = 1e-3
     # Peak learning rate of the trainable hashed-feature tables (the models' `front_ends`),
@@ -94,6 +99,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_shards is not None and (
+            not isinstance(self.batch_shards, int)
+            or isinstance(self.batch_shards, bool)
+            or self.batch_shards < 1
+            or self.batch_size % self.batch_shards
+        ):
+            raise ValueError(
+                f"batch_shards must be null or a positive divisor of batch_size "
+                f"({self.batch_size}), got {self.batch_shards!r}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps}")
         if self.warmup_steps < 0 or self.patience < 0:

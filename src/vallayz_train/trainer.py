@@ -22,6 +22,15 @@ from vallayz.masking import drop_tokens
 from vallayz.method import TrainableMethod
 from vallayz.types import Batch
 from vallayz_train.config import TrainConfig
+from vallayz_train.distributed import (
+    World,
+    average_gradients,
+    barrier,
+    broadcast,
+    broadcast_parameters,
+    combine_terms,
+    start,
+)
 from vallayz_train.planner import Planner
 from vallayz_train.run_folder import (
     BEST,
@@ -44,6 +53,9 @@ from vallayz_train.run_folder import (
 )
 
 CRITIC_ROWS = 512
+# Offset between the random streams of two slices of one global batch (slice 0 keeps the
+# streams of an unsliced batch).
+SLICE_STREAMS = 1000
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -124,7 +136,16 @@ class Trainer:
         run_dir: Where checkpoints, metrics and logs go.
         model: The method to train (fresh or resumed), a ``torch.nn.Module``.
         config: Training settings.
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (on rank 0 only).
+        world: This process's place in a data-parallel run under ``torchrun`` (its process
+            group already started); ``None`` for one process.
+
+    Each global batch (``config.batch_size`` rows) is cut into ``config.batch_shards`` equal
+    slices (default: one per process); every process computes the loss of its own slices, each
+    with the slice's rows as in-batch negatives, and the gradients are averaged over all slices
+    before the optimizer step. Rank 0 validates, writes the run folder and broadcasts what
+    decides early stopping; the planner runs on every process on identical inputs (loss terms
+    averaged over all slices, rank 0's critic score), so its changes are the same everywhere.
     """
 
     def __init__(
@@ -134,8 +155,11 @@ class Trainer:
         model: TrainableMethod,
         config: TrainConfig,
         progress: bool = True,
+        world: World | None = None,
     ) -> None:
-        self.data, self.run_dir, self.config, self.progress = data, run_dir, config, progress
+        self.data, self.run_dir, self.config = data, run_dir, config
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"{type(model).__name__} implements TrainableMethod but is not a "
@@ -145,7 +169,10 @@ class Trainer:
             raise VallayzUserError(
                 "--device cuda was asked for but CUDA is not available; use --device cpu"
             )
-        self.device = torch.device(config.device)
+        device = config.device
+        if device == "cuda" and self.world.distributed:
+            device = f"cuda:{self.world.local_rank}"
+        self.device = torch.device(device)
         model.to(self.device)
         # One object seen twice: through the method contract and as a torch module.
         self.method: TrainableMethod = model
@@ -182,8 +209,26 @@ class Trainer:
         self.planner = (
             Planner(config.planner_every) if config.planner and self.tunables is not None else None
         )
+        self.shards = config.batch_shards or self.world.size
+        if self.shards % self.world.size:
+            raise VallayzUserError(
+                f"batch_shards is {self.shards} but {self.world.size} processes train the run; "
+                "set batch_shards to a multiple of the number of processes (or null for one "
+                "slice per process)"
+            )
+        # This process's slices of every global batch.
+        self.own_shards = list(range(self.world.rank, self.shards, self.world.size))
         bs = min(config.batch_size, len(self.train_rows))
+        bs -= bs % self.shards
+        if self.shards > 1 and bs < 2 * self.shards:
+            raise VallayzUserError(
+                f"{data.directory}: the training split has {len(self.train_rows)} rows, too few "
+                f"to cut a batch into {self.shards} slices of at least 2 rows; use fewer "
+                "processes (or a smaller batch_shards) or add data"
+            )
         self.batch_size = bs
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        broadcast_parameters(self.world, model)
         self.steps_per_epoch = len(self.train_rows) // bs
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step = 0
@@ -227,7 +272,8 @@ class Trainer:
         self._restore_loss_weights(scalars["loss_weights"])
         if self.planner and scalars["planner"]:
             self.planner.load_state_dict(scalars["planner"])
-        truncate_logs(self.run_dir, self.step - 1)
+        if self.world.is_main:
+            truncate_logs(self.run_dir, self.step - 1)
 
     def _restore_loss_weights(self, saved: dict[str, Any]) -> None:
         """Puts back the loss weights a planner had reached (``{}`` when it was off)."""
@@ -254,11 +300,27 @@ class Trainer:
         return self.train_rows[order[index * self.batch_size : (index + 1) * self.batch_size]]
 
     def _generator(
-        self, step: int, stream: int, device: torch.device | None = None
+        self, step: int, stream: int, device: torch.device | None = None, shard: int = 0
     ) -> torch.Generator:
         return torch.Generator(device=device or self.device).manual_seed(
-            _step_seed(self.config.seed, step, stream)
+            _step_seed(self.config.seed, step, stream + SLICE_STREAMS * shard)
         )
+
+    def _batch(self, step: int, shard: int, rows: np.ndarray) -> Batch:
+        """The training batch of one slice of ``step``'s global batch, with its token dropout;
+        seeds the dropout of the slice's forward pass."""
+        torch.manual_seed(_step_seed(self.config.seed, step, 1 + SLICE_STREAMS * shard))
+        batch = self.data.batch(rows, self.names)
+        rates = (self.config.token_dropout, self.config.token_row_dropout)
+        if any(rates) and batch.tokens:
+            # The ids are still on the CPU here.
+            generator = self._generator(step, 3, torch.device("cpu"), shard=shard)
+            tokens = {
+                m: drop_tokens(ids, rates[0], generator, row_rate=rates[1])
+                for m, ids in batch.tokens.items()
+            }
+            batch = Batch.of(batch, tokens=tokens)
+        return batch
 
     def validate(self) -> dict[str, float]:
         """Retrieval R@1 of every ordered pair on the validation pool, and ``val/R@1``: their
@@ -292,10 +354,18 @@ class Trainer:
         self.model.train(was_training)
         return self.tunables.critic_score(out)
 
+    def _shared_critic(self) -> float:
+        """Rank 0's critic score, on every process (the critic itself runs on rank 0 only)."""
+        if not self.world.distributed:
+            return self.critic()
+        return float(broadcast(self.world, self.critic() if self.world.is_main else None))
+
     def save(self, directory: Path) -> None:
         self.method.save_pretrained(directory)
 
     def _log(self, step: int, values: dict[str, float]) -> None:
+        if not self.world.is_main:
+            return
         path = self.run_dir / METRICS
         new = not path.exists()
         with path.open("a", newline="") as handle:
@@ -343,7 +413,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Trains until ``total_steps`` or early stopping; returns a summary."""
-        self.writer = _tensorboard(self.run_dir)
+        self.writer = _tensorboard(self.run_dir) if self.world.is_main else None
         self.model.train()
         amp = self.config.amp and self.device.type == "cuda"
         bar = tqdm(
@@ -362,34 +432,43 @@ class Trainer:
                 group["lr"] = lr * group["lr_scale"]
             if self.tunables is not None:
                 self.tunables.set_sigma_scale(sigma_scale(step, self.total_steps, self.config))
-            torch.manual_seed(_step_seed(self.config.seed, step, 1))  # dropout
-            batch = self.data.batch(self._rows(step), self.names)
-            rates = (self.config.token_dropout, self.config.token_row_dropout)
-            if any(rates) and batch.tokens:
-                # The ids are still on the CPU here.
-                generator = self._generator(step, 3, torch.device("cpu"))
-                tokens = {
-                    m: drop_tokens(ids, rates[0], generator, row_rate=rates[1])
-                    for m, ids in batch.tokens.items()
-                }
-                batch = Batch.of(batch, tokens=tokens)
-            try:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = self.objective(batch, self._generator(step, 2))
-            except ValueError as err:
-                # The data folder was checked for NaN/Inf when loaded, so non-finite values met
-                # inside the loss (the cycle pass re-reads the model's own outputs) are the
-                # model's: it diverged.
-                if "NaN or Inf" not in str(err):
-                    raise
-                raise self._diverged(step, self.last_terms, batch, "model's output") from err
-            terms = {name: float(value.detach()) for name, value in out.terms.items()}
-            terms["total"] = float(out.total.detach())
-            if not math.isfinite(terms["total"]):
+            rows = self._rows(step)
+            width = len(rows) // self.shards
+            self.optimizer.zero_grad(set_to_none=True)
+            shard_terms: list[dict[str, float]] = []
+            # 0: every slice's loss finite; 1: a loss not finite; 2: the model's output not
+            # finite. Every process learns the worst, so all stop together.
+            failure = 0
+            cause: ValueError | None = None
+            for shard in self.own_shards:
+                batch = self._batch(step, shard, rows[shard * width : (shard + 1) * width])
+                try:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                        out = self.objective(batch, self._generator(step, 2, shard=shard))
+                except ValueError as err:
+                    # The data folder was checked for NaN/Inf when loaded, so non-finite
+                    # values met inside the loss (the cycle pass re-reads the model's own
+                    # outputs) are the model's: it diverged.
+                    if "NaN or Inf" not in str(err):
+                        raise
+                    failure, cause = 2, err
+                    continue
+                terms = {name: float(value.detach()) for name, value in out.terms.items()}
+                terms["total"] = float(out.total.detach())
+                shard_terms.append(terms)
+                if not math.isfinite(terms["total"]):
+                    failure = max(failure, 1)
+                    continue
+                share = len(self.own_shards)
+                total = out.total if share == 1 else out.total / share
+                total.backward()  # type: ignore[no-untyped-call]
+            failure, terms = combine_terms(self.world, failure, shard_terms)
+            if failure == 2:
+                raise self._diverged(step, self.last_terms, batch, "model's output") from cause
+            if failure == 1:
                 raise self._diverged(step, terms, batch, "loss")
             self.last_terms = terms
-            self.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()  # type: ignore[no-untyped-call]
+            average_gradients(self.world, self.parameters)
             if self.config.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), self.config.grad_clip
@@ -402,32 +481,40 @@ class Trainer:
                 self.planner.observe(terms)
             last = step + 1 == self.total_steps
             if (step + 1) % self.config.eval_every == 0 or last:
-                last_val = self.validate()
-                self._log(step, last_val)
-                if last_val["val/R@1"] > self.best:
-                    self.best, self.bad_evals = last_val["val/R@1"], 0
-                    self.save(self.run_dir / BEST)
-                else:
-                    self.bad_evals += 1
-                    stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
+                if self.world.is_main:
+                    last_val = self.validate()
+                    self._log(step, last_val)
+                    if last_val["val/R@1"] > self.best:
+                        self.best, self.bad_evals = last_val["val/R@1"], 0
+                        self.save(self.run_dir / BEST)
+                    else:
+                        self.bad_evals += 1
+                        stopped = (
+                            self.config.patience > 0 and self.bad_evals >= self.config.patience
+                        )
+                if self.world.distributed:
+                    last_val, self.best, self.bad_evals, stopped = broadcast(
+                        self.world, [last_val, self.best, self.bad_evals, stopped]
+                    )
             if self.planner and self.tunables:
-                decisions = self.planner.step(step, self.tunables, self.critic)
+                decisions = self.planner.step(step, self.tunables, self._shared_critic)
                 if last or stopped:
                     # The final model must be a judged state: an unjudged trial is undone.
                     decisions += self.planner.finish(step, self.tunables)
-                if decisions:
+                if decisions and self.world.is_main:
                     with (self.run_dir / PLANNER_LOG).open("a") as handle:
                         for decision in decisions:
                             handle.write(json.dumps(decision) + "\n")
             if (step + 1) % self.config.checkpoint_every == 0 or last or stopped:
-                save_state(self.run_dir, step, self.model, self.optimizer, self.scalars())
+                if self.world.is_main:
+                    save_state(self.run_dir, step, self.model, self.optimizer, self.scalars())
+                barrier(self.world)
             self.step += 1
             bar.update(1)
             bar.set_postfix(
                 loss=f"{terms['total']:.3f}", val_r1=f"{last_val.get('val/R@1', float('nan')):.3f}"
             )
         bar.close()
-        self.save(self.run_dir)
         if self.writer is not None:
             self.writer.close()
         summary = {
@@ -436,7 +523,10 @@ class Trainer:
             "early_stopped": stopped,
             **last_val,
         }
-        write_summary(self.run_dir, summary)
+        if self.world.is_main:
+            self.save(self.run_dir)
+            write_summary(self.run_dir, summary)
+        barrier(self.world)
         return summary
 
 
@@ -456,6 +546,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     method: str = "impn",
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Trains a model (or resumes a run) and returns the run summary.
 
@@ -468,22 +559,31 @@ def fit(
         progress: Show a progress bar.
         method: ``"impn"``, ``"contrastive-heads"`` or ``"mlp-translator"``; every method runs
             under the same training config, so equal ``max_steps`` means an equal budget.
+        world: This process's place among the processes ``torchrun`` started (see
+            :func:`vallayz_train.distributed.world_from_env`); its process group is started
+            here, once the device is known. ``None`` trains in one process. A run may be
+            resumed by any number of processes: its state holds nothing per process.
     """
     run_dir = Path(run_dir)
+    world = world or World()
     if resume:
         run = read_run(run_dir)
         config = TrainConfig.from_dict(run["train"])
+        if world.distributed:
+            start(world, config.device)
         if not states(run_dir):
             if "model" not in run:
                 raise VallayzUserError(
                     f"{run_dir} stopped before its first checkpoint and its {RUN_FILE} does not "
                     f"record the model config; start it again with vallayz fit DATA --out {run_dir}"
                 )
-            notice(
-                f"{run_dir} stopped before its first checkpoint, so --resume starts it fresh "
-                f"with the settings in its {RUN_FILE}"
-            )
-            clear_run(run_dir)
+            if world.is_main:
+                notice(
+                    f"{run_dir} stopped before its first checkpoint, so --resume starts it "
+                    f"fresh with the settings in its {RUN_FILE}"
+                )
+                clear_run(run_dir)
+            barrier(world)
             return fit(
                 data_dir or run["data"],
                 run_dir,
@@ -491,24 +591,28 @@ def fit(
                 config,
                 progress=progress,
                 method=run.get("method", "impn"),
+                world=world,
             )
         data = PairedEmbeddings(data_dir or run["data"])
         notices: list[str] = []
         model, optimizer_state, scalars = load_state(run_dir, config.device, notices)
-        for line in notices:
+        for line in notices if world.is_main else []:
             notice(line)
         if not isinstance(model, TrainableMethod):
             raise VallayzUserError(
                 f"the model of {run_dir} is not a trainable method; resume it with the vallayz "
                 "version that started it"
             )
-        trainer = Trainer(data, run_dir, model, config, progress)
+        trainer = Trainer(data, run_dir, model, config, progress, world)
         trainer.restore(optimizer_state, scalars)
         return trainer.fit()
     if data_dir is None:
         raise VallayzUserError("name the data directory to train on (or pass --resume RUN_DIR)")
     config = train_config or TrainConfig()
-    claim_run_dir(run_dir)
+    if world.distributed:
+        start(world, config.device)
+    if world.is_main:
+        claim_run_dir(run_dir)
     if method not in METHODS:
         raise VallayzUserError(f"method must be one of {METHODS}, got {method!r}")
     data = PairedEmbeddings(data_dir)
@@ -519,6 +623,8 @@ def fit(
         if isinstance(err, VallayzUserError):
             raise
         raise VallayzUserError(f"the model config is invalid: {err}") from err
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run(run_dir, data_dir, method, model_overrides, config)
-    return Trainer(data, run_dir, model, config, progress).fit()
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run(run_dir, data_dir, method, model_overrides, config)
+    barrier(world)
+    return Trainer(data, run_dir, model, config, progress, world).fit()
