@@ -452,7 +452,6 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     if args.corpus and not Path(args.corpus).exists():
         raise UsageError(f"--corpus {args.corpus} does not exist")
     model, train = _train_args(args, TRAIN_DEFAULTS)
-    train.eval_every = min(train.eval_every, 200)
     results = bench_tibetan(
         args.out,
         args.corpus,
