@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,17 @@ def _train_log(run: Path) -> list[tuple[int, str, float]]:
     return [(int(s), n, float(v)) for s, n, v in rows if n.startswith("train/")]
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The torchrun processes run one thread each; so does the in-process run they are
+    compared with, since a multi-threaded reduction sums in another order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_two_processes_reach_the_weights_of_one_process_with_the_same_slices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
