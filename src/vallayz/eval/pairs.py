@@ -147,20 +147,27 @@ def retrieval_table(
     """
     pairs = list(pairs) if pairs is not None else default_pairs(list(data.arrays))
     table: list[dict[str, object]] = []
-    indexes = _WholeSetIndexes()
+    indexes = WholeSetIndexes()
     for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
-        if run.label == "all":
-            ranks = [indexes.get(run).ranks(run.queries, run.key_ids)]
-        else:
-            ranks = [
-                retrieval_ranks(run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i])
-                for i in run.index_sets
-            ]
-        table.append(run.summary([retrieval_metrics(r) for r in ranks]))
+        table.append(run.summary(pool_metrics(run, indexes)))
     return table
 
 
-class _WholeSetIndexes:
+def pool_metrics(run: PoolRun, indexes: WholeSetIndexes | None = None) -> list[dict[str, float]]:
+    """The retrieval metrics of each pool of ``run`` (one dict per pool, see
+    :func:`~vallayz.eval.retrieval.retrieval_metrics`). With ``indexes``, the whole set is
+    ranked through its saved search index, which gives the same ranks."""
+    if indexes is not None and run.label == "all":
+        ranks = [indexes.get(run).ranks(run.queries, run.key_ids)]
+    else:
+        ranks = [
+            retrieval_ranks(run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i])
+            for i in run.index_sets
+        ]
+    return [retrieval_metrics(r) for r in ranks]
+
+
+class WholeSetIndexes:
     """The search index of each target's whole set of candidates, built on first use and
     reused while the candidates are the same rows with the same vectors."""
 

@@ -39,8 +39,7 @@ from torch import Tensor
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
-from vallayz.eval.pairs import Encoder, pair_pools
-from vallayz.eval.retrieval import retrieval_metrics, retrieval_ranks
+from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
 from vallayz.learned import load_pretrained
 from vallayz_train.bench import hardware
 from vallayz_train.config import TrainConfig
@@ -219,15 +218,7 @@ def evaluate(
     table: list[dict[str, Any]] = []
     for method, (encode, native) in encoders.items():
         for run in pair_pools(data, rows, encode, pairs, pool, pools, seed):
-            metrics = [
-                retrieval_metrics(
-                    retrieval_ranks(
-                        run.queries[i], run.candidates[i], run.key_ids[i], run.key_ids[i]
-                    )
-                )
-                for i in run.index_sets
-            ]
-            row: dict[str, Any] = {"method": method, **run.summary(metrics)}
+            row: dict[str, Any] = {"method": method, **run.summary(pool_metrics(run))}
             if native:
                 cosines = F.cosine_similarity(run.queries.double(), run.candidates.double(), -1)
                 row["cosine"] = float(cosines.mean())
