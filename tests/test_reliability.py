@@ -289,7 +289,7 @@ def test_retrieve_and_translate_options_are_checked(
         ("no-nodes", r"shape \(60, 0, 6\)"),
         ("complex", "dtype complex64"),
         ("beyond-float32", "row 4 .*beyond float32"),
-        ("zero-tokens", "zero tokens per row"),
+        ("zero-tokens", "zero ids per row"),
         ("no-real-frame", "row 5 \\(id 'item0005'\\) is present but all of its nodes are padding"),
         ("absent-everywhere", "row 9 \\(id 'item0009'\\) is absent in every modality"),
     ],

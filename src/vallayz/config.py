@@ -76,6 +76,13 @@ class IMPNConfig:
     # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
     # (Batch.tokens), added to the native embedding before the adapter; {} for none.
     token_buckets: dict[str, int] = field(default_factory=dict)
+    # Modality -> table size of trainable token nodes: each id of the row's unit sequence
+    # (Batch.node_ids, e.g. a line's syllables) becomes one more node of that modality, its
+    # state the table row of the id plus a learned position; {} for none.
+    token_nodes: dict[str, int] = field(default_factory=dict)
+    # Longest unit sequence the token nodes take (their learned positions); longer sequences
+    # are an error.
+    token_node_positions: int = 64
     # Start the residual branches of every bridge layer (attention output, feed-forward
     # down-projection, residual message projection) at zero, so that an untrained model passes
     # the adapters' output straight through to the soil space.
@@ -133,6 +140,8 @@ class IMPNConfig:
         if self.sender_candidates is not None:
             _positive_int("sender_candidates", self.sender_candidates)
         check_token_buckets(self.token_buckets, self.modalities)
+        check_token_buckets(self.token_nodes, self.modalities, "token_nodes")
+        _positive_int("token_node_positions", self.token_node_positions)
         if self.soil_dim % self.heads:
             raise ValueError(
                 f"heads={self.heads} does not divide soil_dim={self.soil_dim}; choose heads "
@@ -316,20 +325,22 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def check_token_buckets(token_buckets: object, modalities: dict[str, int]) -> None:
+def check_token_buckets(
+    token_buckets: object, modalities: dict[str, int], field_name: str = "token_buckets"
+) -> None:
     """Raises ``ValueError`` unless ``token_buckets`` maps known modalities to positive ints."""
     if not isinstance(token_buckets, dict):
         raise ValueError(
-            "token_buckets must be {modality: buckets}, e.g. {'bo': 65536}; "
+            f"{field_name} must be {{modality: buckets}}, e.g. {{'bo': 65536}}; "
             f"got {token_buckets!r}"
         )
     for name, buckets in token_buckets.items():
         if name not in modalities:
             raise ValueError(
-                f"token_buckets names modality {name!r}, which is not one of {sorted(modalities)}; "
-                "remove it or add the modality"
+                f"{field_name} names modality {name!r}, which is not one of "
+                f"{sorted(modalities)}; remove it or add the modality"
             )
-        _positive_int(f"token_buckets[{name!r}]", buckets)
+        _positive_int(f"{field_name}[{name!r}]", buckets)
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -10,6 +10,9 @@ A data directory holds:
   node arrays, ``<modality>.padding.npy`` (bool ``[N, T]``, ``True`` = real node);
 * optionally ``<modality>.tokens.npy`` (integer ``[N, L]``, ``-1`` = padding): hashed feature
   ids of each row, read by models with a token front end for that modality;
+* optionally ``<modality>.node_ids.npy`` (integer ``[N, T]``, ``-1`` = padding): the ids of a
+  sequence of units of each row (e.g. a line's syllables, in order), read by models with token
+  nodes for that modality;
 * ``items.tsv``: a header and one line per row with ``id`` (unique) and optionally ``group``
   (document, speaker: splits never cut a group), ``split`` (``train``/``val``/``test``), ``text``
   or ``label`` (the gold key used by retrieval), and per-modality ``text_<m>`` / ``label_<m>``.
@@ -42,7 +45,7 @@ from vallayz.types import Batch
 ITEMS_NAME = "items.tsv"
 SAFETENSORS_NAME = "embeddings.safetensors"
 SPLITS = ("train", "val", "test")
-_SUFFIXES = (".present", ".padding", ".tokens")
+_SUFFIXES = (".present", ".padding", ".tokens", ".node_ids")
 
 
 @dataclass
@@ -107,10 +110,12 @@ class PairedEmbeddings:
             if a.ndim == 3
         }
         self.tokens: dict[str, np.ndarray] = {}
+        self.node_ids: dict[str, np.ndarray] = {}
         for name in self.arrays:
-            ids = self._tokens(name)
-            if ids is not None:
-                self.tokens[name] = ids
+            for suffix, found in ((".tokens", self.tokens), (".node_ids", self.node_ids)):
+                ids = self._ids(name, suffix)
+                if ids is not None:
+                    found[name] = ids
         self.items = self._load_items()
         self._check_masks()
         if check_values:
@@ -174,8 +179,8 @@ class PairedEmbeddings:
             )
         return mask
 
-    def _tokens(self, name: str) -> np.ndarray | None:
-        path = self.directory / f"{name}.tokens.npy"
+    def _ids(self, name: str, suffix: str) -> np.ndarray | None:
+        path = self.directory / f"{name}{suffix}.npy"
         if not path.exists():
             return None
         ids = _load_npy(path, mmap=True)
@@ -186,7 +191,7 @@ class PairedEmbeddings:
             )
         if ids.shape[1] == 0:
             raise VallayzUserError(
-                f"{path} has shape {ids.shape}: zero tokens per row; write at least one column "
+                f"{path} has shape {ids.shape}: zero ids per row; write at least one column "
                 "of ids (-1 = padding) or delete the file"
             )
         return ids
@@ -332,7 +337,7 @@ class PairedEmbeddings:
         """
         rows = np.asarray(rows, dtype=np.int64)
         names = list(modalities) if modalities is not None else list(self.arrays)
-        embeddings, present, padding, tokens = {}, {}, {}, {}
+        embeddings, present, padding, tokens, node_ids = {}, {}, {}, {}, {}
         for name in names:
             if name not in self.arrays:
                 raise VallayzUserError(
@@ -348,7 +353,10 @@ class PairedEmbeddings:
             embeddings[name] = torch.from_numpy(values)
             if name in self.tokens:
                 tokens[name] = torch.from_numpy(np.asarray(self.tokens[name][rows], np.int64))
-        return Batch.of(embeddings, present, padding, tokens)
+            if name in self.node_ids:
+                ids = np.asarray(self.node_ids[name][rows], np.int64)
+                node_ids[name] = torch.from_numpy(ids)
+        return Batch.of(embeddings, present, padding, tokens, node_ids)
 
     def summary(self) -> list[ModalitySummary]:
         """Shape, dtype and number of present rows of every modality."""
@@ -367,6 +375,7 @@ def write_paired_embeddings(
     present: dict[str, np.ndarray] | None = None,
     padding: dict[str, np.ndarray] | None = None,
     tokens: dict[str, np.ndarray] | None = None,
+    node_ids: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Writes a data directory in the format :class:`PairedEmbeddings` reads.
 
@@ -383,6 +392,7 @@ def write_paired_embeddings(
         present: Optional modality → ``[N]`` bool.
         padding: Optional modality → ``[N, T]`` bool.
         tokens: Optional modality → ``[N, L]`` integer feature ids, ``-1`` = padding.
+        node_ids: Optional modality → ``[N, T]`` integer unit ids in order, ``-1`` = padding.
 
     Returns:
         The directory.
@@ -423,8 +433,9 @@ def write_paired_embeddings(
         for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
             for name, mask in masks.items():
                 np.save(work / f"{name}{suffix}.npy", np.asarray(mask, dtype=bool))
-        for name, ids in (tokens or {}).items():
-            np.save(work / f"{name}.tokens.npy", np.asarray(ids, dtype=np.int32))
+        for suffix, given in ((".tokens", tokens or {}), (".node_ids", node_ids or {})):
+            for name, ids in given.items():
+                np.save(work / f"{name}{suffix}.npy", np.asarray(ids, dtype=np.int32))
         (work / ITEMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
         _swap_in(work, directory)
     finally:

@@ -106,6 +106,38 @@ class HashedBag(nn.Module):
         return hashed_bag_mean(self.weight, ids.to(self.weight.device))
 
 
+class TokenNodes(nn.Module):
+    """Trainable token nodes: each id of a row's unit sequence (e.g. a line's syllables)
+    becomes a soil-space node, the table row of the id plus a learned position embedding.
+
+    Args:
+        buckets: Rows of the table; ids are taken modulo ``buckets``.
+        dim: Width of a node (the soil dimension).
+        positions: Longest sequence; ids past it are an error.
+
+    Shape:
+        ids ``[B, T]`` (``-1`` = padding) → states ``[B, T, dim]`` and real ``[B, T]``.
+    """
+
+    def __init__(self, buckets: int, dim: int, positions: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(buckets, dim)
+        self.position = nn.Parameter(torch.zeros(positions, dim))
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        ids = ids.to(self.table.weight.device)
+        if ids.shape[1] > self.position.shape[0]:
+            raise ValueError(
+                f"{ids.shape[1]} token nodes per row, but the model has positions for "
+                f"{self.position.shape[0]}; cut the sequences or raise token_node_positions"
+            )
+        real = ids >= 0
+        states = self.table(ids.clamp(min=0) % self.table.num_embeddings)
+        states = states + self.position[: ids.shape[1]]
+        return torch.where(real[..., None], states, torch.zeros_like(states)), real
+
+
 class Decoder(ResidualMLP):
     """Maps pooled soil states back to a native space: ``D(z) = W2·GELU(W1·LN(z)) + Q·z``.
 

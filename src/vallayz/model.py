@@ -13,7 +13,15 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.functional import masked_mean, mean_over_present
-from vallayz.layers import AbsentInit, Adapter, BridgeLayer, Decoder, HashedBag, MatchHead
+from vallayz.layers import (
+    AbsentInit,
+    Adapter,
+    BridgeLayer,
+    Decoder,
+    HashedBag,
+    MatchHead,
+    TokenNodes,
+)
 from vallayz.losses.total import IMPNObjective, LossSettings
 from vallayz.method import Capabilities
 from vallayz.types import Batch, Embeddings, Masks
@@ -115,6 +123,9 @@ class IMPN(nn.Module):
     ``config.token_buckets`` also has a trainable embedding-bag front end over the batch's hashed
     feature ids (``Batch.tokens``) whose output is added to its native input before the adapter;
     a batch without tokens for it (e.g. decoded embeddings fed back) uses the native input alone.
+    A modality named in ``config.token_nodes`` gets one more node per id of the row's unit
+    sequence (``Batch.node_ids``, e.g. the syllables of a line), after its adapter's nodes, so
+    that message passing runs over the sequence as well as over the pooled vector.
 
     Example:
         >>> import torch
@@ -145,6 +156,12 @@ class IMPN(nn.Module):
             {
                 m: HashedBag(buckets, config.modalities[m])
                 for m, buckets in config.token_buckets.items()
+            }
+        )
+        self.token_nodes = nn.ModuleDict(
+            {
+                m: TokenNodes(buckets, dim, config.token_node_positions)
+                for m, buckets in config.token_nodes.items()
             }
         )
         # Keyed by name, so that a checkpoint does not depend on the order of the modalities.
@@ -342,7 +359,8 @@ class IMPN(nn.Module):
 
     def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
         """Soil states ``[B, T, d]``, real-node mask ``[B, T]`` and presence ``[B]`` of a given
-        modality; its absent rows hold one real node, the seed."""
+        modality (its adapter's nodes, then its token nodes); its absent rows hold one real
+        node, the seed."""
         device, seed = self.device, self.seeds[name]
         x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
         x = x.unsqueeze(1) if x.dim() == 2 else x
@@ -361,7 +379,13 @@ class IMPN(nn.Module):
         states = torch.where(present[:, None, None], states, seed.expand_as(states))
         first = torch.zeros_like(real)
         first[:, 0] = True
-        return states, torch.where(present[:, None], real, first), present
+        real = torch.where(present[:, None], real, first)
+        if name in self.token_nodes and name in batch.node_ids:
+            units, unit_real = self.token_nodes[name](batch.node_ids[name])
+            unit_real = unit_real & present[:, None]
+            states = torch.cat([states, units.to(states.dtype)], dim=1)
+            real = torch.cat([real, unit_real], dim=1)
+        return states, real, present
 
     def _init_absent(self, nodes: _Nodes, senders: Tensor | None) -> Tensor:
         """Initial states: with ``absent_init="attend"``, absent nodes add what they read from

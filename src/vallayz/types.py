@@ -9,8 +9,11 @@ Every public function of vallayz takes and returns dictionaries keyed by modalit
 * ``Tokens``: modality → integer ids ``[B, L]`` of hashed discrete features of the same items
   (``-1`` = padding), read by a model's trainable embedding-bag front end for that modality
   and ignored by models without one.
+* ``NodeIds``: modality → integer ids ``[B, T]`` of a sequence of discrete units of the same
+  items (e.g. the syllables of a line; ``-1`` = padding), which a model with a token-node
+  table for that modality turns into extra nodes of that modality, one per unit, in order.
 
-:class:`Batch` bundles the three and checks them against an :class:`~vallayz.config.IMPNConfig`.
+:class:`Batch` bundles them and checks them against an :class:`~vallayz.config.IMPNConfig`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ Masks = Mapping[str, Tensor]
 Tokens = Mapping[str, Tensor]
 """Modality name → integer feature ids ``[B, L]``, ``-1`` for padding."""
 
+NodeIds = Mapping[str, Tensor]
+"""Modality name → integer unit ids ``[B, T]`` in sequence order, ``-1`` for padding."""
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -48,12 +54,15 @@ class Batch:
         padding: Modality → ``[B, T_m]`` bool; ``True`` marks a real node. Only for node inputs.
         tokens: Modality → ``[B, L]`` integer ids of hashed features (``-1`` = padding), for
             models with a token front end for that modality; others ignore them.
+        node_ids: Modality → ``[B, T]`` integer ids of a sequence of units (``-1`` = padding),
+            for models with a token-node table for that modality; others ignore them.
     """
 
     embeddings: dict[str, Tensor]
     present: dict[str, Tensor] = field(default_factory=dict)
     padding: dict[str, Tensor] = field(default_factory=dict)
     tokens: dict[str, Tensor] = field(default_factory=dict)
+    node_ids: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -62,6 +71,7 @@ class Batch:
         present: Masks | None = None,
         padding: Masks | None = None,
         tokens: Tokens | None = None,
+        node_ids: NodeIds | None = None,
     ) -> Batch:
         """Builds a batch, filling missing masks with "all present" and "no padding".
 
@@ -71,22 +81,25 @@ class Batch:
             present: Optional modality → ``[B]`` presence masks.
             padding: Optional modality → ``[B, T_m]`` padding masks (``True`` = real node).
             tokens: Optional modality → ``[B, L]`` hashed feature ids (``-1`` = padding).
+            node_ids: Optional modality → ``[B, T]`` unit ids in order (``-1`` = padding).
 
         Returns:
             A batch whose ``present`` holds a mask for every modality in ``embeddings`` and whose
             ``padding`` holds a mask for every node input.
         """
         if isinstance(embeddings, Batch):
-            if present is None and padding is None and tokens is None:
+            if present is None and padding is None and tokens is None and node_ids is None:
                 return embeddings
             present = {**embeddings.present, **(present or {})}
             padding = {**embeddings.padding, **(padding or {})}
             tokens = {**embeddings.tokens, **(tokens or {})}
+            node_ids = {**embeddings.node_ids, **(node_ids or {})}
             embeddings = embeddings.embeddings
         present = dict(present or {})
         padding = dict(padding or {})
         tokens = dict(tokens or {})
-        for name in list(present) + list(padding) + list(tokens):
+        node_ids = dict(node_ids or {})
+        for name in list(present) + list(padding) + list(tokens) + list(node_ids):
             if name not in embeddings:
                 raise ValueError(
                     f"a mask is given for modality {name!r} but no embeddings are; pass "
@@ -123,19 +136,10 @@ class Batch:
                     f"a padding mask is given for modality {name!r}, whose embeddings are pooled "
                     f"{tuple(x.shape)}; padding masks are only for [batch, nodes, dim] inputs"
                 )
-        for name, ids in tokens.items():
-            if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex():
-                raise ValueError(
-                    f"tokens for modality {name!r} must be an integer torch.Tensor of hashed "
-                    "feature ids ([batch, length], -1 = padding); convert them with .long()"
-                )
-            rows = embeddings[name].shape[0]
-            if ids.dim() != 2 or ids.shape[0] != rows:
-                raise ValueError(
-                    f"tokens for modality {name!r} have shape {tuple(ids.shape)}; expected "
-                    f"[{rows}, length] (one row of ids per item, -1 = padding)"
-                )
-        return cls(dict(embeddings), out_present, out_padding, tokens)
+        for kind, given in (("tokens", tokens), ("node_ids", node_ids)):
+            for name, ids in given.items():
+                _check_ids(kind, name, ids, embeddings[name].shape[0])
+        return cls(dict(embeddings), out_present, out_padding, tokens, node_ids)
 
     @property
     def batch_size(self) -> int:
@@ -245,9 +249,24 @@ class Batch:
             {m: x[rows] for m, x in self.present.items()},
             {m: x[rows] for m, x in self.padding.items()},
             {m: x[rows] for m, x in self.tokens.items()},
+            {m: x[rows] for m, x in self.node_ids.items()},
         )
 
     @property
     def present_device(self) -> torch.device:
         """Device of the batch's tensors."""
         return next(iter(self.embeddings.values())).device
+
+
+def _check_ids(kind: str, name: str, ids: object, rows: int) -> None:
+    """Raises ``ValueError`` unless ``ids`` is an integer ``[rows, length]`` tensor."""
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(
+            f"{kind} for modality {name!r} must be an integer torch.Tensor of ids "
+            "([batch, length], -1 = padding); convert them with .long()"
+        )
+    if ids.dim() != 2 or ids.shape[0] != rows:
+        raise ValueError(
+            f"{kind} for modality {name!r} have shape {tuple(ids.shape)}; expected "
+            f"[{rows}, length] (one row of ids per item, -1 = padding)"
+        )

@@ -314,9 +314,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"  {summary.name:<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
             f"present {rate:6.1%}"
         )
-        if summary.name in data.tokens:
-            ids = data.tokens[summary.name]
-            print(f"  {summary.name + ' tokens':<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
+        for kind, found in (("tokens", data.tokens), ("node ids", data.node_ids)):
+            if summary.name in found:
+                ids, label = found[summary.name], f"{summary.name} {kind}"
+                print(f"  {label:<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
     print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
     for name, largest in data.largest.items():
         if largest > LARGE_VALUE:

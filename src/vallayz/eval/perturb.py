@@ -69,6 +69,7 @@ class PerturbedView:
         self.present = data.present
         self.arrays = data.arrays
         self.tokens = data.tokens
+        self.node_ids = data.node_ids
 
     def keys(self, modality: str | None = None) -> list[str]:
         return list(self.data.keys(modality))
@@ -87,11 +88,12 @@ class PerturbedView:
                     generator = torch.Generator().manual_seed(self.seed * 1_000_003 + row)
                     noisy.append(add_noise_snr(x[None], self.snr_db, generator)[0])
                 embeddings[name] = torch.stack(noisy)
-        # A noisy modality loses its tokens: they would carry the clean item past the noise.
-        tokens = {
-            m: t for m, t in batch.tokens.items() if m not in self.noisy or self.snr_db is None
-        }
-        return Batch(embeddings, present, dict(batch.padding), tokens)
+        # A noisy modality loses its tokens and unit ids: they would carry the clean item past
+        # the noise.
+        clean = [m for m in embeddings if m not in self.noisy or self.snr_db is None]
+        tokens = {m: t for m, t in batch.tokens.items() if m in clean}
+        node_ids = {m: t for m, t in batch.node_ids.items() if m in clean}
+        return Batch(embeddings, present, dict(batch.padding), tokens, node_ids)
 
 
 def drop_sources(

@@ -91,6 +91,7 @@ def joint_rows(
         present={**src.present, **tgt.present},
         padding={**src.padding, **tgt.padding},
         tokens={**src.tokens, **tgt.tokens},
+        node_ids={**src.node_ids, **tgt.node_ids},
     )
 
 

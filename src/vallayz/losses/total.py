@@ -325,6 +325,7 @@ def joint_batch(batch: Batch, a: str, rows_a: Tensor, b: str, rows_b: Tensor) ->
         present={m: torch.ones(len(r), dtype=torch.bool) for m, r in picks.items()},
         padding={m: batch.padding[m][r] for m, r in picks.items() if m in batch.padding},
         tokens={m: batch.tokens[m][r] for m, r in picks.items() if m in batch.tokens},
+        node_ids={m: batch.node_ids[m][r] for m, r in picks.items() if m in batch.node_ids},
     )
 
 

@@ -1,8 +1,9 @@
 """The named IMPN ablations of the Tibetan benchmark (``vallayz ablate``): micro-variants K,
-noise sigma, top-k, GRU vs residual update, the speech modality on or off, speech as frame
-nodes or one pooled node, the speech features, loss terms, pair weighting, learning rates,
-n-gram tables, bridge-layer initialisation, parts of the encoder path left out (bridge
-attention, bridge feed-forward, final norm), and the contrastive heads as the reference.
+noise sigma, top-k, GRU vs residual update, Tibetan syllables as nodes, the speech modality on
+or off, speech as frame nodes or one pooled node, the speech features, loss terms, pair
+weighting, learning rates, n-gram tables, bridge-layer initialisation, parts of the encoder
+path left out (bridge attention, bridge feed-forward, final norm), and the contrastive heads as
+the reference.
 
 Each variant is a :class:`~vallayz_train.bench.ablation.Variant`; the speech changes are
 :class:`~vallayz_train.bench.ablation.DataChange` objects that build a linked copy of the data
@@ -21,6 +22,7 @@ import numpy as np
 
 from vallayz.data import PairedEmbeddings
 from vallayz_train.bench.ablation import Variant
+from vallayz_train.tibetan.constants import SYLLABLE_BUCKETS
 from vallayz_train.tibetan.data import encode_speech, write_speech_meta
 
 
@@ -169,6 +171,14 @@ VARIANTS: dict[str, Variant] = {
         {"loss_weights": {"bridged": 1.0, "rerank": 1.0}, "retrieval_mode": "bridged"},
     ),
     "contrastive only": Variant(train=_CONTRASTIVE_ONLY),
+    # Each receiving node's gate scores its 8 nearest senders only (the bound that keeps the
+    # gates' cost linear in the number of nodes).
+    "sender candidates 8": Variant({"sender_candidates": 8}),
+    # The syllables of each Tibetan line as nodes of the bo modality (a trainable table over
+    # their hashed ids plus learned positions), after the pooled vector's node; with the gates
+    # bounded as above, since up to 48 more nodes per row make scoring every sender pair ~11x
+    # the cost of a step.
+    "syllable nodes": Variant({"token_nodes": {"bo": SYLLABLE_BUCKETS}, "sender_candidates": 8}),
 }
 # Parts of the isolated encoder path (adapters, bridge layers, final norm) left out: with every
 # loss term, and with InfoNCE alone from random bridge layers (the encoder-capacity probe).

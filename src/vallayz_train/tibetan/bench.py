@@ -108,7 +108,7 @@ def evaluate_corpus(
     tibetan = TibetanEncoder.load(source.directory / ENCODER_DIR)
     cache = out / "cache"
     english = cached_encode("en-minilm", corpus.en, english_encoder(), cache, progress=progress)
-    bo, bo_tokens = encode_tibetan(corpus.bo, tibetan, cache, progress)
+    bo, bo_tokens, bo_syllables = encode_tibetan(corpus.bo, tibetan, cache, progress)
     items = [
         {
             "id": f"e{i:06d}",
@@ -124,6 +124,7 @@ def evaluate_corpus(
         {"bo": bo.astype(np.float32), "en": english.astype(np.float16)},
         items,
         tokens={"bo": bo_tokens},
+        node_ids={"bo": bo_syllables},
     )
     data = PairedEmbeddings(data_dir)
     rows = np.arange(data.size)

@@ -40,6 +40,10 @@ SPEECH_POOLING = "mean"
 # Length of the hashed-feature id lists of a Tibetan line (90 % of lines have fewer features),
 # and the default table size of the trainable embedding-bag front end every learned method gets.
 TOKEN_LENGTH = 256
+# Syllables per line that IMPN's token nodes take (Batch.node_ids; 95 % of lines have fewer),
+# and the rows of their table when a config turns them on (IMPNConfig.token_nodes).
+SYLLABLE_LENGTH = 48
+SYLLABLE_BUCKETS = 2**16
 TOKEN_BUCKETS = 2**16
 # Peak learning rate of those tables when the command line and config file name none (the
 # rest of each model trains at TrainConfig.lr): a bucket sees a gradient only in the batches

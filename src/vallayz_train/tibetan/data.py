@@ -15,6 +15,7 @@ from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
     SPEECH_NODES,
     SPEECH_POOLING,
+    SYLLABLE_LENGTH,
     TOKEN_LENGTH,
 )
 from vallayz_train.tibetan.corpus import build_corpus, read_segments
@@ -28,8 +29,9 @@ from vallayz_train.tibetan.encoders import (
 
 def encode_tibetan(
     lines: list[str], tibetan: TibetanEncoder, cache: Path, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed TF-IDF + SVD vectors and the hashed n-gram ids of ``lines``, both cached."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed TF-IDF + SVD vectors, the hashed n-gram ids and the syllable ids of
+    ``lines``, all cached."""
     vectors = cached_encode(
         f"bo-tfidf-{tibetan.fingerprint()}", lines, tibetan, cache, progress=progress
     )
@@ -40,7 +42,14 @@ def encode_tibetan(
         cache,
         progress=progress,
     )
-    return vectors, ids
+    syllable_ids = cached_encode(
+        f"bo-syllables-{tibetan.buckets}-{SYLLABLE_LENGTH}",
+        lines,
+        lambda chunk: tibetan.syllable_ids(chunk, SYLLABLE_LENGTH),
+        cache,
+        progress=progress,
+    )
+    return vectors, ids, syllable_ids
 
 
 def encode_speech(
@@ -94,7 +103,7 @@ def build_data(
     train_bo = [corpus.bo[i] for i in corpus.indices("train")]
     tibetan = TibetanEncoder().fit(train_bo, seed=seed)
     tibetan.save(data_dir / ENCODER_DIR)
-    bo, bo_tokens = encode_tibetan(corpus.bo, tibetan, cache, progress)
+    bo, bo_tokens, bo_syllables = encode_tibetan(corpus.bo, tibetan, cache, progress)
 
     rng = np.random.default_rng(seed)
     speech_rows = np.sort(
@@ -114,6 +123,7 @@ def build_data(
         items,
         present={"speech": has_speech},
         tokens={"bo": bo_tokens},
+        node_ids={"bo": bo_syllables},
     )
     write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
     return data_dir, {"novel": corpus.novel().tolist()}

@@ -15,6 +15,7 @@ from vallayz.types import Batch
 from vallayz_train.run_folder import candidate_index, load_model, run_data
 from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
+    SYLLABLE_LENGTH,
     TOKEN_LENGTH,
 )
 from vallayz_train.tibetan.encoders import (
@@ -46,6 +47,7 @@ def translate_text(
         query = Batch.of(
             {"bo": torch.from_numpy(encoder([text]))},
             tokens={"bo": torch.from_numpy(encoder.token_ids([text], TOKEN_LENGTH)).long()},
+            node_ids={"bo": torch.from_numpy(encoder.syllable_ids([text], SYLLABLE_LENGTH)).long()},
         )
     else:
         raise VallayzUserError(

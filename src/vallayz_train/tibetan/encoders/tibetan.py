@@ -107,6 +107,19 @@ class TibetanEncoder:
             out[row, : len(feats)] = [zlib.crc32(f.encode()) % self.buckets for f in feats]
         return out
 
+    def syllable_ids(self, texts: Sequence[str], length: int) -> np.ndarray:
+        """Bucket ids of each line's syllables in order (repeats kept), ``-1``-padded and cut
+        to ``length``: the unit sequence of the token nodes (``Batch.node_ids``).
+
+        Shape:
+            ``N`` lines → ``[N, length]`` int32.
+        """
+        out = np.full((len(texts), length), -1, dtype=np.int32)
+        for row, text in enumerate(texts):
+            syl = syllables(text)[:length]
+            out[row, : len(syl)] = [zlib.crc32(f"s:{s}".encode()) % self.buckets for s in syl]
+        return out
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         if self.components is None:
             raise ValueError("fit the Tibetan encoder on the training lines first (or load it)")
