@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import torch
 from safetensors.torch import load_file
 from synthetic import write_synthetic
 
-from vallayz.data import write_paired_embeddings
+from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
+from vallayz.eval import model_encoder, retrieval_table
 from vallayz_train.bench.ablation import AblationSpec, Variant, run_ablation
 from vallayz_train.cli import build_parser, main
+from vallayz_train.run_folder import load_model
 from vallayz_train.tibetan.ablations import REFERENCE, VARIANTS, NoSpeech
 from vallayz_train.trainer import fit
 
@@ -96,6 +99,16 @@ def test_a_variant_is_the_same_trainer_run_and_is_reused(
     again = run_ablation(data, out, spec, variants, model_defaults=SMALL, progress=False)
     assert [r["variant"] for r in again] == list(variants)
     assert [r["val R@1"] for r in again] == [r["val R@1"] for r in table]
+    # The chosen variant reported on test: the same runs, scored on the test rows.
+    test = run_ablation(
+        data, out, replace(spec, split="test"), variants, model_defaults=SMALL, progress=False
+    )
+    assert all("test R@1" in r and "val R@1" not in r for r in test)
+    folder = PairedEmbeddings(data)
+    rows = folder.split_indices(spec.train_config().split_seed)["test"]
+    encoder = model_encoder(load_model(out / "K=1"), folder, "soil")
+    want = retrieval_table(folder, rows, encoder, spec.pairs, spec.pool)
+    assert test[1]["test R@1"] == next(r["R@1"] for r in want if r["pool"] == "5")
 
 
 def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(

@@ -510,6 +510,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         noisy_snr=args.noisy_snr,
         noisy_pair=(("bo",), "en"),
         missing=args.missing,
+        split=args.split,
     )
     model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}}
     log = (lambda *_: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -721,6 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="training seed (initialisation, batch order, dropout); the split stays the same",
     )
     p.add_argument("--modes", nargs="+", choices=["soil", "bridged"], default=["soil"])
+    p.add_argument(
+        "--split",
+        choices=["val", "test"],
+        default="val",
+        help="split scored: 'val' to choose among variants, 'test' only to report the variant "
+        "chosen on validation (its finished run is reused)",
+    )
     p.add_argument(
         "--rerank-depth",
         dest="rerank_depth",

@@ -1,6 +1,6 @@
 """Ablations as benchmark specs: named variants of a method, each trained by the same trainer
-into its own run folder at one budget and scored on the *validation* split (the test split
-stays untouched).
+into its own run folder at one budget and scored on the *validation* split; the test split is
+scored only on request (``AblationSpec.split``), to report the variant chosen on validation.
 
 A :class:`Variant` says what it changes (model config fields, training config fields, the data
 through a :class:`DataChange` object, the method); an :class:`AblationSpec` says how every
@@ -95,6 +95,13 @@ class AblationSpec:
     noisy_pair: Pair | None = None
     # Also score every multi-source pair with each source dropped for this share of the rows.
     missing: float | None = None
+    # Split scored: "val" to choose among variants; "test" only for the variant chosen on
+    # validation (its finished run is reused, not trained again).
+    split: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "test"):
+            raise VallayzUserError(f"split must be 'val' or 'test', got {self.split!r}")
 
     def train_config(self) -> TrainConfig:
         """The training config every variant starts from (the planner off, so that nothing
@@ -159,9 +166,9 @@ def run_ablation(
 def score_variant(
     run: Path, data_dir: Path, spec: AblationSpec, config: TrainConfig
 ) -> list[dict[str, Any]]:
-    """Validation R@1 and R@5 of one trained variant on every usable pair and view."""
+    """R@1 and R@5 of one trained variant on ``spec.split`` for every usable pair and view."""
     data = PairedEmbeddings(data_dir, check_values=False)
-    val = data.split_indices(config.split_seed)["val"]
+    val = data.split_indices(config.split_seed)[spec.split]
     model = load_model(run)
     known = model.config.modalities
     usable = [p for p in spec.pairs if all(m in known for m in (*p[0], p[1]))]
@@ -201,8 +208,8 @@ def score_variant(
             "pair": f"{row['source']}->{row['target']}",
             "mode": row["mode"],
             "pool": row["queries"] if row["pool"] == "all" else row["pool"],
-            "val R@1": row["R@1"],
-            "val R@5": row["R@5"],
+            f"{spec.split} R@1": row["R@1"],
+            f"{spec.split} R@5": row["R@5"],
         }
         for row in rows
         # Pools of spec.pool candidates, or every query when a pair has fewer.
