@@ -26,7 +26,7 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
         pools=2,
         methods=("impn", "contrastive-heads"),
         closed_form=("ortho",),
-        missing_rates=(0.0, 0.5),
+        missing_rates=(0.0, 0.75),
         snrs=(10.0,),
         matched_dropout=True,
     )
@@ -56,11 +56,8 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     assert (
         len({(r["source"], r["queries"]) for r in results["retrieval"] if r["pool"] == "all"}) == 2
     )
-    assert {r["missing_rate"] for r in results["missing_sweep"]} == {0.0, 0.5}
-    matched = [r for r in results["missing_sweep"] if "matching dropout" in r["method"]]
-    assert matched and {r["missing_rate"] for r in matched} == {0.5}
-    run = json.loads((tmp_path / "bench" / "impn-dropout-0.5" / "run.json").read_text())
-    assert run["train"]["modality_dropout"] == 0.5
+    assert {r["missing_rate"] for r in results["missing_sweep"]} == {0.0, 0.75}
+    _check_matched_dropout(tmp_path / "bench", results, spec.methods)
     assert {r["snr_db"] for r in results["noise_sweep"]} == {10.0}
     stitched = {r["method"]: r for r in results["stitching"] if r["source"] == "text"}
     assert set(stitched) == {"impn (translate)", "ortho (standard)"}
@@ -87,6 +84,36 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     assert (tmp_path / "bench" / "report.md").read_text() == report
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["spec"]["pool"] == 8
     _check_impn_metrics(data, tmp_path / "bench" / "impn", results, train.split_seed)
+
+
+def _check_matched_dropout(out: Path, results: dict[str, Any], methods: tuple[str, ...]) -> None:
+    """Every learned method has its matched-dropout run at the positive missing rate of the
+    sweep (0.75, and no other), trained with that dropout where the default run trained IMPN
+    with 0.5 and the baselines with none: the baselines' loss gains the fused term."""
+    sweep = results["missing_sweep"]
+    for method in methods:
+        label = f"{method}, trained with matching dropout"
+        matched = [r for r in sweep if r["method"].startswith(label + " (")]
+        assert {r["missing_rate"] for r in matched} == {0.75}, method
+        default = [r for r in sweep if r["method"].startswith(method + " (")]
+        assert {r["missing_rate"] for r in default} == {0.0, 0.75}, method
+        # The same queries as the default run's, so the rows compare like for like.
+        assert sorted(r["queries"] for r in matched) == sorted(
+            r["queries"] for r in default if r["missing_rate"] == 0.75
+        )
+        base = json.loads((out / method / "run.json").read_text())["train"]
+        run = json.loads((out / f"{method}-dropout-0.75" / "run.json").read_text())["train"]
+        assert run["modality_dropout"] == 0.75 and run["baseline_dropout"] is True
+        assert base["modality_dropout"] == 0.5 and base["baseline_dropout"] is False
+        logged = {line.split(",")[1] for line in (out / method / "metrics.csv").open()}
+        logged_matched = {
+            line.split(",")[1] for line in (out / f"{method}-dropout-0.75" / "metrics.csv").open()
+        }
+        if method == "impn":
+            assert "train/translation" in logged and "train/translation" in logged_matched
+        else:
+            assert not any("fused" in name for name in logged), logged
+            assert any("fused" in name for name in logged_matched), logged_matched
 
 
 def _check_impn_metrics(

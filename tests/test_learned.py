@@ -16,7 +16,8 @@ from vallayz.learned import (
     build_model,
     load_pretrained,
 )
-from vallayz.losses import LossSettings
+from vallayz.losses import LossSettings, info_nce, translation_loss
+from vallayz.masking import drop_modalities
 from vallayz_train.cli import main
 
 
@@ -107,3 +108,43 @@ def test_objective_weighs_pairs_by_shared_rows(method: str) -> None:
             rows = dict.fromkeys(pairs, 1)
         expected = sum(rows[k] * pairs[k] for k in pairs) / sum(rows.values())
         assert float(out.total.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["contrastive-heads", "mlp-translator"])
+def test_fused_term_fits_each_dropped_modality_from_the_served_fusion(method: str) -> None:
+    model = build_model(method, dict(DIMS), {"hidden": 32} if method == "mlp-translator" else {})
+    batch = Batch.of(tri_modal_inputs(12))
+    plain = model.objective(LossSettings())(batch)
+    assert "fused" not in plain.terms  # no drop rate: the pairwise loss alone, as before
+    with torch.no_grad():
+        out = model.objective(LossSettings(baseline_drop_rate=0.6))(
+            batch, torch.Generator().manual_seed(3)
+        )
+    least = 2 if isinstance(model, ContrastiveHeads) else 1  # InfoNCE needs two rows
+    # The same draw, then every dropped modality scored through the serving path (embed or
+    # translate of the kept modalities), which the loss must agree with.
+    dropped = drop_modalities(batch.present, 0.6, torch.Generator().manual_seed(3))
+    kept = {m: batch.present[m] & ~dropped[m] for m in batch.present}
+    pooled = batch.pooled()
+    expected, rows = [], []
+    with torch.no_grad():
+        for m in batch.embeddings:
+            where = dropped[m]
+            if int(where.sum()) < least:
+                continue
+            sources = {k: x[where] for k, x in batch.embeddings.items() if k != m}
+            present = {k: kept[k][where] for k in sources}
+            if isinstance(model, ContrastiveHeads):
+                fused = model.embed(sources, present=present)
+                term = info_nce(fused, model.heads[m](pooled[m][where]))
+            else:
+                fused = model.translate(sources, target=m, present=present)
+                term = translation_loss(fused, pooled[m][where])
+            assert float(out.terms[f"fused/{m}"]) == pytest.approx(float(term), rel=1e-5)
+            expected.append(float(term) * int(where.sum()))
+            rows.append(int(where.sum()))
+    assert rows  # the draw dropped some modality in several rows
+    assert float(out.terms["fused"]) == pytest.approx(sum(expected) / sum(rows), rel=1e-5)
+    pairwise = out.terms["contrastive" if method == "contrastive-heads" else "translation"]
+    assert float(out.total) == pytest.approx(float(pairwise + out.terms["fused"]), rel=1e-6)
+    assert float(pairwise) == pytest.approx(float(plain.total.detach()), rel=1e-6)

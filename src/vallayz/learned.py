@@ -5,6 +5,10 @@
 * :class:`MLPTranslator`: one MLP per *ordered pair* of modalities, trained on translation
   loss. ``M(M−1)`` maps: the pairwise design IMPN's adapters replace.
 
+With a drop rate (``LossSettings.baseline_drop_rate``) either also trains the fusion that serves
+a query with several sources, under modality dropout as IMPN is: modalities are dropped at
+random and each dropped one is fitted from the mean over the kept ones.
+
 Both take pooled inputs (node inputs are mean-pooled over real nodes), speak the same
 modality-keyed vocabulary as :class:`~vallayz.model.IMPN`, implement the
 :class:`~vallayz.method.TrainableMethod` contract (the heads embed, the MLPs translate; each
@@ -29,6 +33,7 @@ from vallayz.errors import VallayzUserError
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
 from vallayz.losses import LossOutput, LossSettings, info_nce, pair_mean, translation_loss
+from vallayz.masking import drop_modalities
 from vallayz.method import Capabilities
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
 from vallayz.types import Batch, Embeddings, Masks
@@ -37,6 +42,9 @@ ARCHITECTURES = ("contrastive-heads", "mlp-translator")
 
 # The loss of one pair of modalities ``(a, b)`` on the rows (a boolean mask) that hold both.
 _PairTerm = Callable[[str, str, Tensor], Tensor]
+# The loss of one dropped modality ``m`` against the fusion of the kept modalities (masks), on
+# the rows (a boolean mask) where ``m`` was dropped.
+_FusedTerm = Callable[[str, Masks, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,17 @@ class _Baseline(nn.Module):
         batch: Batch,
         generator: torch.Generator | None = None,
         pair_weighting: str = "rows",
+        drop_rate: float = 0.0,
     ) -> LossOutput:
         """Mean of the baseline's pair term (:meth:`_pair_term`) over every pair of modalities
         present together in enough rows, weighted as ``pair_weighting`` says (see
-        :func:`~vallayz.losses.pair_mean`); ``generator`` is unused (the loss draws nothing)."""
+        :func:`~vallayz.losses.pair_mean`); with ``drop_rate > 0`` plus the fused term of
+        modality dropout (:meth:`_fused_objective`, drawn with ``generator``). With
+        ``drop_rate = 0`` the loss draws nothing."""
         inputs = self._clean_inputs(batch)
         spec = self._pair_loss
         combine = itertools.permutations if spec.ordered else itertools.combinations
-        return self._pair_objective(
+        out = self._pair_objective(
             batch,
             combine(batch.embeddings, 2),
             spec.name,
@@ -125,6 +136,46 @@ class _Baseline(nn.Module):
             self._pair_term(batch, inputs),
             pair_weighting,
         )
+        if drop_rate == 0.0:
+            return out
+        fused = self._fused_objective(batch, inputs, drop_rate, generator, pair_weighting)
+        return LossOutput(total=out.total + fused.total, terms={**out.terms, **fused.terms})
+
+    def _fused_objective(
+        self,
+        batch: Batch,
+        inputs: dict[str, Tensor],
+        drop_rate: float,
+        generator: torch.Generator | None,
+        weighting: str,
+    ) -> LossOutput:
+        """Modality dropout: each present modality of a row is dropped with probability
+        ``drop_rate`` (a row keeps at least one), and each dropped modality ``m`` is fitted from
+        the fusion of the kept ones by :meth:`_fused_term` on the rows where ``m`` was dropped
+        (logged as ``fused/m``); their :func:`~vallayz.losses.pair_mean` is ``fused``."""
+        present = {m: p.to(self.device) for m, p in batch.present.items()}
+        dropped = drop_modalities(present, drop_rate, generator)
+        kept = {m: present[m] & ~dropped[m] for m in present}
+        term = self._fused_term(batch, inputs)
+        terms: dict[str, Tensor] = {}
+        counts = []
+        for m in batch.embeddings:
+            count = int(dropped[m].sum())
+            if count >= self._pair_loss.min_rows:
+                terms[f"fused/{m}"] = term(m, kept, dropped[m])
+                counts.append(count)
+        total = (
+            pair_mean(list(terms.values()), counts, weighting)
+            if terms
+            else torch.zeros((), device=self.device)
+        )
+        terms["fused"] = total
+        return LossOutput(total=total, terms=terms)
+
+    def _fused_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _FusedTerm:
+        """``term(m, kept, rows)``: the loss of the dropped modality ``m`` against the fusion
+        of the ``kept`` modalities on ``rows`` (each subclass defines it)."""
+        raise NotImplementedError
 
     def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
         """``term(a, b, rows)``: the loss of one pair on the rows that hold both, given the
@@ -132,7 +183,8 @@ class _Baseline(nn.Module):
         raise NotImplementedError
 
     def objective(self, settings: LossSettings | None = None) -> BaselineObjective:
-        """This baseline's loss under ``settings`` (it reads ``pair_weighting``)."""
+        """This baseline's loss under ``settings`` (it reads ``pair_weighting`` and
+        ``baseline_drop_rate``)."""
         return BaselineObjective(self, settings or LossSettings())
 
     def _unserved(self, call: str) -> ValueError:
@@ -264,6 +316,18 @@ class ContrastiveHeads(_Baseline):
 
         return term
 
+    def _fused_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _FusedTerm:
+        # InfoNCE between the mean of the kept modalities' normalised heads (what embed()
+        # gives a query with several sources) and the dropped modality's head.
+        def term(m: str, kept: Masks, rows: Tensor) -> Tensor:
+            heads = {
+                k: F.normalize(self.heads[k](x[rows]), dim=-1) for k, x in inputs.items() if k != m
+            }
+            fused = mean_over_present(heads, {k: kept[k][rows] for k in heads})
+            return info_nce(fused, self.heads[m](inputs[m][rows]), self.config.temperature)
+
+        return term
+
 
 class MLPTranslator(_Baseline):
     """One MLP per ordered pair of modalities: ``M(M−1)`` maps.
@@ -325,13 +389,26 @@ class MLPTranslator(_Baseline):
 
         return term
 
+    def _fused_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _FusedTerm:
+        # Translation loss of the mean of the kept modalities' translations into the dropped
+        # one (what translate() gives a query with several sources).
+        pooled = {m: x.to(self.device) for m, x in batch.pooled().items()}
+
+        def term(m: str, kept: Masks, rows: Tensor) -> Tensor:
+            maps = {k: self.maps[f"{k}__{m}"](x[rows]) for k, x in inputs.items() if k != m}
+            prediction = mean_over_present(maps, {k: kept[k][rows] for k in maps})
+            return translation_loss(prediction, pooled[m][rows])
+
+        return term
+
 
 class BaselineObjective:
     """A learned baseline's loss under fixed settings; it has no knobs for a planner.
 
     Args:
         model: The baseline.
-        settings: The loss settings (the baseline reads ``pair_weighting``).
+        settings: The loss settings (the baseline reads ``pair_weighting`` and
+            ``baseline_drop_rate``).
     """
 
     tunables: None = None
@@ -341,7 +418,10 @@ class BaselineObjective:
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         """The baseline's loss on ``batch``."""
-        return self.model.loss(batch, generator, self.settings.pair_weighting)
+        settings = self.settings
+        return self.model.loss(
+            batch, generator, settings.pair_weighting, settings.baseline_drop_rate
+        )
 
 
 LearnedMethod = IMPN | ContrastiveHeads | MLPTranslator

@@ -811,7 +811,8 @@ def _bench_options(b: argparse.ArgumentParser) -> None:
         "--matched-dropout",
         dest="matched_dropout",
         action="store_true",
-        help="also train one IMPN per missing rate of the sweep, with that modality dropout",
+        help="also train every learned method (baselines included) once per missing rate of "
+        "the sweep, with that modality dropout, and report those runs in the sweep",
     )
     b.add_argument("--quiet", action="store_true")
 

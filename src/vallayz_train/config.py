@@ -59,6 +59,10 @@ class TrainConfig:
     amp: bool = True
     # Probability of hiding each present modality in the translation pass (modality dropout).
     modality_dropout: float = 0.5
+    # Also train the learned baselines with modality dropout at modality_dropout: each dropped
+    # modality is fitted from their fusion of the kept ones, beside their pairwise loss. IMPN
+    # always trains with it; off, the baselines' loss is pairwise only.
+    baseline_dropout: bool = False
     # Probability of withholding each hashed feature id (Batch.tokens) of a training batch, for
     # every method alike; a row keeps at least one id. 0 disables it.
     token_dropout: float = 0.0

@@ -102,6 +102,7 @@ def loss_settings(config: TrainConfig) -> LossSettings:
         reconstruction=config.reconstruction,
         drop_rate=config.modality_dropout,
         pair_weighting=config.pair_weighting,
+        baseline_drop_rate=config.modality_dropout if config.baseline_dropout else 0.0,
     )
 
 

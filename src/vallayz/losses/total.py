@@ -77,7 +77,7 @@ class LossWeights:
 @dataclass(frozen=True)
 class LossSettings:
     """How a method's training loss is computed; each method reads the settings its terms use
-    (a learned baseline only ``pair_weighting``)."""
+    (a learned baseline only ``pair_weighting`` and ``baseline_drop_rate``)."""
 
     # Weight of each term of the IMPN objective.
     weights: LossWeights = field(default_factory=LossWeights)
@@ -89,9 +89,18 @@ class LossSettings:
     drop_rate: float = 0.5
     # How per-pair (and per-modality) terms are averaged: "rows" or "equal" (see pair_mean).
     pair_weighting: str = "rows"
+    # Probability of dropping each present modality in a learned baseline's fused term (the
+    # dropped modalities fitted from the baseline's fusion of the kept ones); 0 leaves the
+    # baselines' loss pairwise only.
+    baseline_drop_rate: float = 0.0
 
     def __post_init__(self) -> None:
         check_pair_weighting(self.pair_weighting)
+        if not 0.0 <= self.baseline_drop_rate <= 1.0:
+            raise ValueError(
+                f"baseline_drop_rate must lie in [0, 1], got {self.baseline_drop_rate}; 0 "
+                "turns the baselines' modality dropout off"
+            )
 
 
 @dataclass

@@ -18,9 +18,15 @@ from vallayz_train.run_folder import LATEST, is_finished, load_model
 from vallayz_train.trainer import fit
 
 
-def matched_run_name(rate: float) -> str:
-    """The run folder of the IMPN trained with modality dropout at ``rate``."""
-    return f"impn-dropout-{rate:g}"
+def matched_run_name(method: str, rate: float) -> str:
+    """The run folder of ``method`` trained with modality dropout at ``rate``."""
+    return f"{method}-dropout-{rate:g}"
+
+
+def matched_config(train: TrainConfig, rate: float) -> TrainConfig:
+    """The training config of the matched-dropout runs at ``rate``: ``train`` with modality
+    dropout at ``rate`` for every learned method, the baselines included."""
+    return replace(train, modality_dropout=rate, baseline_dropout=True)
 
 
 @dataclass
@@ -29,12 +35,13 @@ class Runs:
 
     Attributes:
         methods: Method name → run folder.
-        matched: Missing rate → run folder of the IMPN trained with that modality dropout.
+        matched: Missing rate → method name → run folder of the method trained with that
+            modality dropout (:func:`matched_config`).
         seconds: Run folder name → training seconds (runs trained by this call only).
     """
 
     methods: dict[str, Path] = field(default_factory=dict)
-    matched: dict[float, Path] = field(default_factory=dict)
+    matched: dict[float, dict[str, Path]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -47,7 +54,8 @@ def train_runs(
     progress: bool,
     log: Any,
 ) -> Runs:
-    """Trains every learned method of ``spec`` (and the matched-dropout IMPNs) into ``out``.
+    """Trains every learned method of ``spec`` into ``out`` and, with ``spec.matched_dropout``,
+    each of them again per positive missing rate of the sweep, with that modality dropout.
 
     A finished run is reused and an interrupted one resumed, so an interrupted benchmark
     continues where it stopped.
@@ -63,11 +71,13 @@ def train_runs(
 
     for name in spec.methods:
         runs.methods[name] = train_once(name, out / name, train)
-    if spec.matched_dropout and "impn" in spec.methods:
-        for rate in spec.missing_rates:
-            if rate > 0:
-                config = replace(train, modality_dropout=rate)
-                runs.matched[rate] = train_once("impn", out / matched_run_name(rate), config)
+    if spec.matched_dropout:
+        for rate in [r for r in spec.missing_rates if r > 0]:
+            config = matched_config(train, rate)
+            runs.matched[rate] = {
+                name: train_once(name, out / matched_run_name(name, rate), config)
+                for name in spec.methods
+            }
     return runs
 
 

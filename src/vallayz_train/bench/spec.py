@@ -39,7 +39,8 @@ class BenchSpec:
     snrs: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
     # Split of the evaluation.
     split: str = "test"
-    # Also train one IMPN per missing rate with modality dropout at that rate, for the sweep.
+    # Also train every learned method once per positive missing rate, with modality dropout at
+    # that rate (the baselines included), for the missing-modality sweep.
     matched_dropout: bool = False
     # Extra row subsets evaluated separately, e.g. {"novel": rows}.
     subsets: dict[str, list[int]] = field(default_factory=dict)

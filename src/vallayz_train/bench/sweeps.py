@@ -8,8 +8,10 @@ from typing import Any
 from vallayz.eval import PerturbedView, drop_sources, retrieval_table
 from vallayz_train.bench.runs import Bench
 
-# The label of the IMPN trained with modality dropout at the sweep's missing rate.
-MATCHED = "impn, trained with matching dropout"
+
+def matched_label(method: str) -> str:
+    """The label of ``method`` trained with modality dropout at the sweep's missing rate."""
+    return f"{method}, trained with matching dropout"
 
 
 def _table(
@@ -34,7 +36,8 @@ def _table(
 
 class MissingSweep:
     """Sources dropped at test for a share of the rows (the spec's ``missing_rates``), on every
-    pair with several sources; with matched dropout, also the IMPN trained at each rate."""
+    pair with several sources; with matched dropout, also every learned method trained with
+    modality dropout at that rate, after the methods as trained by default."""
 
     key = "missing_sweep"
 
@@ -47,8 +50,9 @@ class MissingSweep:
                 absent = drop_sources({s: data.present[s] for s in sources}, rate, spec.seed)
                 view = PerturbedView(data, absent=absent)
                 out += _table(bench, view, bench.encoders(view), pair, missing_rate=rate)
-                if rate in bench.runs.matched:
-                    runs = {MATCHED: bench.runs.matched[rate]}
+                matched = bench.runs.matched.get(rate, {})
+                if matched:
+                    runs = {matched_label(name): run for name, run in matched.items()}
                     encoders = bench.encoders(view, runs, closed_form=False)
                     out += _table(bench, view, encoders, pair, missing_rate=rate)
         return out
