@@ -227,3 +227,18 @@ def test_fit_trains_token_nodes_from_a_data_folder(tmp_path: Path) -> None:
     assert batch.node_ids["text"].shape == (8, 5)
     without = Batch(batch.embeddings, batch.present, batch.padding)
     assert not torch.allclose(model.embed(batch), model.embed(without))
+
+
+def test_the_pooled_state_averages_token_nodes_only_when_asked() -> None:
+    ids = _ids(6, 5)
+    inputs = _inputs(6)
+    for in_pool in (True, False):
+        model = _model(token_nodes_in_pool=in_pool)
+        out = model(Batch.of(inputs, node_ids={"text": ids}))
+        nodes, real = out.nodes["text"], out.node_mask["text"]
+        for row in range(6):
+            keep = [t for t in range(nodes.shape[1]) if real[row, t] and (in_pool or t == 0)]
+            want = torch.stack([nodes[row, t] for t in keep]).mean(0)
+            torch.testing.assert_close(out.soil["text"][row], want)
+    with pytest.raises(ValueError, match="token_nodes_in_pool must be true or false"):
+        IMPNConfig(modalities=dict(DIMS), token_nodes_in_pool="no")  # type: ignore[arg-type]

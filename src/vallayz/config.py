@@ -26,6 +26,7 @@ _FLAGS = (
     "bridge_ffn",
     "final_norm",
     "match_head",
+    "token_nodes_in_pool",
 )
 
 
@@ -83,6 +84,9 @@ class IMPNConfig:
     # Longest unit sequence the token nodes take (their learned positions); longer sequences
     # are an error.
     token_node_positions: int = 64
+    # Whether a modality's pooled soil state averages its token nodes too (true), or only its
+    # adapter's nodes (false), which then read the units through the bridge's attention alone.
+    token_nodes_in_pool: bool = True
     # Start the residual branches of every bridge layer (attention output, feed-forward
     # down-projection, residual message projection) at zero, so that an untrained model passes
     # the adapters' output straight through to the soil space.

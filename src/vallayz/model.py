@@ -96,6 +96,8 @@ class _Nodes:
             modality embedding).
         real: ``[B, N]`` real nodes (not padding; an absent modality has one seed node).
         present_node: ``[B, N]`` nodes of modalities present in the row.
+        pooled: ``[B, N]`` real nodes that a modality's pooled soil state averages (all of them,
+            or with ``token_nodes_in_pool=False`` all but the token nodes).
         senders: ``[B, N]`` nodes that may send messages (real nodes of present modalities).
         modality: ``[N]`` index of each node's modality.
         same_modality: ``[N, N]`` whether two nodes belong to one modality.
@@ -106,6 +108,7 @@ class _Nodes:
     states: Tensor
     real: Tensor
     present_node: Tensor
+    pooled: Tensor
     senders: Tensor
     modality: Tensor
     same_modality: Tensor
@@ -323,17 +326,19 @@ class IMPN(nn.Module):
         """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
         all packed into one node tensor."""
         size, device = batch.batch_size, self.device
-        pieces, reals, present_nodes, presents, spans = [], [], [], {}, {}
+        pieces, reals, present_nodes, pooled, presents, spans = [], [], [], [], {}, {}
         start = 0
         for name in self.names:
             if name in batch.embeddings:
-                states, real, present = self._encode_present(batch, name)
+                states, real, present, units = self._encode_present(batch, name)
             else:
                 states = self.seeds[name].expand(size, 1, -1)
                 real = torch.ones(size, 1, dtype=torch.bool, device=device)
                 present = torch.zeros(size, dtype=torch.bool, device=device)
+                units = torch.zeros_like(real)
             pieces.append(states + self.modality_embedding[name])
             reals.append(real)
+            pooled.append(real & ~units if not self.config.token_nodes_in_pool else real)
             present_nodes.append(present[:, None].expand_as(real))
             presents[name] = present
             spans[name] = (start, start + states.shape[1])
@@ -350,6 +355,7 @@ class IMPN(nn.Module):
             states=torch.cat(pieces, dim=1),
             real=real,
             present_node=present_node,
+            pooled=torch.cat(pooled, dim=1),
             senders=real & present_node,
             modality=modality,
             same_modality=modality[:, None] == modality[None, :],
@@ -357,10 +363,10 @@ class IMPN(nn.Module):
             spans=spans,
         )
 
-    def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Soil states ``[B, T, d]``, real-node mask ``[B, T]`` and presence ``[B]`` of a given
-        modality (its adapter's nodes, then its token nodes); its absent rows hold one real
-        node, the seed."""
+    def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Soil states ``[B, T, d]``, real-node mask ``[B, T]``, presence ``[B]`` and token-node
+        mask ``[B, T]`` of a given modality (its adapter's nodes, then its token nodes); its
+        absent rows hold one real node, the seed."""
         device, seed = self.device, self.seeds[name]
         x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
         x = x.unsqueeze(1) if x.dim() == 2 else x
@@ -380,12 +386,14 @@ class IMPN(nn.Module):
         first = torch.zeros_like(real)
         first[:, 0] = True
         real = torch.where(present[:, None], real, first)
+        units = torch.zeros_like(real)
         if name in self.token_nodes and name in batch.node_ids:
-            units, unit_real = self.token_nodes[name](batch.node_ids[name])
+            unit_states, unit_real = self.token_nodes[name](batch.node_ids[name])
             unit_real = unit_real & present[:, None]
-            states = torch.cat([states, units.to(states.dtype)], dim=1)
+            states = torch.cat([states, unit_states.to(states.dtype)], dim=1)
             real = torch.cat([real, unit_real], dim=1)
-        return states, real, present
+            units = torch.cat([units, torch.ones_like(unit_real)], dim=1)
+        return states, real, present, units
 
     def _init_absent(self, nodes: _Nodes, senders: Tensor | None) -> Tensor:
         """Initial states: with ``absent_init="attend"``, absent nodes add what they read from
@@ -452,7 +460,7 @@ class IMPN(nn.Module):
         for name, (begin, stop) in nodes.spans.items():
             out_nodes[name] = states[:, begin:stop]
             out_mask[name] = nodes.real[:, begin:stop]
-            soil[name] = masked_mean(out_nodes[name], out_mask[name])
+            soil[name] = masked_mean(out_nodes[name], nodes.pooled[:, begin:stop])
             if decode:
                 decoded[name] = self.decoders[name](soil[name])
         return IMPNOutput(soil, out_nodes, out_mask, nodes.present, decoded)
