@@ -179,6 +179,15 @@ VARIANTS: dict[str, Variant] = {
     # bounded as above, since up to 48 more nodes per row make scoring every sender pair ~11x
     # the cost of a step.
     "syllable nodes": Variant({"token_nodes": {"bo": SYLLABLE_BUCKETS}, "sender_candidates": 8}),
+    # The same, with the pooled Tibetan state read from the pooled vector's node alone (the
+    # syllable nodes reach it through attention), not averaged over every syllable.
+    "syllable nodes, read out at the vector's node": Variant(
+        {
+            "token_nodes": {"bo": SYLLABLE_BUCKETS},
+            "sender_candidates": 8,
+            "token_nodes_in_pool": False,
+        }
+    ),
 }
 # Parts of the isolated encoder path (adapters, bridge layers, final norm) left out: with every
 # loss term, and with InfoNCE alone from random bridge layers (the encoder-capacity probe).
