@@ -104,6 +104,9 @@ def test_a_variant_is_the_same_trainer_run_and_is_reused(
         data, out, replace(spec, split="test"), variants, model_defaults=SMALL, progress=False
     )
     assert all("test R@1" in r and "val R@1" not in r for r in test)
+    # The validation table stays; the test table has its own file.
+    assert json.loads((out / "ablation.json").read_text())[0]["val R@1"] == table[0]["val R@1"]
+    assert json.loads((out / "ablation-test.json").read_text()) == test
     folder = PairedEmbeddings(data)
     rows = folder.split_indices(spec.train_config().split_seed)["test"]
     encoder = model_encoder(load_model(out / "K=1"), folder, "soil")

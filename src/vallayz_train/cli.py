@@ -685,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each variant is one run of the trainer (planner off unless the variant "
         "turns it on) on the same data and steps, in its own folder under --out; finished "
         "variants are reused and interrupted ones resumed. Scores are validation R@1/R@5 on "
-        "pools of --pool candidates; the table is also written to OUT/ablation.json.",
+        "pools of --pool candidates; the table is also written to OUT/ablation.json "
+        "(OUT/ablation-test.json with --split test).",
     )
     p.add_argument("data", nargs="?", help="data directory of vallayz bench tibetan")
     p.add_argument("--out", help="folder of the variants' runs")

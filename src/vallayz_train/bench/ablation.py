@@ -134,7 +134,8 @@ def run_ablation(
     progress: bool = True,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Trains and scores the variants ``names`` (default: all); writes ``ablation.json``.
+    """Trains and scores the variants ``names`` (default: all); writes ``ablation.json``
+    (``ablation-test.json`` for the test split, so that the validation table stays).
 
     Returns:
         One row per variant, pair and retrieval path: validation R@1 and R@5 on pools of
@@ -159,7 +160,8 @@ def run_ablation(
         table += [{"variant": label, **row, "train s": seconds or 0.0} for row in rows]
         log(format_table(table[-len(rows) :]) if rows else "")
     log(format_table(table))
-    (out / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
+    name = "ablation.json" if spec.split == "val" else f"ablation-{spec.split}.json"
+    (out / name).write_text(json.dumps(table, indent=2) + "\n")
     return table
 
 
