@@ -21,6 +21,10 @@ each side; it counts every allocator (torch, numpy, faiss), on Linux only.
 With ``--sender-candidates C`` (default 8) the step rows also time IMPN with
 ``IMPNConfig(sender_candidates=C)`` wherever that bounds anything (``M - 1 > C``).
 
+``--parts compile`` adds ``compile M=..`` rows: the IMPN step with the model wrapped by
+``torch.compile`` over the same eager step, side by side after the compiled step's first call
+(whose seconds, the compilation, are in the detail column).
+
 Usage: ``python benchmarks/speed.py [--quick] [--repeats N] [--parts steps] [--modalities 2,4]``.
 """
 
@@ -165,6 +169,50 @@ def step_rows(
             )
         )
     return rows
+
+
+def compile_rows(modality_counts: Sequence[int], batch: int, soil: int, repeats: int) -> list[Row]:
+    """The IMPN step with ``torch.compile(model)`` over the eager step, per number of
+    modalities; the first compiled call (compilation) is timed on its own."""
+    return [compile_row(m, batch, soil, repeats) for m in modality_counts]
+
+
+def compile_row(m: int, batch: int, soil: int, repeats: int) -> Row:
+    """One ``compile M=m`` row (see :func:`compile_rows`)."""
+    torch.manual_seed(0)
+    modalities = {f"m{i}": (384, 256)[i % 2] for i in range(m)}
+    data = Batch.of({name: torch.randn(batch, d) for name, d in modalities.items()})
+    impn = IMPN(IMPNConfig(modalities=modalities, soil_dim=soil))
+    compiled = torch.compile(impn)
+    loss = IMPNLoss()
+    optimizer = torch.optim.AdamW(impn.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+
+    def step(model: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(model, data, generator).total.backward()
+        optimizer.step()
+
+    def compiled_step() -> None:
+        step(compiled)
+
+    def eager_step() -> None:
+        step(impn)
+
+    start = time.perf_counter()
+    compiled_step()
+    compile_s = time.perf_counter() - start
+    ours, reference = side_by_side(compiled_step, eager_step, repeats)
+    return Row(
+        f"compile M={m} (compiled / eager IMPN)",
+        ours * 1e3,
+        reference * 1e3,
+        ours / reference,
+        "< 1",
+        f"batch {batch}, soil {soil}, first call {compile_s:.0f} s",
+        peak_mib(compiled_step),
+        peak_mib(eager_step),
+    )
 
 
 def _latentis_fit(method: str) -> Callable[[torch.Tensor, torch.Tensor], Any] | None:
@@ -368,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         default="steps,fits,retrieval",
-        help="comma-separated parts of the table to run: steps, fits, retrieval",
+        help="comma-separated parts of the table to run: steps, fits, retrieval, compile "
+        "(not in the default: its compilation takes minutes)",
     )
     parser.add_argument(
         "--modalities",
@@ -385,8 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     repeats = args.repeats or sizes.repeats
     parts = set(args.parts.split(","))
-    if parts - {"steps", "fits", "retrieval"}:
-        parser.error(f"unknown parts {sorted(parts - {'steps', 'fits', 'retrieval'})}")
+    known = {"steps", "fits", "retrieval", "compile"}
+    if parts - known:
+        parser.error(f"unknown parts {sorted(parts - known)}")
     counts = tuple(int(m) for m in args.modalities.split(",")) if args.modalities else None
     rows: list[Row] = []
     if "steps" in parts:
@@ -396,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += fit_rows(sizes.anchors, sizes.source, sizes.target, repeats)
     if "retrieval" in parts:
         rows += retrieval_rows(sizes.candidates, sizes.queries, 128, sizes.indexed, repeats)
+    if "compile" in parts:
+        rows += compile_rows(counts or (2,), sizes.batch, sizes.soil, repeats)
     print(format_rows(rows))
     threads = torch.get_num_threads()
     print(f"\ntorch {torch.__version__}, {threads} threads, python {sys.version.split()[0]}")
