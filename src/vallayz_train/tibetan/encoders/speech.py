@@ -314,9 +314,8 @@ def map_lines(
                     index,
                     len(texts),
                     texts[index],
-                    "a worker process died before this line was done (killed, out of "
-                    "memory, or a crash in a native library); run with one worker to see "
-                    "the error in this process",
+                    "a worker process died (killed, out of memory, or a crash in a native "
+                    "library) while synthesizing this line or one started just after it",
                 ) from err
             if not ok:
                 summary, remote = value
