@@ -76,7 +76,7 @@ def bench_tibetan(
         log,
         speech_nodes,
         speech_pooling,
-        speech_workers,
+        speech_workers=speech_workers,
     )
     spec = BenchSpec(
         pairs=PAIRS,

@@ -85,6 +85,7 @@ def build_data(
     log: Any = print,
     speech_nodes: int = SPEECH_NODES,
     speech_pooling: str = SPEECH_POOLING,
+    *,
     speech_workers: int | None = None,
 ) -> tuple[Path, dict[str, list[int]]]:
     """Encodes the corpus into a data directory; returns it and the "novel" test rows.
