@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import io
 import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import traceback
@@ -298,7 +300,7 @@ def map_lines(
         for index, text in enumerate(texts):
             try:
                 out.append(fn(text))
-            except VallayzUserError:
+            except (VallayzUserError, ImportError):
                 raise
             except Exception as err:
                 raise _line_error(index, len(texts), text, _describe(err)) from err
@@ -329,6 +331,23 @@ def map_lines(
             future.cancel()
 
 
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Ends ``pool``'s worker processes at once (the executor then marks itself broken)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group, and a worker interrupted
+    while reading its task queue would leave the queue half read and the pool hung at
+    shutdown; the parent handles it and stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SpeechEncoder:
     """Tibetan lines → ``[N, nodes, d]`` frame features of their synthesized speech.
 
@@ -337,6 +356,9 @@ class SpeechEncoder:
     the lines of a call are spread over that many worker processes, started at the first call
     with two lines or more and kept until :meth:`close`; the result is in the input order and
     equal to the one-process result. ``workers=1`` encodes in this process.
+
+    Workers are started with ``spawn``, so a script that runs one with ``workers`` > 1 needs
+    the usual ``if __name__ == "__main__":`` guard around its top-level code.
     """
 
     def __init__(
@@ -356,8 +378,13 @@ class SpeechEncoder:
         self.nodes = nodes  # nodes per utterance
         self.pooling = pooling  # frames → nodes, one of FRAME_POOLINGS
         self.workers = check_workers(workers)  # processes that synthesize (1: this one)
+        # Missing packages fail now, in this process, rather than once per line in a worker.
         if self.workers == 1:
-            _process_extractor(kind)  # fails now if the features' package is missing
+            _process_extractor(kind)
+        elif kind == "oww" and not all(
+            importlib.util.find_spec(name) for name in ("openwakeword", "onnxruntime")
+        ):
+            raise ImportError("speech 'oww' needs openwakeword and onnxruntime")
         self._pool: ProcessPoolExecutor | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
@@ -370,7 +397,9 @@ class SpeechEncoder:
         if self._pool is None:
             # "spawn": a worker never inherits the parent's threads or locks (torch, tqdm).
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_leave_interrupts_to_the_parent,
             )
             self._finalizer = weakref.finalize(
                 self, self._pool.shutdown, wait=False, cancel_futures=True
@@ -383,7 +412,8 @@ class SpeechEncoder:
         Shape:
             ``N`` lines → ``[N, nodes, d]`` (float16).
         """
-        _espeak()  # a missing espeak-ng is reported once, not per line
+        _espeak()  # a missing espeak-ng or bophono is reported once, not per line
+        _transcribers()
         pool = self._executor() if self.workers > 1 and len(texts) > 1 else None
         try:
             out = map_lines(self._line(), texts, pool)
@@ -391,15 +421,31 @@ class SpeechEncoder:
             if isinstance(err.__cause__, BrokenProcessPool):
                 self.close()  # a broken pool takes no more work; the next call starts anew
             raise
+        except BaseException:
+            # Ctrl-C: the workers hold nothing worth waiting for (a chunk is cached whole).
+            self._stop(terminate=True)
+            raise
         return np.stack(out).astype(np.float16)
 
     def close(self) -> None:
         """Stops the worker processes (a later call starts new ones)."""
-        if self._pool is not None:
-            if self._finalizer is not None:
-                self._finalizer.detach()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._stop(terminate=False)
+
+    def _stop(self, terminate: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        try:
+            if terminate:
+                _terminate_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Interrupted while waiting: never leave workers that the interpreter would wait
+            # for at exit.
+            _terminate_workers(pool)
+            raise
 
     def __enter__(self) -> SpeechEncoder:
         return self
