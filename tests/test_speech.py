@@ -16,7 +16,7 @@ import pytest
 from vallayz.errors import VallayzUserError
 from vallayz_train.cli import build_parser
 from vallayz_train.tibetan.bench import bench_tibetan
-from vallayz_train.tibetan.encoders import line_features, map_lines, speech_encoder
+from vallayz_train.tibetan.encoders import line_features, map_lines, speech, speech_encoder
 from vallayz_train.tibetan.encoders.speech import (
     check_workers,
     speech_amount,
@@ -92,6 +92,29 @@ def test_a_dead_worker_is_an_error_naming_a_line_not_a_hang() -> None:
         assert re.search(r"line [1-3] of 5 .*'(first|second|third)'", str(info.value))
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+@needs_espeak
+def test_an_interrupt_ends_the_workers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker left alive after Ctrl-C would keep the interpreter waiting at exit.
+    encoder = speech_encoder("mfcc", 16, "mean", workers=2)
+    processes: list[multiprocessing.process.BaseProcess] = []
+
+    def interrupted(
+        fn: object, texts: list[str], pool: ProcessPoolExecutor | None
+    ) -> list[np.ndarray]:
+        assert pool is not None
+        assert pool.submit(os.getpid).result() != os.getpid()  # the workers are up
+        processes.extend(pool._processes.values())  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(speech, "map_lines", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        encoder(LINES[:2])
+    assert processes
+    for process in processes:
+        process.join(timeout=10)
+        assert not process.is_alive()
 
 
 def test_worker_counts_are_checked() -> None:
