@@ -38,6 +38,27 @@ class UsageError(VallayzUserError):
     """A mistake in the command line or the files it names."""
 
 
+def _speech_amount(text: str) -> int | float:
+    """``--speech``: a count of rows or a fraction of them (argparse type)."""
+    from vallayz_train.tibetan.encoders.speech import speech_amount
+
+    try:
+        return speech_amount(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_int(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _load_json(path: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -469,6 +490,7 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
         token_buckets=args.token_buckets,
         speech_nodes=args.speech_nodes or SPEECH_NODES,
         speech_pooling=args.speech_pooling or SPEECH_POOLING,
+        speech_workers=args.speech_workers,
     )
     rows = [
         r
@@ -637,7 +659,19 @@ def build_parser() -> argparse.ArgumentParser:
     size = b.add_mutually_exclusive_group()
     size.add_argument("--pairs", type=int, default=20000, help="random subset of unique pairs")
     size.add_argument("--full", action="store_true", help="the whole corpus")
-    b.add_argument("--speech", type=int, default=2000, help="items with synthesized speech")
+    b.add_argument(
+        "--speech",
+        type=_speech_amount,
+        default=2000,
+        help="rows with synthesized speech, drawn at random: a count (2000, the default) or a "
+        "fraction of the rows (0.34); the other rows have no speech",
+    )
+    b.add_argument(
+        "--speech-workers",
+        dest="speech_workers",
+        type=_positive_int,
+        help="processes that synthesize the speech (default: one per available core; 1: none)",
+    )
     b.add_argument(
         "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
     )

@@ -36,7 +36,7 @@ def bench_tibetan(
     out: str | Path,
     corpus_path: str | None = None,
     max_pairs: int | None = 20000,
-    speech_items: int = 2000,
+    speech_items: int | float = 2000,
     speech_kind: str = "mfcc",
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
@@ -49,8 +49,13 @@ def bench_tibetan(
     token_buckets: int = TOKEN_BUCKETS,
     speech_nodes: int = SPEECH_NODES,
     speech_pooling: str = SPEECH_POOLING,
+    speech_workers: int | None = None,
 ) -> dict[str, Any]:
     """Encodes the corpus, trains every method at an equal budget and writes the report.
+
+    ``speech_items`` rows get synthesized speech, the rest none: a count (``int``) or a
+    fraction of the rows (``float`` in (0, 1]); ``speech_workers`` processes synthesize it
+    (``None``: one per available core).
 
     Every learned method reads Tibetan through a trainable embedding-bag front end of
     ``token_buckets`` rows over the hashed n-grams (0: the fixed TF-IDF + SVD vector only);
@@ -71,6 +76,7 @@ def bench_tibetan(
         log,
         speech_nodes,
         speech_pooling,
+        speech_workers=speech_workers,
     )
     spec = BenchSpec(
         pairs=PAIRS,

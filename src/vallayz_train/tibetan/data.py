@@ -25,6 +25,7 @@ from vallayz_train.tibetan.encoders import (
     english_encoder,
     speech_encoder,
 )
+from vallayz_train.tibetan.encoders.speech import check_workers, speech_amount, speech_row_count
 
 
 def encode_tibetan(
@@ -59,16 +60,20 @@ def encode_speech(
     pooling: str,
     cache: Path,
     progress: bool = True,
+    workers: int | None = None,
 ) -> np.ndarray:
-    """``[N, nodes, d]`` features of the synthesized speech of ``lines``, cached by content."""
-    return cached_encode(
-        f"speech-{kind}-{pooling}-{nodes}",
-        lines,
-        speech_encoder(kind, nodes, pooling),
-        cache,
-        chunk=256,
-        progress=progress,
-    )
+    """``[N, nodes, d]`` features of the synthesized speech of ``lines``, cached by content
+    in chunks of 256 lines, each synthesized by ``workers`` processes (``None``: one per
+    available core; 1: in this process). The cached features do not depend on ``workers``."""
+    with speech_encoder(kind, nodes, pooling, workers) as encoder:
+        return cached_encode(
+            f"speech-{kind}-{pooling}-{nodes}",
+            lines,
+            encoder,
+            cache,
+            chunk=256,
+            progress=progress,
+        )
 
 
 def write_speech_meta(data_dir: Path, kind: str, nodes: int, pooling: str) -> None:
@@ -81,7 +86,7 @@ def build_data(
     out: Path,
     corpus_path: str | None,
     max_pairs: int | None,
-    speech_items: int,
+    speech_items: int | float,
     speech_kind: str = "mfcc",
     seed: int = 0,
     device: str = "cpu",
@@ -89,8 +94,16 @@ def build_data(
     log: Any = print,
     speech_nodes: int = SPEECH_NODES,
     speech_pooling: str = SPEECH_POOLING,
+    *,
+    speech_workers: int | None = None,
 ) -> tuple[Path, dict[str, list[int]]]:
-    """Encodes the corpus into a data directory; returns it and the "novel" test rows."""
+    """Encodes the corpus into a data directory; returns it and the "novel" test rows.
+
+    ``speech_items`` rows, drawn at random from every split, get synthesized speech: a count
+    (an ``int``) or a fraction of the rows (a ``float`` in (0, 1]); the others have none.
+    """
+    speech_items = speech_amount(speech_items)
+    speech_workers = check_workers(speech_workers)
     data_dir = out / "data"
     cache = out / "cache"
     corpus = build_corpus(read_segments(corpus_path), seed=seed, max_pairs=max_pairs)
@@ -107,12 +120,15 @@ def build_data(
 
     rng = np.random.default_rng(seed)
     speech_rows = np.sort(
-        rng.choice(len(corpus), size=min(speech_items, len(corpus)), replace=False)
+        rng.choice(len(corpus), size=speech_row_count(speech_items, len(corpus)), replace=False)
     )
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    frames = encode_speech(lines, speech_kind, speech_nodes, speech_pooling, cache, progress)
+    log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
+    frames = encode_speech(
+        lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
+    )
     speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
     speech[speech_rows] = frames
 
