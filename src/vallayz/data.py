@@ -337,7 +337,9 @@ class PairedEmbeddings:
         """
         rows = np.asarray(rows, dtype=np.int64)
         names = list(modalities) if modalities is not None else list(self.arrays)
-        embeddings, present, padding, tokens, node_ids = {}, {}, {}, {}, {}
+        embeddings, present, padding = {}, {}, {}
+        tokens: dict[str, torch.Tensor] = {}
+        node_ids: dict[str, torch.Tensor] = {}
         for name in names:
             if name not in self.arrays:
                 raise VallayzUserError(
@@ -351,11 +353,9 @@ class PairedEmbeddings:
                 padding[name] = torch.from_numpy(self.padding[name][rows].copy())
                 values[~padding[name].numpy()] = 0.0
             embeddings[name] = torch.from_numpy(values)
-            if name in self.tokens:
-                tokens[name] = torch.from_numpy(np.asarray(self.tokens[name][rows], np.int64))
-            if name in self.node_ids:
-                ids = np.asarray(self.node_ids[name][rows], np.int64)
-                node_ids[name] = torch.from_numpy(ids)
+            for found, out in ((self.tokens, tokens), (self.node_ids, node_ids)):
+                if name in found:
+                    out[name] = torch.from_numpy(np.asarray(found[name][rows], np.int64))
         return Batch.of(embeddings, present, padding, tokens, node_ids)
 
     def summary(self) -> list[ModalitySummary]:
