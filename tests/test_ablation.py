@@ -55,6 +55,10 @@ def test_variant_configs_change_only_what_they_name(tmp_path: Path) -> None:
     model, config = VARIANTS["no kNN term"].configs(defaults, train, tmp_path)
     assert model == defaults
     assert config.loss_weights == {**train.loss_weights, "knn": 0.0}
+    model, config = VARIANTS["no message passing"].configs(defaults, train, tmp_path)
+    off = {"translation": 0.0, "cycle": 0.0, "denoising": 0.0}
+    assert model == defaults and config.loss_weights == {**train.loss_weights, **off}
+    assert all(train.loss_weights[term] > 0 for term in off)  # the defaults pass messages
     heads = VARIANTS[f"{REFERENCE}, n-gram table 2^17"]
     model, config = heads.configs(defaults, train, tmp_path)
     assert heads.method == "contrastive-heads" and model == {"token_buckets": {"bo": 2**17}}

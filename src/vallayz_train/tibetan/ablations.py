@@ -109,6 +109,7 @@ _CONTRASTIVE_ONLY = {
         "orthogonality": 0.0,
     }
 }
+_MESSAGE_TERMS_OFF = {"translation": 0.0, "cycle": 0.0, "denoising": 0.0}
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "K=1": Variant({"variants": 1}),
@@ -171,6 +172,10 @@ VARIANTS: dict[str, Variant] = {
         {"loss_weights": {"bridged": 1.0, "rerank": 1.0}, "retrieval_mode": "bridged"},
     ),
     "contrastive only": Variant(train=_CONTRASTIVE_ONLY),
+    # Message passing off in training: the three terms that read the bridged states (translation,
+    # cycle, denoising) are dropped, so no gradient passes through a message and the evaluated
+    # shared space (each source embedded alone) is trained by InfoNCE, kNN and orthogonality.
+    "no message passing": Variant(train={"loss_weights": _MESSAGE_TERMS_OFF}),
     # Each receiving node's gate scores its 8 nearest senders only (the bound that keeps the
     # gates' cost linear in the number of nodes).
     "sender candidates 8": Variant({"sender_candidates": 8}),
