@@ -100,16 +100,9 @@ class SpeechFeatures:
 
 
 REFERENCE = "contrastive heads (reference)"
-_CONTRASTIVE_ONLY = {
-    "loss_weights": {
-        "knn": 0.0,
-        "translation": 0.0,
-        "cycle": 0.0,
-        "denoising": 0.0,
-        "orthogonality": 0.0,
-    }
-}
+# The loss terms that read bridged states, the only ones through which a message is trained.
 _MESSAGE_TERMS_OFF = {"translation": 0.0, "cycle": 0.0, "denoising": 0.0}
+_CONTRASTIVE_ONLY = {"loss_weights": {**_MESSAGE_TERMS_OFF, "knn": 0.0, "orthogonality": 0.0}}
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "K=1": Variant({"variants": 1}),
