@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vallayz.eval import retrieval as retrieval_module
-from vallayz.eval.retrieval import retrieval_ranks
+from vallayz.eval.retrieval import normalized_chunks, retrieval_ranks
 
 
 def full_matrix_ranks(
@@ -110,3 +110,24 @@ def test_no_queries_and_no_candidates() -> None:
     )
     ranks = retrieval_ranks(torch.randn(2, 3), torch.zeros(0, 3), torch.arange(2), empty)
     assert ranks.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("chunk", [1, 7, 50, 64])
+def test_reused_chunks_equal_normalize_bit_for_bit(dtype: torch.dtype, chunk: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    c = (torch.randn(50, 9, generator=g) * torch.rand(50, 1, generator=g) * 10).to(dtype)
+    c[3] = 0.0  # a zero row stays zero, as F.normalize leaves it
+    seen = []
+    for start, chunk_rows in normalized_chunks(c, chunk, torch.device("cpu")):
+        expected = F.normalize(c[start : start + chunk].float(), dim=-1)
+        assert chunk_rows.dtype == torch.float32
+        assert torch.equal(chunk_rows, expected)
+        seen.append(start)
+    assert seen == list(range(0, 50, chunk))
+
+
+def test_a_chunk_too_large_to_count_exactly_is_refused() -> None:
+    q, c, qk, ck = gaussian_pool(0)
+    with pytest.raises(ValueError, match="chunk_size must be between 1 and 2\\*\\*24"):
+        retrieval_ranks(q, c, qk, ck, 2**24 + 1)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from vallayz.eval.retrieval import retrieval_ranks
+from vallayz.eval.retrieval import normalized_chunks, retrieval_ranks
 
 INDEX_KINDS = ("hnsw", "ivf", "flat")
 # Kinds of SearchIndex: exact streaming search, or an approximate VectorIndex kind.
@@ -62,9 +62,12 @@ def exact_search(
     q = F.normalize(queries.float(), dim=-1)
     best_scores = torch.empty((q.shape[0], 0), device=q.device)
     best_indices = torch.empty((q.shape[0], 0), dtype=torch.long, device=q.device)
-    for start in range(0, candidates.shape[0], chunk_size):
-        c = F.normalize(candidates[start : start + chunk_size].float().to(q.device), dim=-1)
-        scores, indices = (q @ c.T).topk(min(k, c.shape[0]), dim=1)
+    chunk_scores = torch.empty(0, device=q.device)
+    for start, c in normalized_chunks(candidates, chunk_size, q.device):
+        if chunk_scores.shape != (q.shape[0], c.shape[0]):
+            chunk_scores = torch.empty((q.shape[0], c.shape[0]), device=q.device)
+        torch.matmul(q, c.T, out=chunk_scores)
+        scores, indices = chunk_scores.topk(min(k, c.shape[0]), dim=1)
         scores = torch.cat([best_scores, scores], dim=1)
         indices = torch.cat([best_indices, indices + start], dim=1)
         best_scores, keep = scores.topk(min(k, scores.shape[1]), dim=1)

@@ -62,8 +62,8 @@ def retrieval_ranks(
         )
     if query_keys.shape != (queries.shape[0],) or candidate_keys.shape != (candidates.shape[0],):
         raise ValueError("there must be one key per query and one key per candidate")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not 1 <= chunk_size <= _MAX_CHUNK:
+        raise ValueError(f"chunk_size must be between 1 and 2**24, got {chunk_size}")
     if query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
     device = queries.device
@@ -84,6 +84,8 @@ def retrieval_ranks(
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
+# Candidates per chunk at most: the counts of a chunk are float32 sums of 0/1, exact to 2**24.
+_MAX_CHUNK = 2**24
 # Gold scores are computed in products of at least this many queries by as many candidates.
 _KERNEL_BLOCK = 64
 # Above this many (query, gold candidate) pairs per query, ranks use the dense two-pass path.
@@ -132,12 +134,9 @@ def _one_pass_ranks(
     chunk_starts = torch.arange(0, candidates.shape[0], chunk_size, device=device)
     gold_bounds = [*torch.searchsorted(gold_columns, chunk_starts).tolist(), gold_columns.numel()]
     scores = torch.empty(0, device=device)
-    mask = torch.empty(0, dtype=torch.bool, device=device)
-    for index, start in enumerate(range(0, candidates.shape[0], chunk_size)):
-        c = F.normalize(candidates[start : start + chunk_size].float().to(device), dim=-1)
+    for index, (start, c) in enumerate(normalized_chunks(candidates, chunk_size, device)):
         if scores.shape != (n, c.shape[0]):
             scores = torch.empty((n, c.shape[0]), device=device)
-            mask = torch.empty((n, c.shape[0]), dtype=torch.bool, device=device)
         torch.matmul(q, c.T, out=scores)
         g0, g1 = gold_bounds[index], gold_bounds[index + 1]
         if g1 > g0:
@@ -145,8 +144,12 @@ def _one_pass_ranks(
             values = scores[rows, gold_columns[g0:g1] - start]
             best.scatter_reduce_(0, rows, values, "amax")
             gold_values.append(values)
-        torch.ge(scores, threshold, out=mask)
-        above += mask.view(torch.uint8).sum(1, dtype=torch.int32)
+        # The comparison overwrites the scores with 0/1 and the count sums them as floats
+        # (exact below 2**24 per chunk): a boolean mask would be widened to a new integer
+        # tensor by every reduction, a chunk-sized allocation per chunk that fragments the
+        # heap and, on several threads, grew the peak memory by gigabytes.
+        torch.ge(scores, threshold, out=scores)
+        above += scores.sum(1).long()
     if gold_values:
         # Gold scores reaching the threshold were counted; they are not misses.
         counted = torch.cat(gold_values) >= threshold[gold_rows, 0]
@@ -158,6 +161,32 @@ def _one_pass_ranks(
             q[redo], query_keys[redo], candidates, candidate_keys, chunk_size
         )
     return ranks
+
+
+def normalized_chunks(
+    candidates: Tensor, chunk_size: int, device: torch.device
+) -> Iterator[tuple[int, Tensor]]:
+    """``(start, unit-norm float32 rows)`` for each chunk of candidates, written into one buffer
+    that is reused (a consumer must not keep a chunk past the next one). The rows equal
+    ``F.normalize(candidates[start : start + chunk_size].float(), dim=-1)`` bit for bit.
+
+    Args:
+        candidates: Candidate vectors, of any floating dtype and device.
+        chunk_size: Rows per chunk.
+        device: Where the chunks are made.
+
+    Shape:
+        candidates ``[C, d]`` → chunks ``[min(chunk_size, C - start), d]``.
+    """
+    size = min(chunk_size, candidates.shape[0])
+    buffer = torch.empty((size, candidates.shape[1]), device=device)
+    norms = torch.empty((size, 1), device=device)
+    for start in range(0, candidates.shape[0], chunk_size):
+        rows = candidates[start : start + chunk_size]
+        c, norm = buffer[: rows.shape[0]], norms[: rows.shape[0]]
+        c.copy_(rows)
+        torch.linalg.vector_norm(c, dim=1, keepdim=True, out=norm)
+        yield start, c.div_(norm.clamp_min_(1e-12))
 
 
 def _gold_scores(q: Tensor, rows: Tensor, columns: Tensor, candidates: Tensor) -> Tensor:
@@ -192,8 +221,7 @@ def _two_pass_ranks(
     """Ranks from a dense gold mask: one pass for the best gold score, one to count."""
 
     def chunks() -> Iterator[tuple[Tensor, Tensor]]:
-        for i in range(0, candidates.shape[0], chunk_size):
-            c = F.normalize(candidates[i : i + chunk_size].float().to(q.device), dim=-1)
+        for i, c in normalized_chunks(candidates, chunk_size, q.device):
             yield c, candidate_keys[i : i + chunk_size].to(q.device)
 
     best = torch.full((q.shape[0],), float("-inf"), device=q.device)
