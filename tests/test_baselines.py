@@ -9,6 +9,7 @@ import torch
 from vallayz.baselines import (
     METHODS,
     LatentTranslator,
+    affine_state,
     denormalise,
     linear_state,
     normalisation_state,
@@ -81,6 +82,27 @@ def test_affine_by_gradient_descent_approaches_the_true_map() -> None:
     y = x @ a + torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=f64)
     t = LatentTranslator("affine", "none", affine_steps=3000).fit(x, y)
     assert float((t.transform(x) - y).abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_affine_descent_from_sums_equals_descent_through_the_rows(dtype: torch.dtype) -> None:
+    # The reference: Adam on the mean squared error of every row, by autograd, in float64.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(60, 5, generator=g, dtype=f64) * 2 + 1).to(dtype)
+    y = (torch.randn(60, 3, generator=g, dtype=f64) - 0.5).to(dtype)
+    init = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=dtype) / 5**0.5
+    matrix = init.double().requires_grad_()
+    bias = torch.zeros(3, dtype=f64, requires_grad=True)
+    optimizer = torch.optim.Adam([matrix, bias], lr=1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        (x.double() @ matrix + bias - y.double()).pow(2).mean().backward()
+        optimizer.step()
+    state = affine_state(x, y, steps=200)
+    assert state["matrix"].dtype == dtype
+    tolerance = 1e-10 if dtype == f64 else 1e-6
+    torch.testing.assert_close(state["matrix"].double(), matrix.detach(), atol=tolerance, rtol=0)
+    torch.testing.assert_close(state["bias"].double(), bias.detach(), atol=tolerance, rtol=0)
 
 
 def test_standard_scaling_inverts_exactly() -> None:
