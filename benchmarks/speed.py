@@ -3,7 +3,8 @@
 Rows:
 
 * ``step M=..``: an IMPN training step (IMPNLoss forward, backward, AdamW) over a contrastive-
-  heads step (its own objective, backward, AdamW) at equal batch, soil size and modalities.
+  heads step (its own objective, backward, AdamW) at equal batch, soil size and modalities,
+  with the floating-point operations of each step (torch's flop counter) and their ratio.
 * ``fit <method>``: ``LatentTranslator(method, "standard").fit`` over latentis's translator
   with the same aligner, standard scaling and zero padding (when latentis is installed), with
   the largest absolute difference of their translations of held-out rows.
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vallayz import IMPN, IMPNConfig
 from vallayz.baselines import LatentTranslator
@@ -89,6 +91,14 @@ def peak_mib(fn: Callable[[], Any]) -> float:
     before = _status("VmRSS")
     fn()
     return max(_status("VmHWM") - before, 0.0)
+
+
+def gflops(fn: Callable[[], Any]) -> float:
+    """Floating-point operations of one call of ``fn`` (matrix products and the other ops
+    torch's flop counter knows; elementwise ops are not counted), in GFLOP."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def side_by_side(
@@ -155,6 +165,7 @@ def step_rows(
     for m, candidates in settings:
         impn_step, heads_step = training_steps(m, batch, soil, candidates)
         ours, reference = side_by_side(impn_step, heads_step, repeats)
+        impn_flops, heads_flops = gflops(impn_step), gflops(heads_step)
         bound = "" if candidates is None else f", <= {candidates} senders"
         rows.append(
             Row(
@@ -163,7 +174,8 @@ def step_rows(
                 reference * 1e3,
                 ours / reference,
                 "<= 3 at M=2" if m == 2 else "linear in M",
-                f"batch {batch}, soil {soil}",
+                f"batch {batch}, soil {soil}, GFLOP {impn_flops:.3g} / {heads_flops:.3g} "
+                f"({impn_flops / heads_flops:.1f}x)",
                 peak_mib(impn_step),
                 peak_mib(heads_step),
             )

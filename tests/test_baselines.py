@@ -85,12 +85,13 @@ def test_affine_by_gradient_descent_approaches_the_true_map() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_affine_descent_from_sums_equals_descent_through_the_rows(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("rows", [60, 4])  # the descent from sums, and the one through rows
+def test_affine_descent_equals_autograd_through_the_rows(dtype: torch.dtype, rows: int) -> None:
     # The reference: Adam on the mean squared error of every row, by autograd, in float64.
     g = torch.Generator().manual_seed(3)
-    x = (torch.randn(60, 5, generator=g, dtype=f64) * 2 + 1).to(dtype)
-    y = (torch.randn(60, 3, generator=g, dtype=f64) - 0.5).to(dtype)
-    init = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=dtype) / 5**0.5
+    x = (torch.randn(rows, 12, generator=g, dtype=f64) * 2 + 1).to(dtype)
+    y = (torch.randn(rows, 3, generator=g, dtype=f64) - 0.5).to(dtype)
+    init = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=dtype) / 12**0.5
     matrix = init.double().requires_grad_()
     bias = torch.zeros(3, dtype=f64, requires_grad=True)
     optimizer = torch.optim.Adam([matrix, bias], lr=1e-2)

@@ -34,5 +34,8 @@ def test_speed_table_has_its_rows_and_finite_numbers(
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         numbers = [float(cell) for cell in cells[1:4] + cells[6:8] if cell != "nan"]
         assert len(numbers) >= 3 and all(math.isfinite(n) and n >= 0 for n in numbers)
-        for value in re.findall(r"(?:diff |recall@10 )([0-9.e+-]+)", cells[5]):
+        for value in re.findall(r"(?:diff |recall@10 |GFLOP |/ )([0-9.e+-]+)", cells[5]):
             assert math.isfinite(float(value))
+    # Both steps do matrix products, so both counts are positive.
+    flops = re.search(r"GFLOP ([0-9.e+-]+) / ([0-9.e+-]+)", rows["step M=2 (IMPN / heads)"])
+    assert flops is not None and min(float(flops[1]), float(flops[2])) > 0

@@ -186,32 +186,43 @@ def _gram(x: Tensor, y: Tensor, block: int = 4096) -> tuple[Tensor, Tensor]:
 def affine_state(
     x: Tensor, y: Tensor, steps: int = 500, lr: float = 1e-2, seed: int = 0
 ) -> dict[str, Tensor]:
-    """Affine map ``x R + b`` fitted by full-batch gradient descent (Adam) on the MSE.
+    """Affine map ``x R + b`` fitted by full-batch gradient descent (Adam) on the MSE, in
+    float64.
 
     The gradient of ``mean((x R + b − y)²)`` reads the data only through ``xᵀx``, ``xᵀy`` and
-    the column sums of ``x`` and ``y``; these are computed once, in float64, so that a step
-    costs ``O(d_x² d_y)`` whatever the number of rows, without a pass over them. It is the
-    descent a loop through the rows makes, in float64: the two agree to rounding step by step,
-    though after hundreds of steps Adam's normalised updates, which magnify the rounding of
-    near-zero gradients, leave them about 1e-4 apart on 384-dimensional spaces.
+    the column sums of ``x`` and ``y``. With at least half as many rows as source dimensions
+    these are computed once, and a step costs ``O(d_x² d_y)`` whatever the number of rows;
+    with fewer rows a step goes through the rows (``O(N d_x d_y)``), which is then cheaper.
+    Both are the descent an autograd loop through the rows makes: they agree with it to
+    rounding step by step, though after hundreds of steps Adam's normalised updates, which
+    magnify the rounding of near-zero gradients, can leave them about 1e-4 apart.
 
     Shape:
         x ``[N, d_x]``, y ``[N, d_y]`` → matrix ``[d_x, d_y]``, bias ``[d_y]``.
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     n, dim = x.shape
-    gram, cross = _gram(x, y)
-    x_sum, y_sum = x.double().sum(0), y.double().sum(0)
-    scale = 2.0 / (n * y.shape[1])
     init = torch.randn(dim, y.shape[1], generator=generator, dtype=x.dtype) / dim**0.5
     matrix = init.to(device=x.device, dtype=torch.float64).requires_grad_()
     bias = torch.zeros(y.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
     optimizer = torch.optim.Adam([matrix, bias], lr=lr)
+    scale = 2.0 / (n * y.shape[1])
+    from_sums = 2 * n >= dim
+    if from_sums:
+        gram, cross = _gram(x, y)
+        x_sum, y_sum = x.double().sum(0), y.double().sum(0)
+    else:
+        x64, y64 = x.double(), y.double()
     with torch.no_grad():
         for _ in range(steps):
             # d/dR = 2/(N d_y) · xᵀ(x R + 1 bᵀ − y); d/db = 2/(N d_y) · 1ᵀ(x R + 1 bᵀ − y).
-            matrix.grad = scale * (gram @ matrix + torch.outer(x_sum, bias) - cross)
-            bias.grad = scale * (x_sum @ matrix + n * bias - y_sum)
+            if from_sums:
+                matrix.grad = scale * (gram @ matrix + torch.outer(x_sum, bias) - cross)
+                bias.grad = scale * (x_sum @ matrix + n * bias - y_sum)
+            else:
+                residual = torch.addmm(bias - y64, x64, matrix)
+                matrix.grad = scale * (x64.T @ residual)
+                bias.grad = scale * residual.sum(0)
             optimizer.step()
     return {"matrix": matrix.detach().to(x.dtype), "bias": bias.detach().to(x.dtype)}
 
