@@ -22,6 +22,11 @@ each side; it counts every allocator (torch, numpy, faiss), on Linux only.
 With ``--sender-candidates C`` (default 8) the step rows also time IMPN with
 ``IMPNConfig(sender_candidates=C)`` wherever that bounds anything (``M - 1 > C``).
 
+With ``--impn FIELD=VALUE`` (an :class:`IMPNConfig` field) and ``--loss TERM=WEIGHT`` (a
+:class:`LossWeights` term), repeatable, the step rows also time IMPN with those changes, labelled
+with them, beside the default rows in the same process: what a smaller model or fewer loss
+passes would cost.
+
 ``--parts compile`` adds ``compile M=..`` rows: the IMPN step with the model wrapped by
 ``torch.compile`` over the same eager step, side by side after the compiled step's first call
 (whose seconds, the compilation, are in the detail column).
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import json
 import statistics
 import sys
 import time
@@ -50,7 +56,7 @@ from vallayz.baselines import LatentTranslator
 from vallayz.eval import retrieval_ranks
 from vallayz.index import SearchIndex, exact_search, recall_at_k
 from vallayz.learned import build_model
-from vallayz.losses import IMPNLoss
+from vallayz.losses import IMPNLoss, LossWeights
 from vallayz.types import Batch
 
 
@@ -119,18 +125,48 @@ def side_by_side(
     return statistics.median(a), statistics.median(b)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Changes to the default IMPN step of the step rows."""
+
+    # IMPNConfig fields to change (sender_candidates among them).
+    model: tuple[tuple[str, Any], ...] = ()
+    # LossWeights terms to change.
+    loss: tuple[tuple[str, float], ...] = ()
+
+    def label(self) -> str:
+        """The changes as ``name=value`` words ("" for the default)."""
+        return " ".join(f"{k}={v}" for k, v in self.model + self.loss)
+
+
+def parse_changes(items: Sequence[str], option: str) -> tuple[tuple[str, Any], ...]:
+    """``["layers=1", "cycle=0"]`` → ``(("layers", 1), ("cycle", 0))``; values are read as
+    JSON where they parse, as strings otherwise."""
+    changes = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"speed.py: {option} takes NAME=VALUE, got {item!r}")
+        try:
+            changes.append((name, json.loads(value)))
+        except json.JSONDecodeError:
+            changes.append((name, value))
+    return tuple(changes)
+
+
 def training_steps(
-    m: int, batch: int, soil: int, sender_candidates: int | None = None
+    m: int, batch: int, soil: int, variant: Variant = Variant()
 ) -> tuple[Callable[[], None], ...]:
-    """An IMPN and a contrastive-heads training step over the same ``m``-modality batch."""
+    """An IMPN (with ``variant``'s changes) and a contrastive-heads training step over the
+    same ``m``-modality batch."""
     torch.manual_seed(0)
     modalities = {f"m{i}": (384, 256)[i % 2] for i in range(m)}
     data = Batch.of({name: torch.randn(batch, d) for name, d in modalities.items()})
-    config = IMPNConfig(modalities=modalities, soil_dim=soil, sender_candidates=sender_candidates)
+    config = IMPNConfig(modalities=modalities, soil_dim=soil, **dict(variant.model))
     impn = IMPN(config)
     heads = build_model("contrastive-heads", modalities, {"dim": soil})
     heads_loss = heads.objective()
-    loss = IMPNLoss()
+    loss = IMPNLoss(weights=LossWeights().replace(**dict(variant.loss)))
     impn_opt = torch.optim.AdamW(impn.parameters(), lr=1e-4)
     heads_opt = torch.optim.AdamW(heads.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -154,22 +190,27 @@ def step_rows(
     soil: int,
     repeats: int,
     sender_candidates: int = 0,
+    variant: Variant = Variant(),
 ) -> list[Row]:
     """IMPN step over contrastive-heads step for each number of modalities; with
     ``sender_candidates``, also the bounded-sender option wherever it bounds anything (more
-    other modalities than candidates)."""
-    settings: list[tuple[int, int | None]] = [(m, None) for m in modality_counts]
+    other modalities than candidates); with a non-empty ``variant``, also IMPN with its
+    changes at every number of modalities."""
+    settings: list[tuple[int, Variant]] = [(m, Variant()) for m in modality_counts]
     if sender_candidates:
-        settings += [(m, sender_candidates) for m in modality_counts if m - 1 > sender_candidates]
+        bounded = Variant(model=(("sender_candidates", sender_candidates),))
+        settings += [(m, bounded) for m in modality_counts if m - 1 > sender_candidates]
+    if variant.label():
+        settings += [(m, variant) for m in modality_counts]
     rows = []
-    for m, candidates in settings:
-        impn_step, heads_step = training_steps(m, batch, soil, candidates)
+    for m, changes in settings:
+        impn_step, heads_step = training_steps(m, batch, soil, changes)
         ours, reference = side_by_side(impn_step, heads_step, repeats)
         impn_flops, heads_flops = gflops(impn_step), gflops(heads_step)
-        bound = "" if candidates is None else f", <= {candidates} senders"
+        label = f", {changes.label()}" if changes.label() else ""
         rows.append(
             Row(
-                f"step M={m}{bound} (IMPN / heads)",
+                f"step M={m}{label} (IMPN / heads)",
                 ours * 1e3,
                 reference * 1e3,
                 ours / reference,
@@ -442,6 +483,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=8,
         help="also time IMPN with this bound on the senders each node scores (0: no such rows)",
     )
+    parser.add_argument(
+        "--impn",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="also time IMPN with this IMPNConfig field changed (repeatable; with --loss)",
+    )
+    parser.add_argument(
+        "--loss",
+        action="append",
+        default=[],
+        metavar="TERM=WEIGHT",
+        help="also time IMPN with this loss term's weight changed (0 drops it; repeatable)",
+    )
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     repeats = args.repeats or sizes.repeats
@@ -450,10 +505,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parts - known:
         parser.error(f"unknown parts {sorted(parts - known)}")
     counts = tuple(int(m) for m in args.modalities.split(",")) if args.modalities else None
+    variant = Variant(parse_changes(args.impn, "--impn"), parse_changes(args.loss, "--loss"))
+    try:  # fail before minutes of timing, with the config's own message
+        IMPNConfig(modalities={"a": 4, "b": 4}, **dict(variant.model))
+        LossWeights().replace(**dict(variant.loss))
+    except (TypeError, ValueError) as error:
+        parser.error(f"--impn/--loss: {error}")
     rows: list[Row] = []
     if "steps" in parts:
         modalities = counts or sizes.modalities
-        rows += step_rows(modalities, sizes.batch, sizes.soil, repeats, args.sender_candidates)
+        rows += step_rows(
+            modalities, sizes.batch, sizes.soil, repeats, args.sender_candidates, variant
+        )
     if "fits" in parts:
         rows += fit_rows(sizes.anchors, sizes.source, sizes.target, repeats)
     if "retrieval" in parts:
