@@ -139,14 +139,18 @@ class Variant:
         return " ".join(f"{k}={v}" for k, v in self.model + self.loss)
 
 
-def parse_changes(items: Sequence[str], option: str) -> tuple[tuple[str, Any], ...]:
+def parse_changes(items: Sequence[str]) -> tuple[tuple[str, Any], ...]:
     """``["layers=1", "cycle=0"]`` → ``(("layers", 1), ("cycle", 0))``; values are read as
-    JSON where they parse, as strings otherwise."""
+    JSON where they parse, as strings otherwise.
+
+    Raises:
+        ValueError: if an item is not ``NAME=VALUE``.
+    """
     changes = []
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"speed.py: {option} takes NAME=VALUE, got {item!r}")
+            raise ValueError(f"each change is NAME=VALUE, got {item!r}")
         try:
             changes.append((name, json.loads(value)))
         except json.JSONDecodeError:
@@ -505,8 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parts - known:
         parser.error(f"unknown parts {sorted(parts - known)}")
     counts = tuple(int(m) for m in args.modalities.split(",")) if args.modalities else None
-    variant = Variant(parse_changes(args.impn, "--impn"), parse_changes(args.loss, "--loss"))
     try:  # fail before minutes of timing, with the config's own message
+        variant = Variant(parse_changes(args.impn), parse_changes(args.loss))
         IMPNConfig(modalities={"a": 4, "b": 4}, **dict(variant.model))
         LossWeights().replace(**dict(variant.loss))
     except (TypeError, ValueError) as error:
