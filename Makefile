@@ -15,13 +15,13 @@ system-deps:
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; \
 	  else echo "install espeak-ng with your package manager" >&2; exit 1; fi; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch 2.13.0 lies on this machine's disk; naming it first keeps pip
 	# from pulling a multi-GB CUDA build to satisfy the package's `torch>=2.4`.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,plot,tibetan,emoji,digits,stitch]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plot,index,tibetan,emoji,digits,stitch]'
 	touch $(STAMP)
 
 lint: $(STAMP)
