@@ -115,11 +115,11 @@ def test_rewriting_a_data_folder_keeps_the_old_one_until_the_new_one_is_complete
     calls = []
     save = np.save
 
-    def failing_save(path: object, array: object) -> None:
+    def failing_save(path: object, array: object, **kwargs: object) -> None:
         calls.append(path)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        save(path, array)  # type: ignore[arg-type]
+        save(path, array, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(np, "save", failing_save)
     with pytest.raises(OSError, match="No space"):
