@@ -185,6 +185,7 @@ def test_a_corrupt_state_is_named_and_resume_falls_back_to_the_one_before(
     # The latest state (the last step's) is damaged; the one before it is whole.
     assert sorted(p.name for p in killed.glob("state-*")) == ["state-3", "state-4"]
     (killed / "state-4" / "trainer_state.json").write_text('{"step": 4, "best"')
+    (killed / "summary.json").unlink()  # killed after its last checkpoint, before finishing
     assert main(["fit", "--resume", str(killed), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "state-4/trainer_state.json is unreadable" in err
@@ -192,6 +193,7 @@ def test_a_corrupt_state_is_named_and_resume_falls_back_to_the_one_before(
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    (killed / "summary.json").unlink()
     for state in killed.glob("state-*"):
         (state / "optimizer.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(VallayzUserError, match=r"optimizer\.safetensors is unreadable"):

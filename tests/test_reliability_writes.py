@@ -4,6 +4,10 @@ RELIABILITY.md lists which test pins which fault."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ from synthetic import write_synthetic
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
+from vallayz_train.cli import main
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -82,3 +87,132 @@ def test_the_writer_refuses_what_check_refuses_and_keeps_the_old_folder(
     assert _snapshot(data) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     PairedEmbeddings(data)
+
+
+# ---------------------------------------------------------------- one writer per run
+
+SMALL = {"soil_dim": 16, "heads": 2, "layers": 1, "variants": 2, "top_k": 2}
+TRAIN = {"batch_size": 16, "eval_every": 50, "warmup_steps": 1, "planner": False, "max_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "data", rows=60, groups=12)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps({"model": SMALL, "train": TRAIN}))
+    return path
+
+
+def _fit(data: Path, out: Path, config: Path, *more: str) -> int:
+    return main(["fit", str(data), "--out", str(out), "--config", str(config), "--quiet", *more])
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from vallayz_train.run_folder import lock_run
+with lock_run(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lock_it(
+    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert _fit(data, run, config) == 2
+        err = _error(capsys)
+        assert f"run folder {run} is being written by process {holder.pid}" in err
+        assert "choose another --out" in err
+        assert not (run / "run.json").exists()  # the second writer wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait()
+    assert _fit(data, run, config) == 0  # the killed holder left no lock behind
+    capsys.readouterr()
+    # --resume takes the same lock.
+    (run / "summary.json").unlink()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["fit", "--resume", str(run), "--quiet"]) == 2
+        assert f"being written by process {holder.pid}" in _error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    assert _fit(data, folder, config) == 2
+    assert "holds no vallayz run" in _error(capsys)
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+    assert main(["fit", "--resume", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "not a vallayz run" in _error(capsys)
+    assert not (tmp_path / "nowhere").exists()
+
+
+# ---------------------------------------------------------------- options silently ignored
+
+
+def test_resume_refuses_options_it_would_ignore_and_leaves_a_finished_run_alone(
+    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert _fit(data, run, config) == 0
+    capsys.readouterr()
+    for option in (
+        ["--max-steps", "50"],
+        ["--lr", "0.5"],
+        ["--epochs", "3"],
+        ["--batch-size", "8"],
+        ["--seed", "4"],
+        ["--method", "mlp-translator"],
+        ["--planner", "on"],
+        ["--config", str(config)],
+        ["--out", str(tmp_path / "elsewhere")],
+    ):
+        assert main(["fit", "--resume", str(run), "--quiet", *option]) == 2, option
+        err = _error(capsys)
+        assert f"{option[0]} " in err and ("cannot change a run" in err or "--out" in err), err
+    assert not (tmp_path / "elsewhere").exists()
+    # A finished run is not trained again: its final model stays, bit for bit.
+    before = _snapshot(run)
+    assert main(["fit", "--resume", str(run), "--quiet", "--max-steps", "3"]) == 0
+    assert "has finished" in capsys.readouterr().err
+    after = _snapshot(run)
+    after.pop(".lock", None), before.pop(".lock", None)
+    assert after == before
+
+
+def test_eval_refuses_a_split_seed_other_than_the_runs(
+    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert _fit(data, run, config) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), str(data), "--split-seed", "7", "--pool", "5"]) == 2
+    err = _error(capsys)
+    assert "--split-seed 7 is not the seed the run was trained with (0)" in err
+    assert not (run / "eval-test-soil.json").exists()
+    assert main(["eval", str(run), str(data), "--split-seed", "0", "--pool", "5"]) == 0
+    assert main(["eval", str(run), str(data), "--pool", "5", "--split", "all"]) == 0

@@ -122,6 +122,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     world = distributed.world_from_env()
     try:
         if args.resume:
+            _check_resume_options(args)
             summary = fit(args.data, args.resume, resume=True, progress=not args.quiet, world=world)
         else:
             if args.out is None:
@@ -133,7 +134,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 model,
                 train,
                 progress=not args.quiet,
-                method=args.method,
+                method=args.method or "impn",
                 world=world,
             )
     finally:
@@ -141,6 +142,43 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if world is None or world.is_main:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+# The options of fit that set a field of the run's training settings (run.json "train").
+_RUN_OPTIONS = ("epochs", "max_steps", "batch_size", "lr", "front_end_lr", "seed", "device")
+
+
+def _check_resume_options(args: argparse.Namespace) -> None:
+    """Refuses the options of a new run that ``fit --resume`` would otherwise ignore: a run
+    continues with the settings in its ``run.json`` (an option equal to them is accepted)."""
+    from vallayz_train.run_folder import read_run
+
+    run = read_run(Path(args.resume))
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise UsageError(
+            f"--out {args.out} and --resume {args.resume} name different folders; a resumed run "
+            "stays in its own folder, so drop --out (or copy the run folder first)"
+        )
+    given = [
+        ("--config", args.config is not None),
+        ("--method", args.method is not None and args.method != run.get("method", "impn")),
+        (
+            "--planner",
+            args.planner is not None and (args.planner == "on") != run["train"].get("planner"),
+        ),
+    ]
+    for key in _RUN_OPTIONS:
+        value = getattr(args, key)
+        given.append(
+            (f"--{key.replace('_', '-')}", value is not None and value != run["train"].get(key))
+        )
+    for option, differs in given:
+        if differs:
+            raise UsageError(
+                f"{option} cannot change a run being resumed: --resume continues with the "
+                f"settings in {Path(args.resume) / 'run.json'}; drop {option}, or start a new run "
+                "with --out to train with other settings"
+            )
 
 
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
@@ -172,10 +210,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_output(out, args.force, _written_by_vallayz(out))
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.data)
+    split_seed = _eval_split_seed(Path(args.run), data, args.split, args.split_seed)
     rows = (
-        data.split_indices(args.split_seed)[args.split]
-        if args.split != "all"
-        else np.arange(data.size)
+        data.split_indices(split_seed)[args.split] if args.split != "all" else np.arange(data.size)
     )
     if len(rows) < 2:
         raise UsageError(
@@ -208,6 +245,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _replace_atomically(out, lambda handle: handle.write(text.encode()))
     print(f"saved {out}")
     return 0
+
+
+def _eval_split_seed(run_dir: Path, data: Any, split: str, given: int | None) -> int:
+    """The split seed ``eval`` cuts the data with: the run's own (from its ``run.json``; 0 for
+    a model folder without one). Another ``--split-seed`` would put the run's training rows in
+    the evaluated split, so it is refused unless the data's ``split`` column decides the
+    splits or the whole data is evaluated."""
+    from vallayz_train.run_folder import RUN_FILE, read_run
+
+    own = 0
+    if (run_dir / RUN_FILE).is_file():
+        seed = read_run(run_dir)["train"].get("split_seed", 0)
+        own = seed if isinstance(seed, int) else 0
+    fixed = split == "all" or bool(data.items and "split" in data.items[0])
+    if given is not None and given != own and not fixed:
+        raise UsageError(
+            f"--split-seed {given} is not the seed the run was trained with ({own}): its "
+            f"{split} split would hold training rows; drop --split-seed to use the run's split"
+        )
+    return own if given is None else given
 
 
 def _read_array(path: str, dim: int, option: str = "--input") -> np.ndarray:
@@ -581,9 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
-        default="impn",
         choices=["impn", "contrastive-heads", "mlp-translator"],
-        help="IMPN, or a learned baseline trained under the same budget",
+        help="IMPN (the default), or a learned baseline trained under the same budget",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
@@ -596,7 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", type=int, default=5)
     p.add_argument("--mode", default="soil", choices=["soil", "translate"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.add_argument(
+        "--split-seed",
+        dest="split_seed",
+        type=int,
+        help="seed of the split (default and only accepted value: the run's own)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", help="JSON file (default RUN/eval-SPLIT-MODE.json)")
     p.add_argument(

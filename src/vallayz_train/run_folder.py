@@ -16,11 +16,13 @@ keep.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,7 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 INDEX_PREFIX = "index-"
+LOCK = ".lock"
 # Keys of trainer_state.json and the JSON types each must have.
 _SCALARS: dict[str, tuple[type, ...]] = {
     "step": (int,),
@@ -61,6 +64,65 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "loss_weights": (dict,),
     "optimizer": (dict,),
 }
+
+
+# Run folders this process holds the lock of (resolved path -> open lock file, depth), so that a
+# nested claim (a run restarted from inside fit) does not lock itself out.
+_HELD: dict[Path, tuple[Any, int]] = {}
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Holds the run folder's lock (``RUN_DIR/.lock``, created with the folder) while the
+    block runs: one writer per run folder.
+
+    The lock is an ``flock`` on the file, which the system releases when the holder exits,
+    however it exits, so a killed run never leaves its folder locked. The holder writes its
+    process id into the file for the message another writer gets.
+
+    Raises:
+        VallayzUserError: when another process holds the lock, naming it; or when the folder
+            cannot be created.
+    """
+    key = run_dir.resolve()
+    if key in _HELD:
+        handle, depth = _HELD[key]
+        _HELD[key] = (handle, depth + 1)
+        try:
+            yield
+        finally:
+            _HELD[key] = (handle, depth)
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VallayzUserError(f"{run_dir} is a file; choose a folder for the run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (run_dir / LOCK).open("a+")
+    except OSError as err:
+        raise VallayzUserError(
+            f"cannot create the run folder {run_dir} ({err.strerror}); choose a folder you can "
+            "write to"
+        ) from err
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise VallayzUserError(
+            f"run folder {run_dir} is being written by process {holder}; wait for it to finish "
+            "(or stop it) or choose another --out"
+        ) from err
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = (handle, 1)
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        handle.close()  # releases the lock; the file stays, empty of meaning
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -324,18 +386,26 @@ def clear_run(run_dir: Path) -> None:
         shutil.rmtree(partial)
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
-    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+def check_out_dir(run_dir: Path) -> None:
+    """Checks, without writing anything, that ``fit --out`` may put a run in ``run_dir``: a
+    new folder, an empty one, or a run folder (see :func:`claim_run_dir`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise VallayzUserError(f"--out {run_dir} is a file; choose a folder for the run")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):
         return
     if not (run_dir / RUN_FILE).is_file():
         raise VallayzUserError(
             f"--out {run_dir} is a folder that holds no vallayz run but other files; choose a "
             "new or empty folder so that runs are not mixed"
         )
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
+    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+    check_out_dir(run_dir)
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):
+        return
     if states(run_dir):
         raise VallayzUserError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
