@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from synthetic import write_synthetic
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.cli import main
+from vallayz_train.run_folder import load_index
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -169,6 +173,41 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
     assert main(["fit", "--resume", str(tmp_path / "nowhere"), "--quiet"]) == 2
     assert "not a vallayz run" in _error(capsys)
     assert not (tmp_path / "nowhere").exists()
+
+
+# ---------------------------------------------------------------- stale caches
+
+
+def test_a_saved_index_is_keyed_on_the_content_of_the_candidates_and_the_model(
+    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, candidates = tmp_path / "run", tmp_path / "candidates"
+    assert _fit(data, run, config) == 0
+    write_synthetic(candidates, rows=60, groups=12, seed=1)
+    retrieve = ["retrieve", str(run), "--source", "text", "--target", "image", "--k", "3"]
+    retrieve += ["--candidates", str(candidates), "--query-ids", "item0003", "item0010"]
+    capsys.readouterr()
+    assert main(retrieve) == 0
+    first = capsys.readouterr().out
+    # The candidates' folder rewritten in place with other values, as many rows, same ids.
+    write_synthetic(candidates, rows=60, groups=12, seed=2)
+    assert main(retrieve) == 0
+    second = capsys.readouterr().out
+    shutil.rmtree(run / "index-image-exact")
+    assert main(retrieve) == 0
+    assert capsys.readouterr().out == second != first
+    # The run's model trained again in place (same file sizes): the index is built again.
+    index = load_index(run, "image-exact")
+    assert index is not None
+    weights = load_file(str(run / "model.safetensors"))
+    save_file(
+        {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()},
+        str(run / "model.safetensors"),
+    )
+    assert main(retrieve) == 0
+    rebuilt = load_index(run, "image-exact")
+    assert rebuilt is not None and rebuilt.meta["model"] != index.meta["model"]
+    assert not torch.equal(rebuilt.candidates, index.candidates)
 
 
 # ---------------------------------------------------------------- options silently ignored

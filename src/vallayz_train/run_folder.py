@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -489,17 +490,39 @@ def load_index(run_dir: Path, name: str, kind: str | None = None) -> SearchIndex
     return index if kind is None or index.kind == kind else None
 
 
-def model_fingerprint(run_dir: Path) -> list[int]:
-    """Sizes and modification times of the run's final model files: an index saved with
-    other ones was embedded by another model, and is built again."""
-    out: list[int] = []
+def model_fingerprint(run_dir: Path) -> str:
+    """A hash of the bytes of the run's final model files: an index saved with another one
+    was embedded by another model, and is built again (whatever the files' times and sizes)."""
+    digest = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
         try:
-            stat = (run_dir / name).stat()
+            with (run_dir / name).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         except OSError:
-            return []
-        out += [stat.st_size, stat.st_mtime_ns]
-    return out
+            return ""
+        digest.update(b"\x00" + name.encode() + b"\x00")
+    return digest.hexdigest()
+
+
+def candidates_fingerprint(data: PairedEmbeddings, target: str, rows: np.ndarray) -> str:
+    """A hash of everything an index of the ``target`` candidates ``rows`` is built from: the
+    rows, their embeddings, padding, token and node ids, and their gold keys. A folder rewritten
+    with other values (even with as many rows, at the same path) gives another hash."""
+    digest = hashlib.sha256()
+    rows = np.asarray(rows, dtype=np.int64)
+    digest.update(rows.tobytes())
+    sources = [data.arrays[target]]
+    for found in (data.padding, data.tokens, data.node_ids):
+        if target in found:
+            sources.append(found[target])
+    for source in sources:
+        digest.update(f"{source.dtype.str}{source.shape[1:]}".encode())
+        for start in range(0, len(rows), 4096):
+            digest.update(np.ascontiguousarray(source[rows[start : start + 4096]]).tobytes())
+    keys = data.keys(target)
+    digest.update("\x1f".join(keys[int(r)] for r in rows).encode())
+    return digest.hexdigest()
 
 
 def candidate_index(
@@ -513,7 +536,7 @@ def candidate_index(
 ) -> SearchIndex:
     """The search index of ``model``'s shared-space embeddings of the ``target`` candidates
     ``rows`` of ``data``: read from the run folder when it was saved there for the same model,
-    candidates and kind, else built (by embedding the candidates once) and saved there.
+    candidates (by content) and kind, else built (by embedding the candidates once) and saved there.
 
     Args:
         model: The run's model.
@@ -537,11 +560,14 @@ def candidate_index(
                 f"--index {kind} is an approximate index, which needs faiss: install it with "
                 "pip install 'vallayz[index]' (or use --index exact)"
             ) from err
+    # Keyed on content, not on paths or counts: a candidates folder rewritten in place, or a
+    # model trained again into the run folder, gets a new index.
     meta = {
         "model": model_fingerprint(run_dir),
-        "data": str(Path(data.directory).resolve()),
+        "candidates": candidates_fingerprint(data, target, rows),
         "target": target,
         "rows": len(rows),
+        "embed": getattr(embed, "__qualname__", "model.embed"),
     }
     name = f"{target}-{kind}"
     index = load_index(run_dir, name, kind)
