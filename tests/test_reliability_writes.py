@@ -20,6 +20,7 @@ from synthetic import write_synthetic
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.cli import main
+from vallayz_train.config import TrainConfig
 from vallayz_train.run_folder import load_index
 
 
@@ -111,6 +112,18 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def trained(data: Path, config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert _fit(data, run, config) == 0
+    return run
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
 def _fit(data: Path, out: Path, config: Path, *more: str) -> int:
     return main(["fit", str(data), "--out", str(out), "--config", str(config), "--quiet", *more])
 
@@ -179,10 +192,9 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
 
 
 def test_a_saved_index_is_keyed_on_the_content_of_the_candidates_and_the_model(
-    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run, candidates = tmp_path / "run", tmp_path / "candidates"
-    assert _fit(data, run, config) == 0
+    run, candidates = _copy(trained, tmp_path / "run"), tmp_path / "candidates"
     write_synthetic(candidates, rows=60, groups=12, seed=1)
     retrieve = ["retrieve", str(run), "--source", "text", "--target", "image", "--k", "3"]
     retrieve += ["--candidates", str(candidates), "--query-ids", "item0003", "item0010"]
@@ -214,10 +226,9 @@ def test_a_saved_index_is_keyed_on_the_content_of_the_candidates_and_the_model(
 
 
 def test_resume_refuses_options_it_would_ignore_and_leaves_a_finished_run_alone(
-    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "run"
-    assert _fit(data, run, config) == 0
+    run = _copy(trained, tmp_path / "run")
     capsys.readouterr()
     for option in (
         ["--max-steps", "50"],
@@ -227,7 +238,7 @@ def test_resume_refuses_options_it_would_ignore_and_leaves_a_finished_run_alone(
         ["--seed", "4"],
         ["--method", "mlp-translator"],
         ["--planner", "on"],
-        ["--config", str(config)],
+        ["--config", str(tmp_path / "other.json")],
         ["--out", str(tmp_path / "elsewhere")],
     ):
         assert main(["fit", "--resume", str(run), "--quiet", *option]) == 2, option
@@ -244,10 +255,9 @@ def test_resume_refuses_options_it_would_ignore_and_leaves_a_finished_run_alone(
 
 
 def test_eval_refuses_a_split_seed_other_than_the_runs(
-    data: Path, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "run"
-    assert _fit(data, run, config) == 0
+    run = _copy(trained, tmp_path / "run")
     capsys.readouterr()
     assert main(["eval", str(run), str(data), "--split-seed", "7", "--pool", "5"]) == 2
     err = _error(capsys)
@@ -255,3 +265,97 @@ def test_eval_refuses_a_split_seed_other_than_the_runs(
     assert not (run / "eval-test-soil.json").exists()
     assert main(["eval", str(run), str(data), "--split-seed", "0", "--pool", "5"]) == 0
     assert main(["eval", str(run), str(data), "--pool", "5", "--split", "all"]) == 0
+
+
+# ---------------------------------------------------------------- user files replaced
+
+
+def test_plot_out_does_not_replace_a_file_vallayz_did_not_write(
+    trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    run, figures = _copy(trained, tmp_path / "run"), tmp_path / "figures"
+    figures.mkdir()
+    (figures / "curves.png").write_bytes(b"the user's own figure")
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(figures)]) == 2
+    assert "curves.png exists and was not written by vallayz" in _error(capsys)
+    assert (figures / "curves.png").read_bytes() == b"the user's own figure"
+    assert sorted(p.name for p in figures.iterdir()) == ["curves.png"]
+    assert main(["plot", str(run), "--out", str(figures), "--force"]) == 0
+    assert (figures / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["plot", str(run), "--out", str(figures)]) == 0  # its own figures: replaced
+
+
+# ---------------------------------------------------------------- numbers from broken inputs
+
+
+@pytest.mark.parametrize("damage", ["nan", "int32"])
+def test_damaged_weights_are_named_not_evaluated(
+    trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    run = _copy(trained, tmp_path / "run")
+    weights = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    if damage == "nan":
+        weights[name] = weights[name].clone()
+        weights[name].view(-1)[0] = float("nan")
+        expected = f"tensor {name!r} holds NaN or Inf"
+    else:
+        weights[name] = weights[name].to(torch.int32)
+        expected = f"tensor {name!r} has dtype torch.int32"
+    save_file(weights, str(run / "model.safetensors"))
+    capsys.readouterr()
+    assert (
+        main(["eval", str(run), str(data), "--pool", "5", "--output", str(tmp_path / "e.json")])
+        == 2
+    )
+    err = _error(capsys)
+    assert "model.safetensors" in err and expected in err
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_a_modality_present_in_no_row_is_refused_at_fit(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    rows = 40
+    folder = write_paired_embeddings(
+        tmp_path / "data",
+        {
+            "text": rng.normal(size=(rows, 4)).astype(np.float32),
+            "image": rng.normal(size=(rows, 4)).astype(np.float32),
+        },
+        [{"id": f"r{i}"} for i in range(rows)],
+        present={"image": np.zeros(rows, bool)},
+    )
+    assert _fit(folder, tmp_path / "run", config) == 2
+    assert "modality 'image' is present in no row" in _error(capsys)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_degenerate_settings_are_refused_before_anything_trains(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zero = tmp_path / "zero.json"
+    weights = {name: 0.0 for name in TrainConfig().loss_weights}
+    zero.write_text(json.dumps({"model": SMALL, "train": {**TRAIN, "loss_weights": weights}}))
+    assert _fit(data, tmp_path / "zero", zero) == 2
+    assert "every loss weight is 0" in _error(capsys)
+    assert not (tmp_path / "zero").exists()
+
+    run = tmp_path / "run"  # not a run: the pool is checked before the run is read
+    assert main(["eval", str(run), str(data), "--pool", "1"]) == 2
+    assert "--pool must be at least 2" in _error(capsys)
+
+    out = tmp_path / "ablation"
+    for option, message in (
+        (["--missing", "2"], "--missing must be a share of rows in [0, 1)"),
+        (["--missing", "-0.1"], "--missing must be a share of rows in [0, 1)"),
+        (["--pairs", "text->zz"], "names modality 'zz'"),
+        (["--pairs", "text->text"], "retrieves a modality from itself"),
+        (["--pool", "1"], "--pool must be at least 2"),
+    ):
+        assert main(["ablate", str(data), "--out", str(out), "--quiet", *option]) == 2, option
+        assert message in _error(capsys)
+        assert not out.exists()

@@ -198,11 +198,19 @@ def _check_positive(value: int, option: str) -> None:
         raise UsageError(f"{option} must be a positive integer, got {value}")
 
 
+def _check_pool(value: int, option: str = "--pool") -> None:
+    if value < 2:
+        raise UsageError(
+            f"{option} must be at least 2, got {value}: a pool of one candidate holds only the "
+            "true partner, so every query would score R@1 1.0"
+        )
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table, model_encoder, retrieval_table
 
-    _check_positive(args.pool, "--pool")
+    _check_pool(args.pool)
     _check_positive(args.pools, "--pools")
     out = (
         Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
@@ -418,7 +426,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if not (Path(args.run) / RUN_FILE).is_file():
         raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
-    for path in plot_run(Path(args.run), args.data, args.out):
+    for path in plot_run(Path(args.run), args.data, args.out, force=args.force):
         print(f"wrote {path}")
     return 0
 
@@ -429,6 +437,25 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
         raise UsageError(f"pair {text!r} must look like source->target or a+b->target")
     sources, target = text.split("->", 1)
     return tuple(s for s in sources.split("+") if s), target
+
+
+def _check_pairs(pairs: list[tuple[tuple[str, ...], str]], data_dir: str, option: str) -> None:
+    """Refuses, before anything trains, a direction naming a modality the data lacks, with
+    no source, or whose target is among its sources."""
+    from vallayz.data import PairedEmbeddings
+
+    known = sorted(PairedEmbeddings(data_dir, check_values=False).modalities)
+    for sources, target in pairs:
+        text = f"{'+'.join(sources)}->{target}"
+        if not sources:
+            raise UsageError(f"{option} {text} has no source modality; write e.g. bo->en")
+        for name in (*sources, target):
+            if name not in known:
+                raise UsageError(
+                    f"{option} {text} names modality {name!r}, which {data_dir} lacks; use {known}"
+                )
+        if target in sources:
+            raise UsageError(f"{option} {text} retrieves a modality from itself; name another")
 
 
 def _train_args(
@@ -577,12 +604,21 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.data is None or args.out is None:
         raise UsageError("ablate needs a data directory and --out FOLDER (or --list)")
     _check_positive(args.steps, "--steps")
+    _check_positive(args.batch_size, "--batch-size")
+    _check_pool(args.pool)
+    if args.missing is not None and not 0 <= args.missing < 1:
+        raise UsageError(
+            f"--missing must be a share of rows in [0, 1), got {args.missing}; e.g. 0.5 drops "
+            "each source for half the rows"
+        )
+    pairs = [parse_pair(p) for p in args.pairs]
+    _check_pairs(pairs, args.data, "--pairs")
     spec = AblationSpec(
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
         base=dict(FRONT_END_DEFAULTS) if args.base == "bench" else {},
-        pairs=[parse_pair(p) for p in args.pairs],
+        pairs=pairs,
         pool=args.pool,
         modes=tuple(args.modes),
         rerank_depth=args.rerank_depth,
@@ -858,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="data directory for the gate heatmap and soil map (default: the run's)"
     )
     p.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
+    p.add_argument(
+        "--force", action="store_true", help="replace figures in --out that vallayz did not write"
+    )
     p.set_defaults(func=_cmd_plot)
     return parser
 

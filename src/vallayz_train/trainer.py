@@ -198,6 +198,15 @@ class Trainer:
                 f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
                 "needs at least 2 (check the split column or add data)"
             )
+        for name in self.names:
+            if not data.present[name][self.train_rows].any():
+                where = "row" if not data.present[name].any() else "training row"
+                raise VallayzUserError(
+                    f"{data.directory}: modality {name!r} is present in no {where} "
+                    f"({name}.present.npy), so nothing could link it; add its embeddings, or "
+                    "train without it by listing the other modalities under 'modalities' in "
+                    "the model config"
+                )
         if len(self.val_rows) < 2:
             raise VallayzUserError(
                 f"{data.directory}: the validation split has {len(self.val_rows)} rows; add "
