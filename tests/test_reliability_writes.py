@@ -21,7 +21,7 @@ from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.cli import main
 from vallayz_train.config import TrainConfig
-from vallayz_train.run_folder import load_index
+from vallayz_train.run_folder import index_dir, load_index
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -186,6 +186,27 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
     assert main(["fit", "--resume", str(tmp_path / "nowhere"), "--quiet"]) == 2
     assert "not a vallayz run" in _error(capsys)
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_benchmark_folder_has_one_writer_and_index_names_stay_inside_the_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["bench", "data", str(data), "--out", str(out), "--quiet"]) == 2
+        assert f"being written by process {holder.pid}" in _error(capsys)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no method run started
+    finally:
+        holder.kill()
+        holder.wait()
+    for name in ("../x-exact", "/tmp/x", ".x"):
+        with pytest.raises(VallayzUserError, match="cannot name"):
+            index_dir(tmp_path, name)
 
 
 # ---------------------------------------------------------------- stale caches

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vallayz.data import PairedEmbeddings
+from vallayz.data import PairedEmbeddings, check_modality_name
 from vallayz.errors import VallayzUserError
 from vallayz.eval import keys_to_ids
 from vallayz.index import SEARCH_KINDS, SearchIndex
@@ -463,7 +463,12 @@ def run_data(run_dir: Path, check_values: bool = False) -> PairedEmbeddings:
 
 
 def index_dir(run_dir: Path, name: str) -> Path:
-    """The folder of the run's saved search index ``name`` (e.g. a target modality)."""
+    """The folder of the run's saved search index ``name`` (e.g. a target modality).
+
+    Raises:
+        VallayzUserError: if ``name`` is not a plain name (a path would leave the run folder).
+    """
+    check_modality_name(name, "index")
     return run_dir / f"{INDEX_PREFIX}{name}"
 
 
