@@ -96,6 +96,7 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise VallayzUserError(f"{run_dir} is a file; choose a folder for the run")
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = (run_dir / LOCK).open("a+")
@@ -123,6 +124,10 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         del _HELD[key]
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            # Refused before writing anything (a bad model config): leave no folder behind.
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
         handle.close()  # releases the lock; the file stays, empty of meaning
 
 
