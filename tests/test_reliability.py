@@ -115,11 +115,11 @@ def test_rewriting_a_data_folder_keeps_the_old_one_until_the_new_one_is_complete
     calls = []
     save = np.save
 
-    def failing_save(path: object, array: object) -> None:
+    def failing_save(path: object, array: object, **kwargs: object) -> None:
         calls.append(path)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        save(path, array)  # type: ignore[arg-type]
+        save(path, array, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(np, "save", failing_save)
     with pytest.raises(OSError, match="No space"):
@@ -185,6 +185,7 @@ def test_a_corrupt_state_is_named_and_resume_falls_back_to_the_one_before(
     # The latest state (the last step's) is damaged; the one before it is whole.
     assert sorted(p.name for p in killed.glob("state-*")) == ["state-3", "state-4"]
     (killed / "state-4" / "trainer_state.json").write_text('{"step": 4, "best"')
+    (killed / "summary.json").unlink()  # killed after its last checkpoint, before finishing
     assert main(["fit", "--resume", str(killed), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "state-4/trainer_state.json is unreadable" in err
@@ -192,6 +193,7 @@ def test_a_corrupt_state_is_named_and_resume_falls_back_to_the_one_before(
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    (killed / "summary.json").unlink()
     for state in killed.glob("state-*"):
         (state / "optimizer.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(VallayzUserError, match=r"optimizer\.safetensors is unreadable"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -396,19 +397,31 @@ def write_paired_embeddings(
 
     Returns:
         The directory.
+
+    Raises:
+        VallayzUserError: before anything is written, for a modality name that cannot name a
+            file (see :func:`check_modality_name`), arrays of the wrong dtype, masks or ids of
+            a modality without embeddings, items without ``id``, with other keys than the first
+            or with a tab or line break in a field; and, with the old folder left as it was,
+            for a folder :class:`PairedEmbeddings` would refuse (rows that disagree, duplicate
+            ids, masks of the wrong shape, a row absent everywhere, NaN in a present row, ...).
     """
     directory = Path(directory)
-    if not items:
-        raise VallayzUserError("items must hold one dict per row")
-    header = list(items[0])
-    lines = ["\t".join(header)]
-    for item in items:
-        values = [str(item[c]) for c in header]
-        if any("\t" in v or "\n" in v for v in values):
-            raise VallayzUserError(
-                f"item {item.get('id')!r} has a tab or newline in a field; remove it"
-            )
-        lines.append("\t".join(values))
+    lines = _items_lines(items)
+    given: dict[str, dict[str, np.ndarray]] = {"": {}}
+    for name, array in embeddings.items():
+        _check_name(name, "embeddings")
+        given[""][name] = _float_array(name, array)
+    for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
+        given[suffix] = {}
+        for name, mask in masks.items():
+            _check_known(name, suffix, embeddings)
+            given[suffix][name] = _bool_array(f"{name}{suffix}", mask)
+    for suffix, ids_of in ((".tokens", tokens or {}), (".node_ids", node_ids or {})):
+        given[suffix] = {}
+        for name, ids in ids_of.items():
+            _check_known(name, suffix, embeddings)
+            given[suffix][name] = _id_array(f"{name}{suffix}", ids)
     # Other files of the old folder are carried over, but arrays would be replaced: a folder
     # holding arrays and no items table is someone else's, not a data folder to overwrite.
     if directory.exists() and (
@@ -428,20 +441,110 @@ def write_paired_embeddings(
         shutil.rmtree(work)
     work.mkdir()
     try:
-        for name, array in embeddings.items():
-            np.save(work / f"{name}.npy", np.asarray(array))
-        for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
-            for name, mask in masks.items():
-                np.save(work / f"{name}{suffix}.npy", np.asarray(mask, dtype=bool))
-        for suffix, given in ((".tokens", tokens or {}), (".node_ids", node_ids or {})):
-            for name, ids in given.items():
-                np.save(work / f"{name}{suffix}.npy", np.asarray(ids, dtype=np.int32))
+        for suffix, arrays in given.items():
+            for name, array in arrays.items():
+                np.save(work / f"{name}{suffix}.npy", array, allow_pickle=False)
         (work / ITEMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # The folder is swapped in only if the loader (and so vallayz check) accepts it.
+        try:
+            PairedEmbeddings(work)
+        except VallayzUserError as err:
+            raise VallayzUserError(
+                f"{directory} was not written: {str(err).replace(str(work), str(directory))}"
+            ) from err
         _swap_in(work, directory)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return directory
+
+
+def check_modality_name(name: object, what: str = "modality") -> str:
+    """Returns ``name`` if it can name a modality (and so a file of a data folder): letters,
+    digits, ``_`` or ``-``, starting with a letter or ``_`` -- no path separator, ``..``, dot,
+    space or empty name.
+
+    Raises:
+        VallayzUserError: naming ``what`` and the rule.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise VallayzUserError(
+            f"{what} name {name!r} cannot name a modality's files; use letters, digits, '_' or "
+            "'-', starting with a letter or '_' (e.g. 'en', 'speech_frames')"
+        )
+    return name
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _check_name(name: object, argument: str) -> None:
+    check_modality_name(name, f"{argument}: modality")
+
+
+def _check_known(name: object, suffix: str, embeddings: dict[str, np.ndarray]) -> None:
+    _check_name(name, suffix.lstrip("."))
+    if name not in embeddings:
+        raise VallayzUserError(
+            f"{suffix.lstrip('.')} names modality {name!r}, which has no embeddings (they have "
+            f"{sorted(embeddings)}); drop it or add its embeddings"
+        )
+
+
+def _float_array(name: str, array: object) -> np.ndarray:
+    values = np.asarray(array)
+    if values.dtype not in (np.float16, np.float32, np.float64):
+        raise VallayzUserError(
+            f"embeddings {name!r} have dtype {values.dtype}; give float16 or float32 values"
+        )
+    return values
+
+
+def _bool_array(name: str, mask: object) -> np.ndarray:
+    values = np.asarray(mask)
+    if values.dtype != bool and not (values.dtype.kind in "iu" and np.isin(values, (0, 1)).all()):
+        raise VallayzUserError(
+            f"{name} has dtype {values.dtype}; give a bool mask (True = present/real)"
+        )
+    return values.astype(bool)
+
+
+def _id_array(name: str, ids: object) -> np.ndarray:
+    values = np.asarray(ids)
+    if values.dtype.kind not in "iu":
+        raise VallayzUserError(f"{name} has dtype {values.dtype}; give integer ids (-1 = padding)")
+    info = np.iinfo(np.int32)
+    fits = values.size == 0 or (values.min() >= info.min and values.max() <= info.max)
+    return values.astype(np.int32 if fits else np.int64)
+
+
+def _items_lines(items: Sequence[dict[str, str]]) -> list[str]:
+    """The lines of ``items.tsv``, after checking that every item has the same columns, an
+    ``id``, and no tab or line break in a field."""
+    if not items:
+        raise VallayzUserError("items must hold one dict per row")
+    header = list(items[0])
+    if "id" not in header:
+        raise VallayzUserError(f"items have no 'id' key (keys: {header}); give each row an id")
+    if any(_BREAKS.search(str(key)) for key in header):
+        raise VallayzUserError(f"the item keys {header} hold a tab or newline; remove it")
+    lines = ["\t".join(str(key) for key in header)]
+    for row, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != set(header):
+            keys = list(item) if isinstance(item, dict) else type(item).__name__
+            raise VallayzUserError(
+                f"item {row} has keys {keys} but item 0 has {header}; give every item the same keys"
+            )
+        values = [str(item[c]) for c in header]
+        if any(_BREAKS.search(v) for v in values):
+            raise VallayzUserError(
+                f"item {row} (id {item['id']!r}) has a tab or newline in a field; remove it"
+            )
+        lines.append("\t".join(values))
+    return lines
+
+
+_BREAKS = re.compile(r"[\t\n\r]")
 
 
 def _aside(directory: Path, kind: str) -> Path:

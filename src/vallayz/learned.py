@@ -35,7 +35,7 @@ from vallayz.layers import HashedBag
 from vallayz.losses import LossOutput, LossSettings, info_nce, pair_mean, translation_loss
 from vallayz.masking import drop_modalities
 from vallayz.method import Capabilities
-from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME
+from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME, check_weights
 from vallayz.types import Batch, Embeddings, Masks
 
 ARCHITECTURES = ("contrastive-heads", "mlp-translator")
@@ -467,6 +467,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     )
     try:
         state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
+        check_weights(state, model.state_dict(), directory / WEIGHTS_NAME)
         model.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise VallayzUserError(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
+from vallayz.errors import VallayzUserError
 from vallayz.functional import masked_mean, mean_over_present
 from vallayz.layers import (
     AbsentInit,
@@ -671,6 +672,7 @@ class IMPN(nn.Module):
                 f"unexpected tensors {unexpected[:3]}, tensors of another shape {reshaped[:3]}; "
                 "keep the two files of one checkpoint together"
             )
+        check_weights(state, expected, weights_path)
         model.load_state_dict(state)
         return model
 
@@ -682,3 +684,29 @@ class IMPN(nn.Module):
         """The IMPN loss of this model under ``settings`` (defaults when ``None``), whose
         gating, noise and term weights a planner may change."""
         return IMPNObjective(self, settings or LossSettings())
+
+
+def check_weights(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: str | Path
+) -> None:
+    """Refuses weights that would load into numbers without meaning: a tensor of another kind
+    than the model's (integers where it holds floats; ``load_state_dict`` would cast them) or a
+    floating tensor holding NaN or Inf.
+
+    Raises:
+        VallayzUserError: naming ``path``, the tensor and the fix.
+    """
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tensor.is_floating_point() != want.is_floating_point() or tensor.dtype == torch.bool:
+            raise VallayzUserError(
+                f"{path}: tensor {name!r} has dtype {tensor.dtype} where the model holds "
+                f"{want.dtype}; the checkpoint was not written by save_pretrained, save it again"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise VallayzUserError(
+                f"{path}: tensor {name!r} holds NaN or Inf; the checkpoint is damaged (or its "
+                "training diverged), so use an earlier one or train again"
+            )

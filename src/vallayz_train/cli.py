@@ -122,6 +122,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     world = distributed.world_from_env()
     try:
         if args.resume:
+            _check_resume_options(args)
             summary = fit(args.data, args.resume, resume=True, progress=not args.quiet, world=world)
         else:
             if args.out is None:
@@ -133,7 +134,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 model,
                 train,
                 progress=not args.quiet,
-                method=args.method,
+                method=args.method or "impn",
                 world=world,
             )
     finally:
@@ -141,6 +142,43 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if world is None or world.is_main:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+# The options of fit that set a field of the run's training settings (run.json "train").
+_RUN_OPTIONS = ("epochs", "max_steps", "batch_size", "lr", "front_end_lr", "seed", "device")
+
+
+def _check_resume_options(args: argparse.Namespace) -> None:
+    """Refuses the options of a new run that ``fit --resume`` would otherwise ignore: a run
+    continues with the settings in its ``run.json`` (an option equal to them is accepted)."""
+    from vallayz_train.run_folder import read_run
+
+    run = read_run(Path(args.resume))
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise UsageError(
+            f"--out {args.out} and --resume {args.resume} name different folders; a resumed run "
+            "stays in its own folder, so drop --out (or copy the run folder first)"
+        )
+    given = [
+        ("--config", args.config is not None),
+        ("--method", args.method is not None and args.method != run.get("method", "impn")),
+        (
+            "--planner",
+            args.planner is not None and (args.planner == "on") != run["train"].get("planner"),
+        ),
+    ]
+    for key in _RUN_OPTIONS:
+        value = getattr(args, key)
+        given.append(
+            (f"--{key.replace('_', '-')}", value is not None and value != run["train"].get(key))
+        )
+    for option, differs in given:
+        if differs:
+            raise UsageError(
+                f"{option} cannot change a run being resumed: --resume continues with the "
+                f"settings in {Path(args.resume) / 'run.json'}; drop {option}, or start a new run "
+                "with --out to train with other settings"
+            )
 
 
 def _load_run(run_dir: str, device: str = "cpu") -> Any:
@@ -160,11 +198,19 @@ def _check_positive(value: int, option: str) -> None:
         raise UsageError(f"{option} must be a positive integer, got {value}")
 
 
+def _check_pool(value: int, option: str = "--pool") -> None:
+    if value < 2:
+        raise UsageError(
+            f"{option} must be at least 2, got {value}: a pool of one candidate holds only the "
+            "true partner, so every query would score R@1 1.0"
+        )
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table, model_encoder, retrieval_table
 
-    _check_positive(args.pool, "--pool")
+    _check_pool(args.pool)
     _check_positive(args.pools, "--pools")
     out = (
         Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
@@ -172,10 +218,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_output(out, args.force, _written_by_vallayz(out))
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.data)
+    split_seed = _eval_split_seed(Path(args.run), data, args.split, args.split_seed)
     rows = (
-        data.split_indices(args.split_seed)[args.split]
-        if args.split != "all"
-        else np.arange(data.size)
+        data.split_indices(split_seed)[args.split] if args.split != "all" else np.arange(data.size)
     )
     if len(rows) < 2:
         raise UsageError(
@@ -208,6 +253,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _replace_atomically(out, lambda handle: handle.write(text.encode()))
     print(f"saved {out}")
     return 0
+
+
+def _eval_split_seed(run_dir: Path, data: Any, split: str, given: int | None) -> int:
+    """The split seed ``eval`` cuts the data with: the run's own (from its ``run.json``; 0 for
+    a model folder without one). Another ``--split-seed`` would put the run's training rows in
+    the evaluated split, so it is refused unless the data's ``split`` column decides the
+    splits or the whole data is evaluated."""
+    from vallayz_train.run_folder import RUN_FILE, read_run
+
+    own = 0
+    if (run_dir / RUN_FILE).is_file():
+        seed = read_run(run_dir)["train"].get("split_seed", 0)
+        own = seed if isinstance(seed, int) else 0
+    fixed = split == "all" or bool(data.items and "split" in data.items[0])
+    if given is not None and given != own and not fixed:
+        raise UsageError(
+            f"--split-seed {given} is not the seed the run was trained with ({own}): its "
+            f"{split} split would hold training rows; drop --split-seed to use the run's split"
+        )
+    return own if given is None else given
 
 
 def _read_array(path: str, dim: int, option: str = "--input") -> np.ndarray:
@@ -361,7 +426,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if not (Path(args.run) / RUN_FILE).is_file():
         raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
-    for path in plot_run(Path(args.run), args.data, args.out):
+    for path in plot_run(Path(args.run), args.data, args.out, force=args.force):
         print(f"wrote {path}")
     return 0
 
@@ -372,6 +437,25 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
         raise UsageError(f"pair {text!r} must look like source->target or a+b->target")
     sources, target = text.split("->", 1)
     return tuple(s for s in sources.split("+") if s), target
+
+
+def _check_pairs(pairs: list[tuple[tuple[str, ...], str]], data_dir: str, option: str) -> None:
+    """Refuses, before anything trains, a direction naming a modality the data lacks, with
+    no source, or whose target is among its sources."""
+    from vallayz.data import PairedEmbeddings
+
+    known = sorted(PairedEmbeddings(data_dir, check_values=False).modalities)
+    for sources, target in pairs:
+        text = f"{'+'.join(sources)}->{target}"
+        if not sources:
+            raise UsageError(f"{option} {text} has no source modality; write e.g. bo->en")
+        for name in (*sources, target):
+            if name not in known:
+                raise UsageError(
+                    f"{option} {text} names modality {name!r}, which {data_dir} lacks; use {known}"
+                )
+        if target in sources:
+            raise UsageError(f"{option} {text} retrieves a modality from itself; name another")
 
 
 def _train_args(
@@ -520,12 +604,21 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.data is None or args.out is None:
         raise UsageError("ablate needs a data directory and --out FOLDER (or --list)")
     _check_positive(args.steps, "--steps")
+    _check_positive(args.batch_size, "--batch-size")
+    _check_pool(args.pool)
+    if args.missing is not None and not 0 <= args.missing < 1:
+        raise UsageError(
+            f"--missing must be a share of rows in [0, 1), got {args.missing}; e.g. 0.5 drops "
+            "each source for half the rows"
+        )
+    pairs = [parse_pair(p) for p in args.pairs]
+    _check_pairs(pairs, args.data, "--pairs")
     spec = AblationSpec(
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
         base=dict(FRONT_END_DEFAULTS) if args.base == "bench" else {},
-        pairs=[parse_pair(p) for p in args.pairs],
+        pairs=pairs,
         pool=args.pool,
         modes=tuple(args.modes),
         rerank_depth=args.rerank_depth,
@@ -581,9 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
-        default="impn",
         choices=["impn", "contrastive-heads", "mlp-translator"],
-        help="IMPN, or a learned baseline trained under the same budget",
+        help="IMPN (the default), or a learned baseline trained under the same budget",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
@@ -596,7 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", type=int, default=5)
     p.add_argument("--mode", default="soil", choices=["soil", "translate"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.add_argument(
+        "--split-seed",
+        dest="split_seed",
+        type=int,
+        help="seed of the split (default and only accepted value: the run's own)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", help="JSON file (default RUN/eval-SPLIT-MODE.json)")
     p.add_argument(
@@ -797,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="data directory for the gate heatmap and soil map (default: the run's)"
     )
     p.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
+    p.add_argument(
+        "--force", action="store_true", help="replace figures in --out that vallayz did not write"
+    )
     p.set_defaults(func=_cmd_plot)
     return parser
 

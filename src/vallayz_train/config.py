@@ -142,7 +142,12 @@ class TrainConfig:
             raise ValueError(
                 f"loss_weights names unknown term(s) {sorted(unknown)}; the terms are {list(known)}"
             )
-        LossWeights(**self.loss_weights)  # validates the values
+        weights = LossWeights(**self.loss_weights)  # validates the values
+        if not any(weights.as_dict().values()):
+            raise ValueError(
+                "every loss weight is 0, so training would minimise a loss of 0 and learn "
+                "nothing; give at least one term a positive weight (e.g. contrastive)"
+            )
         check_pair_weighting(self.pair_weighting)
 
     def to_json(self, path: str | Path) -> None:

@@ -15,6 +15,30 @@ from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
 
 SAMPLE_ROWS = 400
+# The figures plot_run may write, and the PNG text that marks a figure as written by vallayz.
+FIGURES = ("curves.png", "planner.png", "gates.png", "soil.png")
+SOFTWARE = "vallayz plot"
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Writes ``fig`` as a PNG marked as vallayz's, through a temporary file and a rename: a
+    failure leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": SOFTWARE})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def written_by_vallayz(path: Path) -> bool:
+    """Whether ``path`` is a PNG that vallayz plot wrote (its ``Software`` text says so)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Software\x00" + SOFTWARE.encode() in head
 
 
 def _pyplot() -> Any:
@@ -59,7 +83,7 @@ def plot_curves(metrics: Path, out: Path) -> Path:
         ax.axis("off")
     fig.tight_layout()
     path = out / "curves.png"
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -93,7 +117,7 @@ def plot_planner(log: Path, out: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     path = out / "planner.png"
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -123,7 +147,7 @@ def plot_gates_and_soil(model: IMPN, data: PairedEmbeddings, out: Path) -> list[
     ax.set_title("gate weights, last bridge layer")
     fig.tight_layout()
     gates_path = out / "gates.png"
-    fig.savefig(gates_path, dpi=110)
+    _save(fig, gates_path)
     plt.close(fig)
 
     points = torch.cat([isolated.soil[m][batch.present[m]] for m in names])
@@ -139,13 +163,21 @@ def plot_gates_and_soil(model: IMPN, data: PairedEmbeddings, out: Path) -> list[
     ax.legend(markerscale=3)
     fig.tight_layout()
     soil_path = out / "soil.png"
-    fig.savefig(soil_path, dpi=110)
+    _save(fig, soil_path)
     plt.close(fig)
     return [gates_path, soil_path]
 
 
-def plot_run(run_dir: Path, data_dir: str | None = None, out_dir: str | None = None) -> list[Path]:
-    """Writes every figure a run supports; returns their paths."""
+def plot_run(
+    run_dir: Path, data_dir: str | None = None, out_dir: str | None = None, force: bool = False
+) -> list[Path]:
+    """Writes every figure a run supports; returns their paths.
+
+    Raises:
+        VallayzUserError: if the run has no metrics, ``out_dir`` is a file, or it holds a
+            figure's name that vallayz did not write (unless ``force``; files in the run's own
+            ``plots/`` folder are the run's).
+    """
     from vallayz_train.run_folder import METRICS, PLANNER_LOG, RUN_FILE
 
     if not (run_dir / METRICS).is_file():
@@ -153,6 +185,15 @@ def plot_run(run_dir: Path, data_dir: str | None = None, out_dir: str | None = N
             f"{run_dir} has no {METRICS}; plot a run directory written by vallayz fit"
         )
     out = Path(out_dir) if out_dir else run_dir / "plots"
+    if out.exists() and not out.is_dir():
+        raise VallayzUserError(f"--out {out} is a file; name a folder for the figures")
+    if out_dir and not force:
+        for name in FIGURES:
+            if (out / name).exists() and not written_by_vallayz(out / name):
+                raise VallayzUserError(
+                    f"{out / name} exists and was not written by vallayz; choose another --out "
+                    "or pass --force to replace it"
+                )
     out.mkdir(parents=True, exist_ok=True)
     paths = [plot_curves(run_dir / METRICS, out)]
     if (run_dir / PLANNER_LOG).is_file():

@@ -16,11 +16,14 @@ keep.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vallayz.data import PairedEmbeddings
+from vallayz.data import PairedEmbeddings, check_modality_name
 from vallayz.errors import VallayzUserError
 from vallayz.eval import keys_to_ids
 from vallayz.index import SEARCH_KINDS, SearchIndex
@@ -53,6 +56,7 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 INDEX_PREFIX = "index-"
+LOCK = ".lock"
 # Keys of trainer_state.json and the JSON types each must have.
 _SCALARS: dict[str, tuple[type, ...]] = {
     "step": (int,),
@@ -61,6 +65,70 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "loss_weights": (dict,),
     "optimizer": (dict,),
 }
+
+
+# Run folders this process holds the lock of (resolved path -> open lock file, depth), so that a
+# nested claim (a run restarted from inside fit) does not lock itself out.
+_HELD: dict[Path, tuple[Any, int]] = {}
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Holds the run folder's lock (``RUN_DIR/.lock``, created with the folder) while the
+    block runs: one writer per run folder.
+
+    The lock is an ``flock`` on the file, which the system releases when the holder exits,
+    however it exits, so a killed run never leaves its folder locked. The holder writes its
+    process id into the file for the message another writer gets.
+
+    Raises:
+        VallayzUserError: when another process holds the lock, naming it; or when the folder
+            cannot be created.
+    """
+    key = run_dir.resolve()
+    if key in _HELD:
+        handle, depth = _HELD[key]
+        _HELD[key] = (handle, depth + 1)
+        try:
+            yield
+        finally:
+            _HELD[key] = (handle, depth)
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VallayzUserError(f"{run_dir} is a file; choose a folder for the run")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (run_dir / LOCK).open("a+")
+    except OSError as err:
+        raise VallayzUserError(
+            f"cannot create the run folder {run_dir} ({err.strerror}); choose a folder you can "
+            "write to"
+        ) from err
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise VallayzUserError(
+            f"run folder {run_dir} is being written by process {holder}; wait for it to finish "
+            "(or stop it) or choose another --out"
+        ) from err
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = (handle, 1)
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            # Refused before writing anything (a bad model config): leave no folder behind.
+            (run_dir / LOCK).unlink()
+            run_dir.rmdir()
+        handle.close()  # releases the lock; the file stays, empty of meaning
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -324,18 +392,26 @@ def clear_run(run_dir: Path) -> None:
         shutil.rmtree(partial)
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
-    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+def check_out_dir(run_dir: Path) -> None:
+    """Checks, without writing anything, that ``fit --out`` may put a run in ``run_dir``: a
+    new folder, an empty one, or a run folder (see :func:`claim_run_dir`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise VallayzUserError(f"--out {run_dir} is a file; choose a folder for the run")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):
         return
     if not (run_dir / RUN_FILE).is_file():
         raise VallayzUserError(
             f"--out {run_dir} is a folder that holds no vallayz run but other files; choose a "
             "new or empty folder so that runs are not mixed"
         )
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Checks that ``fit --out`` may write a new run into ``run_dir``: a new or empty folder,
+    or a run that stopped before its first checkpoint (cleared, with a notice)."""
+    check_out_dir(run_dir)
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):
+        return
     if states(run_dir):
         raise VallayzUserError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} "
@@ -392,7 +468,12 @@ def run_data(run_dir: Path, check_values: bool = False) -> PairedEmbeddings:
 
 
 def index_dir(run_dir: Path, name: str) -> Path:
-    """The folder of the run's saved search index ``name`` (e.g. a target modality)."""
+    """The folder of the run's saved search index ``name`` (e.g. a target modality).
+
+    Raises:
+        VallayzUserError: if ``name`` is not a plain name (a path would leave the run folder).
+    """
+    check_modality_name(name, "index")
     return run_dir / f"{INDEX_PREFIX}{name}"
 
 
@@ -419,17 +500,39 @@ def load_index(run_dir: Path, name: str, kind: str | None = None) -> SearchIndex
     return index if kind is None or index.kind == kind else None
 
 
-def model_fingerprint(run_dir: Path) -> list[int]:
-    """Sizes and modification times of the run's final model files: an index saved with
-    other ones was embedded by another model, and is built again."""
-    out: list[int] = []
+def model_fingerprint(run_dir: Path) -> str:
+    """A hash of the bytes of the run's final model files: an index saved with another one
+    was embedded by another model, and is built again (whatever the files' times and sizes)."""
+    digest = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
         try:
-            stat = (run_dir / name).stat()
+            with (run_dir / name).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         except OSError:
-            return []
-        out += [stat.st_size, stat.st_mtime_ns]
-    return out
+            return ""
+        digest.update(b"\x00" + name.encode() + b"\x00")
+    return digest.hexdigest()
+
+
+def candidates_fingerprint(data: PairedEmbeddings, target: str, rows: np.ndarray) -> str:
+    """A hash of everything an index of the ``target`` candidates ``rows`` is built from: the
+    rows, their embeddings, padding, token and node ids, and their gold keys. A folder rewritten
+    with other values (even with as many rows, at the same path) gives another hash."""
+    digest = hashlib.sha256()
+    rows = np.asarray(rows, dtype=np.int64)
+    digest.update(rows.tobytes())
+    sources = [data.arrays[target]]
+    for found in (data.padding, data.tokens, data.node_ids):
+        if target in found:
+            sources.append(found[target])
+    for source in sources:
+        digest.update(f"{source.dtype.str}{source.shape[1:]}".encode())
+        for start in range(0, len(rows), 4096):
+            digest.update(np.ascontiguousarray(source[rows[start : start + 4096]]).tobytes())
+    keys = data.keys(target)
+    digest.update("\x1f".join(keys[int(r)] for r in rows).encode())
+    return digest.hexdigest()
 
 
 def candidate_index(
@@ -443,7 +546,7 @@ def candidate_index(
 ) -> SearchIndex:
     """The search index of ``model``'s shared-space embeddings of the ``target`` candidates
     ``rows`` of ``data``: read from the run folder when it was saved there for the same model,
-    candidates and kind, else built (by embedding the candidates once) and saved there.
+    candidates (by content) and kind, else built (by embedding the candidates once) and saved there.
 
     Args:
         model: The run's model.
@@ -467,11 +570,14 @@ def candidate_index(
                 f"--index {kind} is an approximate index, which needs faiss: install it with "
                 "pip install 'vallayz[index]' (or use --index exact)"
             ) from err
+    # Keyed on content, not on paths or counts: a candidates folder rewritten in place, or a
+    # model trained again into the run folder, gets a new index.
     meta = {
         "model": model_fingerprint(run_dir),
-        "data": str(Path(data.directory).resolve()),
+        "candidates": candidates_fingerprint(data, target, rows),
         "target": target,
         "rows": len(rows),
+        "embed": getattr(embed, "__qualname__", "model.embed"),
     }
     name = f"{target}-{kind}"
     index = load_index(run_dir, name, kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -39,10 +40,14 @@ from vallayz_train.run_folder import (
     OPTIMIZER,
     PLANNER_LOG,
     RUN_FILE,
+    SUMMARY,
     TENSORBOARD,
+    check_out_dir,
     claim_run_dir,
     clear_run,
+    is_finished,
     load_state,
+    lock_run,
     notice,
     read_run,
     save_state,
@@ -193,6 +198,15 @@ class Trainer:
                 f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
                 "needs at least 2 (check the split column or add data)"
             )
+        for name in self.names:
+            if not data.present[name][self.train_rows].any():
+                where = "row" if not data.present[name].any() else "training row"
+                raise VallayzUserError(
+                    f"{data.directory}: modality {name!r} is present in no {where} "
+                    f"({name}.present.npy), so nothing could link it; add its embeddings, or "
+                    "train without it by listing the other modalities under 'modalities' in "
+                    "the model config"
+                )
         if len(self.val_rows) < 2:
             raise VallayzUserError(
                 f"{data.directory}: the validation split has {len(self.val_rows)} rows; add "
@@ -531,6 +545,25 @@ class Trainer:
         return summary
 
 
+def _finished_summary(run_dir: Path) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run.
+
+    Raises:
+        VallayzUserError: if it is unreadable.
+    """
+    path = run_dir / SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VallayzUserError(
+            f"{path} is unreadable ({err}); the run finished, so evaluate it as it is or start "
+            "a new one with vallayz fit --out"
+        ) from err
+    if not isinstance(summary, dict):
+        raise VallayzUserError(f"{path} must hold a JSON object; the run's summary is damaged")
+    return summary
+
+
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -567,8 +600,48 @@ def fit(
     """
     run_dir = Path(run_dir)
     world = world or World()
+    # Read-only checks first, so that a mistaken path gets no folder or lock file.
+    if resume:
+        read_run(run_dir)
+    elif world.is_main:
+        check_out_dir(run_dir)
+    # One writer per run folder: rank 0 writes it, so rank 0 holds the lock.
+    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
+        return _fit(
+            data_dir,
+            run_dir,
+            model_overrides,
+            train_config,
+            resume=resume,
+            progress=progress,
+            method=method,
+            world=world,
+        )
+
+
+def _fit(
+    data_dir: str | Path | None,
+    run_dir: Path,
+    model_overrides: dict[str, Any] | None,
+    train_config: TrainConfig | None,
+    resume: bool,
+    progress: bool,
+    method: str,
+    world: World,
+) -> dict[str, Any]:
+    """:func:`fit`, with the run folder's lock held."""
     if resume:
         run = read_run(run_dir)
+        if is_finished(run_dir):
+            # Training again would replace the final model (and, after an early stop, go on
+            # past the stop): a finished run is left as it is.
+            if world.is_main:
+                notice(
+                    f"{run_dir} has finished ({SUMMARY} is written), so there is nothing to "
+                    "resume and nothing was changed; start a new run with vallayz fit --out to "
+                    "train longer"
+                )
+            return _finished_summary(run_dir)
         config = TrainConfig.from_dict(run["train"])
         if world.distributed:
             start(world, config.device)

@@ -34,6 +34,7 @@ from vallayz_train.bench.spec import (
 )
 from vallayz_train.bench.sweeps import MissingSweep, NoiseSweep
 from vallayz_train.config import TrainConfig
+from vallayz_train.run_folder import lock_run
 
 __all__ = [
     "CLOSED_FORM",
@@ -74,10 +75,32 @@ def run_benchmark(
     Runs already in ``out_dir`` (a ``summary.json`` beside them) are reused, so an interrupted
     benchmark continues where it stopped.
     """
-    spec = spec or BenchSpec()
-    train = train or TrainConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # One benchmark per folder at a time (its method runs take their own locks too).
+    with lock_run(out):
+        return _run_benchmark(
+            data_dir,
+            out,
+            spec or BenchSpec(),
+            train or TrainConfig(),
+            model_overrides,
+            progress,
+            log,
+            measures,
+        )
+
+
+def _run_benchmark(
+    data_dir: str | Path,
+    out: Path,
+    spec: BenchSpec,
+    train: TrainConfig,
+    model_overrides: dict[str, Any] | None,
+    progress: bool,
+    log: Any,
+    measures: Sequence[Measure],
+) -> dict[str, Any]:
+    """:func:`run_benchmark`, with the lock of ``out`` held."""
     data = PairedEmbeddings(data_dir)
     splits = data.split_indices(train.split_seed)
     runs = train_runs(data_dir, out, spec, train, model_overrides, progress, log)
