@@ -46,8 +46,11 @@ from vallayz.types import Batch
 MULTIWAY_METHODS = ("cca", "gpa", "gcpa")
 # Ridge added to each covariance before whitening, as a fraction of its mean eigenvalue
 # (trace / width): with as many dimensions as rows a covariance is singular, and an
-# unregularised CCA finds perfect and meaningless correlations.
-DEFAULT_CCA_RIDGE = 0.1
+# unregularised CCA finds perfect and meaningless correlations. Chosen on the emoji validation
+# split (1,280-d image and 384-d text features, ~1,070 training rows; R@1 over the split):
+# 0.01 / 0.1 / 0.3 / 1 / 3 / 10 gave image→text 0.176 / 0.216 / 0.242 / 0.248 / 0.255 / 0.255
+# and text→image 0.183 / 0.229 / 0.235 / 0.268 / 0.281 / 0.268.
+DEFAULT_CCA_RIDGE = 1.0
 # Ridge of the GCPA correction, as a fraction of the mean eigenvalue of the stacked universe
 # covariance; it shrinks the correction towards none (plain GPA).
 DEFAULT_CORRECTION_RIDGE = 1e-3
