@@ -920,7 +920,7 @@ def _training_options(p: argparse.ArgumentParser, front_end_default: str) -> Non
 
 
 # The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
 
 
 def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vallayz.eval import ClosedFormEncoder, model_encoder, rerank_table, retrieval_table
+from vallayz.eval import model_encoder, rerank_table, retrieval_table
 from vallayz.eval.stitching import stitching_accuracy
 from vallayz.losses import knn_jaccard
 from vallayz_train.bench.runs import Bench
@@ -79,9 +79,11 @@ class Geometry:
         translators: dict[str, Any] = {m: v for m, v in models.items() if v.capabilities.translates}
         for name in spec.closed_form:
             closed = closed_form_method(name)
-            translators[closed.label(spec.normalisation)] = closed.encoder(
+            translator = closed.encoder(
                 data, bench.train_rows, spec.normalisation, bench.fitted.setdefault(name, {})
             )
+            if translator is not None:  # gcpa embeds only
+                translators[closed.label(spec.normalisation)] = translator
         with torch.no_grad():
             for method, model in translators.items():
                 for a, b in sorted(directions):
@@ -89,7 +91,7 @@ class Geometry:
                     if len(used) < 2:
                         continue
                     x = data.batch(used, [a]).pooled()[a]
-                    if isinstance(model, ClosedFormEncoder):
+                    if hasattr(model, "translator"):  # closed forms, multi-way ones too
                         there = model.translator(a, b).transform(x.double())
                         back = model.translator(b, a).transform(there).float()
                     else:

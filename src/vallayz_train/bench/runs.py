@@ -160,11 +160,14 @@ class Bench:
             encoders.update(learned_method(label).encoders(label, model, view, native_only))
         for name in self.spec.closed_form if closed_form else ():
             method = closed_form_method(name)
-            encoders[method.label(self.spec.normalisation)] = method.encoder(
-                view,
-                self.train_rows,
-                self.spec.normalisation,
-                self.fitted.setdefault(name, {}),
-                anchor_data=self.data,
+            encoders.update(
+                method.encoders(
+                    view,
+                    self.train_rows,
+                    self.spec.normalisation,
+                    self.fitted.setdefault(name, {}),
+                    anchor_data=self.data,
+                    native_only=native_only,
+                )
             )
         return encoders

@@ -2,7 +2,9 @@
 
 The spec names its methods; each name stands for one object of :data:`LEARNED` (trained by the
 trainer into a run folder) or :data:`CLOSED_FORM` (fitted on the training rows). Adding a method
-is adding one object to one of these tables.
+is adding one object to one of these tables. The multi-way closed forms (:class:`MultiWayMethod`)
+are fitted on every modality at once and evaluated, like trained models, along each retrieval
+path they offer.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class BenchSpec:
     # Learned methods trained under the same TrainConfig (names of LEARNED).
     methods: tuple[str, ...] = ("impn", "contrastive-heads", "mlp-translator")
     # Closed-form maps fitted on the training rows (names of CLOSED_FORM).
-    closed_form: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine")
+    closed_form: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
     # Pre-processing of the closed-form maps.
     normalisation: str = "standard"
     # Test-time missing rates of the sweep (on pairs with several sources).
@@ -152,6 +154,93 @@ class ClosedFormMethod:
             data, train_rows, self.name, normalisation, anchor_data=anchor_data, maps=maps
         )
 
+    def encoders(
+        self,
+        data: Any,
+        train_rows: np.ndarray,
+        normalisation: str,
+        maps: dict[tuple[str, str], Any],
+        anchor_data: Any = None,
+        native_only: bool = False,
+    ) -> dict[str, Any]:
+        """Its one encoder (a translator into the target's native space), labelled."""
+        return {
+            self.label(normalisation): self.encoder(
+                data, train_rows, normalisation, maps, anchor_data
+            )
+        }
+
+
+@dataclass(frozen=True)
+class MultiWayMethod(ClosedFormMethod):
+    """A multi-way closed form of :mod:`vallayz.multiway` (``cca``, ``gpa``, ``gcpa``), fitted
+    on every modality of the training rows at once: a shared space, and for those that
+    translate, translation through it."""
+
+    def aligner(
+        self, data: Any, train_rows: np.ndarray, normalisation: str, maps: dict[Any, Any]
+    ) -> Any:
+        """The aligner fitted on ``data``'s training rows, once per normalisation."""
+        from vallayz.multiway import MultiWayAligner
+
+        key = ("aligner", normalisation)
+        if key not in maps:
+            batch = data.batch(train_rows)
+            maps[key] = MultiWayAligner(self.name, normalisation).fit(batch.pooled(), batch.present)
+        return maps[key]
+
+    def encoder(
+        self,
+        data: Any,
+        train_rows: np.ndarray,
+        normalisation: str,
+        maps: dict[tuple[str, str], Any],
+        anchor_data: Any = None,
+    ) -> Any:
+        """Its translator as ``translator(source, target).transform(x)`` (for the cycle
+        measures), or ``None`` when it does not translate."""
+        aligner = self.aligner(
+            anchor_data if anchor_data is not None else data, train_rows, normalisation, maps
+        )
+        return _Translations(aligner) if aligner.capabilities.translates else None
+
+    def encoders(
+        self,
+        data: Any,
+        train_rows: np.ndarray,
+        normalisation: str,
+        maps: dict[tuple[str, str], Any],
+        anchor_data: Any = None,
+        native_only: bool = False,
+    ) -> dict[str, Any]:
+        """One encoder per retrieval path of the fitted aligner over ``data``."""
+        aligner = self.aligner(
+            anchor_data if anchor_data is not None else data, train_rows, normalisation, maps
+        )
+        return LearnedMethod(self.name).encoders(
+            self.label(normalisation), aligner, data, native_only
+        )
+
+
+@dataclass(frozen=True)
+class _Translation:
+    aligner: Any
+    source: str
+    target: str
+
+    def transform(self, x: Any) -> Any:
+        return self.aligner.decode(self.target, self.aligner.encode(self.source, x))
+
+
+@dataclass(frozen=True)
+class _Translations:
+    """A multi-way aligner's translations in the shape of a closed-form encoder's maps."""
+
+    aligner: Any
+
+    def translator(self, source: str, target: str) -> _Translation:
+        return _Translation(self.aligner, source, target)
+
 
 LEARNED: dict[str, LearnedMethod] = {
     "impn": LearnedMethod("impn", model_overrides=True),
@@ -159,7 +248,8 @@ LEARNED: dict[str, LearnedMethod] = {
     "mlp-translator": LearnedMethod("mlp-translator"),
 }
 CLOSED_FORM: dict[str, ClosedFormMethod] = {
-    name: ClosedFormMethod(name) for name in ("ortho", "l-ortho", "linear", "affine")
+    **{name: ClosedFormMethod(name) for name in ("ortho", "l-ortho", "linear", "affine")},
+    **{name: MultiWayMethod(name) for name in ("cca", "gpa", "gcpa")},
 }
 
 

@@ -46,7 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 400, "warmup_
 # gradient steps on a 1,280 x 1,280 float64 matrix over ~1,070 anchors cost more CPU time than
 # the whole rest of the benchmark; it is the linear map's model class plus a bias, and
 # --closed-form ortho l-ortho linear affine fits it too.
-CLOSED_FORM = ("ortho", "l-ortho", "linear")
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "cca", "gpa", "gcpa")
 # Candidate pools of the test split (about 306 items), besides the whole split.
 POOL = 100
 POOLS = 5

@@ -8,8 +8,8 @@ from typing import Any
 
 # The closed-form maps of vallayz.baselines, and those bench emoji fits by default (see
 # emoji.bench.CLOSED_FORM), spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
-DEFAULT_CLOSED_FORM = ("ortho", "l-ortho", "linear")
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+DEFAULT_CLOSED_FORM = ("ortho", "l-ortho", "linear", "cca", "gpa", "gcpa")
 
 # The command's name, its help line and its defaults of the shared benchmark options.
 NAME = "emoji"

@@ -42,6 +42,8 @@ from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
 from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
 from vallayz.learned import load_pretrained
 from vallayz_train.bench import hardware
+from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
+from vallayz_train.bench.spec import MultiWayMethod
 from vallayz_train.config import TrainConfig
 from vallayz_train.stitch.encoders import e5_encoder
 from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
@@ -60,7 +62,7 @@ DEFAULT_PAIRS = 6000
 # Training pairs whose Tibetan line the negative control encodes as anchors of its maps.
 CONTROL_ANCHORS = 1000
 # The closed-form maps of vallayz.baselines, and the two normalisations compared for each.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine")
+CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
 NORMALISATIONS = ("standard", "l2")
 # Maps fitted in the negative control (with standard scaling).
 CONTROL_MAPS = ("ortho", "linear")
@@ -258,6 +260,11 @@ def _method_encoders(
     }
     for normalisation in NORMALISATIONS:
         for name in closed_form:
+            closed = CLOSED_FORM_METHODS[name]
+            if isinstance(closed, MultiWayMethod):  # a shared space, and translation through it
+                for label, encoder in closed.encoders(data, train_rows, normalisation, {}).items():
+                    encoders[label] = (encoder, label.endswith("(translate)"))
+                continue
             encoders[f"{name} ({normalisation})"] = (
                 ClosedFormEncoder(data, train_rows, name, normalisation),
                 True,
