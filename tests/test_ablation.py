@@ -143,7 +143,22 @@ def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
         "bo->en",
         "bo+speech->en",
         "bo->en at 10 dB",
+        "bo+speech->en, bo at 10 dB",
     ]
+    # Late (soil) and fused rows of the combinatorial variant; fused on bo+speech->en only.
+    fused = [*args, *options, "--modes", "soil", "fused", "--only", "combinatorial term"]
+    assert main(fused) == 0
+    table = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert [(r["pair"], r["mode"]) for r in table] == [
+        ("bo->en", "soil"),
+        ("bo+speech->en", "soil"),
+        ("bo->en at 10 dB", "soil"),
+        ("bo+speech->en, bo at 10 dB", "soil"),
+        ("bo+speech->en", "fused"),
+        ("bo+speech->en, bo at 10 dB", "fused"),
+    ]
+    train = json.loads((tmp_path / "ab" / "combinatorial-term" / "run.json").read_text())["train"]
+    assert train["loss_weights"]["combinatorial"] == 1.0
     config = json.loads((tmp_path / "ab" / "no-speech" / "config.json").read_text())
     assert set(config["modalities"]) == {"bo", "en"}
     train = json.loads((tmp_path / "ab" / "no-speech" / "run.json").read_text())["train"]

@@ -44,6 +44,7 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     assert methods == {
         "impn (shared space)",
         "impn (bridged)",
+        "impn (fused)",
         "impn (translate)",
         "contrastive-heads (shared space)",
         "ortho (standard)",
@@ -51,7 +52,10 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     for method in methods:
         for pool in ("8", "all"):
             rows = [r for r in results["retrieval"] if r["method"] == method and r["pool"] == pool]
-            assert len(rows) == 2, (method, pool)
+            # The fused path is scored on the pair with several sources only.
+            assert len(rows) == (1 if method == "impn (fused)" else 2), (method, pool)
+            if method == "impn (fused)":
+                assert rows[0]["source"] == "text+image"
     # Every method is scored on the same queries.
     assert (
         len({(r["source"], r["queries"]) for r in results["retrieval"] if r["pool"] == "all"}) == 2
@@ -59,6 +63,11 @@ def test_benchmark_writes_every_method_direction_and_sweep(tmp_path: Path) -> No
     assert {r["missing_rate"] for r in results["missing_sweep"]} == {0.0, 0.75}
     _check_matched_dropout(tmp_path / "bench", results, spec.methods)
     assert {r["snr_db"] for r in results["noise_sweep"]} == {10.0}
+    corrupted = results["corrupted_sweep"]
+    assert {(r["corrupted"], r["snr_db"], r["source"]) for r in corrupted} == {
+        ("text", 10.0, "text+image")
+    }
+    assert {"impn (shared space)", "impn (fused)"} <= {r["method"] for r in corrupted}
     stitched = {r["method"]: r for r in results["stitching"] if r["source"] == "text"}
     assert set(stitched) == {"impn (translate)", "ortho (standard)"}
     ortho = stitched["ortho (standard)"]

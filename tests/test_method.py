@@ -77,6 +77,7 @@ def test_capabilities_say_which_calls_are_served(name: str) -> None:
         for mode, served in (
             ("soil", caps.embeds),
             ("bridged", caps.bridges),
+            ("fused", caps.fuses),
             ("translate", caps.translates),
         )
         if served

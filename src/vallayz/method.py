@@ -25,10 +25,11 @@ from torch import Tensor
 from vallayz.losses import LossOutput, LossSettings, LossWeights
 from vallayz.types import Batch
 
-MODES = ("soil", "bridged", "translate")
-"""Retrieval paths: queries embedded into the shared space (``soil``), read from the absent
-target's nodes after message passing (``bridged``), or translated into the target's native space
-(``translate``)."""
+MODES = ("soil", "bridged", "fused", "translate")
+"""Retrieval paths: queries embedded into the shared space (``soil``; several sources averaged),
+read from the absent target's nodes after message passing (``bridged``), several sources embedded
+together by message passing among them (``fused``; single-source queries as ``soil``), or
+translated into the target's native space (``translate``)."""
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,21 @@ class Capabilities:
     # embed(batch, target=m) returns the state an absent modality m reaches from the inputs by
     # message passing.
     bridges: bool = False
+    # embed(batch, fusion="fused") embeds rows with several present sources in one pass in
+    # which they exchange messages (a shared space, like embeds).
+    fuses: bool = False
     # translate(batch, target=m) returns vectors in m's native space.
     translates: bool = False
 
     @property
     def modes(self) -> tuple[str, ...]:
         """The retrieval paths (of :data:`MODES`) this method serves, in that order."""
-        served = {"soil": self.embeds, "bridged": self.bridges, "translate": self.translates}
+        served = {
+            "soil": self.embeds,
+            "bridged": self.bridges,
+            "fused": self.fuses,
+            "translate": self.translates,
+        }
         return tuple(mode for mode in MODES if served[mode])
 
     def check_mode(self, mode: str, method: str) -> None:

@@ -28,6 +28,9 @@ from vallayz.method import Capabilities
 from vallayz.types import Batch, Embeddings, Masks
 
 CONFIG_NAME = "config.json"
+FUSIONS = ("late", "fused")
+"""How :meth:`IMPN.embed` combines several present sources: the mean of single-source
+embeddings (``late``), or one pass in which they exchange messages (``fused``)."""
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -497,6 +500,7 @@ class IMPN(nn.Module):
         target: str | None = None,
         present: Masks | None = None,
         padding: Masks | None = None,
+        fusion: str = "late",
     ) -> Tensor:
         """Soil vectors of the given inputs.
 
@@ -504,20 +508,66 @@ class IMPN(nn.Module):
             x: Embeddings of one modality (with ``modality``), or a dict of several.
             modality: The modality of ``x`` when it is a single tensor.
             target: If given, return the soil state that the (absent) ``target`` modality's
-                seed nodes reach from the given inputs — soil-space translation. Otherwise each
-                modality is embedded on its own and the result is the mean of the present
-                modalities' soil vectors per row.
+                seed nodes reach from the given inputs — soil-space translation. Otherwise the
+                present modalities are embedded as ``fusion`` says.
             present: Optional presence masks ``{m: [B]}`` for dict inputs.
             padding: Optional padding masks ``{m: [B, T_m]}`` for node inputs.
+            fusion: ``"late"``: each modality embedded on its own, the mean of the present
+                modalities' soil vectors per row. ``"fused"``: rows with several present
+                sources are embedded by :meth:`fuse` (the sources exchange messages in one
+                pass); rows with one keep the late (single-source) embedding, bit for bit.
 
         Returns:
             Soil vectors ``[B, soil_dim]``.
+
+        Shape:
+            ``{m: [B, d_m] or [B, T_m, d_m]}`` → ``[B, soil_dim]``.
         """
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         batch = self._sources(x, modality, present, padding)
         if target is not None:
             self._check_target(batch, target)
             return self(batch).soil[target]
         out = self(batch, isolate=True)
+        late = mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
+        if fusion == "late" or len(batch.embeddings) < 2:
+            return late
+        # Rows with one present source keep their single-source embedding exactly; the others
+        # are read from one pass of their sources together.
+        counts = torch.stack([p.to(late.device) for p in batch.present.values()]).sum(dim=0)
+        several = torch.nonzero(counts >= 2).squeeze(1)
+        if len(several) == 0:
+            return late
+        fused = self.fuse(batch.select(several.to(batch.present_device)), validate=False)
+        return late.index_copy(0, several, fused.to(late.dtype))
+
+    def fuse(
+        self,
+        batch: Batch | Embeddings,
+        *,
+        generator: torch.Generator | None = None,
+        validate: bool = True,
+    ) -> Tensor:
+        """Fused embedding of the present sources of each row: one pass of the bridge in which
+        the sources exchange messages (not isolated), then the mean of their pooled soil
+        states. A row with one present source has no other sender, so its state is the one it
+        reaches alone (up to rounding; :meth:`embed` with ``fusion="fused"`` returns exactly
+        the single-source embedding there).
+
+        Args:
+            batch: The sources; every row needs at least one present.
+            generator: Random generator of the micro-variants (sampled in training only).
+            validate: Check the batch against the config first.
+
+        Returns:
+            Soil vectors ``[B, soil_dim]``.
+
+        Shape:
+            ``{m: [B, d_m] or [B, T_m, d_m]}`` → ``[B, soil_dim]``.
+        """
+        batch = Batch.of(batch)
+        out = self(batch, generator=generator, validate=validate, decode=False)
         return mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
 
     def match(
@@ -677,8 +727,9 @@ class IMPN(nn.Module):
         return model
 
     # ------------------------------------------------------------------ method contract
-    capabilities = Capabilities(embeds=True, bridges=True, translates=True)
-    """IMPN embeds into the soil space, bridges to absent modalities and translates."""
+    capabilities = Capabilities(embeds=True, bridges=True, fuses=True, translates=True)
+    """IMPN embeds into the soil space, bridges to absent modalities, fuses several sources by
+    message passing and translates."""
 
     def objective(self, settings: LossSettings | None = None) -> IMPNObjective:
         """The IMPN loss of this model under ``settings`` (defaults when ``None``), whose

@@ -831,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--noisy-snr",
         dest="noisy_snr",
         type=float,
-        help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld",
+        help="also score bo->en with noise at this SNR on the Tibetan vector, n-grams withheld, "
+        "and every multi-source pair with that noise on its first source only",
     )
     p.add_argument(
         "--missing",
@@ -853,7 +854,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="training seed (initialisation, batch order, dropout); the split stays the same",
     )
-    p.add_argument("--modes", nargs="+", choices=["soil", "bridged"], default=["soil"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["soil", "bridged", "fused"],
+        default=["soil"],
+        help="IMPN retrieval paths scored: soil (sources embedded alone, averaged: late "
+        "fusion), bridged, fused (several sources in one message-passing pass; multi-source "
+        "pairs only)",
+    )
     p.add_argument(
         "--split",
         choices=["val", "test"],

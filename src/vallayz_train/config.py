@@ -78,6 +78,9 @@ class TrainConfig:
     pair_weighting: str = "rows"
     # Weights of the loss terms.
     loss_weights: dict[str, float] = field(default_factory=lambda: LossWeights().as_dict())
+    # Most subsets of modalities IMPN's combinatorial term embeds per batch, one pass
+    # each, drawn at random when there are more (3 modalities have 3 subsets of two).
+    fused_subsets: int = 4
     # Micro-variant noise over the run: "constant" keeps every sigma, "cosine" scales it from
     # 1 at the first step to 0 at the last, as the learning rate decays.
     sigma_schedule: str = "constant"
@@ -99,6 +102,7 @@ class TrainConfig:
             "checkpoint_every",
             "planner_every",
             "val_pool",
+            "fused_subsets",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -108,6 +108,7 @@ def loss_settings(config: TrainConfig) -> LossSettings:
         drop_rate=config.modality_dropout,
         pair_weighting=config.pair_weighting,
         baseline_drop_rate=config.modality_dropout if config.baseline_dropout else 0.0,
+        fused_subsets=config.fused_subsets,
     )
 
 

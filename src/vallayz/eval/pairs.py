@@ -30,7 +30,10 @@ def model_encoder(model: Method, data: Any, mode: str = "soil", batch_size: int 
     (for IMPN each embedded alone, averaged over present sources), candidates those of the
     target. ``bridged`` (``capabilities.bridges``): queries are the states the absent target's
     nodes reach by message passing from the sources (several sources fused by the bridge),
-    candidates the target's own shared-space vectors. ``translate``
+    candidates the target's own shared-space vectors. ``fused`` (``capabilities.fuses``):
+    queries with several sources are embedded in one pass in which the sources exchange
+    messages, candidates as for ``soil``; the encoder's ``min_sources`` is 2, so retrieval
+    tables score it on pairs with several sources only. ``translate``
     (``capabilities.translates``): queries are the sources translated into the target's native
     space, candidates the native targets. A ``torch.nn.Module`` is encoded in eval mode.
 
@@ -56,6 +59,9 @@ def model_encoder(model: Method, data: Any, mode: str = "soil", batch_size: int 
             elif mode == "soil":
                 queries.append(model.embed(src).cpu())
                 candidates.append(model.embed(data.batch(chunk, [target])).cpu())
+            elif mode == "fused":
+                queries.append(model.embed(src, fusion="fused").cpu())  # type: ignore[call-arg]
+                candidates.append(model.embed(data.batch(chunk, [target])).cpu())
             else:
                 queries.append(model.translate(src, target=target).cpu())
                 candidates.append(data.batch(chunk, [target]).pooled()[target])
@@ -63,6 +69,8 @@ def model_encoder(model: Method, data: Any, mode: str = "soil", batch_size: int 
             module.train(was_training)
         return torch.cat(queries), torch.cat(candidates)
 
+    # The fused path equals the soil path on single-source pairs: retrieval tables skip them.
+    encode.min_sources = 2 if mode == "fused" else 1  # type: ignore[attr-defined]
     return encode
 
 
@@ -235,8 +243,13 @@ def pair_pools(
 ) -> Iterator[PoolRun]:
     """For each pair, its rows with every source and the target present (pairs with fewer
     than two are skipped), encoded once, then ``pools`` random pools of ``pool`` items (when
-    there are more rows) and the whole set: the runs every retrieval table scores."""
+    there are more rows) and the whole set: the runs every retrieval table scores. Pairs with
+    fewer sources than the encoder's ``min_sources`` attribute (1 when it has none) are
+    skipped."""
+    min_sources = getattr(encode, "min_sources", 1)
     for sources, target in pairs:
+        if len(sources) < min_sources:
+            continue
         mask = data.present[target][rows].copy()
         for source in sources:
             mask &= data.present[source][rows]

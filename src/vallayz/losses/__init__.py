@@ -1,5 +1,11 @@
 """Losses of IMPN, each a pure function plus a small module, and the weighted total."""
 
+from vallayz.losses.combinatorial import (
+    combinatorial_info_nce,
+    fusion_subsets,
+    sample_subsets,
+    subset_rows,
+)
 from vallayz.losses.infonce import InfoNCELoss, info_nce
 from vallayz.losses.knn import KNNPreservationLoss, knn_jaccard, knn_preservation_loss
 from vallayz.losses.reconstruction import (
@@ -30,13 +36,17 @@ __all__ = [
     "OrthogonalityLoss",
     "ReconstructionLoss",
     "check_pair_weighting",
+    "combinatorial_info_nce",
     "cycle_loss",
     "denoising_loss",
+    "fusion_subsets",
     "info_nce",
     "knn_jaccard",
     "knn_preservation_loss",
     "orthogonality_loss",
     "pair_mean",
     "reconstruction_loss",
+    "sample_subsets",
+    "subset_rows",
     "translation_loss",
 ]

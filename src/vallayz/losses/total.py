@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vallayz.losses.combinatorial import (
+    combinatorial_info_nce,
+    fusion_subsets,
+    sample_subsets,
+    subset_rows,
+)
 from vallayz.losses.infonce import info_nce
 from vallayz.losses.knn import knn_preservation_loss
 from vallayz.losses.reconstruction import KINDS, cycle_loss, translation_loss
@@ -51,6 +57,10 @@ class LossWeights:
     # partner among hard negatives (the partners' nearest neighbours in the isolated soil space)
     # in joint passes of the two modalities: trains re-ranking.
     rerank: float = 0.0
+    # Combinatorial term: symmetric InfoNCE between the fused embedding of a subset of at least
+    # two present modalities (one pass in which they exchange messages, IMPN.fuse) and each
+    # present modality outside it (its isolated soil vector): trains fused queries.
+    combinatorial: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -93,9 +103,17 @@ class LossSettings:
     # dropped modalities fitted from the baseline's fusion of the kept ones); 0 leaves the
     # baselines' loss pairwise only.
     baseline_drop_rate: float = 0.0
+    # Most subsets of modalities IMPN's combinatorial term embeds per batch (one pass each),
+    # drawn at random when the batch's modalities have more.
+    fused_subsets: int = 4
 
     def __post_init__(self) -> None:
         check_pair_weighting(self.pair_weighting)
+        if self.fused_subsets < 1:
+            raise ValueError(
+                f"fused_subsets must be >= 1, got {self.fused_subsets}; it bounds the passes of "
+                "the combinatorial term per batch (its weight switches it off)"
+            )
         if not 0.0 <= self.baseline_drop_rate <= 1.0:
             raise ValueError(
                 f"baseline_drop_rate must lie in [0, 1], got {self.baseline_drop_rate}; 0 "
@@ -120,7 +138,9 @@ class LossOutput:
 class IMPNLoss(nn.Module):
     """Computes the IMPN objective for a model on one batch.
 
-    Passes: (1) isolated unimodal pass → contrastive and kNN terms; (2) a pass with random
+    Passes: (1) isolated unimodal pass → contrastive and kNN terms; (1b) one fused pass per
+    chosen subset of at least two modalities → the combinatorial term against the
+    isolated vectors of pass 1; (2) a pass with random
     modalities dropped per row → translation, denoising and bridged-contrastive terms (the
     dropped modalities' soil states, reached by message passing, against their isolated soil
     vectors from pass 1); (3) the decoded dropped modalities alone → cycle term on the kept
@@ -138,6 +158,8 @@ class IMPNLoss(nn.Module):
             computed on, ``"equal"`` gives each the same weight (see :func:`pair_mean`).
         rerank_negatives: Hard negatives per anchor row of the re-ranking term.
         rerank_rows: Anchor rows per pair of modalities of the re-ranking term.
+        fused_subsets: Most subsets of modalities the combinatorial term embeds per batch (drawn at
+            random from those with rows to train on when there are more).
     """
 
     def __init__(
@@ -150,8 +172,12 @@ class IMPNLoss(nn.Module):
         pair_weighting: str = "rows",
         rerank_negatives: int = 3,
         rerank_rows: int = 64,
+        fused_subsets: int = 4,
     ) -> None:
         super().__init__()
+        if fused_subsets < 1:
+            raise ValueError(f"fused_subsets must be >= 1, got {fused_subsets}; try 4")
+        self.fused_subsets = fused_subsets
         if not contrastive_temperature > 0 or not knn_temperature > 0:
             raise ValueError("loss temperatures must be positive; try 0.07 and 0.1")
         if reconstruction not in KINDS:
@@ -209,6 +235,12 @@ class IMPNLoss(nn.Module):
             if knn_rows[m] >= 2
         }
         terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
+
+        terms["combinatorial"] = zero
+        if w.combinatorial > 0:
+            terms["combinatorial"] = self._combinatorial(
+                model, batch, iso.soil, present, generator, zero
+            )
 
         terms["rerank"] = zero
         if w.rerank > 0 and model.match_head is not None:
@@ -316,6 +348,55 @@ class IMPNLoss(nn.Module):
             counts.append(count)
         return self._mean(losses, counts, zero)
 
+    def _combinatorial(
+        self,
+        model: IMPN,
+        batch: Batch,
+        single: dict[str, Tensor],
+        present: dict[str, Tensor],
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> Tensor:
+        """The combinatorial term: up to ``fused_subsets`` subsets ``S`` (of those with two rows
+        holding ``S`` and a modality outside it) are each embedded by one fused pass over those
+        rows, then :func:`combinatorial_info_nce` against the isolated soil vectors."""
+        names = list(batch.embeddings)
+        subsets = fusion_subsets(names)
+        if not subsets:
+            return zero
+        holds = [subset_rows(s, present) for s in subsets]
+        outside = [
+            torch.stack([present[t] for t in names if t not in s]).any(dim=0) for s in subsets
+        ]
+        wanted = [h & o for h, o in zip(holds, outside, strict=True)]
+        counts = torch.stack(wanted).sum(dim=1).tolist()
+        usable = [i for i, count in enumerate(counts) if count >= 2]
+        if not usable:
+            return zero
+        chosen = sample_subsets([subsets[i] for i in usable], self.fused_subsets, generator)
+        fused: dict[tuple[str, ...], Tensor] = {}
+        for subset in chosen:
+            rows = torch.nonzero(wanted[subsets.index(subset)]).squeeze(1)
+            picked = batch.select(rows.to(batch.present_device))
+            sources = Batch(
+                {m: picked.embeddings[m] for m in subset},
+                {m: picked.present[m] for m in subset},
+                {m: x for m, x in picked.padding.items() if m in subset},
+                {m: x for m, x in picked.tokens.items() if m in subset},
+                {m: x for m, x in picked.node_ids.items() if m in subset},
+            )
+            vectors = model.fuse(sources, generator=generator, validate=False)
+            full = vectors.new_zeros(len(present[names[0]]), vectors.shape[1])
+            fused[subset] = full.index_copy(0, rows, vectors)
+        term, _ = combinatorial_info_nce(
+            fused,
+            {m: single[m] for m in names},
+            present,
+            self.contrastive_temperature,
+            self.pair_weighting,
+        )
+        return zero if term is None else term
+
     def _mean(self, values: list[Tensor], rows: list[int], zero: Tensor) -> Tensor:
         """:func:`pair_mean` of ``values`` under this loss's weighting; ``zero`` when empty."""
         return pair_mean(values, rows, self.pair_weighting) if values else zero
@@ -355,6 +436,7 @@ class IMPNObjective:
             reconstruction=settings.reconstruction,
             drop_rate=settings.drop_rate,
             pair_weighting=settings.pair_weighting,
+            fused_subsets=settings.fused_subsets,
         )
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:

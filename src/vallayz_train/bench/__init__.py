@@ -32,7 +32,7 @@ from vallayz_train.bench.spec import (
     LearnedMethod,
     Pair,
 )
-from vallayz_train.bench.sweeps import MissingSweep, NoiseSweep
+from vallayz_train.bench.sweeps import CorruptedSourceSweep, MissingSweep, NoiseSweep
 from vallayz_train.config import TrainConfig
 from vallayz_train.run_folder import lock_run
 
@@ -54,7 +54,14 @@ __all__ = [
 
 # The tables of a benchmark, in the order of results.json; adding a measure or a sweep is
 # adding one object here (or passing the list to run_benchmark).
-MEASURES: tuple[Measure, ...] = (Retrieval(), Geometry(), Stitching(), MissingSweep(), NoiseSweep())
+MEASURES: tuple[Measure, ...] = (
+    Retrieval(),
+    Geometry(),
+    Stitching(),
+    MissingSweep(),
+    NoiseSweep(),
+    CorruptedSourceSweep(),
+)
 
 
 def run_benchmark(

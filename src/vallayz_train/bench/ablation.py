@@ -85,11 +85,12 @@ class AblationSpec:
     pairs: list[Pair] = field(default_factory=list)
     # Candidate pool size of the validation retrieval.
     pool: int = 1000
-    # IMPN retrieval paths scored ("soil" and/or "bridged").
+    # IMPN retrieval paths scored ("soil", "bridged", "fused"; "fused" on multi-source pairs).
     modes: tuple[str, ...] = ("soil",)
     # Candidates re-scored per query by variants with a match head.
     rerank_depth: int = 50
-    # Also score noisy_pair with noise at this SNR on its source (its n-grams withheld).
+    # Also score noisy_pair with noise at this SNR on its source (its n-grams withheld), and
+    # every multi-source pair with that noise on its first source only (one source corrupted).
     noisy_snr: float | None = None
     # The direction of the noisy score (None: the first single-source pair of `pairs`).
     noisy_pair: Pair | None = None
@@ -181,13 +182,18 @@ def score_variant(
         noisy = PerturbedView(data, noisy=pair[0], snr_db=spec.noisy_snr)
         views.append((f" at {spec.noisy_snr:g} dB", noisy, [pair]))
     several = [p for p in usable if len(p[0]) > 1]
+    if spec.noisy_snr is not None:
+        for lead in dict.fromkeys(p[0][0] for p in several):
+            corrupted = PerturbedView(data, noisy=(lead,), snr_db=spec.noisy_snr)
+            chosen = [p for p in several if p[0][0] == lead]
+            views.append((f", {lead} at {spec.noisy_snr:g} dB", corrupted, chosen))
     if spec.missing is not None and several:
         # The missing-modality sweep's setting: each source dropped for a share of rows.
         sources = sorted({m for p in several for m in p[0]})
         absent = drop_sources({m: data.present[m] for m in sources}, spec.missing)
         view = PerturbedView(data, absent=absent)
         views.append((f", {spec.missing * 100:g}% missing", view, several))
-    modes = spec.modes if model.capabilities.bridges else ("soil",)
+    modes = [m for m in spec.modes if m in model.capabilities.modes] or ["soil"]
     rows = [
         {**row, "target": f"{row['target']}{suffix}", "mode": mode}
         for mode in modes

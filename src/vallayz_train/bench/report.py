@@ -68,6 +68,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
          ["method", "missing_rate", "source", "target", "pool", "R@1", "R@5"]),
         ("noise_sweep", "Noise sweep (Gaussian noise on the sources at the given SNR)",
          ["method", "snr_db", "source", "target", "pool", "R@1", "R@5"]),
+        ("corrupted_sweep", "One source corrupted (Gaussian noise on the first source only)",
+         ["method", "corrupted", "snr_db", "source", "target", "pool", "R@1", "R@5"]),
     ]  # fmt: skip
     return finish_report(
         out,

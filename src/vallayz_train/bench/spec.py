@@ -81,19 +81,24 @@ def fixed_pairs_spec(
 
 # The retrieval paths a trained model offers: (label suffix, model_encoder mode, whether the
 # path reads the target's native space). A model offers a path when it has the capability.
+# The shared-space path averages several sources (late fusion); the fused path, scored on
+# pairs with several sources only, embeds them in one message-passing pass.
 _PATHS = (
     ("shared space", "soil", False),
     ("bridged", "bridged", False),
+    ("fused", "fused", False),
     ("translate", "translate", True),
 )
 
 
 def model_paths(model: Any) -> list[tuple[str, str, bool]]:
     """The retrieval paths of a trained model: a shared space (``embed``), the bridged
-    message-passing path, and translation into the target's space (``translate``)."""
+    message-passing path, fused multi-source queries (``embed(fusion="fused")``), and
+    translation into the target's space (``translate``)."""
     offered = {
         "soil": model.capabilities.embeds,
         "bridged": model.capabilities.bridges,
+        "fused": getattr(model.capabilities, "fuses", False),
         "translate": model.capabilities.translates,
     }
     return [path for path in _PATHS if offered[path[1]]]

@@ -71,3 +71,28 @@ class NoiseSweep:
             view = PerturbedView(bench.data, noisy=sources, snr_db=snr, seed=spec.seed)
             out += _table(bench, view, bench.encoders(view), (sources, target), snr_db=snr)
         return out
+
+
+class CorruptedSourceSweep:
+    """One source corrupted: on every pair with several sources, Gaussian noise at each of the
+    spec's SNRs on its first source alone (its hashed features withheld), the others clean.
+    Late fusion averages the junk source in; a fused query can learn to read past it."""
+
+    key = "corrupted_sweep"
+
+    def rows(self, bench: Bench) -> list[dict[str, Any]]:
+        spec = bench.spec
+        out: list[dict[str, Any]] = []
+        for sources, target in [p for p in bench.pairs if len(p[0]) > 1]:
+            noisy = sources[:1]
+            for snr in spec.snrs:
+                view = PerturbedView(bench.data, noisy=noisy, snr_db=snr, seed=spec.seed)
+                out += _table(
+                    bench,
+                    view,
+                    bench.encoders(view),
+                    (sources, target),
+                    corrupted=noisy[0],
+                    snr_db=snr,
+                )
+        return out

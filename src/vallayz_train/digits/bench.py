@@ -65,7 +65,7 @@ POOLS = 5
 # The columns of the benchmark's tables that summarise() averages; the rest identify a row.
 METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10", "MRR", "median_rank")
 METRICS += ("native", "stitched", "ratio", "mse", "cosine", "value")
-TABLES = ("retrieval", "stitching", "missing_sweep", "noise_sweep", "geometry")
+TABLES = ("retrieval", "stitching", "missing_sweep", "noise_sweep", "corrupted_sweep", "geometry")
 
 
 def read_fsdd(root: str | Path | None = None) -> list[Recording]:
@@ -334,6 +334,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
          ["method", "missing_rate", "source", "target", "pool"], ["R@1", "R@5"]),
         ("noise_sweep", "Noise sweep (Gaussian noise on the speech at the given SNR)",
          ["method", "snr_db", "source", "target", "pool"], ["R@1", "R@5"]),
+        ("corrupted_sweep", "One source corrupted (noise on the speech of speech+image only)",
+         ["method", "corrupted", "snr_db", "source", "target", "pool"], ["R@1", "R@5"]),
         ("geometry", "Geometry: cycle reconstruction and kNN preservation",
          ["method", "metric"], ["mse", "cosine", "value"]),
     ]  # fmt: skip

@@ -165,6 +165,12 @@ VARIANTS: dict[str, Variant] = {
         {"loss_weights": {"bridged": 1.0, "rerank": 1.0}, "retrieval_mode": "bridged"},
     ),
     "contrastive only": Variant(train=_CONTRASTIVE_ONLY),
+    # The combinatorial term (fused queries): each subset of two present modalities, embedded
+    # in one pass in which they exchange messages, against the third (score with --modes soil
+    # fused to see late and fused rows of bo+speech->en).
+    "combinatorial term": Variant(train={"loss_weights": {"combinatorial": 1.0}}),
+    "combinatorial term 0.3": Variant(train={"loss_weights": {"combinatorial": 0.3}}),
+    "combinatorial term 3": Variant(train={"loss_weights": {"combinatorial": 3.0}}),
     # Message passing off in training: the three terms that read the bridged states (translation,
     # cycle, denoising) are dropped, so no gradient passes through a message and the evaluated
     # shared space (each source embedded alone) is trained by InfoNCE, kNN and orthogonality.

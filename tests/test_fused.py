@@ -1,0 +1,230 @@
+"""Fused queries (several sources embedded in one message-passing pass) and the combinatorial
+term that trains them."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIMS, tiny_config, tri_modal_inputs
+from test_losses import loop_info_nce
+
+from vallayz import IMPN, Batch
+from vallayz.eval import model_encoder, retrieval_table
+from vallayz.losses import (
+    IMPNLoss,
+    LossWeights,
+    combinatorial_info_nce,
+    fusion_subsets,
+    sample_subsets,
+)
+
+f64 = torch.float64
+NAMES = list(DIMS)
+
+
+# ------------------------------------------------------------------ fused embedding
+def test_fused_embedding_of_one_source_is_the_single_source_embedding_bit_for_bit(
+    model: IMPN,
+) -> None:
+    inputs = tri_modal_inputs(4)
+    for name, x in inputs.items():
+        assert torch.equal(model.embed(x, name, fusion="fused"), model.embed(x, name))
+    # Rows of a two-source batch that hold one source keep their single-source embedding.
+    sources = {"text": inputs["text"], "audio": inputs["audio"]}
+    present = {"text": torch.tensor([True, False, True, False])}
+    fused = model.embed(sources, present=present, fusion="fused")
+    late = model.embed(sources, present=present)
+    assert torch.equal(fused[[1, 3]], late[[1, 3]])
+    alone = model.embed(inputs["audio"][[1, 3]], "audio")
+    assert torch.equal(fused[[1, 3]], alone)
+
+
+def test_a_lone_source_receives_no_message_in_a_fused_pass(model: IMPN) -> None:
+    inputs = tri_modal_inputs(4)
+    for name, x in inputs.items():
+        torch.testing.assert_close(model.fuse({name: x}), model.embed(x, name))
+
+
+def test_fused_embedding_mixes_the_sources_and_late_fusion_is_their_mean() -> None:
+    model = IMPN(tiny_config()).eval()  # random bridge layers: messages change the states
+    inputs = tri_modal_inputs(5)
+    sources = {"text": inputs["text"], "image": inputs["image"]}
+    late = model.embed(sources, fusion="late")
+    mean = (model.embed(inputs["text"], "text") + model.embed(inputs["image"], "image")) / 2
+    torch.testing.assert_close(late, mean)
+    fused = model.embed(sources, fusion="fused")
+    assert not torch.allclose(fused, late, atol=1e-4)
+    # The fused state of the text depends on the image: change the image, the query moves.
+    moved = model.embed({**sources, "image": torch.randn(5, DIMS["image"])}, fusion="fused")
+    assert not torch.allclose(moved, fused, atol=1e-4)
+
+
+def test_fused_rows_do_not_depend_on_the_other_rows_of_the_batch() -> None:
+    model = IMPN(tiny_config()).eval()
+    inputs = tri_modal_inputs(6)
+    present = {"audio": torch.tensor([True, True, False, True, False, True])}
+    whole = model.embed(inputs, present=present, fusion="fused")
+    for row in range(6):
+        one = model.embed(
+            {m: x[row : row + 1] for m, x in inputs.items()},
+            present={m: p[row : row + 1] for m, p in present.items()},
+            fusion="fused",
+        )
+        torch.testing.assert_close(one[0], whole[row], atol=1e-5, rtol=1e-5)
+
+
+def test_the_default_zero_init_model_starts_with_fused_equal_to_the_sources_alone() -> None:
+    """The bridge's residual branches start at zero, so a fresh default model's fused state of
+    each source is the one it reaches alone: the term trains the messages from there."""
+    model = IMPN(tiny_config(zero_init_residual=True)).eval()
+    inputs = tri_modal_inputs(3)
+    torch.testing.assert_close(model.embed(inputs, fusion="fused"), model.embed(inputs))
+
+
+def test_an_unknown_fusion_is_refused(model: IMPN) -> None:
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        model.embed(torch.randn(2, DIMS["text"]), "text", fusion="early")
+
+
+def test_the_fused_retrieval_path_scores_multi_source_pairs_only() -> None:
+    class Data:
+        def __init__(self) -> None:
+            self.inputs = {m: x.numpy() for m, x in tri_modal_inputs(12).items()}
+            self.present = {m: np.ones(12, dtype=bool) for m in DIMS}
+            self.arrays = self.inputs
+
+        def keys(self, modality: str | None = None) -> list[str]:
+            return [str(i) for i in range(12)]
+
+        def batch(self, rows: np.ndarray, modalities: list[str]) -> Batch:
+            return Batch.of({m: torch.from_numpy(self.inputs[m][rows]) for m in modalities})
+
+    data, model = Data(), IMPN(tiny_config()).eval()
+    pairs = [(("text",), "image"), (("text", "audio"), "image")]
+    rows = np.arange(12)
+    fused = retrieval_table(data, rows, model_encoder(model, data, "fused"), pairs, 5, 2)
+    late = retrieval_table(data, rows, model_encoder(model, data, "soil"), pairs, 5, 2)
+    assert {r["source"] for r in fused} == {"text+audio"}
+    assert {r["source"] for r in late} == {"text", "text+audio"}
+
+
+# ------------------------------------------------------------------ the combinatorial term
+def test_fusion_subsets_enumerate_every_subset_of_two_or_more_that_leaves_one_out() -> None:
+    assert fusion_subsets(["a", "b"]) == []
+    assert fusion_subsets(["a", "b", "c"]) == [("a", "b"), ("a", "c"), ("b", "c")]
+    four = fusion_subsets(["a", "b", "c", "d"])
+    expected = [
+        s for size in (2, 3) for s in itertools.combinations("abcd", size)
+    ]  # 6 pairs, 4 triples
+    assert four == expected and len(four) == 10
+
+
+def test_sample_subsets_draws_without_replacement_and_keeps_all_when_few() -> None:
+    subsets = fusion_subsets(["a", "b", "c", "d"])
+    assert sample_subsets(subsets[:3], 4) == subsets[:3]
+    drawn = sample_subsets(subsets, 4, torch.Generator().manual_seed(1))
+    assert len(set(drawn)) == 4 and set(drawn) <= set(subsets)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        sample_subsets(subsets, 0)
+
+
+def loop_combinatorial(fused, single, present, temperature, weighting):  # type: ignore[no-untyped-def]
+    """Float64 reference: per (subset, target) the rows holding both, one by one."""
+    values, counts = [], []
+    size = len(next(iter(present.values())))
+    for subset, vectors in fused.items():
+        for target in single:
+            if target in subset:
+                continue
+            rows = [i for i in range(size) if all(present[m][i] for m in (*subset, target))]
+            if len(rows) < 2:
+                continue
+            values.append(loop_info_nce(vectors[rows], single[target][rows], temperature))
+            counts.append(len(rows))
+    if weighting == "equal":
+        return sum(values) / len(values)
+    return sum(v * c for v, c in zip(values, counts, strict=True)) / sum(counts)
+
+
+@pytest.mark.parametrize("weighting", ["rows", "equal"])
+def test_combinatorial_info_nce_matches_a_float64_loop(weighting: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    size, dim = 9, 5
+    names = ["a", "b", "c", "d"]
+    present = {m: torch.rand(size, generator=gen) < 0.75 for m in names}
+    single = {m: torch.randn(size, dim, generator=gen, dtype=f64) for m in names}
+    fused = {s: torch.randn(size, dim, generator=gen, dtype=f64) for s in fusion_subsets(names)}
+    term, parts = combinatorial_info_nce(fused, single, present, 0.2, weighting)
+    assert term is not None and parts
+    expected = loop_combinatorial(fused, single, present, 0.2, weighting)
+    assert float(term) == pytest.approx(expected, abs=1e-10)
+    assert all(t not in s for s, t in parts)
+
+
+def test_combinatorial_info_nce_ignores_rows_missing_a_modality() -> None:
+    gen = torch.Generator().manual_seed(4)
+    present = {m: torch.tensor([True, True, True, False]) for m in "abc"}
+    single = {m: torch.randn(4, 3, generator=gen, dtype=f64) for m in "abc"}
+    fused = {("a", "b"): torch.randn(4, 3, generator=gen, dtype=f64)}
+    term, _ = combinatorial_info_nce(fused, single, present, 0.1)
+    garbage = {("a", "b"): fused["a", "b"].clone()}
+    garbage["a", "b"][3] = math.nan
+    single_garbage = {**single, "c": single["c"].clone()}
+    single_garbage["c"][3] = math.inf
+    again, _ = combinatorial_info_nce(garbage, single_garbage, present, 0.1)
+    assert term is not None and again is not None
+    assert float(again) == float(term)
+    none, parts = combinatorial_info_nce(
+        fused, single, {m: torch.zeros(4, dtype=torch.bool) for m in "abc"}
+    )
+    assert none is None and parts == {}
+
+
+def test_the_loss_term_reads_the_models_fused_pass_against_the_isolated_vectors() -> None:
+    """Through IMPNLoss: with only the combinatorial weight on, the total equals the pure
+    function applied to fused passes of each subset's rows (enumeration vs a direct loop)."""
+    model = IMPN(tiny_config(sigma=0.0, variants=1)).eval()
+    inputs = tri_modal_inputs(8)
+    present = {
+        "text": torch.tensor([1, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool),
+        "audio": torch.tensor([1, 1, 0, 1, 1, 1, 1, 0], dtype=torch.bool),
+        "image": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool),
+    }
+    batch = Batch.of(inputs, present)
+    zero = {name: 0.0 for name in LossWeights().as_dict()}
+    weights = LossWeights(**{**zero, "combinatorial": 1.0})
+    out = IMPNLoss(weights, contrastive_temperature=0.5, fused_subsets=3)(model, batch)
+    single = model(batch, isolate=True).soil
+    fused = {}
+    for subset in fusion_subsets(NAMES):
+        rows = torch.ones(8, dtype=torch.bool)
+        for m in subset:
+            rows &= present[m]
+        vectors = torch.zeros(8, 16)
+        for i in torch.nonzero(rows).squeeze(1).tolist():
+            vectors[i] = model.fuse({m: inputs[m][i : i + 1] for m in subset})[0]
+        fused[subset] = vectors
+    expected, _ = combinatorial_info_nce(fused, single, present, 0.5)
+    assert expected is not None
+    torch.testing.assert_close(out.terms["combinatorial"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.total, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_term_is_off_by_default_and_trains_the_messages_when_on() -> None:
+    inputs = tri_modal_inputs(8)
+    model = IMPN(tiny_config(zero_init_residual=True))
+    out = IMPNLoss()(model, Batch.of(inputs))
+    assert float(out.terms["combinatorial"]) == 0.0
+    zero = {name: 0.0 for name in LossWeights().as_dict()}
+    loss = IMPNLoss(LossWeights(**{**zero, "combinatorial": 1.0}), fused_subsets=1)
+    out = loss(model, Batch.of(inputs), torch.Generator().manual_seed(0))
+    assert float(out.terms["combinatorial"].detach()) > 0
+    out.total.backward()
+    grads = [layer.cross.out.weight.grad for layer in model.layers]  # type: ignore[union-attr]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    with pytest.raises(ValueError, match="fused_subsets must be >= 1"):
+        IMPNLoss(fused_subsets=0)
