@@ -29,9 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_table
-from vallayz.learned import load_pretrained
+from vallayz.learned import build_model, load_pretrained
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.bench import (
     MODEL_DEFAULTS,
@@ -41,7 +44,7 @@ from vallayz_train.digits.bench import (
     build_data,
     fold_data,
 )
-from vallayz_train.trainer import fit, fit_extension
+from vallayz_train.trainer import fit, fit_extension, loss_settings
 
 NEW = "word"
 PAIRS = [
@@ -90,12 +93,50 @@ def scores(run: Path, data: PairedEmbeddings, rows: Any) -> dict[str, tuple[floa
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def step_seconds(
+    data: PairedEmbeddings, rows: Any, train: TrainConfig, steps: int
+) -> dict[str, float]:
+    """Median seconds of one IMPN training step (loss, backward, AdamW on the trainable
+    parameters) of the joint model and of the extended one, on the same batches, the two
+    interleaved step by step so that both see the same load."""
+    old = {m: d for m, d in data.modalities.items() if m != NEW}
+    models = {
+        "joint": build_model("impn", data.modalities, MODEL_DEFAULTS),
+        "extended": build_model("impn", old, MODEL_DEFAULTS).extend({NEW: data.modalities[NEW]}),  # type: ignore[operator]
+    }
+    settings = loss_settings(train)
+    parts = {
+        kind: (
+            model.objective(settings),
+            torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr),
+        )
+        for kind, model in models.items()
+    }
+    times: dict[str, list[float]] = {kind: [] for kind in models}
+    rng = np.random.default_rng(0)
+    for step in range(steps):
+        batch = data.batch(rng.choice(rows, train.batch_size, replace=False))
+        for kind, (objective, optimizer) in parts.items():
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            objective(batch, torch.Generator().manual_seed(step)).total.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            times[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(t[2:]) for kind, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/extend-digits")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--speaker", help="held-out speaker (default: the first)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--steps-only",
+        type=int,
+        metavar="N",
+        help="only time N training steps of the joint and the extended IMPN, interleaved",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     train = TrainConfig(**TRAIN_DEFAULTS)
@@ -104,11 +145,25 @@ def main() -> None:
     everything = fold_data(data, out / "fold" / "data", speaker, train.split_seed)
     old = without(everything, out / "fold" / "old", NEW)
     test = PairedEmbeddings(everything).split_indices(train.split_seed)["test"]
+    fold = PairedEmbeddings(everything)
+    if args.steps_only:
+        median = step_seconds(
+            fold, fold.split_indices(train.split_seed)["train"], train, args.steps_only
+        )
+        ratio = median["extended"] / median["joint"]
+        print(f"IMPN step, median of {args.steps_only}: {median}; extended / joint {ratio:.2f}")
+        return
     results: dict[str, Any] = {"speaker": speaker, "steps": train.max_steps, "methods": {}}
     for method in args.methods.split(","):
         model = METHODS[method]
-        seconds: dict[str, list[float]] = {"joint": [], "base": [], "extended": []}
-        for repeat in range(args.repeats):
+        # Seconds of the finished runs, so that an interrupted benchmark goes on where it was.
+        record = out / method / "seconds.json"
+        seconds: dict[str, list[float]] = (
+            json.loads(record.read_text())
+            if record.is_file()
+            else {"joint": [], "base": [], "extended": []}
+        )
+        for repeat in range(len(seconds["extended"]), args.repeats):
             runs = {kind: out / method / f"{kind}-{repeat}" for kind in seconds}
             for run in runs.values():
                 shutil.rmtree(run, ignore_errors=True)
@@ -129,16 +184,16 @@ def main() -> None:
                     progress=False,
                 )
             )
+            record.write_text(json.dumps(seconds) + "\n")
             print(method, repeat, {k: round(v[-1], 1) for k, v in seconds.items()}, flush=True)
         first = {kind: out / method / f"{kind}-0" for kind in seconds}
-        fold = PairedEmbeddings(everything)
         results["methods"][method] = {
             "seconds": seconds,
             "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
             "trained_parameters": {k: trained_parameters(r) for k, r in first.items()},
             "R@1": {k: scores(r, fold, test) for k, r in first.items()},
         }
-    (out / "extend.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "extend.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 
