@@ -110,6 +110,11 @@ class IMPNConfig:
     # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
     # (IMPN.match), trained by the "rerank" loss term with hard negatives.
     match_head: bool = False
+    # Modalities whose parameters are frozen, along with every part shared by all modalities
+    # (bridge layers, final norm, absent-state attention, match head); set by IMPN.extend, so
+    # that only the modalities it added train and the frozen ones embed as before, bit for bit.
+    # [] trains everything.
+    frozen_modalities: list[str] = field(default_factory=list)
     # Version of the checkpoint schema this config was written with.
     schema_version: int = field(default=SCHEMA_VERSION)
 
@@ -146,6 +151,7 @@ class IMPNConfig:
         check_token_buckets(self.token_buckets, self.modalities)
         check_token_buckets(self.token_nodes, self.modalities, "token_nodes")
         _positive_int("token_node_positions", self.token_node_positions)
+        check_frozen(self.frozen_modalities, self.modalities)
         if self.soil_dim % self.heads:
             raise ValueError(
                 f"heads={self.heads} does not divide soil_dim={self.soil_dim}; choose heads "
@@ -345,6 +351,26 @@ def check_token_buckets(
                 f"{sorted(modalities)}; remove it or add the modality"
             )
         _positive_int(f"{field_name}[{name!r}]", buckets)
+
+
+def check_frozen(frozen: object, modalities: dict[str, int]) -> None:
+    """Raises ``ValueError`` unless ``frozen`` lists known modalities, each once, and leaves at
+    least one modality to train."""
+    if not isinstance(frozen, list) or not all(isinstance(name, str) for name in frozen):
+        raise ValueError(f"frozen_modalities must be a list of modality names, got {frozen!r}")
+    unknown = sorted(set(frozen) - set(modalities))
+    if unknown:
+        raise ValueError(
+            f"frozen_modalities names {unknown}, not among the modalities {sorted(modalities)}; "
+            "remove them or add the modalities"
+        )
+    if len(set(frozen)) != len(frozen):
+        raise ValueError(f"frozen_modalities names a modality twice: {frozen}")
+    if frozen and len(set(frozen)) == len(modalities):
+        raise ValueError(
+            "frozen_modalities names every modality, so nothing would train; freeze the old "
+            "modalities only (IMPN.extend does)"
+        )
 
 
 def _positive_int(name: str, value: object) -> None:

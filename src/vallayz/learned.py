@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.config import IMPNConfig, check_token_buckets
+from vallayz.config import IMPNConfig, check_frozen, check_token_buckets
 from vallayz.errors import VallayzUserError
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
@@ -76,6 +76,9 @@ class BaselineConfig:
     # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
     # (Batch.tokens), added to the native input as in IMPN; {} for none.
     token_buckets: dict[str, int] = field(default_factory=dict)
+    # Modalities whose parameters are frozen (set by extend(), which adds modalities to a
+    # trained baseline and trains only what they need); [] trains everything.
+    frozen_modalities: list[str] = field(default_factory=list)
     # Version of the checkpoint schema.
     schema_version: int = 1
 
@@ -89,6 +92,10 @@ class BaselineConfig:
         if self.dim < 1 or self.hidden < 1 or not self.temperature > 0:
             raise ValueError("dim and hidden must be positive integers and temperature positive")
         check_token_buckets(self.token_buckets, self.modalities)
+        check_frozen(self.frozen_modalities, self.modalities)
+
+
+_Extended = TypeVar("_Extended", bound="_Baseline")
 
 
 class _Baseline(nn.Module):
@@ -110,6 +117,77 @@ class _Baseline(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def trainable_modalities(self) -> list[str]:
+        """The modalities that train: every one, or after :meth:`extend` the added ones."""
+        return [m for m in self.names if m not in self.config.frozen_modalities]
+
+    def _trains(self, key: str) -> bool:
+        """Whether the parameter ``key`` (of the state dict) belongs to a trainable modality;
+        each subclass says which of its parameters belong to which modalities."""
+        raise NotImplementedError
+
+    def _freeze(self) -> None:
+        """Applies ``config.frozen_modalities`` (each subclass calls it once built)."""
+        if self.config.frozen_modalities:
+            for key, parameter in self.named_parameters():
+                parameter.requires_grad_(self._trains(key))
+
+    def extend(
+        self: _Extended,
+        new_modalities: Mapping[str, int],
+        *,
+        token_buckets: Mapping[str, int] | None = None,
+    ) -> _Extended:
+        """This baseline with more modalities, in which only what the new ones need trains
+        (the new heads, or the maps to and from the new modalities), against the frozen rest.
+
+        Every parameter of this baseline is copied and frozen (``requires_grad=False``), so the
+        old modalities embed and translate as before, bit for bit; the new parameters are
+        drawn from torch's global random generator, as by the constructor.
+
+        Args:
+            new_modalities: Name → native dimension of each modality to add.
+            token_buckets: New modality → table size of a token front end.
+
+        Returns:
+            The extended baseline, on this one's device and in its train/eval mode.
+
+        Raises:
+            VallayzUserError: if no modality is given, one already exists, or a front end is
+                asked for an old modality.
+
+        Shape:
+            The extended baseline maps ``{m: [B, d_m]}`` over old and new modalities alike.
+        """
+        if not new_modalities:
+            raise VallayzUserError("extend needs at least one new modality as {name: dimension}")
+        existing = sorted(set(new_modalities) & set(self.names))
+        if existing:
+            raise VallayzUserError(
+                f"modality {existing[0]!r} already exists in this model (it knows {self.names}); "
+                "give the new modality another name, or train a new model to change an old one"
+            )
+        old = sorted(set(token_buckets or {}) - set(new_modalities))
+        if old:
+            raise VallayzUserError(
+                f"token_buckets names {old}, which are not new modalities; only a new modality "
+                "may get a front end"
+            )
+        try:
+            config = replace(
+                self.config,
+                modalities={**self.config.modalities, **dict(new_modalities)},
+                token_buckets={**self.config.token_buckets, **dict(token_buckets or {})},
+                frozen_modalities=list(self.names),
+            )
+        except ValueError as err:
+            raise VallayzUserError(f"cannot add {dict(new_modalities)}: {err}") from err
+        model = type(self)(config).to(self.device)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(model._trains(key) for key in missing), missing
+        return model.train(self.training)
+
     # The pairs the loss covers and its name; each subclass sets it.
     _pair_loss: _PairLoss
 
@@ -128,9 +206,10 @@ class _Baseline(nn.Module):
         inputs = self._clean_inputs(batch)
         spec = self._pair_loss
         combine = itertools.permutations if spec.ordered else itertools.combinations
+        frozen = set(self.config.frozen_modalities)
         out = self._pair_objective(
             batch,
-            combine(batch.embeddings, 2),
+            (pair for pair in combine(batch.embeddings, 2) if not set(pair) <= frozen),
             spec.name,
             spec.min_rows,
             self._pair_term(batch, inputs),
@@ -282,6 +361,11 @@ class ContrastiveHeads(_Baseline):
         self.heads = nn.ModuleDict(
             {m: nn.Linear(d, config.dim) for m, d in config.modalities.items()}
         )
+        self._freeze()
+
+    def _trains(self, key: str) -> bool:
+        # heads.<m>.* and front_ends.<m>.* belong to modality m.
+        return key.split(".")[1] in self.trainable_modalities
 
     def embed(
         self,
@@ -356,6 +440,16 @@ class MLPTranslator(_Baseline):
                 for a, b in itertools.permutations(dims, 2)
             }
         )
+        self._freeze()
+
+    def _trains(self, key: str) -> bool:
+        # maps.<a>__<b>.* belongs to both a and b (it trains when either does), front_ends.<m>.*
+        # to m; modality names hold no '.'.
+        trainable = self.trainable_modalities
+        for a, b in itertools.permutations(self.names, 2):
+            if key.startswith(f"maps.{a}__{b}."):
+                return a in trainable or b in trainable
+        return key.split(".")[1] in trainable
 
     def translate(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +103,7 @@ class _Nodes:
         pooled: ``[B, N]`` real nodes that a modality's pooled soil state averages (all of them,
             or with ``token_nodes_in_pool=False`` all but the token nodes).
         senders: ``[B, N]`` nodes that may send messages (real nodes of present modalities).
-        modality: ``[N]`` index of each node's modality.
+        modality: ``[N]`` index of each node's modality in the model's ``names``.
         same_modality: ``[N, N]`` whether two nodes belong to one modality.
         present: Modality → ``[B]`` presence.
         spans: Modality → ``(begin, end)`` of its nodes along ``N``.
@@ -215,6 +215,7 @@ class IMPN(nn.Module):
                 for m, value in config.sigma_per_modality().items()
             }
         )
+        self._freeze()
 
     # ------------------------------------------------------------------ hyper-parameters
     @property
@@ -242,7 +243,17 @@ class IMPN(nn.Module):
         self.config.sigma = self.sigma
 
     def set_gating(self, top_k: int | None = None, temperature: float | None = None) -> None:
-        """Changes top-k and/or the gate temperature of every bridge layer (and the config)."""
+        """Changes top-k and/or the gate temperature of every bridge layer (and the config).
+
+        Raises:
+            ValueError: if a value is invalid, or the model has frozen modalities (the gating
+                is part of what :meth:`extend` keeps fixed).
+        """
+        if self.config.frozen_modalities and (top_k, temperature) != (None, None):
+            raise ValueError(
+                "the gating of an extended model is frozen with its old modalities "
+                f"({self.config.frozen_modalities}), whose bridged states it would change"
+            )
         if top_k is not None:
             if top_k < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -256,14 +267,138 @@ class IMPN(nn.Module):
             layer.cross.top_k = self.config.top_k
             layer.cross.temperature = self.config.temperature
 
-    def projection_weights(self) -> list[Tensor]:
-        """The adapters' projections ``P`` (only adapters with ``d_m != soil_dim`` have one)."""
+    def projection_weights(self, modalities: Collection[str] | None = None) -> list[Tensor]:
+        """The adapters' projections ``P`` (only adapters with ``d_m != soil_dim`` have one), of
+        the named modalities or of all."""
         weights = []
-        for adapter in self.adapters.values():
+        for name, adapter in self.adapters.items():
             assert isinstance(adapter, Adapter)
+            if modalities is not None and name not in modalities:
+                continue
             if adapter.projection is not None:
                 weights.append(adapter.projection.weight)
         return weights
+
+    # ------------------------------------------------------------------ extension
+    @property
+    def trainable_modalities(self) -> list[str]:
+        """The modalities whose own parameters train: every one, or after :meth:`extend` the
+        added ones (``config.frozen_modalities`` names the others)."""
+        return [m for m in self.names if m not in self.config.frozen_modalities]
+
+    def own_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters that belong to modality ``name`` alone: its adapter, decoder, token
+        front end and token nodes (if any), seed state, modality embedding and noise scale.
+        Every other parameter is shared by all modalities."""
+        self._index(name)
+        params = [*self.adapters[name].parameters(), *self.decoders[name].parameters()]
+        for table in (self.front_ends, self.token_nodes):
+            if name in table:
+                params += list(table[name].parameters())
+        return [*params, self.seeds[name], self.modality_embedding[name], self.log_sigma[name]]
+
+    def _freeze(self) -> None:
+        """Applies ``config.frozen_modalities``: with any frozen, every parameter stops
+        training but the own parameters of the other modalities (their noise scale only under
+        ``learn_sigma``)."""
+        if not self.config.frozen_modalities:
+            return
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        for name in self.trainable_modalities:
+            for parameter in self.own_parameters(name):
+                parameter.requires_grad_(True)
+            self.log_sigma[name].requires_grad_(self.config.learn_sigma)
+
+    def extend(
+        self,
+        new_modalities: Mapping[str, int],
+        *,
+        sigma: float | None = None,
+        token_buckets: Mapping[str, int] | None = None,
+        token_nodes: Mapping[str, int] | None = None,
+    ) -> IMPN:
+        """This model with more modalities, in which only what the new ones need trains.
+
+        Every parameter of this model is copied into the new one and frozen
+        (``requires_grad=False``): the old modalities' adapters, decoders, seeds and modality
+        embeddings, and every shared part (bridge layers, final norm, absent-state attention,
+        match head). Each new modality gets a fresh adapter, decoder, seed state, modality
+        embedding and noise scale, and a token front end or token nodes when asked for: its
+        adapter learns to root it where the frozen bridge already reads the soil space, and
+        its seed and decoder to receive messages from the old modalities. An optimizer built
+        from the parameters with ``requires_grad`` trains only these.
+
+        Queries that hold old modalities only pack their own nodes (see ``modalities`` in
+        :meth:`forward`), so their embeddings, bridged states and translations are those of
+        this model bit for bit, before and after the new parts are trained: a search index
+        built before the extension stays valid. The gating (``top_k``, temperature) is frozen
+        too (:meth:`set_gating` refuses to change it).
+
+        Args:
+            new_modalities: Name → native dimension of each modality to add.
+            sigma: Micro-variant noise scale of the new modalities; ``None`` gives them the
+                old modalities' mean.
+            token_buckets: New modality → table size of a token front end (as
+                ``IMPNConfig.token_buckets``).
+            token_nodes: New modality → table size of token nodes (as
+                ``IMPNConfig.token_nodes``).
+
+        Returns:
+            The extended model, on this model's device and in its train/eval mode; the new
+            modalities come after the old ones in ``names``. Parameters are initialised from
+            torch's global random generator, as by the constructor.
+
+        Raises:
+            VallayzUserError: if no modality is given, one already exists, a name or dimension
+                is invalid, or a front end or token nodes are asked for an old modality.
+
+        Shape:
+            The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
+        """
+        if not new_modalities:
+            raise VallayzUserError("extend needs at least one new modality as {name: dimension}")
+        existing = sorted(set(new_modalities) & set(self.names))
+        if existing:
+            raise VallayzUserError(
+                f"modality {existing[0]!r} already exists in this model (it knows {self.names}); "
+                "give the new modality another name, or train a new model to change an old one"
+            )
+        for option, given in (("token_buckets", token_buckets), ("token_nodes", token_nodes)):
+            old = sorted(set(given or {}) - set(new_modalities))
+            if old:
+                raise VallayzUserError(
+                    f"{option} names {old}, which are not new modalities; an old modality's "
+                    "parts are frozen, so only the new ones may get a front end or token nodes"
+                )
+        config = self.config.to_dict()
+        old_sigma = self.sigma
+        if sigma is None:
+            sigma = sum(old_sigma.values()) / len(old_sigma)
+        modalities = {**self.config.modalities, **dict(new_modalities)}
+        config.update(
+            modalities=modalities,
+            sigma={**old_sigma, **dict.fromkeys(new_modalities, float(sigma))},
+            token_buckets={**self.config.token_buckets, **dict(token_buckets or {})},
+            token_nodes={**self.config.token_nodes, **dict(token_nodes or {})},
+            frozen_modalities=list(self.names),
+        )
+        try:
+            model = type(self)(IMPNConfig.from_dict(config)).to(self.device)
+        except ValueError as err:
+            if isinstance(err, VallayzUserError):
+                raise
+            raise VallayzUserError(f"cannot add {dict(new_modalities)}: {err}") from err
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        added = {key for m in new_modalities for key in model._own_keys(m)}
+        assert not unexpected and set(missing) <= added, (missing, unexpected)
+        model.sigma_scale = self.sigma_scale
+        return model.train(self.training)
+
+    def _own_keys(self, name: str) -> set[str]:
+        """State-dict keys of :meth:`own_parameters` of ``name``."""
+        own = {id(p) for p in self.own_parameters(name)}
+        return {key for key, p in self.named_parameters() if id(p) in own}
 
     def _index(self, name: str) -> int:
         if name not in self.config.modalities:
@@ -284,6 +419,7 @@ class IMPN(nn.Module):
         return_messages: bool = False,
         validate: bool = True,
         decode: bool = True,
+        modalities: Collection[str] | None = None,
     ) -> IMPNOutput:
         """Runs adapters, bridge layers and decoders.
 
@@ -303,9 +439,15 @@ class IMPN(nn.Module):
                 (or batches derived from it) several times check it once and skip the rest.
             decode: Also decode the pooled soil states into native spaces (``decoded`` is
                 empty otherwise).
+            modalities: Pack the nodes of these modalities only (they must include every
+                modality of the batch); ``None`` packs every modality of the model. A modality
+                absent from every row sends no message, so leaving it out changes no other
+                modality's states: it only spares its nodes and keeps the shapes of the
+                arithmetic those of the modalities asked for (what makes an extended model
+                embed its old modalities exactly as before, see :meth:`extend`).
 
         Returns:
-            An :class:`IMPNOutput` covering every modality of the model.
+            An :class:`IMPNOutput` covering the packed modalities.
 
         Shape:
             ``{m: [B, d_m] or [B, T_m, d_m]}`` → soil ``{m: [B, d]}``, decoded ``{m: [B, d_m]}``.
@@ -313,7 +455,12 @@ class IMPN(nn.Module):
         batch = Batch.of(batch)
         if validate:
             batch.validate(self.config)
-        nodes = self._encode(batch)
+        if modalities is not None and not set(batch.embeddings) <= set(modalities):
+            raise ValueError(
+                f"modalities={sorted(modalities)} leaves out modalities of the batch "
+                f"({sorted(set(batch.embeddings) - set(modalities))}); name every one"
+            )
+        nodes = self._encode(batch, modalities)
         # No senders at all when isolated: the layers skip their gates.
         senders = None if isolate else nodes.senders
         states = self._init_absent(nodes, senders)
@@ -326,13 +473,14 @@ class IMPN(nn.Module):
         out.messages = messages if return_messages else None
         return out
 
-    def _encode(self, batch: Batch) -> _Nodes:
+    def _encode(self, batch: Batch, modalities: Collection[str] | None = None) -> _Nodes:
         """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
-        all packed into one node tensor."""
+        all packed into one node tensor (of ``modalities`` only, when given)."""
         size, device = batch.batch_size, self.device
         pieces, reals, present_nodes, pooled, presents, spans = [], [], [], [], {}, {}
         start = 0
-        for name in self.names:
+        names = self.names if modalities is None else [m for m in self.names if m in modalities]
+        for name in names:
             if name in batch.embeddings:
                 states, real, present, units = self._encode_present(batch, name)
             else:
@@ -349,8 +497,8 @@ class IMPN(nn.Module):
             start += states.shape[1]
         modality = torch.cat(
             [
-                torch.full((stop - begin,), i, device=device)
-                for i, (begin, stop) in enumerate(spans.values())
+                torch.full((stop - begin,), self.names.index(name), device=device)
+                for name, (begin, stop) in spans.items()
             ]
         )
         real = torch.cat(reals, dim=1)
@@ -528,8 +676,8 @@ class IMPN(nn.Module):
         batch = self._sources(x, modality, present, padding)
         if target is not None:
             self._check_target(batch, target)
-            return self(batch).soil[target]
-        out = self(batch, isolate=True)
+            return self(batch, modalities=[*batch.embeddings, target]).soil[target]
+        out = self(batch, isolate=True, modalities=batch.embeddings)
         late = mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
         if fusion == "late" or len(batch.embeddings) < 2:
             return late
@@ -607,7 +755,7 @@ class IMPN(nn.Module):
                 f"match needs the candidate modality {target!r} and at least one source in "
                 "every row"
             )
-        out = self(batch, generator=generator)
+        out = self(batch, generator=generator, modalities=batch.embeddings)
         sources = {m: out.soil[m] for m in batch.embeddings if m != target}
         query = mean_over_present(sources, out.present)
         return self.match_head(query, out.soil[target])
@@ -642,12 +790,15 @@ class IMPN(nn.Module):
         """
         batch = self._sources(x, source, present, padding)
         self._check_target(batch, target)
+        packed = [*batch.embeddings, target]
         if ensemble <= 0:
-            return self(batch, sample=False).decoded[target]
+            return self(batch, sample=False, modalities=packed).decoded[target]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         batch.validate(self.config)  # once, not once per pass
         runs = [
-            self(batch, sample=True, generator=generator, validate=False).decoded[target]
+            self(
+                batch, sample=True, generator=generator, validate=False, modalities=packed
+            ).decoded[target]
             for _ in range(ensemble)
         ]
         return torch.stack(runs).mean(dim=0)

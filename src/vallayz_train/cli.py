@@ -116,12 +116,33 @@ def _replace_atomically(path: Path, write: Any) -> None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from vallayz_train import distributed
-    from vallayz_train.trainer import fit
+    from vallayz_train.trainer import fit, fit_extension
 
+    if args.extend and args.resume:
+        raise UsageError(
+            "--extend starts a new run from a finished one and --resume continues a run; pass "
+            "one of them (an extension run is continued with --resume NEW alone)"
+        )
+    if args.add and not args.extend:
+        raise UsageError("--add names a modality to add to the run of --extend; pass --extend RUN")
     # Under torchrun every process runs this command; fit() starts their process group.
     world = distributed.world_from_env()
     try:
-        if args.resume:
+        if args.extend:
+            if args.out is None or args.data is None:
+                raise UsageError("fit --extend RUN needs the data folder and --out NEW_RUN_DIR")
+            model, train = _train_args(args)
+            summary = fit_extension(
+                args.data,
+                args.extend,
+                args.out,
+                train,
+                args.add,
+                model,
+                progress=not args.quiet,
+                world=world,
+            )
+        elif args.resume:
             _check_resume_options(args)
             summary = fit(args.data, args.resume, resume=True, progress=not args.quiet, world=world)
         else:
@@ -670,6 +691,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="data directory (optional with --resume)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--extend",
+        metavar="RUN_DIR",
+        help="add the modalities of DATA that the finished run RUN_DIR lacks to its model, "
+        "training only their parts (every old parameter frozen) into the new run --out; the "
+        "method is the run's",
+    )
+    p.add_argument(
+        "--add",
+        action="append",
+        metavar="MODALITY",
+        help="with --extend: add this modality of DATA (repeatable; default: every one the run "
+        "lacks)",
+    )
     _training_options(p, "(default: --lr)")
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(

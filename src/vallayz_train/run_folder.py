@@ -337,15 +337,20 @@ def write_run(
     method: str,
     model_overrides: dict[str, Any] | None,
     config: TrainConfig,
+    extend: dict[str, Any] | None = None,
 ) -> None:
     """Writes ``run.json`` (what :func:`read_run` gives back to resume the run) and
-    ``train_config.json``."""
-    run = {
+    ``train_config.json``. A run that extends another records what it froze under
+    ``extend`` (the base run, its modalities, the added ones, the trained and frozen parameter
+    counts)."""
+    run: dict[str, Any] = {
         "data": str(Path(data_dir).resolve()),
         "method": method,
         "model": model_overrides,
         "train": asdict(config),
     }
+    if extend is not None:
+        run["extend"] = extend
     (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     config.to_json(run_dir / TRAIN_CONFIG)
 

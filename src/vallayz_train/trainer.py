@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from vallayz_train.run_folder import (
     claim_run_dir,
     clear_run,
     is_finished,
+    load_model,
     load_state,
     lock_run,
     notice,
@@ -146,6 +149,10 @@ class Trainer:
         progress: Show a tqdm progress bar (on rank 0 only).
         world: This process's place in a data-parallel run under ``torchrun`` (its process
             group already started); ``None`` for one process.
+        new_modalities: For a model extended with these modalities (its others frozen): train
+            and validate on the rows that pair a new modality with a known one only, validate
+            the pairs that involve a new modality only, and read from the data the modalities
+            it holds only (it may lack some of the model's old ones).
 
     Each global batch (``config.batch_size`` rows) is cut into ``config.batch_shards`` equal
     slices (default: one per process); every process computes the loss of its own slices, each
@@ -163,6 +170,7 @@ class Trainer:
         config: TrainConfig,
         progress: bool = True,
         world: World | None = None,
+        new_modalities: Sequence[str] = (),
     ) -> None:
         self.data, self.run_dir, self.config = data, run_dir, config
         self.world = world or World()
@@ -185,6 +193,9 @@ class Trainer:
         self.method: TrainableMethod = model
         self.model: nn.Module = model
         self.names = list(model.names)
+        self.new_modalities = list(new_modalities)
+        if self.new_modalities:
+            self.names = [m for m in model.names if m in data.modalities]
         modes = model.capabilities.modes
         if not modes:
             raise ValueError(
@@ -194,6 +205,10 @@ class Trainer:
         self.mode = config.retrieval_mode if "bridged" in modes else modes[0]
         splits = data.split_indices(config.split_seed)
         self.train_rows, self.val_rows = splits["train"], splits["val"]
+        if self.new_modalities:
+            pairing = extension_rows(data, self.new_modalities, self.names)
+            self.train_rows = self.train_rows[pairing[self.train_rows]]
+            self.val_rows = self.val_rows[pairing[self.val_rows]]
         if len(self.train_rows) < 2:
             raise VallayzUserError(
                 f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
@@ -349,6 +364,9 @@ class Trainer:
         encode = model_encoder(self.method, self.data, self.mode)
         # The model's modalities, which may be fewer than the data's.
         pairs = default_pairs(self.names)
+        if self.new_modalities:
+            new = set(self.new_modalities)
+            pairs = [(src, tgt) for src, tgt in pairs if new & {*src, tgt}]
         table = retrieval_table(
             self.data, self.val_pool, encode, pairs, pool=len(self.val_pool) + 1
         )
@@ -565,6 +583,19 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def extension_rows(data: PairedEmbeddings, new: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """``[rows]`` whether a row of ``data`` pairs a modality of ``new`` with one of the other
+    ``names`` (those an extended model already knew)."""
+    rows = np.zeros(data.size, dtype=bool)
+    known = np.zeros(data.size, dtype=bool)
+    for name in names:
+        if name in new:
+            rows |= data.present[name]
+        else:
+            known |= data.present[name]
+    return rows & known
+
+
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -659,6 +690,17 @@ def _fit(
                 )
                 clear_run(run_dir)
             barrier(world)
+            if "extend" in run:
+                return fit_extension(
+                    data_dir or run["data"],
+                    run["extend"]["base"],
+                    run_dir,
+                    config,
+                    run["extend"]["new_modalities"],
+                    run["model"],
+                    progress,
+                    world,
+                )
             return fit(
                 data_dir or run["data"],
                 run_dir,
@@ -678,7 +720,8 @@ def _fit(
                 f"the model of {run_dir} is not a trainable method; resume it with the vallayz "
                 "version that started it"
             )
-        trainer = Trainer(data, run_dir, model, config, progress, world)
+        new = run["extend"]["new_modalities"] if "extend" in run else ()
+        trainer = Trainer(data, run_dir, model, config, progress, world, new)
         trainer.restore(optimizer_state, scalars)
         return trainer.fit()
     if data_dir is None:
@@ -703,3 +746,132 @@ def _fit(
         write_run(run_dir, data_dir, method, model_overrides, config)
     barrier(world)
     return Trainer(data, run_dir, model, config, progress, world).fit()
+
+
+# Model config fields a run that extends another may set: how the new modalities are read.
+EXTENSION_FIELDS = ("token_buckets", "token_nodes")
+
+
+def fit_extension(
+    data_dir: str | Path,
+    base_dir: str | Path,
+    run_dir: str | Path,
+    train_config: TrainConfig | None = None,
+    add: Sequence[str] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """Adds modalities to the model of a finished run and trains only what they need.
+
+    The base run's model is extended (``extend`` of IMPN or a learned baseline) with the
+    modalities of ``data_dir`` it does not know (or those ``add`` names): every one of its
+    parameters is frozen, so its modalities embed as before, bit for bit. Training reads only
+    the rows that pair a new modality with a known one and validates the pairs that involve a
+    new modality; the planner is off (it would change the frozen gating). The new run folder
+    holds the whole extended model, and its ``run.json`` records under ``extend`` the base
+    run, its modalities, the new ones and the trained and frozen parameter counts.
+
+    Args:
+        data_dir: Data folder holding the new modalities and at least one the run knows.
+        base_dir: The finished run to extend.
+        run_dir: The new run folder.
+        train_config: Training settings (``planner`` is turned off).
+        add: The modalities of ``data_dir`` to add; ``None`` adds every one the run lacks.
+        model_overrides: ``token_buckets`` and ``token_nodes`` of the new modalities.
+        progress: Show a progress bar.
+        world: This process's place among the processes ``torchrun`` started.
+
+    Raises:
+        VallayzUserError: if the base run is unfinished, a modality to add already exists in
+            it or is not in the data, a known modality's dimension differs from the run's, or
+            no row pairs a new modality with a known one; nothing is written then.
+    """
+    base_dir, run_dir = Path(base_dir), Path(run_dir)
+    world = world or World()
+    base_run = read_run(base_dir)
+    if not is_finished(base_dir):
+        raise VallayzUserError(
+            f"--extend {base_dir}: that run has not finished (it has no final model); finish "
+            f"it first with vallayz fit --resume {base_dir}"
+        )
+    base = load_model(base_dir)
+    data = PairedEmbeddings(data_dir)
+    known = list(base.names)
+    new = list(add) if add else [m for m in data.modalities if m not in known]
+    for name in new:
+        if name in known:
+            raise VallayzUserError(
+                f"modality {name!r} already exists in the run {base_dir} (it knows {known}); "
+                "add a modality it does not know, or train a new run to change an old one"
+            )
+        if name not in data.modalities:
+            raise VallayzUserError(
+                f"modality {name!r} is not in {data_dir} (it has {sorted(data.modalities)}); "
+                "name one of the data's modalities to add"
+            )
+    if not new:
+        raise VallayzUserError(
+            f"every modality of {data_dir} ({sorted(data.modalities)}) already exists in the run "
+            f"{base_dir}; give a data folder that holds the modality to add"
+        )
+    shared = [m for m in known if m in data.modalities]
+    for name in shared:
+        if data.modalities[name] != base.config.modalities[name]:
+            raise VallayzUserError(
+                f"modality {name!r} has dimension {data.modalities[name]} in {data_dir} but "
+                f"{base.config.modalities[name]} in the run {base_dir}; encode it with the "
+                "run's encoder, or rename it to add it as a new modality"
+            )
+    pairing = extension_rows(data, new, shared + new)
+    if not pairing.any():
+        raise VallayzUserError(
+            f"no row of {data_dir} pairs {new} with a modality the run {base_dir} knows "
+            f"({known}); the new modality is learned from such rows, so add them"
+        )
+    splits = data.split_indices((train_config or TrainConfig()).split_seed)
+    for split in ("train", "val"):
+        count = int(pairing[splits[split]].sum())
+        if count < 2:
+            raise VallayzUserError(
+                f"{data_dir}: {count} row(s) of the {split} split pair {new} with a modality "
+                "the run knows; training needs at least 2 in the train and the val split, so "
+                "add such rows"
+            )
+    overrides = dict(model_overrides or {})
+    unknown = sorted(set(overrides) - set(EXTENSION_FIELDS))
+    if unknown:
+        raise VallayzUserError(
+            f"the model config sets {unknown}, but a run that extends another keeps its model; "
+            f"it may set only {list(EXTENSION_FIELDS)} of the new modalities"
+        )
+    config = dataclasses.replace(train_config or TrainConfig(), planner=False)
+    if world.distributed:
+        start(world, config.device)
+    torch.manual_seed(config.seed)
+    try:
+        model = base.extend({m: data.modalities[m] for m in new}, **overrides)
+    except TypeError as err:
+        raise VallayzUserError(
+            f"the model of {base_dir} takes none of {sorted(overrides)} for a new modality "
+            f"({err}); leave them out of the model config"
+        ) from err
+    trainer = Trainer(data, run_dir, model, config, progress, world, new)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    record = {
+        "base": str(base_dir.resolve()),
+        "base_modalities": known,
+        "new_modalities": new,
+        "trainable_parameters": trained,
+        "frozen_parameters": sum(p.numel() for p in base.parameters()),
+    }
+    if world.is_main:
+        check_out_dir(run_dir)
+    # One writer per run folder, as in fit: rank 0 writes it, so rank 0 holds the lock.
+    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            claim_run_dir(run_dir)
+            method = str(base_run.get("method", "impn"))
+            write_run(run_dir, data_dir, method, overrides or None, config, extend=record)
+        barrier(world)
+        return trainer.fit()

@@ -146,6 +146,12 @@ class IMPNLoss(nn.Module):
     vectors from pass 1); (3) the decoded dropped modalities alone → cycle term on the kept
     ones; plus orthogonality of the adapters.
 
+    A model with frozen modalities (``IMPN.extend``) skips the terms that read frozen
+    parameters alone, which cannot train anything: the contrastive, kNN and re-ranking terms of
+    frozen modalities among themselves, and the orthogonality of frozen adapters. The
+    translation and cycle terms stay whole: a frozen modality's decoded state depends on the
+    new modalities' messages wherever they are kept.
+
     Args:
         weights: Weight per term.
         contrastive_temperature: InfoNCE temperature.
@@ -209,6 +215,7 @@ class IMPNLoss(nn.Module):
         present = {m: p.to(model.device) for m, p in batch.present.items()}
         zero = torch.zeros((), device=model.device)
         terms: dict[str, Tensor] = {}
+        frozen = set(model.config.frozen_modalities)
 
         iso = model(batch, isolate=True, generator=generator, validate=False, decode=False)
         # Rows shared by every pair of modalities (per modality on the diagonal), read at once.
@@ -220,7 +227,7 @@ class IMPNLoss(nn.Module):
         for a, b in itertools.combinations(names, 2):
             both = present[a] & present[b]
             count = together[a, b]
-            if count >= 2:
+            if count >= 2 and not {a, b} <= frozen:
                 pair = info_nce(iso.soil[a][both], iso.soil[b][both], self.contrastive_temperature)
                 terms[f"contrastive/{a}-{b}"] = pair
                 pairs.append(pair)
@@ -232,7 +239,7 @@ class IMPNLoss(nn.Module):
                 native[m][present[m]], iso.soil[m][present[m]], self.knn_temperature
             )
             for m in batch.embeddings
-            if knn_rows[m] >= 2
+            if knn_rows[m] >= 2 and m not in frozen
         }
         terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
 
@@ -244,7 +251,7 @@ class IMPNLoss(nn.Module):
 
         terms["rerank"] = zero
         if w.rerank > 0 and model.match_head is not None:
-            terms["rerank"] = self._rerank(model, batch, iso.soil, generator, zero)
+            terms["rerank"] = self._rerank(model, batch, iso.soil, generator, zero, frozen)
 
         dropped = drop_modalities(present, self.drop_rate, generator)
         kept = {m: present[m] & ~dropped[m] for m in present}
@@ -306,7 +313,7 @@ class IMPNLoss(nn.Module):
             ]
             terms["cycle"] = self._mean(cycles, [back_rows[m] for m in back_to], zero)
 
-        projections = model.projection_weights()
+        projections = model.projection_weights(model.trainable_modalities)
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
 
         total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
@@ -319,12 +326,16 @@ class IMPNLoss(nn.Module):
         soil: dict[str, Tensor],
         generator: torch.Generator | None,
         zero: Tensor,
+        frozen: set[str],
     ) -> Tensor:
-        """Per pair of modalities ``(a, b)``: each anchor row's ``a`` is passed jointly with its
-        own ``b`` and with the ``b`` of its ``rerank_negatives`` nearest other rows (isolated
-        soil space); cross-entropy of the match logits against the true partner."""
+        """Per pair of modalities ``(a, b)`` not both ``frozen``: each anchor row's ``a`` is
+        passed jointly with its own ``b`` and with the ``b`` of its ``rerank_negatives`` nearest
+        other rows (isolated soil space); cross-entropy of the match logits against the true
+        partner."""
         losses, counts = [], []
         for a, b in itertools.combinations(batch.embeddings, 2):
+            if {a, b} <= frozen:
+                continue
             both = torch.nonzero(batch.present[a] & batch.present[b]).squeeze(1)
             if len(both) < 2:
                 continue
