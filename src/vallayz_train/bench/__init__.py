@@ -31,9 +31,11 @@ from vallayz_train.bench.spec import (
     ClosedFormMethod,
     LearnedMethod,
     Pair,
+    check_settings,
 )
 from vallayz_train.bench.sweeps import MissingSweep, NoiseSweep
 from vallayz_train.config import TrainConfig
+from vallayz_train.trainer import data_modalities
 
 __all__ = [
     "CLOSED_FORM",
@@ -46,6 +48,7 @@ __all__ = [
     "Measure",
     "Pair",
     "Runs",
+    "check_settings",
     "finish_report",
     "run_benchmark",
     "write_report",
@@ -77,8 +80,10 @@ def run_benchmark(
     spec = spec or BenchSpec()
     train = train or TrainConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = PairedEmbeddings(data_dir)
+    # Every setting is checked before anything is written or trained.
+    check_settings(spec, train, model_overrides, data_modalities(data, model_overrides))
+    out.mkdir(parents=True, exist_ok=True)
     splits = data.split_indices(train.split_seed)
     runs = train_runs(data_dir, out, spec, train, model_overrides, progress, log)
     rows = splits[spec.split]

@@ -1,0 +1,186 @@
+"""Faults met on the command line, second pass: settings checked before anything is built or
+trained, one-line errors for user mistakes that used to end in a traceback, and user text
+printed without its control characters. RELIABILITY.md lists which test pins which fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from synthetic import write_synthetic
+
+from vallayz import IMPN, IMPNConfig
+from vallayz.config import MAX_PARAMETERS
+from vallayz.data import write_paired_embeddings
+from vallayz.errors import VallayzUserError
+from vallayz.learned import build_model
+from vallayz_train.cli import main
+from vallayz_train.config import TrainConfig
+from vallayz_train.trainer import fit
+
+SMALL = {"soil_dim": 16, "heads": 2, "layers": 1, "variants": 2, "top_k": 2}
+TRAIN = {"batch_size": 16, "eval_every": 50, "warmup_steps": 1, "planner": False}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("trained")
+    data = write_synthetic(root / "data", rows=60, groups=12)
+    config = TrainConfig.from_dict({**TRAIN, "max_steps": 2})
+    fit(data, root / "run", dict(SMALL), config, progress=False)
+    return data, root / "run"
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _never(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("reached a step that the settings' check should have stopped")
+
+
+# ---------------------------------------------------------------- late validation
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--pairs", "text->zz"], "names ['zz'], not among the data's modalities"),
+        (["--pairs", "text->text"], "retrieves 'text' from itself"),
+        (["--pairs", "text+text->image"], "names a source twice"),
+        (["--pairs", "text->"], "needs at least one source and a target"),
+        (["--pool", "0"], "--pool must be at least 2"),
+        (["--pools", "0"], "--pools must be at least 1"),
+    ],
+)
+def test_bench_data_checks_its_directions_and_pools_before_training(
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+    message: str,
+) -> None:
+    import vallayz_train.bench as bench
+
+    monkeypatch.setattr(bench, "train_runs", _never)
+    data, _ = trained
+    out = tmp_path / "bench"
+    assert main(["bench", "data", str(data), "--out", str(out), "--quiet", *option]) == 2
+    assert message in _error(capsys)
+    assert not out.exists()
+
+
+def test_a_model_setting_fails_before_any_benchmark_builds_its_data(
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import vallayz_train.bench as bench
+    from vallayz_train.digits import bench as digits
+    from vallayz_train.emoji import bench as emoji
+    from vallayz_train.stitch import bench as stitch
+    from vallayz_train.tibetan import bench as tibetan
+
+    for module in (digits, emoji, stitch, tibetan):
+        monkeypatch.setattr(module, "build_data", _never)
+    monkeypatch.setattr(stitch, "read_segments", _never)
+    monkeypatch.setattr(bench, "train_runs", _never)
+    data, _ = trained
+    config = tmp_path / "config.json"
+    out = tmp_path / "out"
+    for model, message in [
+        ({"top_k": 0}, "top_k must be a positive integer"),
+        ({"sender_candidates": "8"}, "'sender_candidates' must be an integer or null"),
+        ({"heads": 3}, "does not divide soil_dim"),
+        ({"soil_dim": 10**7}, "parameters"),
+    ]:
+        config.write_text(json.dumps({"model": model}))
+        for command in (["tibetan"], ["emoji"], ["digits"], ["stitch"], ["data", str(data)]):
+            argv = ["bench", *command, "--out", str(out), "--config", str(config), "--quiet"]
+            assert main(argv) == 2, (command, model)
+            assert message in _error(capsys), (command, model)
+            assert not out.exists()
+    # The pools are checked as early.
+    for command in (["tibetan"], ["emoji"], ["digits"], ["stitch"]):
+        assert main(["bench", *command, "--out", str(out), "--pool", "0", "--quiet"]) == 2
+        assert "--pool must be at least 2" in _error(capsys)
+
+
+def test_ablate_checks_its_directions_and_variants_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vallayz_train.bench.ablation as ablation
+
+    monkeypatch.setattr(ablation, "train_run", _never)
+    rng = np.random.default_rng(0)
+    data = write_paired_embeddings(
+        tmp_path / "data",
+        {"bo": rng.normal(size=(20, 8)), "en": rng.normal(size=(20, 6))},
+        [{"id": f"r{i}", "group": f"g{i % 5}"} for i in range(20)],
+    )
+    out = tmp_path / "ablation"
+    for option, message in [
+        (["--pairs", "bo->zz"], "names ['zz'], not among the data's modalities"),
+        (["--pairs", "en->en"], "retrieves 'en' from itself"),
+        (["--pool", "1"], "--pool must be at least 2"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--rerank-depth", "0"], "--rerank-depth must be at least 1"),
+    ]:
+        argv = ["ablate", str(data), "--out", str(out), "--only", "default", "--quiet"]
+        argv += ["--pairs", "bo->en"]  # the data has no speech; a later --pairs replaces it
+        assert main([*argv, *option]) == 2, option
+        assert message in _error(capsys), option
+        assert not out.exists()
+
+
+# ---------------------------------------------------------------- absurd sizes
+
+
+def test_a_model_too_large_to_allocate_is_refused_with_its_parameter_count(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(VallayzUserError, match=r"would have [\d,]+ parameters.*soil_dim=100000000"):
+        IMPNConfig(modalities={"a": 4, "b": 4}, soil_dim=10**8, heads=1)
+    with pytest.raises(VallayzUserError, match="token_buckets"):
+        IMPNConfig(modalities={"a": 4, "b": 4}, token_buckets={"a": 10**12})
+    for method in ("contrastive-heads", "mlp-translator"):
+        with pytest.raises(VallayzUserError, match=f"this {method} config would have"):
+            build_model(method, {"a": 4, "b": 4}, {"hidden": 10**9, "dim": 10**9})
+    data, _ = trained
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({"model": {"soil_dim": 10**8, "heads": 1}}))
+    out = tmp_path / "run"
+    assert main(["fit", str(data), "--out", str(out), "--config", str(config), "--quiet"]) == 2
+    assert f"more than the limit of {MAX_PARAMETERS:,}" in _error(capsys)
+    # A checkpoint whose config.json asks for such a model is refused the same way.
+    checkpoint = tmp_path / "checkpoint"
+    IMPN(IMPNConfig(modalities={"a": 4, "b": 4}, soil_dim=8, heads=2)).save_pretrained(checkpoint)
+    saved = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**saved, "layers": 10**9}))
+    with pytest.raises(VallayzUserError, match="parameters"):
+        IMPN.from_pretrained(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"update": "gru", "absent_init": "attend", "match_head": True, "hidden_dim": 7},
+        {"token_buckets": {"a": 5}, "token_nodes": {"b": 9}, "token_node_positions": 3},
+        {"adapter_norm": False, "bridge_attention": False, "bridge_ffn": False, "layers": 3},
+        {"final_norm": False, "soil_dim": 4, "ffn_mult": 3, "gate_hidden": 5},
+    ],
+)
+def test_the_counted_parameters_are_those_the_model_allocates(fields: dict[str, Any]) -> None:
+    config = IMPNConfig(**{"modalities": {"a": 4, "b": 8, "c": 3}, "heads": 2, **fields})
+    assert config.parameter_count() == sum(p.numel() for p in IMPN(config).parameters())
+    for method in ("contrastive-heads", "mlp-translator"):
+        model = build_model(method, {"a": 4, "b": 8, "c": 3}, {"dim": 5, "token_buckets": {"a": 3}})
+        assert model.config.parameter_count() == sum(p.numel() for p in model.parameters())
