@@ -17,7 +17,7 @@ from vallayz.config import MAX_PARAMETERS
 from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz.learned import build_model
-from vallayz_train.cli import main
+from vallayz_train.cli import main, visible
 from vallayz_train.config import TrainConfig
 from vallayz_train.trainer import fit
 
@@ -184,3 +184,180 @@ def test_the_counted_parameters_are_those_the_model_allocates(fields: dict[str, 
     for method in ("contrastive-heads", "mlp-translator"):
         model = build_model(method, {"a": 4, "b": 8, "c": 3}, {"dim": 5, "token_buckets": {"a": 3}})
         assert model.config.parameter_count() == sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- tracebacks for user mistakes
+
+
+def test_data_of_other_dimensions_than_the_run_is_named(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = trained
+    rng = np.random.default_rng(0)
+    wider = write_paired_embeddings(
+        tmp_path / "wider",
+        {
+            "text": rng.normal(size=(20, 13)),
+            "audio": rng.normal(size=(20, 6)),
+            "image": rng.normal(size=(20, 16)),
+        },
+        [{"id": f"r{i}", "group": f"g{i % 5}"} for i in range(20)],
+    )
+    retrieve = ["retrieve", str(run), "--source", "text", "--target", "image"]
+    for argv in (
+        ["eval", str(run), str(wider), "--split", "all", "--pool", "5"],
+        [*retrieve, "--candidates", str(wider), "--query-ids", "r1"],
+        ["plot", str(run), "--data", str(wider), "--out", str(tmp_path / "plots")],
+    ):
+        assert main(argv) == 2, argv
+        assert "text is 13-d where the model reads 12-d" in _error(capsys)
+    assert not (tmp_path / "plots").exists()
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder this process may not write: read-only for a user, /sys for root."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys").is_dir():
+        pytest.skip("needs /sys (or a user other than root) for an unwritable folder")
+    return Path("/sys")
+
+
+def test_an_unwritable_output_is_a_one_line_error(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = trained
+    folder = _unwritable(tmp_path)
+    np.save(tmp_path / "q.npy", np.ones((2, 12), np.float32))
+    translate = ["translate", str(run), "--source", "text", "--target", "image"]
+    for argv, named in [
+        (
+            ["eval", str(run), str(data), "--pool", "5", "--output", str(folder / "e.json")],
+            "e.json",
+        ),
+        (
+            [*translate, "--input", str(tmp_path / "q.npy"), "--output", str(folder / "o.npy")],
+            "o.npy",
+        ),
+        (["plot", str(run), "--out", str(folder / "plots")], "plots"),
+        (["fit", str(data), "--out", str(folder / "run"), "--max-steps", "1", "--quiet"], "run"),
+    ]:
+        assert main(argv) == 2, argv
+        err = _error(capsys)
+        assert str(folder / named) in err and "permissions" in err, err
+
+
+def test_translate_takes_an_empty_input_and_retrieve_asks_for_a_query(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = trained
+    np.save(tmp_path / "none.npy", np.zeros((0, 12), np.float32))
+    out = tmp_path / "out.npy"
+    argv = ["translate", str(run), "--source", "text", "--target", "image"]
+    assert main([*argv, "--input", str(tmp_path / "none.npy"), "--output", str(out)]) == 0
+    result = np.load(out)
+    assert result.shape == (0, 16) and result.dtype == np.float32
+    argv = ["retrieve", str(run), "--source", "text", "--target", "image"]
+    assert main([*argv, "--candidates", str(data), "--input", str(tmp_path / "none.npy")]) == 2
+    assert "holds no rows" in _error(capsys)
+
+
+def test_translate_text_names_a_missing_recording_and_a_run_without_speech(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = trained
+    assert main(["translate-text", str(run), "--audio", str(tmp_path / "none.wav")]) == 2
+    assert "--audio" in _error(capsys)
+    wav = tmp_path / "line.wav"
+    wav.write_bytes(b"RIFF")
+    assert main(["translate-text", str(run), "--audio", str(wav)]) == 2
+    assert "not trained with speech" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "is not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"retrieval": []}', "it lacks ['data'"),
+        (
+            json.dumps(dict.fromkeys(["data", "split", "split_sizes", "spec", "train"], 1))[:-1]
+            + ', "hardware": 1, "retrieval": 1}',
+            "is malformed",
+        ),
+    ],
+)
+def test_report_names_a_malformed_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    (tmp_path / "results.json").write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_distributed_variables_without_a_meeting_point_fail_fast(
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+    import time
+
+    data, _ = trained
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    argv = ["fit", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]
+    assert main(argv) == 2
+    assert "MASTER_ADDR or MASTER_PORT" in _error(capsys)
+    # A free port where nobody listens: the process gives up after the rendezvous timeout.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("VALLAYZ_RENDEZVOUS_TIMEOUT", "1")
+    started = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert "waiting up to 1 s" in err and "nothing answered at MASTER_ADDR=127.0.0.1" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- terminal output
+
+
+def test_control_characters_of_user_text_are_printed_as_escapes(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = trained
+    rng = np.random.default_rng(0)
+    # (A line break or carriage return would end the row of items.tsv itself.)
+    hostile = "\x1b]0;owned\x07\x1b[2J\u202e\x9b"
+    data = write_paired_embeddings(
+        tmp_path / "data",
+        {"text": rng.normal(size=(6, 12)), "image": rng.normal(size=(6, 16))},
+        [{"id": f"r{i}{hostile}", "group": f"g{i}", "text": f"line {hostile}"} for i in range(6)],
+    )
+    argv = ["retrieve", str(run), "--source", "text", "--target", "image", "--k", "3"]
+    assert main([*argv, "--candidates", str(data), "--query-ids", f"r1{hostile}"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]0;owned\\x07" in out and "\\u202e" in out and "\\x9b" in out
+    # Error lines too: a path with an ESC sequence stays one visible line.
+    assert main(["check", str(tmp_path / f"missing{hostile}\nsecond line")]) == 2
+    err = _error(capsys)
+    assert "\x1b" not in err and "\\x1b]0;owned" in err and "\\nsecond line" in err
+    assert visible("a\rb\tc\x00\x7f\u2066") == "a\\rb\\tc\\x00\\x7f\\u2066"
