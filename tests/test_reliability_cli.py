@@ -361,3 +361,29 @@ def test_control_characters_of_user_text_are_printed_as_escapes(
     err = _error(capsys)
     assert "\x1b" not in err and "\\x1b]0;owned" in err and "\\nsecond line" in err
     assert visible("a\rb\tc\x00\x7f\u2066") == "a\\rb\\tc\\x00\\x7f\\u2066"
+
+
+def test_non_finite_training_numbers_and_bench_scaling_counts_are_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    for option, value in [("--lr", "inf"), ("--front-end-lr", "inf")]:
+        argv = ["fit", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]
+        assert main([*argv, option, value]) == 2, option
+        assert "must be a finite number" in _error(capsys)
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(VallayzUserError, match="weight_decay must be a finite number"):
+        TrainConfig.from_dict({"weight_decay": float("inf")})
+    for option, value in [("--max-modalities", "1"), ("--repeats", "0"), ("--batch-size", "-1")]:
+        assert main(["bench", "scaling", option, value]) == 2, option
+        assert option in _error(capsys)
+
+
+def test_a_damaged_checkpoint_is_a_user_error_from_python(tmp_path: Path) -> None:
+    with pytest.raises(VallayzUserError, match="is missing"):
+        IMPN.from_pretrained(tmp_path / "none")
+    IMPN(IMPNConfig(modalities={"a": 4, "b": 4}, soil_dim=8, heads=2)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(VallayzUserError, match="not a readable safetensors file"):
+        IMPN.from_pretrained(tmp_path)

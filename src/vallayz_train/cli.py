@@ -382,19 +382,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
         kind = "nodes" if len(summary.shape) == 3 else "pooled"
         rate = summary.present / data.size
         print(
-            f"  {summary.name:<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
+            f"  {visible(summary.name):<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
             f"present {rate:6.1%}"
         )
         for kind, found in (("tokens", data.tokens), ("node ids", data.node_ids)):
             if summary.name in found:
-                ids, label = found[summary.name], f"{summary.name} {kind}"
+                ids, label = found[summary.name], f"{visible(summary.name)} {kind}"
                 print(f"  {label:<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
     print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
     for name, largest in data.largest.items():
         if largest > LARGE_VALUE:
             print(
-                f"  warning: {name} holds values up to {largest:.3g} in magnitude, which can "
-                "overflow the loss; rescale the embeddings (e.g. to unit norm)"
+                f"  warning: {visible(name)} holds values up to {largest:.3g} in magnitude, which "
+                "can overflow the loss; rescale the embeddings (e.g. to unit norm)"
             )
     for line in data.notices:
         print(f"  notice: {visible(line)}")
@@ -500,6 +500,10 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.scaling import scaling_table
 
+    if args.max_modalities < 2:
+        raise UsageError(f"--max-modalities must be at least 2, got {args.max_modalities}")
+    _check_positive(args.repeats, "--repeats")
+    _check_positive(args.batch_size, "--batch-size")
     counts = tuple(range(2, args.max_modalities + 1))
     table = format_table(scaling_table(counts, repeats=args.repeats, batch_size=args.batch_size))
     print(table)
