@@ -906,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdict += ": " + "; ".join(outcome.problems)
             rows.append(
                 f"| {number} | {_cell(case.name, 70)} | {_cell(case.expected, 60)} | "
-                f"{_cell(outcome.got)} | {_cell(verdict, 120)} |"
+                f"{_cell(outcome.got.replace(tmp, 'TMP'))} | {_cell(verdict, 120)} |"
             )
             print(f"[{number}/{len(cases)}] {verdict[:70]:<70} {case.name[:60]}",
                   file=sys.stderr, flush=True)  # fmt: skip
