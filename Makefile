@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/tibetan-demo
 
-.PHONY: test lint typecheck unit fuzz system-deps demo clean
+.PHONY: test lint typecheck unit fuzz sweep system-deps demo clean
 
 # espeak-ng synthesizes the speech of the Tibetan benchmark.
 system-deps:
@@ -36,9 +36,15 @@ unit: $(STAMP) system-deps
 
 test: lint typecheck unit
 
-# The property tests of tests/test_fuzz.py with over 10,000 cases in all (a few hundred in `unit`).
+# The property tests of tests/test_fuzz.py and tests/test_fuzz_cli.py (the command line) with
+# over 10,000 cases in all (a few hundred in `unit`).
 fuzz: $(STAMP)
-	VALLAYZ_FUZZ=1 $(BIN)/pytest -q -s tests/test_fuzz.py
+	VALLAYZ_FUZZ=1 $(BIN)/pytest -q -s tests/test_fuzz.py tests/test_fuzz_cli.py
+
+# Hostile inputs across every command and the Python writers and loaders: a markdown table of
+# input | expected | got, and the count of mismatches (RELIABILITY.md holds its last table).
+sweep: $(STAMP)
+	$(BIN)/python scripts/hostile_sweep.py
 
 # The main job on a CPU-sized subset of the corpus (8,000 pairs, 800 with speech).
 demo: $(STAMP) system-deps

@@ -15,6 +15,11 @@ from vallayz.errors import VallayzUserError
 SCHEMA_VERSION = 1
 """Version of the checkpoint layout (``config.json`` + ``model.safetensors``)."""
 
+MAX_PARAMETERS = 1_000_000_000
+"""The most parameters a model may have: a config above it is refused before anything is
+allocated (4 GB of float32 weights, four times that with the optimiser's state). Raise it here
+for a larger model."""
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
 _ABSENT_INITS = ("seed", "attend")
@@ -194,6 +199,48 @@ class IMPNConfig:
                 f"this config has schema version {self.schema_version}, newer than this "
                 f"vallayz ({SCHEMA_VERSION}); upgrade vallayz to read it"
             )
+        sizes = {
+            "modalities": self.modalities,
+            "soil_dim": self.soil_dim,
+            "hidden_dim": self.hidden_dim,
+            "layers": self.layers,
+            "gate_hidden": self.gate_hidden,
+            "ffn_mult": self.ffn_mult,
+            "token_buckets": self.token_buckets,
+            "token_nodes": self.token_nodes,
+            "token_node_positions": self.token_node_positions,
+        }
+        check_parameter_count(self.parameter_count(), "IMPN", sizes)
+
+    def parameter_count(self) -> int:
+        """The number of parameters of an IMPN with this config, computed without building it
+        (``log_sigma`` included)."""
+        dim, hidden, gate, names = self.soil_dim, self.hidden, self.gate_hidden, self.modalities
+        total = 2 * len(names) * dim + len(names)  # seeds, modality embeddings, log_sigma
+        for native in names.values():
+            adapter_norm = 2 * native if self.adapter_norm else 0
+            adapter = adapter_norm + _linear(native, hidden) + _linear(hidden, dim)
+            adapter += native * dim if native != dim else 0
+            decoder = 2 * dim + _linear(dim, hidden) + _linear(hidden, native)
+            total += adapter + decoder + _linear(dim, native)
+        total += sum(buckets * names[m] for m, buckets in self.token_buckets.items())
+        total += sum(
+            (buckets + self.token_node_positions) * dim for buckets in self.token_nodes.values()
+        )
+        attention = 2 * dim + _linear(dim, 3 * dim) + _linear(dim, dim)
+        gate_mlp = _linear(dim, gate) + dim * gate + gate + _linear(gate, 1)
+        update = dim * dim if self.update == "residual" else 6 * dim * dim + 6 * dim
+        cross = 2 * dim + gate_mlp + dim * dim + update
+        ffn = 2 * dim + _linear(dim, self.ffn_mult * dim) + _linear(self.ffn_mult * dim, dim)
+        layer = cross + (attention if self.bridge_attention else 0)
+        layer += ffn if self.bridge_ffn else 0
+        total += self.layers * layer
+        total += 2 * dim if self.final_norm else 0
+        if self.absent_init == "attend":
+            total += 2 * dim + _linear(dim, dim) + _linear(dim, 2 * dim) + _linear(dim, dim)
+        if self.match_head:
+            total += 2 * dim + _linear(3 * dim, 2 * gate) + _linear(2 * gate, 1)
+        return total
 
     @property
     def hidden(self) -> int:
@@ -370,6 +417,23 @@ def check_frozen(frozen: object, modalities: dict[str, int]) -> None:
         raise ValueError(
             "frozen_modalities names every modality, so nothing would train; freeze the old "
             "modalities only (IMPN.extend does)"
+        )
+
+
+def _linear(inputs: int, outputs: int) -> int:
+    """The parameters of ``nn.Linear(inputs, outputs)`` with its bias."""
+    return inputs * outputs + outputs
+
+
+def check_parameter_count(count: int, what: str, sizes: dict[str, object]) -> None:
+    """Raises :class:`VallayzUserError` when a model of ``count`` parameters would exceed
+    :data:`MAX_PARAMETERS`, naming the count and the config's size fields (``sizes``)."""
+    if count > MAX_PARAMETERS:
+        given = ", ".join(f"{name}={value}" for name, value in sizes.items())
+        raise VallayzUserError(
+            f"this {what} config would have {count:,} parameters ({count * 4 / 1e9:,.1f} GB of "
+            f"float32 weights), more than the limit of {MAX_PARAMETERS:,}; lower its sizes "
+            f"({given}) or raise vallayz.config.MAX_PARAMETERS for a model that large"
         )
 
 

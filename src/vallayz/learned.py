@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vallayz.config import IMPNConfig, check_frozen, check_token_buckets
+from vallayz.config import (
+    IMPNConfig,
+    build_checked,
+    check_frozen,
+    check_parameter_count,
+    check_token_buckets,
+)
 from vallayz.errors import VallayzUserError
 from vallayz.functional import mean_over_present
 from vallayz.layers import HashedBag
@@ -93,6 +99,24 @@ class BaselineConfig:
             raise ValueError("dim and hidden must be positive integers and temperature positive")
         check_token_buckets(self.token_buckets, self.modalities)
         check_frozen(self.frozen_modalities, self.modalities)
+        sizes = {
+            "modalities": self.modalities,
+            "dim": self.dim,
+            "hidden": self.hidden,
+            "token_buckets": self.token_buckets,
+        }
+        check_parameter_count(self.parameter_count(), self.architecture, sizes)
+
+    def parameter_count(self) -> int:
+        """The number of parameters of the baseline, computed without building it."""
+        dims = self.modalities
+        total = sum(buckets * dims[m] for m, buckets in self.token_buckets.items())
+        if self.architecture == "contrastive-heads":
+            return total + sum(d * self.dim + self.dim for d in dims.values())
+        for a, b in itertools.permutations(dims, 2):
+            total += 2 * dims[a] + dims[a] * self.hidden + self.hidden + self.hidden * dims[b]
+            total += dims[b]
+        return total
 
 
 _Extended = TypeVar("_Extended", bound="_Baseline")
@@ -522,14 +546,36 @@ LearnedMethod = IMPN | ContrastiveHeads | MLPTranslator
 """Every trainable method that :func:`build_model` and :func:`load_pretrained` make."""
 
 
+def model_config(
+    method: str, modalities: dict[str, int], overrides: dict[str, Any] | None = None
+) -> IMPNConfig | BaselineConfig:
+    """The checked config of a fresh model of ``method`` for ``modalities``, built without
+    allocating the model: field names, types, ranges and the parameter count are validated.
+
+    Raises:
+        VallayzUserError: naming the field at fault (or the method, when it is unknown).
+    """
+    if method != "impn" and method not in ARCHITECTURES:
+        raise VallayzUserError(
+            f"unknown method {method!r}; use 'impn' or one of {list(ARCHITECTURES)}"
+        )
+    fields = {k: v for k, v in (overrides or {}).items() if k != "modalities"}
+    if method == "impn":
+        return IMPNConfig.from_dict({**fields, "modalities": modalities})
+    return build_checked(
+        BaselineConfig,
+        {**fields, "architecture": method, "modalities": modalities},
+        f"{method} config",
+    )
+
+
 def build_model(
     method: str, modalities: dict[str, int], overrides: dict[str, Any] | None = None
 ) -> LearnedMethod:
     """A fresh model of ``method`` (``"impn"`` or a baseline architecture) for ``modalities``."""
-    fields = {k: v for k, v in (overrides or {}).items() if k != "modalities"}
-    if method == "impn":
-        return IMPN(IMPNConfig.from_dict({**fields, "modalities": modalities}))
-    config = BaselineConfig(architecture=method, modalities=modalities, **fields)
+    config = model_config(method, modalities, overrides)
+    if isinstance(config, IMPNConfig):
+        return IMPN(config)
     return ContrastiveHeads(config) if method == "contrastive-heads" else MLPTranslator(config)
 
 
@@ -553,7 +599,10 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         ) from err
     if "architecture" not in raw:
         return IMPN.from_pretrained(directory, device)
-    config = BaselineConfig(**raw)
+    try:
+        config = build_checked(BaselineConfig, raw, "baseline config")
+    except VallayzUserError as err:
+        raise VallayzUserError(f"{config_path}: {err}") from err
     model: ContrastiveHeads | MLPTranslator = (
         ContrastiveHeads(config)
         if config.architecture == "contrastive-heads"

@@ -839,7 +839,8 @@ class IMPN(nn.Module):
         """Loads a model written by :meth:`save_pretrained` (no pickle involved).
 
         Raises:
-            ValueError: if a file is missing or corrupt, or the weights do not match the config.
+            VallayzUserError: if a file is missing or corrupt, or the weights do not match the
+                config.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -848,7 +849,7 @@ class IMPN(nn.Module):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise ValueError(
+                raise VallayzUserError(
                     f"{path} is missing; a vallayz checkpoint directory holds {CONFIG_NAME} and "
                     f"{WEIGHTS_NAME} as written by IMPN.save_pretrained"
                 )
@@ -856,7 +857,7 @@ class IMPN(nn.Module):
         try:
             state = load_file(str(weights_path), device=str(device))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{weights_path} is not a readable safetensors file ({err}); the checkpoint is "
                 "corrupt or truncated, save it again"
             ) from err
@@ -868,7 +869,7 @@ class IMPN(nn.Module):
             k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
         )
         if missing or unexpected or reshaped:
-            raise ValueError(
+            raise VallayzUserError(
                 f"{weights_path} does not match {config_path}: missing tensors {missing[:3]}, "
                 f"unexpected tensors {unexpected[:3]}, tensors of another shape {reshaped[:3]}; "
                 "keep the two files of one checkpoint together"

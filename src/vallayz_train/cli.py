@@ -8,8 +8,10 @@ and the status is 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -34,8 +36,32 @@ _EXTRAS = {
 }
 
 
+# Failures of the file system a user can fix (permissions, a read-only or full disk): one line,
+# exit 2, not a traceback.
+_ENVIRONMENT_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 class UsageError(VallayzUserError):
     """A mistake in the command line or the files it names."""
+
+
+# Characters that would steer a terminal rather than show: C0 and C1 controls (ESC sequences,
+# carriage returns, bells, line breaks), DEL, and the bidirectional overrides and marks.
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: object) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``,
+    ``\\u202e``), for printing user text (item ids, keys, paths) on a terminal."""
+    return _INVISIBLE.sub(lambda found: _escape(found.group()), str(text))
+
+
+def _escape(char: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if char in named:
+        return named[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _speech_amount(text: str) -> int | float:
@@ -110,6 +136,9 @@ def _replace_atomically(path: Path, write: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
+    except OSError as err:
+        # Named after the output the user chose, not the temporary file beside it.
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -214,6 +243,21 @@ def _check_modality(model: Any, name: str, option: str) -> None:
         raise UsageError(f"{option} {name!r} is not a modality of this model; use one of {known}")
 
 
+def _check_data_fits(model: Any, data: Any, folder: str) -> None:
+    """Raises :class:`UsageError` when a modality of the data folder has embeddings of another
+    width than the run's model reads."""
+    wrong = [
+        f"{name} is {data.modalities[name]}-d where the model reads {dim}-d"
+        for name, dim in model.config.modalities.items()
+        if name in data.modalities and data.modalities[name] != dim
+    ]
+    if wrong:
+        raise UsageError(
+            f"{folder} does not fit the run: {'; '.join(wrong)}; use data encoded by the "
+            "encoders the run was trained on"
+        )
+
+
 def _check_positive(value: int, option: str) -> None:
     if value < 1:
         raise UsageError(f"{option} must be a positive integer, got {value}")
@@ -252,6 +296,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.data} lacks modalities {sorted(missing)} that the model was trained on"
         )
+    _check_data_fits(model, data, args.data)
     table = retrieval_table(
         data,
         rows,
@@ -272,7 +317,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     }
     text = json.dumps({**meta, "results": table}, indent=2) + "\n"
     _replace_atomically(out, lambda handle: handle.write(text.encode()))
-    print(f"saved {out}")
+    print(f"saved {visible(out)}")
     return 0
 
 
@@ -313,6 +358,8 @@ def _read_array(path: str, dim: int, option: str = "--input") -> np.ndarray:
         )
     with np.errstate(over="ignore"):
         values = array.astype(np.float32)
+    if len(values) == 0:
+        return values
     bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
     if bad.any():
         raise UsageError(
@@ -343,7 +390,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     result = (
         torch.cat(outputs).numpy()
         if outputs
-        else np.zeros((0, model.config.modalities[args.target]))
+        else np.zeros((0, model.config.modalities[args.target]), dtype=np.float32)
     )
     _replace_atomically(output, lambda handle: np.save(handle, result))
     print(
@@ -370,6 +417,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{option} {name!r} is not in {args.candidates}; it has {sorted(data.modalities)}"
             )
+    _check_data_fits(model, data, args.candidates)
     candidate_rows = np.flatnonzero(data.present[args.target])
     if args.k > len(candidate_rows):
         raise UsageError(
@@ -378,6 +426,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         )
     if args.input:
         x = torch.from_numpy(_read_array(args.input, model.config.modalities[args.source]))
+        if x.shape[0] == 0:
+            raise UsageError(f"--input {args.input} holds no rows; give at least one query")
         queries = Batch.of({args.source: x})
         labels = [f"row {i}" for i in range(x.shape[0])]
     else:
@@ -399,12 +449,12 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     top_scores, top_indices = index.search(q, args.k)
     keys = data.keys(args.target)
     for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
-        print(f"query {label}:")
+        print(f"query {visible(label)}:")
         for rank, (score, index) in enumerate(
             zip(scores.tolist(), indices.tolist(), strict=True), start=1
         ):
             row = int(candidate_rows[index])
-            print(f"  {rank}. {data.items[row]['id']}\t{score:.4f}\t{keys[row]}")
+            print(f"  {rank}. {visible(data.items[row]['id'])}\t{score:.4f}\t{visible(keys[row])}")
     return 0
 
 
@@ -413,27 +463,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     data = PairedEmbeddings(args.data)
     splits = data.split_indices(args.split_seed)
-    print(f"{args.data}: {data.size} rows, {len(set(data.groups()))} groups")
+    print(f"{visible(args.data)}: {data.size} rows, {len(set(data.groups()))} groups")
     for summary in data.summary():
         kind = "nodes" if len(summary.shape) == 3 else "pooled"
         rate = summary.present / data.size
         print(
-            f"  {summary.name:<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
+            f"  {visible(summary.name):<16} {kind:<6} {summary.shape!s:<20} {summary.dtype:<8} "
             f"present {rate:6.1%}"
         )
         for kind, found in (("tokens", data.tokens), ("node ids", data.node_ids)):
             if summary.name in found:
-                ids, label = found[summary.name], f"{summary.name} {kind}"
+                ids, label = found[summary.name], f"{visible(summary.name)} {kind}"
                 print(f"  {label:<16} ids    {ids.shape!s:<20} {ids.dtype!s:<8}")
     print("  splits: " + ", ".join(f"{name} {len(rows)}" for name, rows in splits.items()))
     for name, largest in data.largest.items():
         if largest > LARGE_VALUE:
             print(
-                f"  warning: {name} holds values up to {largest:.3g} in magnitude, which can "
-                "overflow the loss; rescale the embeddings (e.g. to unit norm)"
+                f"  warning: {visible(name)} holds values up to {largest:.3g} in magnitude, which "
+                "can overflow the loss; rescale the embeddings (e.g. to unit norm)"
             )
     for line in data.notices:
-        print(f"  notice: {line}")
+        print(f"  notice: {visible(line)}")
     return 0
 
 
@@ -447,8 +497,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if not (Path(args.run) / RUN_FILE).is_file():
         raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
+    data = args.data
+    if data is None:
+        data = _load_json(str(Path(args.run) / RUN_FILE)).get("data")
+    if data is not None:
+        from vallayz.data import PairedEmbeddings
+
+        _check_data_fits(_load_run(args.run), PairedEmbeddings(data), str(data))
     for path in plot_run(Path(args.run), args.data, args.out, force=args.force):
-        print(f"wrote {path}")
+        print(f"wrote {visible(path)}")
     return 0
 
 
@@ -548,6 +605,10 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.scaling import scaling_table
 
+    if args.max_modalities < 2:
+        raise UsageError(f"--max-modalities must be at least 2, got {args.max_modalities}")
+    _check_positive(args.repeats, "--repeats")
+    _check_positive(args.batch_size, "--batch-size")
     counts = tuple(range(2, args.max_modalities + 1))
     table = format_table(scaling_table(counts, repeats=args.repeats, batch_size=args.batch_size))
     print(table)
@@ -608,8 +669,8 @@ def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
     items = PairedEmbeddings(results["data"], check_values=False).items
     for item in [i for i in items if i["split"] == "test"][: args.examples]:
         best = translate_text(Path(args.out) / "impn", "bo", item["text_bo"], k=1)[0]
-        print(f"\nbo:        {item['text_bo']}\ngold en:   {item['text_en']}")
-        print(f"retrieved: {best[2]} (score {best[1]:.3f})")
+        print(f"\nbo:        {visible(item['text_bo'])}\ngold en:   {visible(item['text_en'])}")
+        print(f"retrieved: {visible(best[2])} (score {best[1]:.3f})")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -665,10 +726,12 @@ def _cmd_translate_text(args: argparse.Namespace) -> int:
 
     if not args.text and not args.audio:
         raise UsageError('give a Tibetan line ("...") or --audio FILE.wav')
+    if args.audio and not Path(args.audio).is_file():
+        raise UsageError(f"--audio {args.audio} is not a file; give a WAV recording")
     for rank, (item, score, english) in enumerate(
         translate_text(args.run, args.source, args.text, args.audio, args.k), start=1
     ):
-        print(f"{rank}. {score:.4f}  {english}  [{item}]")
+        print(f"{rank}. {score:.4f}  {visible(english)}  [{visible(item)}]")
     return 0
 
 
@@ -678,7 +741,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.bench) / "results.json"
     if not path.is_file():
         raise UsageError(f"{path} is missing; run vallayz bench first")
-    print(f"wrote {write_report(Path(args.bench), json.loads(path.read_text()))}")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(
+            f"{path} is not valid JSON ({err}); run the benchmark again to rewrite it"
+        ) from err
+    if not isinstance(results, dict):
+        raise UsageError(
+            f"{path} holds a JSON {type(results).__name__}, not the object vallayz bench writes; "
+            "run the benchmark again to rewrite it"
+        )
+    required = ("data", "split", "split_sizes", "spec", "train", "hardware", "retrieval")
+    lacking = [key for key in required if key not in results]
+    if lacking:
+        raise UsageError(
+            f"{path} is not the results of vallayz bench data or bench tibetan (it lacks "
+            f"{lacking}); run the benchmark again to rewrite it"
+        )
+    try:
+        report = write_report(Path(args.bench), results)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise UsageError(
+            f"{path} is malformed ({type(err).__name__}: {err}); run the benchmark again to "
+            "rewrite it"
+        ) from err
+    print(f"wrote {report}")
     return 0
 
 
@@ -1002,7 +1090,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except VallayzUserError as err:
-        print(f"vallayz {args.command}: error: {err}", file=sys.stderr)
+        print(f"vallayz {args.command}: error: {visible(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRORS:
+            return _bug(args.command)
+        hint = (
+            "free some space or write elsewhere"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "choose a file or folder you may write, or change its permissions"
+        )
+        where = f": {err.filename}" if err.filename else ""
+        message = f"{err.strerror}{where}; {hint}"
+        print(f"vallayz {args.command}: error: {visible(message)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         extra = _EXTRAS.get((err.name or "").split(".")[0])

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -110,10 +113,116 @@ def start(world: World, device: str) -> str:
         torch.cuda.set_device(device)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if not dist.is_initialized():
+        store = rendezvous(world)
         dist.init_process_group(
-            backend, rank=world.rank, world_size=world.size, timeout=timedelta(minutes=30)
+            backend,
+            store=store,
+            rank=world.rank,
+            world_size=world.size,
+            timeout=timedelta(minutes=30),
         )
     return device
+
+
+def _reachable(address: str, port: int, seconds: float) -> bool:
+    """Whether something accepts a connection at ``address:port`` within ``seconds`` (tried
+    again every fifth of a second), checked before the store's client connects, whose own
+    timeout prints C++ stack traces."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((address, port), timeout=max(min(left, 1.0), 0.05)):
+                return True
+        except OSError:
+            if left <= 0:
+                return False
+            time.sleep(min(0.2, max(left, 0.0)))
+
+
+RENDEZVOUS_ENV = "VALLAYZ_RENDEZVOUS_TIMEOUT"
+"""Seconds the processes of a run started without ``torchrun`` wait for each other (default
+:data:`RENDEZVOUS_SECONDS`)."""
+RENDEZVOUS_SECONDS = 30.0
+
+
+def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
+    """The store through which the processes of ``world`` meet, or ``None`` under ``torchrun``
+    (whose agent already holds one that ``env://`` joins).
+
+    Started by hand (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set without ``torchrun``), the
+    processes meet at ``MASTER_ADDR:MASTER_PORT`` within :data:`RENDEZVOUS_ENV` seconds, and a
+    process the others never join fails with a message rather than waiting for half an hour.
+
+    Raises:
+        VallayzUserError: when ``MASTER_ADDR`` or ``MASTER_PORT`` is missing or invalid, or the
+            processes did not all meet in time.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    start_hint = (
+        "start distributed training with torchrun --nproc-per-node N -m vallayz fit ..., or "
+        "unset RANK, WORLD_SIZE and LOCAL_RANK to train in one process"
+    )
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if missing:
+        raise VallayzUserError(
+            f"RANK and WORLD_SIZE={world.size} are set but not {' or '.join(missing)}, so the "
+            f"processes have nowhere to meet; {start_hint}"
+        )
+    address, port_text = env["MASTER_ADDR"], env["MASTER_PORT"]
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise VallayzUserError(f"MASTER_PORT={port_text!r} is not a port (1..65535); {start_hint}")
+    try:
+        seconds = float(env.get(RENDEZVOUS_ENV, RENDEZVOUS_SECONDS))
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise VallayzUserError(
+            f"{RENDEZVOUS_ENV}={env[RENDEZVOUS_ENV]!r} must be a positive number of seconds"
+        )
+    try:
+        socket.getaddrinfo(address, port)
+    except (OSError, UnicodeError) as err:
+        raise VallayzUserError(
+            f"MASTER_ADDR={address!r} does not name a reachable host ({err}); give the address "
+            f"of the machine of process 0, or {start_hint}"
+        ) from err
+    print(
+        f"process {world.rank} of {world.size}: waiting up to {seconds:g} s for the others at "
+        f"{address}:{port} ({RENDEZVOUS_ENV} changes it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if world.rank != 0 and not _reachable(address, port, seconds):
+        raise VallayzUserError(
+            f"nothing answered at MASTER_ADDR={address}, MASTER_PORT={port} within {seconds:g} s "
+            f"(process 0 of the run listens there); start every process of the run with the "
+            f"same MASTER_ADDR and MASTER_PORT, or {start_hint}"
+        )
+    try:
+        store = dist.TCPStore(  # type: ignore[attr-defined]
+            address,
+            port,
+            world.size,
+            is_master=world.rank == 0,
+            timeout=timedelta(seconds=seconds),
+            wait_for_workers=True,
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VallayzUserError(
+            f"the {world.size} processes did not meet at {address}:{port} within {seconds:g} s "
+            f"({reason}); start every process of the run with the same MASTER_ADDR and "
+            f"MASTER_PORT, or {start_hint}"
+        ) from err
+    store.set_timeout(timedelta(minutes=30))
+    return store
 
 
 def stop() -> None:

@@ -119,6 +119,10 @@ def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) ->
     """The data's modalities and dimensions, restricted to those ``overrides`` names (if any)."""
     given = (overrides or {}).get("modalities")
     modalities = data.modalities
+    if given is not None and not isinstance(given, dict):
+        raise VallayzUserError(
+            f"the config's 'modalities' must be an object {{name: dimension}}, got {given!r}"
+        )
     if given is not None:
         for name, dim in given.items():
             if name not in modalities:

@@ -31,10 +31,12 @@ from vallayz_train.bench.spec import (
     ClosedFormMethod,
     LearnedMethod,
     Pair,
+    check_settings,
 )
 from vallayz_train.bench.sweeps import CorruptedSourceSweep, MissingSweep, NoiseSweep
 from vallayz_train.config import TrainConfig
 from vallayz_train.run_folder import lock_run
+from vallayz_train.trainer import data_modalities
 
 __all__ = [
     "CLOSED_FORM",
@@ -47,6 +49,7 @@ __all__ = [
     "Measure",
     "Pair",
     "Runs",
+    "check_settings",
     "finish_report",
     "run_benchmark",
     "write_report",
@@ -109,6 +112,9 @@ def _run_benchmark(
 ) -> dict[str, Any]:
     """:func:`run_benchmark`, with the lock of ``out`` held."""
     data = PairedEmbeddings(data_dir)
+    # Every setting is checked before anything is written or trained.
+    check_settings(spec, train, model_overrides, data_modalities(data, model_overrides))
+    out.mkdir(parents=True, exist_ok=True)
     splits = data.split_indices(train.split_seed)
     runs = train_runs(data_dir, out, spec, train, model_overrides, progress, log)
     rows = splits[spec.split]

@@ -11,6 +11,7 @@ the benchmark, so an interrupted ablation continues.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from vallayz.errors import VallayzUserError
 from vallayz.eval import PerturbedView, format_table, model_encoder, rerank_table, retrieval_table
 from vallayz.eval.perturb import drop_sources
 from vallayz_train.bench.runs import train_run
-from vallayz_train.bench.spec import Pair
+from vallayz_train.bench.spec import Pair, check_pairs
 from vallayz_train.config import TrainConfig
 from vallayz_train.run_folder import load_model
 
@@ -148,7 +149,7 @@ def run_ablation(
         raise VallayzUserError(
             f"unknown variant(s) {unknown}; list the variants with vallayz ablate --list"
         )
-    train = spec.train_config()
+    train = check_ablation(data_dir, spec, variants, names, model_defaults or {})
     table: list[dict[str, Any]] = []
     for name in names or list(variants):
         variant = variants[name]
@@ -164,6 +165,57 @@ def run_ablation(
     name = "ablation.json" if spec.split == "val" else f"ablation-{spec.split}.json"
     (out / name).write_text(json.dumps(table, indent=2) + "\n")
     return table
+
+
+def check_ablation(
+    data_dir: Path,
+    spec: AblationSpec,
+    variants: Mapping[str, Variant],
+    names: Sequence[str] | None,
+    model_defaults: dict[str, Any],
+) -> TrainConfig:
+    """Checks every setting of an ablation before anything is built or trained: the scored
+    directions against the data's modalities, the pools, the paths, the training config and
+    the model config of every variant to run (without building a model). Returns the training
+    config every variant starts from.
+
+    Raises:
+        VallayzUserError: naming the setting at fault.
+    """
+    from vallayz.learned import model_config
+    from vallayz_train.trainer import data_modalities
+
+    data = PairedEmbeddings(data_dir, check_values=False)
+    check_pairs(spec.pairs, data.modalities)
+    if spec.noisy_snr is not None:
+        if not math.isfinite(spec.noisy_snr):
+            raise VallayzUserError(f"--noisy-snr must be a finite dB value, got {spec.noisy_snr}")
+        if spec.noisy_pair is not None:
+            check_pairs([spec.noisy_pair], data.modalities, "the noisy direction")
+    if spec.pool < 2:
+        raise VallayzUserError(
+            f"--pool must be at least 2 candidates (a pool of {spec.pool} ranks nothing); use "
+            "e.g. --pool 100"
+        )
+    unknown = [m for m in spec.modes if m not in ("soil", "bridged")]
+    if unknown or not spec.modes:
+        raise VallayzUserError(f"modes must be 'soil' and/or 'bridged', got {list(spec.modes)}")
+    if spec.rerank_depth < 1:
+        raise VallayzUserError(f"--rerank-depth must be at least 1, got {spec.rerank_depth}")
+    try:
+        train = spec.train_config()
+    except VallayzUserError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise VallayzUserError(f"the training settings of the ablation are invalid: {err}") from err
+    for name in names or list(variants):
+        variant = variants[name]
+        try:
+            model, _ = variant.configs(model_defaults, train, data_dir)
+            model_config(variant.method, data_modalities(data, model), model)
+        except (ValueError, TypeError) as err:
+            raise VallayzUserError(f"variant {name!r}: {err}") from err
+    return train
 
 
 def score_variant(

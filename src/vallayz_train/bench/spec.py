@@ -9,11 +9,14 @@ path they offer.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from vallayz.errors import VallayzUserError
 from vallayz.eval import ClosedFormEncoder, model_encoder
 
 Pair = tuple[tuple[str, ...], str]
@@ -52,6 +55,114 @@ class BenchSpec:
     # Trainable token front ends (modality -> buckets) given to every learned method alike,
     # for data with <modality>.tokens.npy; {} for none.
     token_buckets: dict[str, int] = field(default_factory=dict)
+
+    def check(self, modalities: Collection[str]) -> None:
+        """Raises :class:`VallayzUserError` for a setting no benchmark over data of
+        ``modalities`` can run with: a direction naming an unknown modality or its target among
+        its sources, pools of fewer than 2 candidates, an unknown method or split, a missing
+        rate outside [0, 1), a non-finite noise level.
+        """
+        if self.pairs is not None:
+            check_pairs(self.pairs, modalities)
+        if self.pool < 2:
+            raise VallayzUserError(
+                f"--pool must be at least 2 candidates (a pool of {self.pool} ranks nothing); "
+                "use e.g. --pool 100"
+            )
+        if self.pools < 1:
+            raise VallayzUserError(f"--pools must be at least 1, got {self.pools}")
+        unknown = [m for m in self.methods if m not in LEARNED]
+        if unknown:
+            raise VallayzUserError(f"unknown learned method(s) {unknown}; use {list(LEARNED)}")
+        unknown = [m for m in self.closed_form if m not in CLOSED_FORM]
+        if unknown:
+            raise VallayzUserError(f"unknown closed-form map(s) {unknown}; use {list(CLOSED_FORM)}")
+        if self.split not in ("train", "val", "test"):
+            raise VallayzUserError(f"split must be 'train', 'val' or 'test', got {self.split!r}")
+        if not all(0.0 <= rate < 1.0 for rate in self.missing_rates):
+            raise VallayzUserError(
+                f"missing rates must lie in [0, 1), got {list(self.missing_rates)}"
+            )
+        if not all(math.isfinite(snr) for snr in self.snrs):
+            raise VallayzUserError(f"noise levels must be finite dB values, got {self.snrs}")
+        if self.rerank_depth < 1:
+            raise VallayzUserError(f"rerank_depth must be at least 1, got {self.rerank_depth}")
+
+
+def pair_label(pair: Pair) -> str:
+    """``(("a", "b"), "c")`` → ``"a+b->c"``."""
+    return f"{'+'.join(pair[0])}->{pair[1]}"
+
+
+def check_pairs(
+    pairs: Sequence[Pair], modalities: Collection[str], option: str = "--pairs"
+) -> None:
+    """Raises :class:`VallayzUserError` unless every direction of ``pairs`` has at least one
+    source, names only ``modalities``, repeats no source and does not name its target among its
+    sources."""
+    if not pairs:
+        raise VallayzUserError(f"{option} names no direction; give e.g. {option} a->b")
+    known = sorted(modalities)
+    for pair in pairs:
+        sources, target = pair
+        label = pair_label(pair)
+        if not sources or not target:
+            raise VallayzUserError(
+                f"{option} {label!r} needs at least one source and a target, e.g. a->b or a+b->c"
+            )
+        unknown = [m for m in dict.fromkeys((*sources, target)) if m not in modalities]
+        if unknown:
+            raise VallayzUserError(
+                f"{option} {label!r} names {unknown}, not among the data's modalities {known}"
+            )
+        if target in sources:
+            raise VallayzUserError(
+                f"{option} {label!r} retrieves {target!r} from itself; name a target other than "
+                "its sources"
+            )
+        if len(set(sources)) != len(sources):
+            raise VallayzUserError(f"{option} {label!r} names a source twice; name each once")
+
+
+def pair_modalities(pairs: Sequence[Pair]) -> dict[str, int]:
+    """The modalities ``pairs`` name, each with a stand-in dimension of 1: what
+    :func:`check_settings` reads before the data of a benchmark exists."""
+    return {m: 1 for sources, target in pairs for m in (*sources, target)}
+
+
+def check_settings(
+    spec: BenchSpec,
+    train: Any,
+    model_overrides: Mapping[str, Any] | None,
+    modalities: Mapping[str, int],
+) -> None:
+    """Checks what a benchmark can check before it builds data or trains anything: the spec
+    (:meth:`BenchSpec.check`), the model config of every learned method (fields, types, ranges,
+    size, without building a model), and the device of the training config.
+
+    Args:
+        spec: What the benchmark evaluates.
+        train: Its :class:`~vallayz_train.config.TrainConfig`.
+        model_overrides: The model config fields of the benchmark.
+        modalities: The modalities of the data and their dimensions (before the data is built:
+            the names it will have, with any positive dimension).
+
+    Raises:
+        VallayzUserError: naming the setting at fault.
+    """
+    import torch
+
+    from vallayz.learned import model_config
+
+    spec.check(modalities)
+    for name in spec.methods:
+        overrides = learned_method(name).overrides(dict(model_overrides or {}), spec)
+        try:
+            model_config(name, dict(modalities), overrides)
+        except VallayzUserError as err:
+            raise VallayzUserError(f"the model config of {name}: {err}") from err
+    if str(train.device).startswith("cuda") and not torch.cuda.is_available():
+        raise VallayzUserError("--device cuda was asked for but CUDA is not available; use cpu")
 
 
 # The training settings of the small benchmarks (bench emoji, bench digits) besides their

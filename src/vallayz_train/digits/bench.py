@@ -27,7 +27,12 @@ from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table
 from vallayz_train.bench import BenchSpec, Pair, finish_report, run_benchmark
-from vallayz_train.bench.spec import SMALL_DATA_TRAIN, fixed_pairs_spec
+from vallayz_train.bench.spec import (
+    SMALL_DATA_TRAIN,
+    check_settings,
+    fixed_pairs_spec,
+    pair_modalities,
+)
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.encoders import (
     WORDS,
@@ -231,9 +236,13 @@ def bench_digits(
     Args:
         speakers: The speakers to hold out (default: every speaker, one fold each).
     """
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    # Checked before the recordings are encoded.
+    check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = train or TrainConfig(**TRAIN_DEFAULTS)
     data, everyone = build_data(
         out, root, speech_kind, train.split_seed, train.device, progress, log
     )
@@ -241,8 +250,6 @@ def bench_digits(
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
         raise VallayzUserError(f"unknown speaker(s) {unknown}; the data has {everyone}")
-    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
-    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     per_fold: dict[str, dict[str, Any]] = {}
     for speaker in held_out:
         folder = out / f"fold-{speaker}"

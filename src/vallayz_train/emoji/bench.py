@@ -21,7 +21,12 @@ import numpy as np
 from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.bench import Pair, run_benchmark
-from vallayz_train.bench.spec import SMALL_DATA_TRAIN, fixed_pairs_spec
+from vallayz_train.bench.spec import (
+    SMALL_DATA_TRAIN,
+    check_settings,
+    fixed_pairs_spec,
+    pair_modalities,
+)
 from vallayz_train.config import TrainConfig
 from vallayz_train.emoji.encoders import image_encoder
 from vallayz_train.shared_data import file_digest, find_data
@@ -169,10 +174,12 @@ def bench_emoji(
 
     The random item split uses ``train.split_seed``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     train = train or TrainConfig(**TRAIN_DEFAULTS)
-    data_dir = build_data(out, root, train.split_seed, train.device, progress, log)
     spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    # Checked before the images and texts are encoded.
+    check_settings(spec, train, model, pair_modalities(PAIRS))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = build_data(out, root, train.split_seed, train.device, progress, log)
     return run_benchmark(data_dir, out, spec, train, model, progress, log)

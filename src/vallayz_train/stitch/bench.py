@@ -41,9 +41,9 @@ from vallayz.errors import VallayzUserError
 from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
 from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
 from vallayz.learned import load_pretrained
-from vallayz_train.bench import hardware
+from vallayz_train.bench import BenchSpec, hardware
 from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
-from vallayz_train.bench.spec import MultiWayMethod
+from vallayz_train.bench.spec import MultiWayMethod, check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
 from vallayz_train.stitch.encoders import e5_encoder
 from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
@@ -389,9 +389,13 @@ def bench_stitch(
         )
     if control_anchors < 0:
         raise VallayzUserError(f"--control-anchors must be 0 or more, got {control_anchors}")
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    # Checked before the corpus is read and encoded.
+    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, methods=METHODS, closed_form=())
+    check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = train or TrainConfig(**TRAIN_DEFAULTS)
     started = time.perf_counter()
     corpus = build_corpus(
         read_segments(corpus_path), seed=train.split_seed, fractions=FRACTIONS, max_pairs=pairs
@@ -405,7 +409,6 @@ def bench_stitch(
     encoders = text_encoders(train.device)
     data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
     data = PairedEmbeddings(data_dir)
-    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     runs, train_seconds = _train(data_dir, out, train, model, METHODS, progress, log)
 
     log(f"evaluating on the test split ({sizes['test']} lines)")

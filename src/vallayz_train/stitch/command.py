@@ -67,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
             "bench stitch has no query with several sources, so --matched-dropout does not "
             "apply; leave it out"
         )
-    if args.pool < 1 or args.pools < 1:
-        raise VallayzUserError("--pool and --pools must be positive integers")
     model, train = _train_args(args, TRAIN_DEFAULTS)
     corpus = Path(args.corpus) if args.corpus else default_corpus_path()
     if not corpus.exists():

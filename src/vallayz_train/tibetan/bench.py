@@ -12,6 +12,7 @@ import numpy as np
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.eval import format_table, model_encoder, retrieval_table
 from vallayz_train.bench import BenchSpec, run_benchmark
+from vallayz_train.bench.spec import check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
 from vallayz_train.run_folder import load_model, run_data
 from vallayz_train.tibetan.constants import (
@@ -61,9 +62,20 @@ def bench_tibetan(
     ``token_buckets`` rows over the hashed n-grams (0: the fixed TF-IDF + SVD vector only);
     the closed-form maps read the fixed vector.
     """
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    spec = BenchSpec(
+        pairs=PAIRS,
+        pool=pool,
+        pools=pools,
+        seed=seed_eval,
+        matched_dropout=matched_dropout,
+        token_buckets={"bo": token_buckets} if token_buckets else {},
+    )
+    # Checked before the corpus is encoded and its speech synthesized.
+    check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train = train or TrainConfig(**TRAIN_DEFAULTS)
     data_dir, subsets = build_data(
         out,
         corpus_path,
@@ -78,18 +90,8 @@ def bench_tibetan(
         speech_pooling,
         speech_workers=speech_workers,
     )
-    spec = BenchSpec(
-        pairs=PAIRS,
-        pool=pool,
-        pools=pools,
-        seed=seed_eval,
-        subsets=subsets,
-        matched_dropout=matched_dropout,
-        token_buckets={"bo": token_buckets} if token_buckets else {},
-    )
-    return run_benchmark(
-        data_dir, out, spec, train, {**MODEL_DEFAULTS, **(model_overrides or {})}, progress, log
-    )
+    spec.subsets = subsets
+    return run_benchmark(data_dir, out, spec, train, model, progress, log)
 
 
 def evaluate_corpus(

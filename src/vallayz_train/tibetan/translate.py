@@ -36,9 +36,23 @@ def translate_text(
     model: Any = load_model(run_dir)
     data = run_data(run_dir)
     if audio is not None:
-        meta = json.loads((data.directory / "speech.json").read_text())
+        meta_path = data.directory / "speech.json"
+        if "speech" not in model.config.modalities or not meta_path.is_file():
+            raise VallayzUserError(
+                f"the run {run_dir} was not trained with speech (its data has no "
+                f"{meta_path.name}); give a Tibetan line, or a run of vallayz bench tibetan "
+                "with --speech above 0"
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            kind, nodes, pooling = meta["kind"], meta["nodes"], meta.get("pooling", "pick")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise VallayzUserError(
+                f"{meta_path} is not readable ({err}); run vallayz bench tibetan again to "
+                "rewrite the data"
+            ) from err
         # Runs made before the pooling choice existed picked single frames.
-        frames = audio_features(audio, meta["kind"], meta["nodes"], meta.get("pooling", "pick"))
+        frames = audio_features(audio, kind, nodes, pooling)
         query = Batch.of({"speech": torch.from_numpy(frames)})
     elif source == "bo":
         if not text:
