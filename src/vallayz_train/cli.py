@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="impn",
-        choices=["impn", "contrastive-heads", "mlp-translator"],
+        choices=["impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix"],
         help="IMPN, or a learned baseline trained under the same budget",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
