@@ -34,10 +34,15 @@ def _methods() -> dict[str, Any]:
         "impn": IMPN(tiny_config()),
         "contrastive-heads": build_model("contrastive-heads", dict(DIMS), {"dim": 8}),
         "mlp-translator": build_model("mlp-translator", dict(DIMS), {"hidden": 8}),
+        "seq-heads": build_model("seq-heads", dict(DIMS), {"dim": 8, "seq_heads": 2}),
+        "fusemix": build_model("fusemix", dict(DIMS), {"dim": 8, "depth": 1}),
     }
 
 
-@pytest.mark.parametrize("name", ["impn", "contrastive-heads", "mlp-translator"])
+METHOD_NAMES = ["impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix"]
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
 def test_every_learned_method_implements_the_trainable_contract(name: str) -> None:
     method = _methods()[name]
     assert isinstance(method, TrainableMethod) and isinstance(method, Method)
@@ -51,7 +56,7 @@ def test_every_learned_method_implements_the_trainable_contract(name: str) -> No
     assert out.terms and all(torch.isfinite(v) for v in out.terms.values())
 
 
-@pytest.mark.parametrize("name", ["impn", "contrastive-heads", "mlp-translator"])
+@pytest.mark.parametrize("name", METHOD_NAMES)
 def test_capabilities_say_which_calls_are_served(name: str) -> None:
     """A served call returns vectors of the right shape; an unserved one raises."""
     method = _methods()[name].eval()

@@ -184,6 +184,8 @@ def test_bench_stitch_end_to_end_on_a_few_lines(
             "impn (translate)",
             "contrastive-heads (shared space)",
             "mlp-translator (translate)",
+            "seq-heads (shared space)",
+            "fusemix (shared space)",
         ):
             assert (name, *direction) in methods
     # The reported cosine of Procrustes with standard scaling, recomputed from the data folder.

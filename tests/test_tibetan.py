@@ -192,7 +192,7 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
     assert "queries: novel" in report
     # Every learned method read Tibetan through the same trainable n-gram bag.
     assert (out / "data" / "bo.tokens.npy").exists()
-    for method in ("impn", "contrastive-heads", "mlp-translator"):
+    for method in ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix"):
         config = json.loads((out / method / "best" / "config.json").read_text())
         assert config["token_buckets"] == {"bo": 2**16}
         train = json.loads((out / method / "run.json").read_text())["train"]

@@ -126,6 +126,58 @@ def masked_mean(nodes: Tensor, mask: Tensor) -> Tensor:
     return (nodes * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def attention_pool(states: Tensor, real: Tensor, query: Tensor) -> Tensor:
+    """Multi-head attention pooling of a row's nodes by one learned query.
+
+    The state width is cut into ``H`` equal chunks; head ``h`` scores every real node by the
+    dot product of its chunk with ``query[h]`` (scaled by ``1/sqrt(d/H)``), and returns the
+    softmax-weighted mean of the chunks. Values are the states themselves, so one real node
+    pools to itself, and a zero query pools to the mean of the real nodes.
+
+    Args:
+        states: Node states.
+        real: ``True`` marks a real node; every row needs at least one.
+        query: One query per head.
+
+    Returns:
+        The pooled states, the heads' chunks side by side.
+
+    Shape:
+        states ``[B, T, d]``, real ``[B, T]``, query ``[H, d/H]`` → ``[B, d]``.
+    """
+    batch, nodes, width = states.shape
+    heads, chunk = query.shape
+    if heads * chunk != width:
+        raise ValueError(
+            f"query {tuple(query.shape)} does not cut states of width {width} into heads; "
+            "give one query of width d/H per head"
+        )
+    split = states.reshape(batch, nodes, heads, chunk)
+    scores = torch.einsum("bthc,hc->bth", split, query.to(states.dtype)) / math.sqrt(chunk)
+    scores = scores.masked_fill(~real[..., None], float("-inf"))
+    weights = torch.softmax(scores, dim=1)
+    return torch.einsum("bth,bthc->bhc", weights, split).reshape(batch, width)
+
+
+def latent_mixup(latents: list[Tensor], lam: Tensor | float, order: Tensor) -> list[Tensor]:
+    """Mixup of paired latents: row ``i`` of every tensor becomes
+    ``lam · x[i] + (1 − lam) · x[order[i]]``, with one ``lam`` and one ``order`` for all of
+    them, so a row of one modality stays paired with the same row of the others.
+
+    Args:
+        latents: Row-aligned latents of the modalities of one pair (or more).
+        lam: Mixing weight in ``[0, 1]``.
+        order: A permutation of the rows: each row's mixing partner.
+
+    Returns:
+        The mixed latents, in the same order.
+
+    Shape:
+        ``[[n, d_m]]``, ``[]``, ``[n]`` → ``[[n, d_m]]``.
+    """
+    return [lam * x + (1 - lam) * x[order] for x in latents]
+
+
 def mean_over_present(values: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
     """Per row, the mean of the vectors of the modalities present in that row.
 

@@ -4,12 +4,19 @@
   symmetric InfoNCE over every present pair (CLIP-style, both sides projected). ``M`` heads.
 * :class:`MLPTranslator`: one MLP per *ordered pair* of modalities, trained on translation
   loss. ``M(M−1)`` maps: the pairwise design IMPN's adapters replace.
+* :class:`SequenceHeads`: the contrastive heads reading a modality's nodes (speech frames, unit
+  ids) instead of their mean: a head per node, one small self-attention layer over the nodes,
+  then attention pooling by a learned query.
+* :class:`FuseMix`: FuseMix-style adapters (Vouitsis et al., CVPR 2024): per modality, residual
+  pre-LN MLP blocks at the encoder's width, then LayerNorm and a linear map into the shared
+  space, trained with symmetric InfoNCE under a learnable temperature and latent mixup.
 
 With a drop rate (``LossSettings.baseline_drop_rate``) either also trains the fusion that serves
 a query with several sources, under modality dropout as IMPN is: modalities are dropped at
 random and each dropped one is fitted from the mean over the kept ones.
 
-Both take pooled inputs (node inputs are mean-pooled over real nodes), speak the same
+All but :class:`SequenceHeads` take pooled inputs (node inputs are mean-pooled over real
+nodes). Each speaks the same
 modality-keyed vocabulary as :class:`~vallayz.model.IMPN`, implement the
 :class:`~vallayz.method.TrainableMethod` contract (the heads embed, the MLPs translate; each
 declares which in its ``capabilities``), and save as ``config.json`` + ``model.safetensors``.
@@ -36,15 +43,17 @@ from vallayz.config import (
     check_token_buckets,
 )
 from vallayz.errors import VallayzUserError
-from vallayz.functional import mean_over_present
-from vallayz.layers import HashedBag
+from vallayz.functional import attention_pool, latent_mixup, mean_over_present
+from vallayz.layers import FeedForward, HashedBag, ResidualMLP, SelfAttention, TokenNodes
 from vallayz.losses import LossOutput, LossSettings, info_nce, pair_mean, translation_loss
 from vallayz.masking import drop_modalities
 from vallayz.method import Capabilities
 from vallayz.model import CONFIG_NAME, IMPN, WEIGHTS_NAME, check_weights
 from vallayz.types import Batch, Embeddings, Masks
 
-ARCHITECTURES = ("contrastive-heads", "mlp-translator")
+ARCHITECTURES = ("contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
+# The range FuseMix clamps its learned temperature into before every loss.
+TEMPERATURE_RANGE = (0.001, 0.5)
 
 # The loss of one pair of modalities ``(a, b)`` on the rows (a boolean mask) that hold both.
 _PairTerm = Callable[[str, str, Tensor], Tensor]
@@ -69,15 +78,15 @@ class _PairLoss:
 class BaselineConfig:
     """Configuration of a learned baseline."""
 
-    # "contrastive-heads" or "mlp-translator".
+    # "contrastive-heads", "mlp-translator", "seq-heads" or "fusemix".
     architecture: str
     # Modality name -> native dimension.
     modalities: dict[str, int]
-    # Shared embedding dimension of the contrastive heads.
+    # Shared embedding dimension of the contrastive heads (all three kinds) and of FuseMix.
     dim: int = 256
     # Hidden width of each pairwise MLP.
     hidden: int = 512
-    # InfoNCE temperature of the contrastive heads.
+    # InfoNCE temperature of the contrastive heads; FuseMix's learned one starts here.
     temperature: float = 0.07
     # Modality -> table size of a trainable embedding-bag front end over hashed feature ids
     # (Batch.tokens), added to the native input as in IMPN; {} for none.
@@ -85,6 +94,25 @@ class BaselineConfig:
     # Modalities whose parameters are frozen (set by extend(), which adds modalities to a
     # trained baseline and trains only what they need); [] trains everything.
     frozen_modalities: list[str] = field(default_factory=list)
+    # seq-heads: pre-LN self-attention layers (attention + feed-forward, starting as the
+    # identity) over a modality's nodes before the pooling; 0 pools the head outputs directly.
+    seq_layers: int = 1
+    # seq-heads: attention heads of those layers and of the pooling query (divides dim).
+    seq_heads: int = 4
+    # seq-heads: longest node sequence, nodes and unit ids each (learned positions); longer
+    # sequences are an error.
+    positions: int = 64
+    # seq-heads: modality -> rows of a table of unit nodes, one per id of Batch.node_ids (e.g.
+    # a line's syllables), after the modality's own nodes; {} for none.
+    token_nodes: dict[str, int] = field(default_factory=dict)
+    # fusemix: residual MLP blocks per adapter, before its LayerNorm and linear map.
+    depth: int = 2
+    # fusemix: hidden width of a block, as a multiple of the encoder's width.
+    expansion: int = 4
+    # fusemix: dropout inside each block (FuseMix trains with up to 0.6).
+    dropout: float = 0.1
+    # fusemix: latent mixup in training, one lambda ~ Beta(1, 1) per batch.
+    mixup: bool = True
     # Version of the checkpoint schema.
     schema_version: int = 1
 
@@ -98,6 +126,27 @@ class BaselineConfig:
         if self.dim < 1 or self.hidden < 1 or not self.temperature > 0:
             raise ValueError("dim and hidden must be positive integers and temperature positive")
         check_token_buckets(self.token_buckets, self.modalities)
+        check_token_buckets(self.token_nodes, self.modalities, "token_nodes")
+        if self.seq_layers < 0 or self.seq_heads < 1 or self.positions < 1:
+            raise ValueError(
+                "seq_layers must be >= 0, and seq_heads and positions positive integers"
+            )
+        if self.architecture == "seq-heads" and self.dim % self.seq_heads:
+            raise ValueError(
+                f"seq_heads={self.seq_heads} does not divide dim={self.dim}; choose heads that "
+                "cut the shared space into equal chunks"
+            )
+        if self.depth < 0 or self.expansion < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(
+                "depth must be >= 0, expansion a positive integer and dropout in [0, 1) "
+                f"(got {self.depth}, {self.expansion}, {self.dropout})"
+            )
+        low, high = TEMPERATURE_RANGE
+        if self.architecture == "fusemix" and not low <= self.temperature <= high:
+            raise ValueError(
+                f"FuseMix clamps its temperature into [{low}, {high}]; start it there "
+                f"(got {self.temperature})"
+            )
         check_frozen(self.frozen_modalities, self.modalities)
         sizes = {
             "modalities": self.modalities,
@@ -113,6 +162,11 @@ class BaselineConfig:
         total = sum(buckets * dims[m] for m, buckets in self.token_buckets.items())
         if self.architecture == "contrastive-heads":
             return total + sum(d * self.dim + self.dim for d in dims.values())
+        if self.architecture in ("seq-heads", "fusemix"):
+            # Built on the meta device: shapes only, nothing allocated.
+            with torch.device("meta"):
+                model = _BASELINES[self.architecture](self)
+            return sum(p.numel() for p in model.parameters())
         for a, b in itertools.permutations(dims, 2):
             total += 2 * dims[a] + dims[a] * self.hidden + self.hidden + self.hidden * dims[b]
             total += dims[b]
@@ -520,6 +574,308 @@ class MLPTranslator(_Baseline):
         return term
 
 
+class _SequenceReader(nn.Module):
+    """Reads one modality's nodes in the shared space: a learned position per node (the first
+    ``own`` nodes, the modality's own; unit nodes bring theirs), pre-LN self-attention layers
+    among the real nodes (starting as the identity), then :func:`attention_pool` by a learned
+    query (starting at zero: the mean of the real nodes).
+
+    Shape:
+        states ``[B, T, dim]``, real ``[B, T]`` → ``[B, dim]``.
+    """
+
+    def __init__(self, dim: int, heads: int, layers: int, positions: int) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(positions, dim))
+        self.query = nn.Parameter(torch.zeros(heads, dim // heads))
+        attention = [SelfAttention(dim, heads) for _ in range(layers)]
+        ffn = [FeedForward(dim, 2) for _ in range(layers)]
+        for linear in [a.proj for a in attention] + [f.down for f in ffn]:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        self.attention = nn.ModuleList(attention)
+        self.ffn = nn.ModuleList(ffn)
+
+    def forward(self, states: Tensor, real: Tensor, own: int) -> Tensor:
+        if own > self.position.shape[0]:
+            raise ValueError(
+                f"{own} nodes per row, but the model has positions for "
+                f"{self.position.shape[0]}; cut the sequences or raise BaselineConfig.positions"
+            )
+        shift = torch.zeros_like(states)
+        shift[:, :own] = self.position[:own]
+        states = states + shift
+        everyone = torch.ones(real.shape[1], real.shape[1], dtype=torch.bool, device=real.device)
+        for attention, ffn in zip(self.attention, self.ffn, strict=True):
+            states = ffn(attention(states, real, everyone))
+        return attention_pool(states, real, self.query)
+
+
+class SequenceHeads(_Baseline):
+    """The contrastive heads, reading the nodes of a modality rather than their mean.
+
+    A node input ``[B, T, d_m]`` (speech frames), and the unit ids of a modality named in
+    ``config.token_nodes`` (``Batch.node_ids``, one table row per id, after the modality's own
+    nodes), become a sequence in the shared space: the modality's linear head on every node
+    plus a learned position, ``seq_layers`` pre-LN self-attention layers among the real nodes,
+    then attention pooling by one learned query per attention head (padding ignored). A pooled
+    input ``[B, d_m]`` without unit ids goes through the plain head, as in
+    :class:`ContrastiveHeads`. The layers start as the identity, the positions and queries at
+    zero, so an untrained model is the heads on the mean of the real nodes. The token front end
+    (``config.token_buckets``) is added to every node, as in IMPN.
+
+    Shape:
+        ``embed``: ``{m: [B, d_m] or [B, T, d_m]}`` → ``[B, dim]``.
+    """
+
+    capabilities = Capabilities(embeds=True)
+    """The heads embed into a shared space; they neither bridge nor translate."""
+
+    # Symmetric InfoNCE over every unordered pair present in at least two rows.
+    _pair_loss = _PairLoss("contrastive", ordered=False, min_rows=2)
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__(config)
+        dim, names = config.dim, config.modalities
+        self.heads = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in names.items()})
+        self.readers = nn.ModuleDict(
+            {
+                m: _SequenceReader(dim, config.seq_heads, config.seq_layers, config.positions)
+                for m in names
+            }
+        )
+        self.token_nodes = nn.ModuleDict(
+            {
+                m: TokenNodes(buckets, dim, config.positions)
+                for m, buckets in config.token_nodes.items()
+            }
+        )
+
+    def embed(
+        self,
+        x: Tensor | Embeddings | Batch,
+        modality: str | None = None,
+        *,
+        target: str | None = None,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Tensor:
+        """Mean of the normalised pooled states of the present modalities of each row.
+
+        Raises:
+            ValueError: if ``target`` is given: the heads pass no messages between modalities.
+        """
+        if target is not None:
+            raise self._unserved("bridged embedding (embed(..., target=...))")
+        batch = self._batch(x, modality, present, padding)
+        states = self._clean_inputs(batch)
+        return mean_over_present(
+            {m: F.normalize(z, dim=-1) for m, z in states.items()}, batch.present
+        )
+
+    def translate(self, batch: Batch, /, *, target: str) -> Tensor:
+        """Not served: the heads have no way back into a native space (raises ``ValueError``)."""
+        raise self._unserved("translate()")
+
+    def _clean_inputs(self, batch: Batch) -> dict[str, Tensor]:
+        """Every modality's pooled shared-space state ``[B, dim]`` (not normalised), zero in
+        absent rows (whose inputs, NaN included, are ignored)."""
+        out = {}
+        for name, x in batch.embeddings.items():
+            present = batch.present[name].to(self.device)
+            x = x.to(self.device)
+            front = (
+                self.front_ends[name](batch.tokens[name])
+                if name in self.front_ends and name in batch.tokens
+                else None
+            )
+            units = batch.node_ids.get(name) if name in self.token_nodes else None
+            if x.dim() == 2 and units is None:
+                x = x if front is None else x + front
+                keep = present[:, None]
+                out[name] = self.heads[name](torch.where(keep, x, torch.zeros_like(x)))
+                continue
+            nodes = x if x.dim() == 3 else x[:, None]
+            padding = batch.padding.get(name)
+            real = (
+                torch.ones(nodes.shape[:2], dtype=torch.bool, device=self.device)
+                if padding is None
+                else padding.to(self.device)
+            )
+            if front is not None:
+                nodes = nodes + front[:, None]
+            keep = (present[:, None] & real)[..., None]
+            states = self.heads[name](torch.where(keep, nodes, torch.zeros_like(nodes)))
+            if units is not None:
+                unit_states, unit_real = self.token_nodes[name](units)
+                states = torch.cat([states, unit_states], dim=1)
+                real = torch.cat([real, unit_real], dim=1)
+            # An absent row reads its first node alone, so that every softmax has a real node.
+            first = torch.zeros_like(real)
+            first[:, 0] = True
+            real = torch.where(present[:, None], real, first)
+            pooled = self.readers[name](states, real, nodes.shape[1])
+            out[name] = torch.where(present[:, None], pooled, torch.zeros_like(pooled))
+        return out
+
+    def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
+        def term(a: str, b: str, both: Tensor) -> Tensor:
+            return info_nce(inputs[a][both], inputs[b][both], self.config.temperature)
+
+        return term
+
+    def _fused_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _FusedTerm:
+        # As the heads': the mean of the kept modalities' normalised states against the
+        # dropped one's.
+        def term(m: str, kept: Masks, rows: Tensor) -> Tensor:
+            states = {k: F.normalize(z[rows], dim=-1) for k, z in inputs.items() if k != m}
+            fused = mean_over_present(states, {k: kept[k][rows] for k in states})
+            return info_nce(fused, inputs[m][rows], self.config.temperature)
+
+        return term
+
+
+class _Block(ResidualMLP):
+    """FuseMix's residual block at the encoder's width: ``x + W2·Drop(GELU(W1·LN(x)))``.
+
+    Shape:
+        ``[..., d]`` → ``[..., d]``.
+    """
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x
+
+
+class FuseMix(_Baseline):
+    """FuseMix-style adapters (Vouitsis et al., CVPR 2024) into a shared space.
+
+    Per modality, ``depth`` residual pre-LN MLP blocks at the encoder's width (hidden width
+    ``expansion`` times it, dropout inside), then LayerNorm and a linear map to ``dim``.
+    Trained with symmetric InfoNCE over every present pair under a learned temperature (started
+    at ``config.temperature``, clamped into :data:`TEMPERATURE_RANGE` before every loss) and,
+    in training mode with ``config.mixup``, latent mixup: one ``lambda ~ Beta(1, 1)`` per
+    batch, and per pair one permutation of the rows holding both, applied to both modalities'
+    inputs (:func:`~vallayz.functional.latent_mixup`). Node inputs are mean-pooled over real
+    nodes, plus the token front end, as the heads read them.
+
+    Shape:
+        ``embed``: ``{m: [B, d_m] or [B, T, d_m]}`` → ``[B, dim]``.
+    """
+
+    capabilities = Capabilities(embeds=True)
+    """The adapters embed into a shared space; they neither bridge nor translate."""
+
+    # Symmetric InfoNCE over every unordered pair present in at least two rows.
+    _pair_loss = _PairLoss("contrastive", ordered=False, min_rows=2)
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__(config)
+        self.adapters = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    *[
+                        _Block(d, d, config.expansion * d, config.dropout)
+                        for _ in range(config.depth)
+                    ],
+                    nn.LayerNorm(d),
+                    nn.Linear(d, config.dim),
+                )
+                for m, d in config.modalities.items()
+            }
+        )
+        self.temperature = nn.Parameter(torch.tensor(float(config.temperature)))
+
+    def embed(
+        self,
+        x: Tensor | Embeddings | Batch,
+        modality: str | None = None,
+        *,
+        target: str | None = None,
+        present: Masks | None = None,
+        padding: Masks | None = None,
+    ) -> Tensor:
+        """Mean of the normalised adapter outputs of the present modalities of each row.
+
+        Raises:
+            ValueError: if ``target`` is given: the adapters pass no messages.
+        """
+        if target is not None:
+            raise self._unserved("bridged embedding (embed(..., target=...))")
+        batch = self._batch(x, modality, present, padding)
+        inputs = self._clean_inputs(batch)
+        out = {m: F.normalize(self.adapters[m](x), dim=-1) for m, x in inputs.items()}
+        return mean_over_present(out, batch.present)
+
+    def translate(self, batch: Batch, /, *, target: str) -> Tensor:
+        """Not served: the adapters have no way back into a native space (raises
+        ``ValueError``)."""
+        raise self._unserved("translate()")
+
+    def loss(
+        self,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+        pair_weighting: str = "rows",
+        drop_rate: float = 0.0,
+    ) -> LossOutput:
+        """As the other baselines' (:meth:`_Baseline.loss`), after clamping the temperature;
+        in training mode with ``config.mixup``, the pair terms read mixed inputs, ``lambda``
+        and the permutations drawn with ``generator``."""
+        with torch.no_grad():
+            self.temperature.clamp_(*TEMPERATURE_RANGE)
+        if not (self.training and self.config.mixup):
+            return super().loss(batch, generator, pair_weighting, drop_rate)
+        device = self.device if generator is None else generator.device
+        # Beta(1, 1) is the uniform distribution on [0, 1].
+        lam = torch.rand((), generator=generator, device=device).to(self.device)
+        inputs = self._clean_inputs(batch)
+        out = self._pair_objective(
+            batch,
+            itertools.combinations(batch.embeddings, 2),
+            self._pair_loss.name,
+            self._pair_loss.min_rows,
+            self._mixed_term(inputs, lam, generator),
+            pair_weighting,
+        )
+        if drop_rate == 0.0:
+            return out
+        fused = self._fused_objective(batch, inputs, drop_rate, generator, pair_weighting)
+        return LossOutput(total=out.total + fused.total, terms={**out.terms, **fused.terms})
+
+    def _mixed_term(
+        self, inputs: dict[str, Tensor], lam: Tensor | None, generator: torch.Generator | None
+    ) -> _PairTerm:
+        """The pair term; with ``lam``, on inputs mixed by one permutation of the pair's rows
+        (drawn with ``generator``) shared by both modalities."""
+
+        def term(a: str, b: str, both: Tensor) -> Tensor:
+            xa, xb = inputs[a][both], inputs[b][both]
+            if lam is not None:
+                device = self.device if generator is None else generator.device
+                order = torch.randperm(xa.shape[0], generator=generator, device=device)
+                xa, xb = latent_mixup([xa, xb], lam, order.to(self.device))
+            return info_nce(self.adapters[a](xa), self.adapters[b](xb), self.temperature)
+
+        return term
+
+    def _pair_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _PairTerm:
+        return self._mixed_term(inputs, None, None)
+
+    def _fused_term(self, batch: Batch, inputs: dict[str, Tensor]) -> _FusedTerm:
+        # As the heads': the mean of the kept modalities' normalised adapter outputs against
+        # the dropped one's (no mixup).
+        def term(m: str, kept: Masks, rows: Tensor) -> Tensor:
+            out = {
+                k: F.normalize(self.adapters[k](x[rows]), dim=-1)
+                for k, x in inputs.items()
+                if k != m
+            }
+            fused = mean_over_present(out, {k: kept[k][rows] for k in out})
+            return info_nce(fused, self.adapters[m](inputs[m][rows]), self.temperature)
+
+        return term
+
+
 class BaselineObjective:
     """A learned baseline's loss under fixed settings; it has no knobs for a planner.
 
@@ -542,8 +898,19 @@ class BaselineObjective:
         )
 
 
-LearnedMethod = IMPN | ContrastiveHeads | MLPTranslator
+Baseline = ContrastiveHeads | MLPTranslator | SequenceHeads | FuseMix
+"""Every learned baseline."""
+
+LearnedMethod = IMPN | Baseline
 """Every trainable method that :func:`build_model` and :func:`load_pretrained` make."""
+
+# Baseline architecture name -> its class.
+_BASELINES: dict[str, Callable[[BaselineConfig], Baseline]] = {
+    "contrastive-heads": ContrastiveHeads,
+    "mlp-translator": MLPTranslator,
+    "seq-heads": SequenceHeads,
+    "fusemix": FuseMix,
+}
 
 
 def model_config(
@@ -576,7 +943,7 @@ def build_model(
     config = model_config(method, modalities, overrides)
     if isinstance(config, IMPNConfig):
         return IMPN(config)
-    return ContrastiveHeads(config) if method == "contrastive-heads" else MLPTranslator(config)
+    return _BASELINES[config.architecture](config)
 
 
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LearnedMethod:
@@ -603,11 +970,7 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         config = build_checked(BaselineConfig, raw, "baseline config")
     except VallayzUserError as err:
         raise VallayzUserError(f"{config_path}: {err}") from err
-    model: ContrastiveHeads | MLPTranslator = (
-        ContrastiveHeads(config)
-        if config.architecture == "contrastive-heads"
-        else MLPTranslator(config)
-    )
+    model = _BASELINES[config.architecture](config)
     try:
         state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
         check_weights(state, model.state_dict(), directory / WEIGHTS_NAME)

@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
-        choices=["impn", "contrastive-heads", "mlp-translator"],
+        choices=["impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix"],
         help="IMPN (the default), or a learned baseline trained under the same budget",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

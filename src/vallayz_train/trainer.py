@@ -99,7 +99,7 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
 
 
-METHODS = ("impn", "contrastive-heads", "mlp-translator")
+METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
 
 
 def loss_settings(config: TrainConfig) -> LossSettings:
@@ -627,7 +627,7 @@ def fit(
         train_config: Training settings (ignored when resuming: the run's own are used).
         resume: Continue the run in ``run_dir`` from its last complete state.
         progress: Show a progress bar.
-        method: ``"impn"``, ``"contrastive-heads"`` or ``"mlp-translator"``; every method runs
+        method: ``"impn"`` or a learned baseline of :data:`METHODS`; every method runs
             under the same training config, so equal ``max_steps`` means an equal budget.
         world: This process's place among the processes ``torchrun`` started (see
             :func:`vallayz_train.distributed.world_from_env`); its process group is started

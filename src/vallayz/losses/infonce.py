@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
+def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor = 0.07) -> Tensor:
     """Symmetric InfoNCE (CLIP loss): row ``i`` of ``a`` and row ``i`` of ``b`` are a positive
     pair, every other row of the other side a negative.
 
@@ -17,7 +17,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
     Args:
         a: Representations of one modality.
         b: Representations of the paired modality.
-        temperature: Softmax temperature ``> 0``.
+        temperature: Softmax temperature ``> 0`` (a scalar tensor for a learned one).
 
     Returns:
         Scalar loss.

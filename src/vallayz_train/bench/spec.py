@@ -33,7 +33,13 @@ class BenchSpec:
     pools: int = 5
     seed: int = 0
     # Learned methods trained under the same TrainConfig (names of LEARNED).
-    methods: tuple[str, ...] = ("impn", "contrastive-heads", "mlp-translator")
+    methods: tuple[str, ...] = (
+        "impn",
+        "contrastive-heads",
+        "mlp-translator",
+        "seq-heads",
+        "fusemix",
+    )
     # Closed-form maps fitted on the training rows (names of CLOSED_FORM).
     closed_form: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
     # Pre-processing of the closed-form maps.
@@ -362,6 +368,8 @@ LEARNED: dict[str, LearnedMethod] = {
     "impn": LearnedMethod("impn", model_overrides=True),
     "contrastive-heads": LearnedMethod("contrastive-heads"),
     "mlp-translator": LearnedMethod("mlp-translator"),
+    "seq-heads": LearnedMethod("seq-heads"),
+    "fusemix": LearnedMethod("fusemix"),
 }
 CLOSED_FORM: dict[str, ClosedFormMethod] = {
     **{name: ClosedFormMethod(name) for name in ("ortho", "l-ortho", "linear", "affine")},

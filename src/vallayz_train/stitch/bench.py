@@ -67,7 +67,7 @@ NORMALISATIONS = ("standard", "l2")
 # Maps fitted in the negative control (with standard scaling).
 CONTROL_MAPS = ("ortho", "linear")
 # Learned methods, trained under one TrainConfig (an equal step budget).
-METHODS = ("impn", "contrastive-heads", "mlp-translator")
+METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
 # The CPU-sized model of bench tibetan (identity-initialised bridge layers).
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
 # About 9 epochs of the ~4,200 training lines; a small budget on 2 CPU cores.
