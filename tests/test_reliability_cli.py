@@ -130,7 +130,7 @@ def test_ablate_checks_its_directions_and_variants_before_training(
         (["--pairs", "bo->zz"], "names ['zz'], not among the data's modalities"),
         (["--pairs", "en->en"], "retrieves 'en' from itself"),
         (["--pool", "1"], "--pool must be at least 2"),
-        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--rerank-depth", "0"], "--rerank-depth must be at least 1"),
     ]:
         argv = ["ablate", str(data), "--out", str(out), "--only", "default", "--quiet"]

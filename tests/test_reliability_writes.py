@@ -373,8 +373,8 @@ def test_degenerate_settings_are_refused_before_anything_trains(
     for option, message in (
         (["--missing", "2"], "--missing must be a share of rows in [0, 1)"),
         (["--missing", "-0.1"], "--missing must be a share of rows in [0, 1)"),
-        (["--pairs", "text->zz"], "names modality 'zz'"),
-        (["--pairs", "text->text"], "retrieves a modality from itself"),
+        (["--pairs", "text->zz"], "names ['zz'], not among the data's modalities"),
+        (["--pairs", "text->text"], "retrieves 'text' from itself"),
         (["--pool", "1"], "--pool must be at least 2"),
     ):
         assert main(["ablate", str(data), "--out", str(out), "--quiet", *option]) == 2, option

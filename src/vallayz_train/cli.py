@@ -517,25 +517,6 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
     return tuple(s for s in sources.split("+") if s), target
 
 
-def _check_pairs(pairs: list[tuple[tuple[str, ...], str]], data_dir: str, option: str) -> None:
-    """Refuses, before anything trains, a direction naming a modality the data lacks, with
-    no source, or whose target is among its sources."""
-    from vallayz.data import PairedEmbeddings
-
-    known = sorted(PairedEmbeddings(data_dir, check_values=False).modalities)
-    for sources, target in pairs:
-        text = f"{'+'.join(sources)}->{target}"
-        if not sources:
-            raise UsageError(f"{option} {text} has no source modality; write e.g. bo->en")
-        for name in (*sources, target):
-            if name not in known:
-                raise UsageError(
-                    f"{option} {text} names modality {name!r}, which {data_dir} lacks; use {known}"
-                )
-        if target in sources:
-            raise UsageError(f"{option} {text} retrieves a modality from itself; name another")
-
-
 def _train_args(
     args: argparse.Namespace, defaults: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
@@ -694,7 +675,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             "each source for half the rows"
         )
     pairs = [parse_pair(p) for p in args.pairs]
-    _check_pairs(pairs, args.data, "--pairs")
     spec = AblationSpec(
         steps=args.steps,
         batch_size=args.batch_size,
