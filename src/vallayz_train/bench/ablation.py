@@ -44,8 +44,9 @@ class Variant:
     """One named change of the reference setting.
 
     Attributes:
-        model: Model config fields that change (for a method other than IMPN only
-            ``token_buckets`` applies).
+        model: Model config fields that change. For a method other than IMPN, the
+            reference's ``token_buckets`` applies, and these fields are that method's own
+            (e.g. FuseMix's ``depth``).
         train: Training config fields that change; ``loss_weights`` holds only the weights
             that change.
         data: How the data folder changes (None: the ablation's data as it is).
@@ -65,7 +66,8 @@ class Variant:
         if self.data is not None:
             model.update(self.data.model_changes(data_dir))
         if self.method != "impn":
-            model = {"token_buckets": model["token_buckets"]} if "token_buckets" in model else {}
+            shared = {"token_buckets": model["token_buckets"]} if "token_buckets" in model else {}
+            model = {**shared, **self.model}
         weights = {**train.loss_weights, **self.train.get("loss_weights", {})}
         return model, replace(train, **{**self.train, "loss_weights": weights})
 

@@ -233,3 +233,38 @@ for _name in (
     "speech oww, 8 segment means",
 ):
     VARIANTS[f"{REFERENCE}, {_name}"] = replace(VARIANTS[_name], method="contrastive-heads")
+
+# The ladder from the contrastive heads to IMPN: one change per rung, each rung keeping the
+# changes of the rungs before it (``vallayz ablate --only "ladder 0: ..." ...``). Rungs 0-3 grow
+# the heads into FuseMix's adapters; rungs 4-8 grow IMPN's encoder path (trained by InfoNCE
+# alone) back into the default IMPN, so the step between rung 3 and rung 4 is the change from
+# a per-modality MLP adapter to IMPN's adapter and soil space.
+_ENCODER_ONLY = {"bridge_attention": False, "bridge_ffn": False}
+LADDER: dict[str, Variant] = {
+    "ladder 0: contrastive heads (linear, fixed temperature 0.07)": Variant(
+        method="contrastive-heads"
+    ),
+    "ladder 1: + input LayerNorm and a learned temperature (FuseMix, no blocks)": Variant(
+        {"depth": 0, "mixup": False, "dropout": 0.0}, method="fusemix"
+    ),
+    "ladder 2: + two residual MLP blocks (FuseMix adapter, dropout 0.1)": Variant(
+        {"depth": 2, "mixup": False, "dropout": 0.1}, method="fusemix"
+    ),
+    "ladder 3: + latent mixup (FuseMix as published)": Variant(
+        {"depth": 2, "mixup": True, "dropout": 0.1}, method="fusemix"
+    ),
+    "ladder 4: IMPN adapter, modality embedding and final norm only (InfoNCE)": Variant(
+        {**_ENCODER_ONLY, "layers": 1}, _CONTRASTIVE_ONLY
+    ),
+    "ladder 5: + one bridge layer (within-modality attention and feed-forward)": Variant(
+        {"layers": 1}, _CONTRASTIVE_ONLY
+    ),
+    "ladder 6: + a second bridge layer": Variant(train=_CONTRASTIVE_ONLY),
+    "ladder 7: + kNN and orthogonality terms": Variant(train={"loss_weights": _MESSAGE_TERMS_OFF}),
+    "ladder 8: + the message-passing terms (IMPN, defaults)": Variant(),
+}
+VARIANTS.update(LADDER)
+# Not IMPN: the heads reading speech frames and other node inputs through their own small
+# sequence reader (one self-attention layer and attention pooling), the baseline that IMPN's
+# speech results must beat.
+VARIANTS["sequence-aware heads (reference)"] = Variant(method="seq-heads")
