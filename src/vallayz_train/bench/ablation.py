@@ -39,6 +39,10 @@ class DataChange(Protocol):
         ...
 
 
+# The retrieval paths an ablation scores (``--modes``).
+ABLATION_MODES = ("soil", "bridged", "fused")
+
+
 @dataclass(frozen=True)
 class Variant:
     """One named change of the reference setting.
@@ -199,9 +203,11 @@ def check_ablation(
             f"--pool must be at least 2 candidates (a pool of {spec.pool} ranks nothing); use "
             "e.g. --pool 100"
         )
-    unknown = [m for m in spec.modes if m not in ("soil", "bridged")]
+    unknown = [m for m in spec.modes if m not in ABLATION_MODES]
     if unknown or not spec.modes:
-        raise VallayzUserError(f"modes must be 'soil' and/or 'bridged', got {list(spec.modes)}")
+        raise VallayzUserError(
+            f"modes must be among {list(ABLATION_MODES)}, got {list(spec.modes)}"
+        )
     if spec.rerank_depth < 1:
         raise VallayzUserError(f"--rerank-depth must be at least 1, got {spec.rerank_depth}")
     try:
