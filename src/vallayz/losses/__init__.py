@@ -2,6 +2,7 @@
 
 from vallayz.losses.infonce import InfoNCELoss, info_nce
 from vallayz.losses.knn import KNNPreservationLoss, knn_jaccard, knn_preservation_loss
+from vallayz.losses.listwise import ListwiseLoss, listwise_loss
 from vallayz.losses.reconstruction import (
     ReconstructionLoss,
     cycle_loss,
@@ -24,6 +25,7 @@ __all__ = [
     "IMPNObjective",
     "InfoNCELoss",
     "KNNPreservationLoss",
+    "ListwiseLoss",
     "LossOutput",
     "LossSettings",
     "LossWeights",
@@ -35,6 +37,7 @@ __all__ = [
     "info_nce",
     "knn_jaccard",
     "knn_preservation_loss",
+    "listwise_loss",
     "orthogonality_loss",
     "pair_mean",
     "reconstruction_loss",
