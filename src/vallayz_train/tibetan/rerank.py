@@ -164,7 +164,8 @@ def rerank_bench(
         "results": table,
     }
     (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(format_table(table))
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    log(format_table(table, columns))
     return table
 
 

