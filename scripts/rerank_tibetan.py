@@ -41,6 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="training rows whose English token states are encoded and mined (default all)",
     )
     p.add_argument("--cache", help="token-state cache folder (default OUT/cache)")
+    p.add_argument(
+        "--mined-folds",
+        dest="mined_folds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="folds to mine (default every fold); fewer folds train fewer first stages",
+    )
+    p.add_argument(
+        "--first-stage-run",
+        dest="first_stage_run",
+        help="a finished run evaluated as the first stage (default: the heads trained on every "
+        "training row into OUT/first-stage); the re-ranker is saved in it",
+    )
+    p.add_argument(
+        "--fusion-queries",
+        dest="fusion_queries",
+        type=int,
+        default=300,
+        help="mined queries kept out of training to fit the fused score's weight (0: none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -56,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_groups=args.batch_groups,
         lr=args.lr,
         seed=args.seed,
+        mined_folds=list(args.mined_folds),
+        fusion_queries=args.fusion_queries,
     )
     rerank_bench(
         args.data,
@@ -66,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         depths=tuple(args.depth),
         pools=args.pools,
         cache=args.cache,
+        first_stage_run=args.first_stage_run,
         log=lambda line: print(line, flush=True),
     )
     return 0

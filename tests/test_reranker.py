@@ -21,7 +21,9 @@ from vallayz_train.rerank_train import (
     RerankContent,
     RerankTrainConfig,
     document_folds,
+    fit_fusion_weight,
     fold_data,
+    fused_scorer,
     mine_negatives,
     sample_groups,
     side_content,
@@ -212,7 +214,7 @@ def test_cross_fitting_never_mines_rows_the_first_stage_trained_on(tmp_path: Pat
             batch = data.batch(rows, [*sources, target]).pooled()
             return batch[sources[0]][:, :4], batch[target]
 
-        queries, negatives, _ = mine_negatives(encode, data, held_out, "bo", "en", 10, 5)
+        queries, negatives, *_ = mine_negatives(encode, data, held_out, "bo", "en", 10, 5)
         assert set(queries) == set(held_out)
         assert set(negatives[negatives >= 0]) <= set(held_out)
         assert not set(negatives[negatives >= 0]) & set(trained_on)
@@ -235,11 +237,15 @@ def test_mined_negatives_are_the_best_first_stage_candidates() -> None:
     def encode(sources, target, rows):  # type: ignore[no-untyped-def]
         return q[rows], c[rows]
 
-    queries, negatives, r1 = mine_negatives(encode, Data(), np.arange(4), "bo", "en", 4, 2)  # type: ignore[arg-type]
+    queries, negatives, r1, positive, cosines = mine_negatives(
+        encode, Data(), np.arange(4), "bo", "en", 4, 2
+    )  # type: ignore[arg-type]
     sims = F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T
-    for i, row in zip(queries, negatives, strict=True):
+    for i, row, pos, cos in zip(queries, negatives, positive, cosines, strict=True):
         order = [j for j in sims[i].argsort(descending=True).tolist() if j != i]
         assert list(row) == order[:2]
+        np.testing.assert_allclose(cos, sims[i, order[:2]].numpy(), rtol=1e-6)
+        assert pos == pytest.approx(float(sims[i, i]))
     assert r1 == float(
         (retrieval_ranks(q, c, torch.arange(4), torch.arange(4)) == 1).float().mean()
     )
@@ -270,7 +276,7 @@ def test_reranker_learns_from_groups_and_reranks_within_depth(tmp_path: Path) ->
     def encode(sources, target, chosen):  # type: ignore[no-untyped-def]
         return torch.randn(len(chosen), 4), torch.randn(len(chosen), 4)  # a useless first stage
 
-    queries, negatives, _ = mine_negatives(encode, data, rows, "bo", "en", 80, 20)
+    queries, negatives, *_ = mine_negatives(encode, data, rows, "bo", "en", 80, 20)
     config = RerankTrainConfig(steps=60, batch_groups=16, negatives=7, warmup_steps=5, lr=5e-3)
     losses = train_reranker(model, content, queries, negatives, config, log=lambda _: None)
     assert np.mean(losses[-10:]) < 0.5 * math.log(8)
@@ -363,3 +369,32 @@ def test_rerank_option_of_retrieve_reorders_by_the_reranker(
         )
         == 2
     )
+
+
+def test_fused_score_of_a_constant_reranker_keeps_the_first_stage_ranks() -> None:
+    torch.manual_seed(3)
+    q, c = torch.randn(15, 4), torch.randn(15, 4)
+    keys = torch.arange(15)
+    first = retrieval_ranks(q, c, keys, keys)
+    both = fused_scorer(lambda qi, ci: torch.full((len(qi),), 2.5), q, c, 3.0)
+    torch.testing.assert_close(rerank_ranks(q, c, keys, keys, both, depth=15), first)
+    torch.testing.assert_close(rerank_ranks(q, c, keys, keys, both, depth=4), first)
+
+
+def test_fusion_weight_is_fitted_on_mined_groups(tmp_path: Path) -> None:
+    data = PairedEmbeddings(write_bilingual(tmp_path / "data"))
+    model = tiny_reranker(states=False)
+    with torch.no_grad():  # a re-ranker that scores every pair alike
+        model.score.weight.zero_()
+    content = RerankContent(
+        side_content(data, model.config.query), side_content(data, model.config.candidate)
+    )
+    queries = np.array([0, 1, 2])
+    negatives = np.array([[3, 4], [5, -1], [6, 7]])
+    positive = np.array([0.9, 0.1, 0.8], dtype=np.float32)
+    cosines = np.array([[0.5, 0.4], [0.3, 0.0], [0.85, 0.2]], dtype=np.float32)
+    weight, shares = fit_fusion_weight(model, content, queries, negatives, positive, cosines)
+    # Weight 0 ties every member (a tie counts against the positive); any positive weight
+    # ranks by the cosine, which puts the positive first in the first group only.
+    assert shares["0"] == 0.0 and shares["1"] == pytest.approx(1 / 3)
+    assert weight == 1.0

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from vallayz.data import ITEMS_NAME, PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_metrics, retrieval_ranks
@@ -69,6 +70,12 @@ class RerankTrainConfig:
     seed: int = 0
     # Joint passes per forward call.
     batch_size: int = 512
+    # Folds whose rows are mined (each by the first stage trained on the other folds); empty:
+    # every fold. Mining fewer folds trains fewer first stages.
+    mined_folds: list[int] = field(default_factory=list)
+    # Mined queries kept out of the re-ranker's training to fit the weight of the first
+    # stage's cosine in the fused score (0: no fused score).
+    fusion_queries: int = 300
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -82,6 +89,10 @@ class RerankTrainConfig:
             raise ValueError("mine_pool must be >= 2 (a query needs a negative)")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if any(not 0 <= f < self.folds for f in self.mined_folds):
+            raise ValueError(
+                f"mined_folds must name folds in [0, {self.folds}), got {self.mined_folds}"
+            )
 
 
 def document_folds(groups: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
@@ -159,7 +170,7 @@ def mine_negatives(
     pool: int,
     depth: int,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
     """Each query row's ``depth`` best first-stage candidates whose key differs from its own.
 
     ``rows`` (with ``source`` and ``target`` present) are shuffled and cut into pools of about
@@ -167,7 +178,8 @@ def mine_negatives(
 
     Returns:
         The query rows ``[Q]``, their negative rows ``[Q, depth]`` best first (``-1`` where a
-        pool holds fewer), and the first stage's R@1 on these pools.
+        pool holds fewer), the first stage's R@1 on these pools, and the first stage's cosine
+        of each query with its positive ``[Q]`` and with each negative ``[Q, depth]``.
     """
     mask = data.present[source][rows] & data.present[target][rows]
     rows = np.asarray(rows)[mask]
@@ -175,12 +187,14 @@ def mine_negatives(
     count = max(1, round(len(rows) / pool))
     keys = data.keys(target)
     queries_out, negatives_out, hits = [], [], 0
+    positive_out, negative_cos_out = [], []
     for part in np.array_split(order, count):
         chosen = rows[np.sort(part)]
         q, c = encode([source], target, chosen)
         key_ids, _ = keys_to_ids([keys[i] for i in chosen], [])
         hits += int((retrieval_ranks(q, c, key_ids, key_ids) == 1).sum())
         sims = F.normalize(q.float(), dim=-1) @ F.normalize(c.float(), dim=-1).T
+        positive_out.append(sims.diagonal().numpy().copy())
         same = key_ids[:, None] == key_ids[None, :]
         sims = sims.masked_fill(same, float("-inf"))
         keep = min(depth, len(chosen) - 1)
@@ -189,9 +203,18 @@ def mine_negatives(
         found = chosen[top.indices.numpy()]
         found[~torch.isfinite(top.values).numpy()] = -1
         negatives[:, :keep] = found
+        cosines = np.zeros((len(chosen), depth), dtype=np.float32)
+        cosines[:, :keep] = np.where(negatives[:, :keep] >= 0, top.values.numpy(), 0.0)
         queries_out.append(chosen)
         negatives_out.append(negatives)
-    return np.concatenate(queries_out), np.concatenate(negatives_out), hits / max(1, len(rows))
+        negative_cos_out.append(cosines)
+    return (
+        np.concatenate(queries_out),
+        np.concatenate(negatives_out),
+        hits / max(1, len(rows)),
+        np.concatenate(positive_out),
+        np.concatenate(negative_cos_out),
+    )
 
 
 def sample_groups(
@@ -315,9 +338,14 @@ def rerank_eval(
     batch_size: int = 1024,
     latency_queries: int = 50,
     repeats: int = 3,
+    fusion_weight: float | None = None,
 ) -> list[dict[str, Any]]:
     """The first stage's rows and the re-ranked rows (one per depth) of one pair, on the
     pools of :func:`~vallayz.eval.pairs.pair_pools` (``pool`` rows each), with the cost.
+
+    With ``fusion_weight``, each depth also gets a row re-ranked by the re-ranker's score plus
+    ``fusion_weight`` times the first stage's cosine (:func:`fused_scorer`; the same joint
+    passes, counted once).
 
     Cost per query: joint passes (the depth) and milliseconds, the median over ``repeats``
     timings of ``latency_queries`` queries each re-ranked alone (one forward of ``depth``
@@ -338,27 +366,27 @@ def rerank_eval(
         ]
         table.append({**run.summary([retrieval_metrics(r) for r in first]), "stage": "first"})
         for depth in depths:
-            metrics, seconds, passes = [], 0.0, [0]
+            metrics, fused, seconds, passes = [], [], 0.0, [0]
             for subset in run.index_sets:
                 chosen = torch.from_numpy(run.used[subset.numpy()])
-                score = reranker_scorer(
-                    reranker,
-                    content.query.take(chosen),
-                    content.candidate.take(chosen),
-                    batch_size,
-                    passes,
+                score = memoised(
+                    reranker_scorer(
+                        reranker,
+                        content.query.take(chosen),
+                        content.candidate.take(chosen),
+                        batch_size,
+                        passes,
+                    )
                 )
+                args = (run.queries[subset], run.candidates[subset])
+                keys = (run.key_ids[subset], run.key_ids[subset])
                 started = time.perf_counter()
-                ranks = rerank_ranks(
-                    run.queries[subset],
-                    run.candidates[subset],
-                    run.key_ids[subset],
-                    run.key_ids[subset],
-                    score,
-                    depth,
-                )
+                ranks = rerank_ranks(*args, *keys, score, depth)
                 seconds += time.perf_counter() - started
                 metrics.append(retrieval_metrics(ranks))
+                if fusion_weight is not None:
+                    both = fused_scorer(score, *args, fusion_weight)
+                    fused.append(retrieval_metrics(rerank_ranks(*args, *keys, both, depth)))
             queries = sum(len(s) for s in run.index_sets)
             row = run.summary(metrics)
             row.update(
@@ -373,7 +401,93 @@ def rerank_eval(
                 },
             )
             table.append(row)
+            if fused:
+                table.append(
+                    {
+                        **run.summary(fused),
+                        "stage": f"re-ranked top {depth} + {fusion_weight:g} x first-stage cosine",
+                        "depth": depth,
+                        "passes_per_query": passes[0] / queries,
+                    }
+                )
     return table
+
+
+def memoised(score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score`` computed once per distinct ``(query_index, candidate_index)`` call."""
+    seen: dict[tuple[bytes, bytes], Tensor] = {}
+
+    def again(q: Tensor, c: Tensor) -> Tensor:
+        key = (q.numpy().tobytes(), c.numpy().tobytes())
+        if key not in seen:
+            seen[key] = score(q, c)
+        return seen[key]
+
+    return again
+
+
+def fused_scorer(
+    score: Callable[[Tensor, Tensor], Tensor],
+    queries: Tensor,
+    candidates: Tensor,
+    weight: float,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score(q, c) + weight * cosine(queries[q], candidates[c])``: the re-ranker's score
+    plus the first stage's, so that a weak re-ranker can only break the first stage's near-ties.
+
+    Shape:
+        queries ``[Q, d]``, candidates ``[C, d]``; the scorer maps ``[R], [R] → [R]``.
+    """
+    qn = F.normalize(queries.float(), dim=-1)
+    cn = F.normalize(candidates.float(), dim=-1)
+
+    def both(q: Tensor, c: Tensor) -> Tensor:
+        return score(q, c) + weight * (qn[q] * cn[c]).sum(dim=-1)
+
+    return both
+
+
+# Weights of the first stage's cosine tried by fit_fusion_weight.
+FUSION_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+
+
+def fit_fusion_weight(
+    reranker: Reranker,
+    content: RerankContent,
+    queries: np.ndarray,
+    negatives: np.ndarray,
+    positive_cosine: np.ndarray,
+    negative_cosine: np.ndarray,
+    weights: Sequence[float] = FUSION_WEIGHTS,
+    batch_size: int = 1024,
+) -> tuple[float, dict[str, float]]:
+    """The weight of the first stage's cosine that puts the positive first most often among
+    each query's positive and mined negatives, on mined queries the re-ranker did not train on
+    (their cosines are those of the fold's first stage, which did not train on them either).
+
+    Returns:
+        The chosen weight (the smallest of the best) and each weight's share of positives first.
+    """
+    q_rows, c_rows, cos = [], [], []
+    for i, row in enumerate(queries):
+        kept = negatives[i] >= 0
+        members = np.concatenate([[row], negatives[i][kept]])
+        q_rows.append(np.full(len(members), row))
+        c_rows.append(members)
+        cos.append(np.concatenate([[positive_cosine[i]], negative_cosine[i][kept]]))
+    score = reranker_scorer(reranker, content.query, content.candidate, batch_size)(
+        torch.from_numpy(np.concatenate(q_rows)), torch.from_numpy(np.concatenate(c_rows))
+    )
+    shares: dict[str, float] = {}
+    for weight in weights:
+        start, first = 0, 0
+        for group in cos:
+            total = score[start : start + len(group)] + weight * torch.from_numpy(group).float()
+            first += int(bool((total[1:] < total[0]).all()))
+            start += len(group)
+        shares[f"{weight:g}"] = first / max(1, len(cos))
+    best = max(shares.values())
+    return next(w for w in weights if shares[f"{w:g}"] == best), shares
 
 
 def single_query_ms(
@@ -413,7 +527,20 @@ class CrossFit:
     queries: np.ndarray
     negatives: np.ndarray
     query_folds: np.ndarray
+    positive_cosine: np.ndarray
+    negative_cosine: np.ndarray
     held_out_r1: dict[int, float] = field(default_factory=dict)
+
+    def select(self, index: np.ndarray) -> CrossFit:
+        """The mined queries at ``index``."""
+        return CrossFit(
+            self.queries[index],
+            self.negatives[index],
+            self.query_folds[index],
+            self.positive_cosine[index],
+            self.negative_cosine[index],
+            self.held_out_r1,
+        )
 
 
 def cross_fit(
@@ -433,13 +560,17 @@ def cross_fit(
         usable: Rows that may be mined (e.g. those whose token states exist); default all.
     """
     data = PairedEmbeddings(data_dir, check_values=False)
-    queries, negatives, query_folds, r1 = [], [], [], {}
+    if config.mined_folds:
+        folds = {f: folds[f] for f in config.mined_folds}
+    queries, negatives, query_folds = [], [], []
+    r1: dict[int, float] = {}
+    positive_cosine, negative_cosine = [], []
     for fold, held_out in folds.items():
         folder = fold_data(data_dir, out / f"fold{fold}-data", held_out)
         model = train_first_stage(folder, out / f"fold{fold}-first-stage")
         rows = held_out if usable is None else np.intersect1d(held_out, usable)
         (source,), target = pair
-        q, n, r1[fold] = mine_negatives(
+        q, n, r1[fold], pc, nc = mine_negatives(
             model_encoder(model, data, "soil"),
             data,
             rows,
@@ -453,8 +584,15 @@ def cross_fit(
         queries.append(q)
         negatives.append(n)
         query_folds.append(np.full(len(q), fold))
+        positive_cosine.append(pc)
+        negative_cosine.append(nc)
     return CrossFit(
-        np.concatenate(queries), np.concatenate(negatives), np.concatenate(query_folds), r1
+        np.concatenate(queries),
+        np.concatenate(negatives),
+        np.concatenate(query_folds),
+        np.concatenate(positive_cosine),
+        np.concatenate(negative_cosine),
+        r1,
     )
 
 

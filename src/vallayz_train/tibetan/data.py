@@ -125,7 +125,10 @@ def build_data(
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    arrays = {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}
+    arrays: dict[str, np.ndarray] = {
+        "bo": bo.astype(np.float32),
+        "en": english.astype(np.float16),
+    }
     texts = {"text_en": corpus.en, "text_bo": corpus.bo}
     if lines:
         log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")

@@ -25,6 +25,7 @@ from vallayz_train.rerank_train import (
     RerankTrainConfig,
     build_reranker,
     cross_fit,
+    fit_fusion_weight,
     rerank_eval,
     save_training,
     side_content,
@@ -101,6 +102,7 @@ def rerank_bench(
     pools: int = 5,
     cache: str | Path | None = None,
     model_changes: dict[str, Any] | None = None,
+    first_stage_run: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
@@ -114,6 +116,9 @@ def rerank_bench(
         train_rows: Training rows whose English token states are encoded and may be mined
             (None: all).
         cache: Folder of the token-state cache (default ``out/cache``).
+        first_stage_run: A finished run to evaluate as the first stage instead of training
+            the heads on every training row into ``out/first-stage`` (e.g. a fold's first
+            stage, to spare a training); the re-ranker is saved in it.
     """
     data_dir, out = Path(data_dir), Path(out)
     config = config or RerankTrainConfig()
@@ -130,13 +135,32 @@ def rerank_bench(
     )
     del full
     first_stage = heads_first_stage(first_stage_steps, config.seed, progress)
-    model = first_stage(data_dir, out / "first-stage")
+    evaluated = Path(first_stage_run) if first_stage_run else out / "first-stage"
+    model = load_model(evaluated) if first_stage_run else first_stage(data_dir, evaluated)
     folds = training_folds(data, config.folds, config.seed)
     mined = cross_fit(data_dir, out, folds, first_stage, PAIR, config, rows, log)
+    # A few mined queries stay out of training, to fit the fused score's weight on.
+    order = np.random.default_rng(config.seed).permutation(len(mined.queries))
+    aside, used = (
+        mined.select(order[: config.fusion_queries]),
+        mined.select(order[config.fusion_queries :]),
+    )
     reranker = build_reranker(reranker_config, config.seed)
     log(f"re-ranker: {sum(p.numel() for p in reranker.parameters())} parameters")
-    losses = train_reranker(reranker, content, mined.queries, mined.negatives, config, log)
-    folder = reranker.save(out / "first-stage" / RERANKER_DIR)
+    losses = train_reranker(reranker, content, used.queries, used.negatives, config, log)
+    weight: float | None = None
+    shares: dict[str, float] = {}
+    if config.fusion_queries:
+        weight, shares = fit_fusion_weight(
+            reranker,
+            content,
+            aside.queries,
+            aside.negatives,
+            aside.positive_cosine,
+            aside.negative_cosine,
+        )
+        log(f"fused score: weight {weight:g} of the first-stage cosine ({shares})")
+    folder = reranker.save(evaluated / RERANKER_DIR)
     save_training(
         folder,
         config,
@@ -144,23 +168,39 @@ def rerank_bench(
             "data": str(data_dir),
             "pair": "bo->en",
             "token_states": STATES_NAME,
+            "first_stage": str(evaluated),
             "mined_queries": len(mined.queries),
             "held_out_r1": mined.held_out_r1,
             "final_loss": float(np.mean(losses[-50:])),
+            "fusion_weight": weight,
+            "fusion_shares": shares,
         },
     )
     val = data.split_indices()["val"]
     torch.set_grad_enabled(False)
     try:
         table = rerank_eval(
-            model, reranker, content, data, val, PAIR, pool, pools, config.seed, depths
+            model,
+            reranker,
+            content,
+            data,
+            val,
+            PAIR,
+            pool,
+            pools,
+            config.seed,
+            depths,
+            fusion_weight=weight,
         )
     finally:
         torch.set_grad_enabled(True)
     record = {
         "train": asdict(config),
         "reranker": reranker_config.to_dict(),
+        "first_stage": str(evaluated),
         "held_out_r1": mined.held_out_r1,
+        "fusion_weight": weight,
+        "fusion_shares": shares,
         "results": table,
     }
     (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
