@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--first-stage-run",
         dest="first_stage_run",
-        help="a finished run evaluated as the first stage (default: the heads trained on every "
-        "training row into OUT/first-stage); the re-ranker is saved in it",
+        help="the run evaluated as the first stage: a finished run, or a fold's first stage "
+        "that cross-fitting trains (OUT/fold<k>-first-stage); default: the heads trained on "
+        "every training row into OUT/first-stage. The re-ranker is saved in it",
     )
     p.add_argument(
         "--fusion-queries",

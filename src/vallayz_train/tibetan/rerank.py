@@ -116,9 +116,10 @@ def rerank_bench(
         train_rows: Training rows whose English token states are encoded and may be mined
             (None: all).
         cache: Folder of the token-state cache (default ``out/cache``).
-        first_stage_run: A finished run to evaluate as the first stage instead of training
-            the heads on every training row into ``out/first-stage`` (e.g. a fold's first
-            stage, to spare a training); the re-ranker is saved in it.
+        first_stage_run: A run to evaluate as the first stage instead of training the heads
+            on every training row into ``out/first-stage``: finished, or a fold's first stage
+            that cross-fitting trains (``out/fold<k>-first-stage``, sparing a training); the
+            re-ranker is saved in it.
     """
     data_dir, out = Path(data_dir), Path(out)
     config = config or RerankTrainConfig()
@@ -136,9 +137,12 @@ def rerank_bench(
     del full
     first_stage = heads_first_stage(first_stage_steps, config.seed, progress)
     evaluated = Path(first_stage_run) if first_stage_run else out / "first-stage"
-    model = load_model(evaluated) if first_stage_run else first_stage(data_dir, evaluated)
+    if not first_stage_run:
+        first_stage(data_dir, evaluated)
     folds = training_folds(data, config.folds, config.seed)
     mined = cross_fit(data_dir, out, folds, first_stage, PAIR, config, rows, log)
+    # Loaded after cross-fitting, which may have trained it (a fold's first stage).
+    model = load_model(evaluated)
     # A few mined queries stay out of training, to fit the fused score's weight on.
     order = np.random.default_rng(config.seed).permutation(len(mined.queries))
     aside, used = (
