@@ -408,6 +408,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from vallayz_train.run_folder import candidate_index
 
     _check_positive(args.k, "--k")
+    if args.rerank < 0:
+        raise UsageError(f"--rerank must be >= 0 (0: no re-ranking), got {args.rerank}")
     model = _load_run(args.run, args.device)
     _check_modality(model, args.source, "--source")
     _check_modality(model, args.target, "--target")
@@ -446,7 +448,12 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     with torch.no_grad():
         q = model.embed(queries)
     index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
-    top_scores, top_indices = index.search(q, args.k)
+    found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
+    top_scores, top_indices = (
+        _rerank_retrieved(args, data, queries, candidate_rows, found[1])
+        if args.rerank
+        else (list(found[0]), list(found[1]))
+    )
     keys = data.keys(args.target)
     for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
         print(f"query {visible(label)}:")
@@ -456,6 +463,49 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
             row = int(candidate_rows[index])
             print(f"  {rank}. {visible(data.items[row]['id'])}\t{score:.4f}\t{visible(keys[row])}")
     return 0
+
+
+def _rerank_retrieved(
+    args: argparse.Namespace,
+    data: Any,
+    queries: Any,
+    candidate_rows: np.ndarray,
+    top_indices: Any,
+) -> tuple[list[Any], list[Any]]:
+    """``retrieve --rerank N``: each query's N best first-stage candidates re-scored by the
+    re-ranker (``RUN/reranker`` or ``--reranker``); returns each query's k best scores and
+    candidate indices."""
+    import torch
+
+    from vallayz.reranker import SideContent
+    from vallayz_train.tibetan.rerank import load_reranker, rows_content
+
+    reranker = load_reranker(args.reranker or args.run)
+    side = reranker.config.query
+    if (side.modality, reranker.config.candidate.modality) != (args.source, args.target):
+        raise UsageError(
+            f"the re-ranker scores {side.modality} -> {reranker.config.candidate.modality}, "
+            f"not {args.source} -> {args.target}"
+        )
+    if args.input and (side.id_buckets or side.state_dim):
+        raise UsageError("--rerank reads the query's tokens; name the queries with --query-ids")
+    ids = {item["id"]: r for r, item in enumerate(data.items)}
+    scores, indices = [], []
+    with torch.no_grad():
+        for i, found in enumerate(top_indices):
+            top = found[found >= 0]  # an approximate index may find fewer
+            rows = candidate_rows[top.numpy()]
+            if args.input:
+                query = SideContent(queries.embeddings[args.source][i : i + 1].float())
+                query = query.take(torch.zeros(len(rows), dtype=torch.long))
+            else:
+                query = rows_content(data, side, np.full(len(rows), ids[args.query_ids[i]]))
+            candidates = rows_content(data, reranker.config.candidate, rows)
+            score = reranker(query, candidates)
+            best = score.argsort(descending=True, stable=True)[: args.k]
+            scores.append(score[best])
+            indices.append(top[best])
+    return scores, indices
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -708,9 +758,12 @@ def _cmd_translate_text(args: argparse.Namespace) -> int:
         raise UsageError('give a Tibetan line ("...") or --audio FILE.wav')
     if args.audio and not Path(args.audio).is_file():
         raise UsageError(f"--audio {args.audio} is not a file; give a WAV recording")
-    for rank, (item, score, english) in enumerate(
-        translate_text(args.run, args.source, args.text, args.audio, args.k), start=1
-    ):
+    if args.rerank < 0:
+        raise UsageError(f"--rerank must be >= 0 (0: no re-ranking), got {args.rerank}")
+    found = translate_text(
+        args.run, args.source, args.text, args.audio, args.k, args.rerank, args.reranker
+    )
+    for rank, (item, score, english) in enumerate(found, start=1):
         print(f"{rank}. {score:.4f}  {visible(english)}  [{visible(item)}]")
     return 0
 
@@ -834,6 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search: exact (every candidate scored), or an approximate index (ivf, hnsw; needs "
         "pip install 'vallayz[index]'); built once and saved in the run folder",
     )
+    _rerank_options(p)
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")
@@ -989,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="bo")
     p.add_argument("--audio", help="a WAV recording instead of text")
     p.add_argument("--k", type=int, default=5)
+    _rerank_options(p)
     p.set_defaults(func=_cmd_translate_text)
 
     p = sub.add_parser("report", help="rewrite report.md and plots of a benchmark folder")
@@ -1011,6 +1066,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_plot)
     return parser
+
+
+def _rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-score the N best first-stage candidates with a second-stage re-ranker (one "
+        "joint pass each) and keep the k best of them; 0: no re-ranking",
+    )
+    p.add_argument(
+        "--reranker",
+        metavar="DIR",
+        help="folder of the re-ranker (reranker.json + reranker.safetensors; default RUN/reranker)",
+    )
 
 
 def _training_options(p: argparse.ArgumentParser, front_end_default: str) -> None:

@@ -8,6 +8,7 @@ from vallayz.losses.combinatorial import (
 )
 from vallayz.losses.infonce import InfoNCELoss, info_nce
 from vallayz.losses.knn import KNNPreservationLoss, knn_jaccard, knn_preservation_loss
+from vallayz.losses.listwise import ListwiseLoss, listwise_loss
 from vallayz.losses.reconstruction import (
     ReconstructionLoss,
     cycle_loss,
@@ -30,6 +31,7 @@ __all__ = [
     "IMPNObjective",
     "InfoNCELoss",
     "KNNPreservationLoss",
+    "ListwiseLoss",
     "LossOutput",
     "LossSettings",
     "LossWeights",
@@ -43,6 +45,7 @@ __all__ = [
     "info_nce",
     "knn_jaccard",
     "knn_preservation_loss",
+    "listwise_loss",
     "orthogonality_loss",
     "pair_mean",
     "reconstruction_loss",

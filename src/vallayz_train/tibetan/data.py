@@ -125,21 +125,30 @@ def build_data(
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
-    frames = encode_speech(
-        lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
-    )
-    speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
-    speech[speech_rows] = frames
+    arrays: dict[str, np.ndarray] = {
+        "bo": bo.astype(np.float32),
+        "en": english.astype(np.float16),
+    }
+    texts = {"text_en": corpus.en, "text_bo": corpus.bo}
+    if lines:
+        log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
+        frames = encode_speech(
+            lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
+        )
+        arrays["speech"] = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
+        arrays["speech"][speech_rows] = frames
+        texts["text_speech"] = corpus.bo
+    else:
+        log("speech: none (0 rows asked for); the folder holds bo and en only")
 
-    items = corpus.items({"text_en": corpus.en, "text_bo": corpus.bo, "text_speech": corpus.bo})
     write_paired_embeddings(
         data_dir,
-        {"bo": bo.astype(np.float32), "en": english.astype(np.float16), "speech": speech},
-        items,
-        present={"speech": has_speech},
+        arrays,
+        corpus.items(texts),
+        present={"speech": has_speech} if lines else {},
         tokens={"bo": bo_tokens},
         node_ids={"bo": bo_syllables},
     )
-    write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
+    if lines:
+        write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
     return data_dir, {"novel": corpus.novel().tolist()}

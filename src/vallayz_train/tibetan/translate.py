@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vallayz.errors import VallayzUserError
+from vallayz.reranker import SideContent
 from vallayz.types import Batch
 from vallayz_train.run_folder import candidate_index, load_model, run_data
 from vallayz_train.tibetan.constants import (
@@ -25,12 +26,22 @@ from vallayz_train.tibetan.encoders import (
 
 
 def translate_text(
-    run_dir: str | Path, source: str, text: str | None = None, audio: str | None = None, k: int = 5
+    run_dir: str | Path,
+    source: str,
+    text: str | None = None,
+    audio: str | None = None,
+    k: int = 5,
+    rerank: int = 0,
+    reranker: str | Path | None = None,
 ) -> list[tuple[str, float, str]]:
     """The ``k`` best English candidates of the run's corpus for a Tibetan line or a recording.
 
+    With ``rerank`` > 0, the ``rerank`` best first-stage candidates are re-scored by the
+    re-ranker in ``reranker`` (default ``RUN/reranker``) and the ``k`` best of them returned,
+    with the re-ranker's scores.
+
     Returns:
-        ``(id, cosine score, English text)`` best first.
+        ``(id, score, English text)`` best first (cosine, or the re-ranker's score).
     """
     run_dir = Path(run_dir)
     model: Any = load_model(run_dir)
@@ -78,7 +89,27 @@ def translate_text(
     index = candidate_index(
         model, run_dir, data, "en", rows, embed=None if model.capabilities.embeds else _native_en
     )
-    scores, found = index.search(q, min(k, len(rows)))
+    scores, found = index.search(q, min(max(k, rerank), len(rows)))
+    if rerank:
+        if audio is not None:
+            raise VallayzUserError("--rerank reads a Tibetan line's syllables; give the line")
+        from vallayz_train.tibetan.rerank import load_reranker, rows_content
+
+        model_r = load_reranker(reranker or run_dir)
+        side = model_r.config.query
+        candidates = rows[found[0].numpy()]
+        count = len(candidates)
+        parts = {
+            "vector": query.embeddings["bo"].float().expand(count, -1),
+            "ids": query.node_ids["bo"][:, : side.length].expand(count, -1),
+        }
+        q_side = SideContent(
+            parts["vector"] if side.vector_dim else None, parts["ids"] if side.id_buckets else None
+        )
+        with torch.no_grad():
+            score = model_r(q_side, rows_content(data, model_r.config.candidate, candidates))
+        best = score.argsort(descending=True, stable=True)[:k]
+        scores, found = score[best][None], found[0][best][None]
     return [
         (data.items[int(rows[i])]["id"], float(s), english[int(rows[i])])
         for s, i in zip(scores[0], found[0], strict=True)

@@ -1,0 +1,232 @@
+"""The re-ranker of the Tibetan benchmark: a Tibetan line (its fixed vector and its syllables)
+against an English line (its MiniLM vector and MiniLM's token states), trained on negatives
+mined by cross-fitting over the contrastive heads (:mod:`vallayz_train.rerank_train`), and
+scored bo→en on the validation split against that first stage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vallayz.data import PairedEmbeddings
+from vallayz.eval import format_table
+from vallayz.reranker import Reranker, RerankerConfig, SideConfig, SideContent
+from vallayz_train.bench.ablation import AblationSpec
+from vallayz_train.bench.runs import train_run
+from vallayz_train.rerank_train import (
+    RERANKER_DIR,
+    RerankContent,
+    RerankTrainConfig,
+    build_reranker,
+    cross_fit,
+    fit_fusion_weight,
+    rerank_eval,
+    save_training,
+    side_content,
+    train_reranker,
+    training_folds,
+)
+from vallayz_train.run_folder import load_model
+from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, SYLLABLE_LENGTH, TOKEN_BUCKETS
+from vallayz_train.tibetan.encoders import cached_encode
+from vallayz_train.tibetan.encoders.english import TOKEN_STATES, english_token_encoder
+
+# Cache name of the English token states (MiniLM's first TOKEN_STATES tokens, float16).
+STATES_NAME = f"en-minilm-tokens-{TOKEN_STATES}"
+# Rows of the re-ranker's syllable table (the data's hashed syllable ids taken modulo it).
+SYLLABLE_TABLE = 2**14
+# Lines per cached chunk of token states.
+STATES_CHUNK = 512
+PAIR: tuple[tuple[str, ...], str] = (("bo",), "en")
+
+
+def tibetan_reranker_config(data: PairedEmbeddings, **changes: Any) -> RerankerConfig:
+    """bo (fixed vector + syllable ids) against en (MiniLM vector + token states), a 2-layer
+    transformer of width 64 (about 1.2 M parameters, most in the syllable table)."""
+    dims = data.modalities
+    return RerankerConfig(
+        query=SideConfig("bo", dims["bo"], SYLLABLE_TABLE, 0, SYLLABLE_LENGTH),
+        candidate=SideConfig("en", dims["en"], 0, dims["en"], TOKEN_STATES),
+        **{"width": 64, "layers": 2, "heads": 4, **changes},
+    )
+
+
+def english_states(
+    lines: list[str], cache: Path, progress: bool = True, encoder: Callable[..., Any] | None = None
+) -> np.ndarray:
+    """MiniLM token states of ``lines`` ``[N, TOKEN_STATES, 384]`` float16, cached by content."""
+    encode = encoder or english_token_encoder()
+    return cached_encode(STATES_NAME, lines, encode, cache, chunk=STATES_CHUNK, progress=progress)
+
+
+def state_rows(data: PairedEmbeddings, train_rows: int | None, seed: int = 0) -> np.ndarray:
+    """The rows whose token states are encoded: every validation row, then ``train_rows``
+    training rows in a seeded order (rounded up to whole cached chunks; None: all), so that a
+    smaller budget reuses the chunks of a larger one."""
+    splits = data.split_indices()
+    train = np.random.default_rng(seed).permutation(splits["train"])
+    count = len(train) if train_rows is None else min(len(train), train_rows)
+    total = len(splits["val"]) + count
+    total = min(len(splits["val"]) + len(train), -(-total // STATES_CHUNK) * STATES_CHUNK)
+    return np.concatenate([splits["val"], train])[:total]
+
+
+def heads_first_stage(steps: int, seed: int = 0, progress: bool = False) -> Callable[..., Any]:
+    """Trains the contrastive heads as the ablations' reference does (``--base bench``,
+    ``steps`` steps of 256 rows) into a run folder, and returns the loaded model."""
+    spec = AblationSpec(steps=steps, seed=seed, base=dict(FRONT_END_DEFAULTS))
+    config = spec.train_config()
+    overrides = {"token_buckets": {"bo": TOKEN_BUCKETS}}
+
+    def train(data_dir: Path, run: Path) -> Any:
+        train_run(data_dir, run, "contrastive-heads", overrides, config, progress, print)
+        return load_model(run)
+
+    return train
+
+
+def rerank_bench(
+    data_dir: str | Path,
+    out: str | Path,
+    config: RerankTrainConfig | None = None,
+    first_stage_steps: int = 250,
+    train_rows: int | None = None,
+    depths: tuple[int, ...] = (50,),
+    pool: int = 1000,
+    pools: int = 5,
+    cache: str | Path | None = None,
+    model_changes: dict[str, Any] | None = None,
+    first_stage_run: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Cross-fits, trains and saves the re-ranker, and scores bo→en on the validation split.
+
+    Writes ``out/first-stage`` (the heads on every training row; the first stage evaluated),
+    ``out/fold<k>-*`` (cross-fitting), ``out/first-stage/reranker`` (the re-ranker, read by
+    ``--rerank``) and ``out/rerank.json`` (the table).
+
+    Args:
+        train_rows: Training rows whose English token states are encoded and may be mined
+            (None: all).
+        cache: Folder of the token-state cache (default ``out/cache``).
+        first_stage_run: A run to evaluate as the first stage instead of training the heads
+            on every training row into ``out/first-stage``: finished, or a fold's first stage
+            that cross-fitting trains (``out/fold<k>-first-stage``, sparing a training); the
+            re-ranker is saved in it.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    config = config or RerankTrainConfig()
+    data = PairedEmbeddings(data_dir, check_values=False)
+    rows = state_rows(data, train_rows, config.seed)
+    lines = data.keys("en")
+    states = english_states([lines[i] for i in rows], Path(cache or out / "cache"), progress)
+    full = np.zeros((data.size, *states.shape[1:]), dtype=np.float16)
+    full[rows] = states
+    reranker_config = tibetan_reranker_config(data, **(model_changes or {}))
+    content = RerankContent(
+        side_content(data, reranker_config.query),
+        side_content(data, reranker_config.candidate, None, full),
+    )
+    del full
+    first_stage = heads_first_stage(first_stage_steps, config.seed, progress)
+    evaluated = Path(first_stage_run) if first_stage_run else out / "first-stage"
+    if not first_stage_run:
+        first_stage(data_dir, evaluated)
+    folds = training_folds(data, config.folds, config.seed)
+    mined = cross_fit(data_dir, out, folds, first_stage, PAIR, config, rows, log)
+    # Loaded after cross-fitting, which may have trained it (a fold's first stage).
+    model = load_model(evaluated)
+    # A few mined queries stay out of training, to fit the fused score's weight on.
+    order = np.random.default_rng(config.seed).permutation(len(mined.queries))
+    aside, used = (
+        mined.select(order[: config.fusion_queries]),
+        mined.select(order[config.fusion_queries :]),
+    )
+    reranker = build_reranker(reranker_config, config.seed)
+    log(f"re-ranker: {sum(p.numel() for p in reranker.parameters())} parameters")
+    losses = train_reranker(reranker, content, used.queries, used.negatives, config, log)
+    weight: float | None = None
+    shares: dict[str, float] = {}
+    if config.fusion_queries:
+        weight, shares = fit_fusion_weight(
+            reranker,
+            content,
+            aside.queries,
+            aside.negatives,
+            aside.positive_cosine,
+            aside.negative_cosine,
+        )
+        log(f"fused score: weight {weight:g} of the first-stage cosine ({shares})")
+    folder = reranker.save(evaluated / RERANKER_DIR)
+    save_training(
+        folder,
+        config,
+        {
+            "data": str(data_dir),
+            "pair": "bo->en",
+            "token_states": STATES_NAME,
+            "first_stage": str(evaluated),
+            "mined_queries": len(mined.queries),
+            "held_out_r1": mined.held_out_r1,
+            "final_loss": float(np.mean(losses[-50:])),
+            "fusion_weight": weight,
+            "fusion_shares": shares,
+        },
+    )
+    val = data.split_indices()["val"]
+    torch.set_grad_enabled(False)
+    try:
+        table = rerank_eval(
+            model,
+            reranker,
+            content,
+            data,
+            val,
+            PAIR,
+            pool,
+            pools,
+            config.seed,
+            depths,
+            fusion_weight=weight,
+        )
+    finally:
+        torch.set_grad_enabled(True)
+    record = {
+        "train": asdict(config),
+        "reranker": reranker_config.to_dict(),
+        "first_stage": str(evaluated),
+        "held_out_r1": mined.held_out_r1,
+        "fusion_weight": weight,
+        "fusion_shares": shares,
+        "results": table,
+    }
+    (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    log(format_table(table, columns))
+    return table
+
+
+def rows_content(data: PairedEmbeddings, side: SideConfig, rows: np.ndarray) -> SideContent:
+    """One side's content for ``rows`` of ``data``; token states (English only) encoded now
+    from the rows' lines."""
+    states = None
+    if side.state_dim:
+        if side.modality != "en":
+            raise ValueError(f"token states are encoded for English only, not {side.modality!r}")
+        lines = data.keys("en")
+        states = english_token_encoder(length=side.length)([lines[int(r)] for r in rows])
+    return side_content(data, side, rows, states)
+
+
+def load_reranker(folder: str | Path) -> Reranker:
+    """The re-ranker saved in ``folder`` (a run folder holding ``reranker/``, or the
+    re-ranker's own folder)."""
+    folder = Path(folder)
+    return Reranker.load(folder / RERANKER_DIR if (folder / RERANKER_DIR).is_dir() else folder)
