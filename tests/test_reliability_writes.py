@@ -380,3 +380,18 @@ def test_degenerate_settings_are_refused_before_anything_trains(
         assert main(["ablate", str(data), "--out", str(out), "--quiet", *option]) == 2, option
         assert message in _error(capsys)
         assert not out.exists()
+
+
+def test_the_loader_refuses_a_modality_file_whose_name_the_writer_would_refuse(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    folder = write_paired_embeddings(
+        tmp_path / "data",
+        {"a": rng.normal(size=(6, 3)), "b": rng.normal(size=(6, 2))},
+        [{"id": f"r{i}", "group": f"g{i}"} for i in range(6)],
+    )
+    PairedEmbeddings(folder)  # the folder as written loads
+    np.save(folder / "te\x1bxt.npy", np.zeros((6, 2), np.float32))
+    with pytest.raises(VallayzUserError, match="cannot name a modality"):
+        PairedEmbeddings(folder)

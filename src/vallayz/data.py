@@ -144,6 +144,7 @@ class PairedEmbeddings:
                 raise VallayzUserError(
                     f"modality {name!r} is both in {SAFETENSORS_NAME} and {path.name}; keep one"
                 )
+            check_modality_name(name, f"{path.name}: the file's")
             arrays[name] = _load_npy(path, mmap=True)
         if not arrays:
             raise VallayzUserError(
