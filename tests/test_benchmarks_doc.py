@@ -24,7 +24,8 @@ import pytest
 from test_readme import exact_flags, shell_lines
 
 from vallayz import IMPNConfig
-from vallayz_train.cli import _train_args, build_parser
+from vallayz_train.cli import build_parser
+from vallayz_train.options import train_args
 from vallayz_train.tibetan.ablations import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def check_command(line: str, monkeypatch: pytest.MonkeyPatch) -> str:
             assert said, f"BENCHMARKS.md must say that {args.config} is not in the repository"
         else:
             assert (ROOT / args.config).is_file(), f"{args.config} is not in the repository"
-            model, _ = _train_args(args)  # the train section loads as a TrainConfig
+            model, _ = train_args(args)  # the train section loads as a TrainConfig
             IMPNConfig(modalities={"a": 4, "b": 4}, **(model or {}))
     return kind
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[1] / "src" / "vallayz"
@@ -47,3 +48,90 @@ def test_python_dash_m_vallayz_hands_over_to_the_command_line() -> None:
         [sys.executable, "-m", "vallayz", "--help"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "usage: vallayz" in done.stdout
+
+
+SOURCE = LIBRARY.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SOURCE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(
+    node: ast.Import | ast.ImportFrom, here: str, is_package: bool, modules: Collection[str]
+) -> set[str]:
+    """The modules of ``modules`` an import statement names: ``import a.b`` names ``a.b``;
+    ``from a import b`` names ``a.b`` where ``b`` is a module, else ``a``."""
+    if isinstance(node, ast.Import):
+        named = {alias.name for alias in node.names}
+    else:
+        base = node.module or ""
+        if node.level:
+            package = here.split(".") if is_package else here.split(".")[:-1]
+            anchor = package[: len(package) - node.level + 1]
+            base = ".".join([*anchor, *([base] if base else [])])
+        named = {
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+            for alias in node.names
+        }
+    return named & set(modules)
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module → the modules of ``package`` it imports anywhere in its source (in functions and
+    under ``if TYPE_CHECKING:`` too). Importing a submodule is an arrow to that submodule
+    alone, not to the packages above it."""
+    paths = {_module_name(p): p for p in (SOURCE / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        is_package = path.name == "__init__.py"
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                targets |= _imported(node, name, is_package, paths)
+        graph[name] = targets - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` as its modules in order (the first repeated at the end), or
+    ``[]``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return []
+
+
+def test_find_cycle_reports_the_modules_of_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_import_graph_sees_relative_function_level_and_type_checking_imports() -> None:
+    graph = import_graph("vallayz")
+    assert "vallayz.model" in graph["vallayz.learned"]
+    assert "vallayz.index" in graph["vallayz.eval.pairs"]  # in a function and TYPE_CHECKING
+    assert "vallayz.impn_loss" in graph["vallayz.losses"]  # the lazy module __getattr__
+
+
+def test_neither_package_has_an_import_cycle() -> None:
+    for package in ("vallayz", "vallayz_train"):
+        cycle = find_cycle(import_graph(package))
+        assert cycle == [], f"import cycle in {package}: {' -> '.join(cycle)}"

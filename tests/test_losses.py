@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import DIMS, tiny_config, tri_modal_inputs
 
-import vallayz.losses.total as total_module
+import vallayz.impn_loss as total_module
 from vallayz import IMPN
 from vallayz.losses import (
     IMPNLoss,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.errors import VallayzUserError
 from vallayz.functional import masked_mean, mean_over_present
+from vallayz.impn_loss import IMPNObjective
 from vallayz.layers import (
     AbsentInit,
     Adapter,
@@ -23,7 +24,7 @@ from vallayz.layers import (
     MatchHead,
     TokenNodes,
 )
-from vallayz.losses.total import IMPNObjective, LossSettings
+from vallayz.losses.total import LossSettings
 from vallayz.method import Capabilities
 from vallayz.types import Batch, Embeddings, Masks
 

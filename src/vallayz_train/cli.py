@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
-import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -21,6 +19,23 @@ from typing import Any
 import numpy as np
 
 from vallayz.errors import VallayzUserError
+from vallayz_train.options import (
+    WRITTEN_BY,
+    UsageError,
+    bench_options,
+    check_output,
+    check_pool,
+    check_positive,
+    load_json,
+    parse_pair,
+    read_array,
+    replace_atomically,
+    rerank_options,
+    train_args,
+    training_options,
+    visible,
+    written_by_vallayz,
+)
 
 # The optional extras' top-level modules: a missing one is the user's to install.
 _EXTRAS = {
@@ -41,108 +56,6 @@ _EXTRAS = {
 _ENVIRONMENT_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
-class UsageError(VallayzUserError):
-    """A mistake in the command line or the files it names."""
-
-
-# Characters that would steer a terminal rather than show: C0 and C1 controls (ESC sequences,
-# carriage returns, bells, line breaks), DEL, and the bidirectional overrides and marks.
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def visible(text: object) -> str:
-    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``,
-    ``\\u202e``), for printing user text (item ids, keys, paths) on a terminal."""
-    return _INVISIBLE.sub(lambda found: _escape(found.group()), str(text))
-
-
-def _escape(char: str) -> str:
-    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    if char in named:
-        return named[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _speech_amount(text: str) -> int | float:
-    """``--speech``: a count of rows or a fraction of them (argparse type)."""
-    from vallayz_train.tibetan.encoders.speech import speech_amount
-
-    try:
-        return speech_amount(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive_int(text: str) -> int:
-    """A whole number >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _load_json(path: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from err
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(data, dict):
-        raise UsageError(
-            f"{path} must hold a JSON object with optional 'model' and 'train' objects"
-        )
-    return data
-
-
-# The key that marks a JSON file written by vallayz, which it may replace without --force.
-WRITTEN_BY = "written_by"
-
-
-def _check_output(path: Path, force: bool, ours: bool) -> None:
-    """Refuses to replace an existing file that vallayz did not write (``ours`` says whether
-    it did), unless ``force``."""
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a folder; name a file")
-    if path.exists() and not ours and not force:
-        raise UsageError(
-            f"--output {path} exists and was not written by vallayz; choose another file or "
-            "pass --force to replace it"
-        )
-    if not path.parent.is_dir():
-        raise UsageError(f"the folder of --output {path} does not exist; create it first")
-
-
-def _written_by_vallayz(path: Path) -> bool:
-    """Whether ``path`` is a JSON file that vallayz wrote (it carries :data:`WRITTEN_BY`)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and str(data.get(WRITTEN_BY, "")).startswith("vallayz")
-
-
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Calls ``write(handle)`` on a temporary file beside ``path``, then renames it onto
-    ``path``: a failure leaves the old file as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except OSError as err:
-        # Named after the output the user chose, not the temporary file beside it.
-        raise OSError(err.errno, err.strerror, str(path)) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cmd_fit(args: argparse.Namespace) -> int:
     from vallayz_train import distributed
     from vallayz_train.trainer import fit, fit_extension
@@ -160,7 +73,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if args.extend:
             if args.out is None or args.data is None:
                 raise UsageError("fit --extend RUN needs the data folder and --out NEW_RUN_DIR")
-            model, train = _train_args(args)
+            model, train = train_args(args)
             summary = fit_extension(
                 args.data,
                 args.extend,
@@ -177,7 +90,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         else:
             if args.out is None:
                 raise UsageError("fit needs --out RUN_DIR (or --resume RUN_DIR to continue a run)")
-            model, train = _train_args(args)
+            model, train = train_args(args)
             summary = fit(
                 args.data,
                 args.out,
@@ -258,29 +171,16 @@ def _check_data_fits(model: Any, data: Any, folder: str) -> None:
         )
 
 
-def _check_positive(value: int, option: str) -> None:
-    if value < 1:
-        raise UsageError(f"{option} must be a positive integer, got {value}")
-
-
-def _check_pool(value: int, option: str = "--pool") -> None:
-    if value < 2:
-        raise UsageError(
-            f"{option} must be at least 2, got {value}: a pool of one candidate holds only the "
-            "true partner, so every query would score R@1 1.0"
-        )
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vallayz.data import PairedEmbeddings
     from vallayz.eval import format_table, model_encoder, retrieval_table
 
-    _check_pool(args.pool)
-    _check_positive(args.pools, "--pools")
+    check_pool(args.pool)
+    check_positive(args.pools, "--pools")
     out = (
         Path(args.output) if args.output else Path(args.run) / f"eval-{args.split}-{args.mode}.json"
     )
-    _check_output(out, args.force, _written_by_vallayz(out))
+    check_output(out, args.force, written_by_vallayz(out))
     model = _load_run(args.run, args.device)
     data = PairedEmbeddings(args.data)
     split_seed = _eval_split_seed(Path(args.run), data, args.split, args.split_seed)
@@ -316,7 +216,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     text = json.dumps({**meta, "results": table}, indent=2) + "\n"
-    _replace_atomically(out, lambda handle: handle.write(text.encode()))
+    replace_atomically(out, lambda handle: handle.write(text.encode()))
     print(f"saved {visible(out)}")
     return 0
 
@@ -341,47 +241,19 @@ def _eval_split_seed(run_dir: Path, data: Any, split: str, given: int | None) ->
     return own if given is None else given
 
 
-def _read_array(path: str, dim: int, option: str = "--input") -> np.ndarray:
-    """The float32 ``[N, dim]`` or ``[N, T, dim]`` array of a query file, checked row by row."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UsageError(
-            f"cannot read {option} {path} as a .npy array ({err}); write it with numpy.save"
-        ) from err
-    if array.dtype.kind not in "fiu":
-        raise UsageError(f"{option} {path} has dtype {array.dtype}; save real float32 values")
-    if array.ndim not in (2, 3) or array.shape[-1] != dim or 0 in array.shape[1:]:
-        raise UsageError(
-            f"{option} {path} has shape {array.shape}; expected [rows, {dim}] or "
-            f"[rows, nodes, {dim}] for this modality"
-        )
-    with np.errstate(over="ignore"):
-        values = array.astype(np.float32)
-    if len(values) == 0:
-        return values
-    bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
-    if bad.any():
-        raise UsageError(
-            f"{option} {path}: row {int(np.flatnonzero(bad)[0])} holds NaN, Inf or a value "
-            "beyond float32's range; repair or drop it"
-        )
-    return values
-
-
 def _cmd_translate(args: argparse.Namespace) -> int:
     import torch
 
-    _check_positive(args.batch_size, "--batch-size")
+    check_positive(args.batch_size, "--batch-size")
     output = Path(args.output)
-    _check_output(output, args.force, ours=False)
+    check_output(output, args.force, ours=False)
     model = _load_run(args.run, args.device)
     _check_modality(model, args.source, "--source")
     _check_modality(model, args.target, "--target")
     if args.source == args.target:
         raise UsageError("--source and --target are the same modality; name two different ones")
     dim = model.config.modalities[args.source]
-    x = torch.from_numpy(_read_array(args.input, dim)).to(args.device)
+    x = torch.from_numpy(read_array(args.input, dim)).to(args.device)
     outputs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], args.batch_size):
@@ -392,7 +264,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
         if outputs
         else np.zeros((0, model.config.modalities[args.target]), dtype=np.float32)
     )
-    _replace_atomically(output, lambda handle: np.save(handle, result))
+    replace_atomically(output, lambda handle: np.save(handle, result))
     print(
         f"translated {x.shape[0]} rows {args.source} -> {args.target}: "
         f"{output} {tuple(result.shape)}"
@@ -407,7 +279,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from vallayz.types import Batch
     from vallayz_train.run_folder import candidate_index
 
-    _check_positive(args.k, "--k")
+    check_positive(args.k, "--k")
     if args.rerank < 0:
         raise UsageError(f"--rerank must be >= 0 (0: no re-ranking), got {args.rerank}")
     model = _load_run(args.run, args.device)
@@ -427,7 +299,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
             f"{len(candidate_rows)} {args.target} candidates"
         )
     if args.input:
-        x = torch.from_numpy(_read_array(args.input, model.config.modalities[args.source]))
+        x = torch.from_numpy(read_array(args.input, model.config.modalities[args.source]))
         if x.shape[0] == 0:
             raise UsageError(f"--input {args.input} holds no rows; give at least one query")
         queries = Batch.of({args.source: x})
@@ -549,7 +421,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
     data = args.data
     if data is None:
-        data = _load_json(str(Path(args.run) / RUN_FILE)).get("data")
+        data = load_json(str(Path(args.run) / RUN_FILE)).get("data")
     if data is not None:
         from vallayz.data import PairedEmbeddings
 
@@ -559,64 +431,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
-    """``"a+b->c"`` → ``(("a", "b"), "c")``."""
-    if "->" not in text:
-        raise UsageError(f"pair {text!r} must look like source->target or a+b->target")
-    sources, target = text.split("->", 1)
-    return tuple(s for s in sources.split("+") if s), target
-
-
-def _train_args(
-    args: argparse.Namespace, defaults: dict[str, Any] | None = None
-) -> tuple[Any, Any]:
-    """The ``--config`` file's model overrides and its training config, with the command-line
-    options (``--max-steps``, ``--epochs``, ...) taking precedence over the file and the file
-    over ``defaults`` (a command's own training defaults)."""
-    from vallayz_train.config import TrainConfig
-
-    file = _load_json(args.config) if args.config else {}
-    unknown = set(file) - {"model", "train"}
-    if unknown:
-        raise UsageError(
-            f"{args.config}: unknown section(s) {sorted(unknown)}; use 'model' and 'train'"
-        )
-    for section in ("model", "train"):
-        if not isinstance(file.get(section, {}), dict):
-            raise UsageError(
-                f"{args.config}: {section!r} must be a JSON object of fields, not "
-                f"{type(file[section]).__name__}"
-            )
-    train = {**(defaults or {}), **file.get("train", {})}
-    for key in ("max_steps", "epochs", "batch_size", "lr", "front_end_lr", "device", "seed"):
-        if getattr(args, key, None) is not None:
-            train[key] = getattr(args, key)
-    if getattr(args, "planner", None) is not None:
-        train["planner"] = args.planner == "on"
-    try:
-        return file.get("model"), TrainConfig.from_dict(train)
-    except VallayzUserError as err:
-        raise UsageError(f"{args.config}: {err}" if args.config else str(err)) from err
-
-
-def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of a benchmark function that come from the shared benchmark
-    options (and ``--closed-form``): pools, their seed, matched dropout, progress."""
-    return {
-        "pool": args.pool,
-        "pools": args.pools,
-        "seed_eval": args.seed_eval,
-        "matched_dropout": args.matched_dropout,
-        "closed_form": tuple(args.closed_form),
-        "progress": not args.quiet,
-    }
-
-
 def _cmd_bench_data(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
     from vallayz_train.bench import BenchSpec, run_benchmark
 
-    model, train = _train_args(args)
+    model, train = train_args(args)
     pairs = [parse_pair(p) for p in args.pairs] if args.pairs else None
     spec = BenchSpec(
         pairs=pairs,
@@ -638,71 +457,13 @@ def _cmd_bench_scaling(args: argparse.Namespace) -> int:
 
     if args.max_modalities < 2:
         raise UsageError(f"--max-modalities must be at least 2, got {args.max_modalities}")
-    _check_positive(args.repeats, "--repeats")
-    _check_positive(args.batch_size, "--batch-size")
+    check_positive(args.repeats, "--repeats")
+    check_positive(args.batch_size, "--batch-size")
     counts = tuple(range(2, args.max_modalities + 1))
     table = format_table(scaling_table(counts, repeats=args.repeats, batch_size=args.batch_size))
     print(table)
     if args.output:
         Path(args.output).write_text(table + "\n")
-    return 0
-
-
-def _cmd_bench_tibetan(args: argparse.Namespace) -> int:
-    from vallayz.data import PairedEmbeddings
-    from vallayz.eval import format_table
-    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus
-    from vallayz_train.tibetan.constants import SPEECH_NODES, SPEECH_POOLING, TRAIN_DEFAULTS
-    from vallayz_train.tibetan.translate import translate_text
-
-    if args.eval_corpus:
-        if not args.run:
-            raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
-        evaluate_corpus(
-            args.run,
-            args.eval_corpus,
-            args.out,
-            args.pool,
-            args.pools,
-            not args.quiet,
-            seed_eval=args.seed_eval,
-        )
-        return 0
-    if args.corpus and not Path(args.corpus).exists():
-        raise UsageError(f"--corpus {args.corpus} does not exist")
-    model, train = _train_args(args, TRAIN_DEFAULTS)
-    results = bench_tibetan(
-        args.out,
-        args.corpus,
-        None if args.full else args.pairs,
-        args.speech,
-        args.speech_features,
-        train,
-        model,
-        args.pool,
-        args.pools,
-        progress=not args.quiet,
-        matched_dropout=args.matched_dropout,
-        seed_eval=args.seed_eval,
-        token_buckets=args.token_buckets,
-        speech_nodes=args.speech_nodes or SPEECH_NODES,
-        speech_pooling=args.speech_pooling or SPEECH_POOLING,
-        speech_workers=args.speech_workers,
-    )
-    rows = [
-        r
-        for r in results["retrieval"]
-        if r["pool"] in (str(args.pool), "all") and r["queries_from"] == "all"
-    ]
-    print(
-        format_table(rows, ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"])
-    )
-    items = PairedEmbeddings(results["data"], check_values=False).items
-    for item in [i for i in items if i["split"] == "test"][: args.examples]:
-        best = translate_text(Path(args.out) / "impn", "bo", item["text_bo"], k=1)[0]
-        print(f"\nbo:        {visible(item['text_bo'])}\ngold en:   {visible(item['text_en'])}")
-        print(f"retrieved: {visible(best[2])} (score {best[1]:.3f})")
-    print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -716,9 +477,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if args.data is None or args.out is None:
         raise UsageError("ablate needs a data directory and --out FOLDER (or --list)")
-    _check_positive(args.steps, "--steps")
-    _check_positive(args.batch_size, "--batch-size")
-    _check_pool(args.pool)
+    check_positive(args.steps, "--steps")
+    check_positive(args.batch_size, "--batch-size")
+    check_pool(args.pool)
     if args.missing is not None and not 0 <= args.missing < 1:
         raise UsageError(
             f"--missing must be a share of rows in [0, 1), got {args.missing}; e.g. 0.5 drops "
@@ -826,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --extend: add this modality of DATA (repeatable; default: every one the run "
         "lacks)",
     )
-    _training_options(p, "(default: --lr)")
+    training_options(p, "(default: --lr)")
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
@@ -887,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search: exact (every candidate scored), or an approximate index (ivf, hnsw; needs "
         "pip install 'vallayz[index]'); built once and saved in the run folder",
     )
-    _rerank_options(p)
+    rerank_options(p)
     p.set_defaults(func=_cmd_retrieve)
 
     p = sub.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")
@@ -898,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("data")
     b.add_argument("--out", required=True)
     b.add_argument("--pairs", nargs="+", help="directions such as bo->en or bo+speech->en")
-    _bench_options(b)
+    bench_options(b)
     b.set_defaults(func=_cmd_bench_data)
     b = bench.add_parser("scaling", help="parameters and step time for M = 2..N modalities")
     b.add_argument("--max-modalities", dest="max_modalities", type=int, default=8)
@@ -907,64 +668,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", help="also write the table to this file")
     b.set_defaults(func=_cmd_bench_scaling)
 
-    b = bench.add_parser("tibetan", help="Classical Tibetan / generated speech / English")
-    b.add_argument("--out", default="runs/tibetan")
-    b.add_argument("--corpus", help="doc<TAB>bo<TAB>en TSV (.xz or plain) or a text-pairs folder")
-    size = b.add_mutually_exclusive_group()
-    size.add_argument("--pairs", type=int, default=20000, help="random subset of unique pairs")
-    size.add_argument("--full", action="store_true", help="the whole corpus")
-    b.add_argument(
-        "--speech",
-        type=_speech_amount,
-        default=2000,
-        help="rows with synthesized speech, drawn at random: a count (2000, the default) or a "
-        "fraction of the rows (0.34); the other rows have no speech",
-    )
-    b.add_argument(
-        "--speech-workers",
-        dest="speech_workers",
-        type=_positive_int,
-        help="processes that synthesize the speech (default: one per available core; 1: none)",
-    )
-    b.add_argument(
-        "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
-    )
-    b.add_argument(
-        "--speech-nodes",
-        dest="speech_nodes",
-        type=int,
-        help="nodes per utterance, the sequence length of the speech modality (default 16)",
-    )
-    b.add_argument(
-        "--speech-pooling",
-        dest="speech_pooling",
-        choices=["mean", "pick"],
-        help="frames to nodes: averages of equal segments (the default), or single frames at "
-        "even intervals",
-    )
-    b.add_argument(
-        "--token-buckets",
-        dest="token_buckets",
-        type=int,
-        default=2**16,
-        help="rows of the trainable n-gram embedding bag of every learned method (0: none)",
-    )
-    b.add_argument("--examples", type=int, default=3, help="example translations to print")
-    b.add_argument("--eval-corpus", dest="eval_corpus", help="evaluate --run on this corpus only")
-    b.add_argument("--run", help="trained run for --eval-corpus")
-    _bench_options(b)
-    b.set_defaults(func=_cmd_bench_tibetan)
     from vallayz_train.digits import command as digits
     from vallayz_train.emoji import command as emoji
     from vallayz_train.stitch import command as stitch
+    from vallayz_train.tibetan import command as tibetan
 
     # Each data set's command: its name, help, own options, output folder runs/NAME, the shared
     # benchmark options, and its defaults.
-    for command in (emoji, digits, stitch):
+    for command in (tibetan, emoji, digits, stitch):
         b = bench.add_parser(command.NAME, help=command.HELP)
         b.add_argument("--out", default=f"runs/{command.NAME}")
         command.add_options(b)
-        _bench_options(b)
+        bench_options(b)
         b.set_defaults(func=command.run, **command.DEFAULTS)
 
     p = sub.add_parser(
@@ -1043,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="bo")
     p.add_argument("--audio", help="a WAV recording instead of text")
     p.add_argument("--k", type=int, default=5)
-    _rerank_options(p)
+    rerank_options(p)
     p.set_defaults(func=_cmd_translate_text)
 
     p = sub.add_parser("report", help="rewrite report.md and plots of a benchmark folder")
@@ -1066,73 +781,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_plot)
     return parser
-
-
-def _rerank_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--rerank",
-        type=int,
-        default=0,
-        metavar="N",
-        help="re-score the N best first-stage candidates with a second-stage re-ranker (one "
-        "joint pass each) and keep the k best of them; 0: no re-ranking",
-    )
-    p.add_argument(
-        "--reranker",
-        metavar="DIR",
-        help="folder of the re-ranker (reranker.json + reranker.safetensors; default RUN/reranker)",
-    )
-
-
-def _training_options(p: argparse.ArgumentParser, front_end_default: str) -> None:
-    """The options that override the training config file: budget, learning rates, seed,
-    device."""
-    p.add_argument("--config", help="JSON file with optional 'model' and 'train' objects")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument(
-        "--front-end-lr",
-        dest="front_end_lr",
-        type=float,
-        help=f"peak learning rate of the hashed n-gram tables {front_end_default}",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "cuda"])
-
-
-# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
-
-
-def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:
-    """``--closed-form``: the closed-form maps a benchmark fits (``note`` says its default)."""
-    b.add_argument(
-        "--closed-form",
-        dest="closed_form",
-        nargs="+",
-        choices=list(CLOSED_FORM),
-        default=list(default),
-        help=f"closed-form maps to fit ({note})",
-    )
-
-
-def _bench_options(b: argparse.ArgumentParser) -> None:
-    _training_options(
-        b, "(default: --lr; bench tibetan: its own measured default, see BENCHMARKS.md)"
-    )
-    b.add_argument("--pool", type=int, default=1000)
-    b.add_argument("--pools", type=int, default=5)
-    b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")
-    b.add_argument(
-        "--matched-dropout",
-        dest="matched_dropout",
-        action="store_true",
-        help="also train every learned method (baselines included) once per missing rate of "
-        "the sweep, with that modality dropout, and report those runs in the sweep",
-    )
-    b.add_argument("--quiet", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

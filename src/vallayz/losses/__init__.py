@@ -1,4 +1,13 @@
-"""Losses of IMPN, each a pure function plus a small module, and the weighted total."""
+"""Loss terms, each a pure function plus a small module, and the weights and settings of an
+objective.
+
+IMPN's own objective (:class:`~vallayz.impn_loss.IMPNLoss`,
+:class:`~vallayz.impn_loss.IMPNObjective`) lives with its method in :mod:`vallayz.impn_loss`;
+it is still reachable as ``vallayz.losses.IMPNLoss``, loaded on first use so that this package
+imports no model.
+"""
+
+from typing import Any
 
 from vallayz.losses.combinatorial import (
     combinatorial_info_nce,
@@ -21,7 +30,7 @@ from vallayz.losses.regularisers import (
     denoising_loss,
     orthogonality_loss,
 )
-from vallayz.losses.total import IMPNLoss, IMPNObjective, LossOutput, LossSettings, LossWeights
+from vallayz.losses.total import LossOutput, LossSettings, LossWeights
 from vallayz.losses.weighting import PAIR_WEIGHTINGS, check_pair_weighting, pair_mean
 
 __all__ = [
@@ -53,3 +62,12 @@ __all__ = [
     "subset_rows",
     "translation_loss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``IMPNLoss`` and ``IMPNObjective``, read from :mod:`vallayz.impn_loss` on first use."""
+    if name in ("IMPNLoss", "IMPNObjective"):
+        from vallayz import impn_loss
+
+        return getattr(impn_loss, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

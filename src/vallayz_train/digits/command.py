@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {"pool": 100}
 
 def add_options(b: argparse.ArgumentParser) -> None:
     """The options of ``vallayz bench digits`` besides ``--out`` and the shared benchmark ones."""
-    from vallayz_train.cli import closed_form_option
+    from vallayz_train.options import closed_form_option
 
     b.add_argument(
         "--data",
@@ -39,10 +39,10 @@ def add_options(b: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vallayz_train.cli import _train_args, bench_arguments
     from vallayz_train.digits.bench import TRAIN_DEFAULTS, bench_digits
+    from vallayz_train.options import bench_arguments, train_args
 
-    model, train = _train_args(args, TRAIN_DEFAULTS)
+    model, train = train_args(args, TRAIN_DEFAULTS)
     bench_digits(
         args.out,
         args.data,

@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {"pool": 100}
 
 def add_options(b: argparse.ArgumentParser) -> None:
     """The options of ``vallayz bench emoji`` besides ``--out`` and the shared benchmark ones."""
-    from vallayz_train.cli import closed_form_option
+    from vallayz_train.options import closed_form_option
 
     b.add_argument(
         "--data",
@@ -35,10 +35,10 @@ def add_options(b: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vallayz.eval import format_table
-    from vallayz_train.cli import _train_args, bench_arguments
     from vallayz_train.emoji.bench import TRAIN_DEFAULTS, bench_emoji
+    from vallayz_train.options import bench_arguments, train_args
 
-    model, train = _train_args(args, TRAIN_DEFAULTS)
+    model, train = train_args(args, TRAIN_DEFAULTS)
     results = bench_emoji(args.out, args.data, train, model, **bench_arguments(args))
     rows = [r for r in results["retrieval"] if r["pool"] in (str(args.pool), "all")]
     columns = ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"]

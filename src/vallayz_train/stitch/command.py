@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {}
 
 def add_options(b: argparse.ArgumentParser) -> None:
     """The options of ``vallayz bench stitch`` besides ``--out`` and the shared benchmark ones."""
-    from vallayz_train.cli import closed_form_option
+    from vallayz_train.options import closed_form_option
 
     b.add_argument(
         "--corpus",
@@ -58,7 +58,7 @@ def add_options(b: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vallayz.errors import VallayzUserError
     from vallayz.eval import format_table
-    from vallayz_train.cli import _train_args
+    from vallayz_train.options import train_args
     from vallayz_train.stitch.bench import TRAIN_DEFAULTS, bench_stitch, normalisation_table
     from vallayz_train.tibetan.corpus import SOURCE_HINT, default_corpus_path
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             "bench stitch has no query with several sources, so --matched-dropout does not "
             "apply; leave it out"
         )
-    model, train = _train_args(args, TRAIN_DEFAULTS)
+    model, train = train_args(args, TRAIN_DEFAULTS)
     corpus = Path(args.corpus) if args.corpus else default_corpus_path()
     if not corpus.exists():
         raise VallayzUserError(f"no Tibetan corpus at {corpus}; get {SOURCE_HINT}")

@@ -1,0 +1,127 @@
+"""``vallayz bench tibetan``: its options and what it prints. Imports nothing heavy until run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from vallayz_train.options import (
+    UsageError,
+    positive_int,
+    speech_amount_option,
+    train_args,
+    visible,
+)
+
+# The command's name, its help line and its defaults of the shared benchmark options.
+NAME = "tibetan"
+HELP = "Classical Tibetan / generated speech / English"
+DEFAULTS: dict[str, Any] = {}
+
+
+def add_options(b: argparse.ArgumentParser) -> None:
+    """The options of ``vallayz bench tibetan`` besides ``--out`` and the shared benchmark ones."""
+    b.add_argument("--corpus", help="doc<TAB>bo<TAB>en TSV (.xz or plain) or a text-pairs folder")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--pairs", type=int, default=20000, help="random subset of unique pairs")
+    size.add_argument("--full", action="store_true", help="the whole corpus")
+    b.add_argument(
+        "--speech",
+        type=speech_amount_option,
+        default=2000,
+        help="rows with synthesized speech, drawn at random: a count (2000, the default) or a "
+        "fraction of the rows (0.34); the other rows have no speech",
+    )
+    b.add_argument(
+        "--speech-workers",
+        dest="speech_workers",
+        type=positive_int,
+        help="processes that synthesize the speech (default: one per available core; 1: none)",
+    )
+    b.add_argument(
+        "--speech-features", dest="speech_features", default="mfcc", choices=["mfcc", "oww"]
+    )
+    b.add_argument(
+        "--speech-nodes",
+        dest="speech_nodes",
+        type=int,
+        help="nodes per utterance, the sequence length of the speech modality (default 16)",
+    )
+    b.add_argument(
+        "--speech-pooling",
+        dest="speech_pooling",
+        choices=["mean", "pick"],
+        help="frames to nodes: averages of equal segments (the default), or single frames at "
+        "even intervals",
+    )
+    b.add_argument(
+        "--token-buckets",
+        dest="token_buckets",
+        type=int,
+        default=2**16,
+        help="rows of the trainable n-gram embedding bag of every learned method (0: none)",
+    )
+    b.add_argument("--examples", type=int, default=3, help="example translations to print")
+    b.add_argument("--eval-corpus", dest="eval_corpus", help="evaluate --run on this corpus only")
+    b.add_argument("--run", help="trained run for --eval-corpus")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``vallayz bench tibetan`` (or, with ``--eval-corpus``, evaluates a run on a corpus);
+    prints the retrieval table and a few example translations."""
+    from vallayz.data import PairedEmbeddings
+    from vallayz.eval import format_table
+    from vallayz_train.tibetan.bench import bench_tibetan, evaluate_corpus
+    from vallayz_train.tibetan.constants import SPEECH_NODES, SPEECH_POOLING, TRAIN_DEFAULTS
+    from vallayz_train.tibetan.translate import translate_text
+
+    if args.eval_corpus:
+        if not args.run:
+            raise UsageError("--eval-corpus needs --run RUN_DIR, a trained run to evaluate")
+        evaluate_corpus(
+            args.run,
+            args.eval_corpus,
+            args.out,
+            args.pool,
+            args.pools,
+            not args.quiet,
+            seed_eval=args.seed_eval,
+        )
+        return 0
+    if args.corpus and not Path(args.corpus).exists():
+        raise UsageError(f"--corpus {args.corpus} does not exist")
+    model, train = train_args(args, TRAIN_DEFAULTS)
+    results = bench_tibetan(
+        args.out,
+        args.corpus,
+        None if args.full else args.pairs,
+        args.speech,
+        args.speech_features,
+        train,
+        model,
+        args.pool,
+        args.pools,
+        progress=not args.quiet,
+        matched_dropout=args.matched_dropout,
+        seed_eval=args.seed_eval,
+        token_buckets=args.token_buckets,
+        speech_nodes=args.speech_nodes or SPEECH_NODES,
+        speech_pooling=args.speech_pooling or SPEECH_POOLING,
+        speech_workers=args.speech_workers,
+    )
+    rows = [
+        r
+        for r in results["retrieval"]
+        if r["pool"] in (str(args.pool), "all") and r["queries_from"] == "all"
+    ]
+    print(
+        format_table(rows, ["method", "source", "target", "pool", "queries", "R@1", "R@5", "MRR"])
+    )
+    items = PairedEmbeddings(results["data"], check_values=False).items
+    for item in [i for i in items if i["split"] == "test"][: args.examples]:
+        best = translate_text(Path(args.out) / "impn", "bo", item["text_bo"], k=1)[0]
+        print(f"\nbo:        {visible(item['text_bo'])}\ngold en:   {visible(item['text_en'])}")
+        print(f"retrieved: {visible(best[2])} (score {best[1]:.3f})")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
