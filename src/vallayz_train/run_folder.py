@@ -103,7 +103,7 @@ def lock_run(run_dir: Path) -> Iterator[None]:
     except OSError as err:
         raise VallayzUserError(
             f"cannot create the run folder {run_dir} ({err.strerror}); choose a folder you can "
-            "write to"
+            "write to, or change its permissions"
         ) from err
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
