@@ -5,7 +5,7 @@ problem; for the Python API, a result or one ``VallayzUserError``) and the sweep
 along with what must never happen: a traceback, a line of error spread over several lines, a
 file written outside the case's own folder, a file the user had changed without being asked.
 It prints a markdown table ``input | expected | got`` and the number of mismatches, and exits
-with status 1 when a mismatch is not marked as fixed elsewhere.
+with status 1 on a mismatch.
 
     make sweep                       # or: python scripts/hostile_sweep.py
     python scripts/hostile_sweep.py -k retrieve --show-errors
@@ -38,7 +38,6 @@ import numpy as np
 from vallayz.errors import VallayzUserError
 
 # A case whose fix belongs to another change under way: its mismatch is shown and counted apart.
-ELSEWHERE = "expected-fixed-elsewhere"
 
 
 @dataclass
@@ -54,7 +53,6 @@ class Case:
         says: Text the error line (or, with exit 0, the standard output) must contain.
         env: Environment variables set for the case.
         may_change: Input files (relative to the case folder) the case may rewrite.
-        elsewhere: The fix belongs to another change; a mismatch is marked, not hidden.
         stdout_clean: The standard output must hold no control character (ESC, BEL, ...).
     """
 
@@ -64,7 +62,6 @@ class Case:
     says: str = ""
     env: dict[str, str] = field(default_factory=dict)
     may_change: tuple[str, ...] = ()
-    elsewhere: bool = False
     stdout_clean: bool = False
 
     @property
@@ -329,9 +326,9 @@ def _damaged_run_cases() -> list[Case]:
     ev = ["eval", "{run}", "{data}", "--pool", "10", "--output", "e.json"]
 
     def damage(
-        name: str, change: Callable[[Path], object], says: str, elsewhere: bool = False
+        name: str, change: Callable[[Path], object], says: str
     ) -> tuple[Case, Callable[[Path], object]]:
-        case = Case(f"eval with {name}", ev, 2, says, elsewhere=elsewhere, may_change=("run",))
+        case = Case(f"eval with {name}", ev, 2, says, may_change=("run",))
         return case, change
 
     found = [
@@ -442,11 +439,11 @@ def _has(module: str) -> bool:
 
 
 def _check_cases() -> list[Case]:
-    def data_with(name: str, change: Callable[[Path], object], code: int, says: str,
-                  elsewhere: bool = False) -> Case:  # fmt: skip
+    def data_with(name: str, change: Callable[[Path], object], code: int,
+                  says: str) -> Case:  # fmt: skip
         DAMAGES[f"check {name}"] = lambda case: change(case.parent / "data")
         return Case(f"check {name}", ["{damage}", "check", "{data}"], code, says,
-                    may_change=("data",), elsewhere=elsewhere)  # fmt: skip
+                    may_change=("data",))  # fmt: skip
 
     def save(file: str, array: Any) -> Callable[[Path], object]:
         return lambda data: np.save(data / file, array, allow_pickle=True)
@@ -868,7 +865,7 @@ def _cell(text: str, width: int = 150) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the sweep and prints its table; returns 1 on a mismatch not marked elsewhere."""
+    """Runs the sweep and prints its table; returns 1 on a mismatch."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", dest="only", help="only cases whose name contains this text")
     parser.add_argument("--show-errors", action="store_true", help="print each case's stderr")
@@ -886,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         (inputs / "outside").symlink_to(outside)
         cases = [c for c in all_cases(root) if not args.only or args.only in c.name]
         rows = ["| # | input | expected | got | |", "|---|---|---|---|---|"]
-        mismatches = elsewhere = 0
+        mismatches = 0
         for number, case in enumerate(cases, start=1):
             scratch = root / f"scratch{number}"
             scratch.mkdir()
@@ -894,11 +891,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
             verdict = "ok"
             if outcome.problems:
-                verdict = ELSEWHERE if case.elsewhere else "**MISMATCH**"
-                if case.elsewhere:
-                    elsewhere += 1
-                else:
-                    mismatches += 1
+                verdict = "**MISMATCH**"
+                mismatches += 1
                 verdict += ": " + "; ".join(outcome.problems)
             rows.append(
                 f"| {number} | {_cell(case.name, 70)} | {_cell(case.expected, 60)} | "
@@ -910,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {number} {case.name} ({outcome.seconds:.1f} s)\n{outcome.stderr}",
                       file=sys.stderr)  # fmt: skip
     summary = (
-        f"{len(cases)} inputs, {mismatches} mismatches, {elsewhere} {ELSEWHERE} "
+        f"{len(cases)} inputs, {mismatches} mismatches "
         f"({time.perf_counter() - started:.0f} s)"
     )
     table = "\n".join(rows)
