@@ -904,8 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {number} {case.name} ({outcome.seconds:.1f} s)\n{outcome.stderr}",
                       file=sys.stderr)  # fmt: skip
     summary = (
-        f"{len(cases)} inputs, {mismatches} mismatches "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"{len(cases)} inputs, {mismatches} mismatches ({time.perf_counter() - started:.0f} s)"
     )
     table = "\n".join(rows)
     print(table)
