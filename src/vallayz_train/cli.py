@@ -756,7 +756,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="training seed (initialisation, batch order, dropout); the split stays the same",
     )
-    p.add_argument("--modes", nargs="+", choices=["soil", "bridged"], default=["soil"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["soil", "bridged", "translate"],
+        default=["soil"],
+        help="retrieval paths scored; each variant on those its method serves (the contrastive "
+        "heads: soil; the pairwise MLPs: translate, queries decoded into the target's native "
+        "space)",
+    )
     p.add_argument(
         "--split",
         choices=["val", "test"],
