@@ -100,7 +100,8 @@ def build_data(
     """Encodes the corpus into a data directory; returns it and the "novel" test rows.
 
     ``speech_items`` rows, drawn at random from every split, get synthesized speech: a count
-    (an ``int``) or a fraction of the rows (a ``float`` in (0, 1]); the others have none.
+    (an ``int``) or a fraction of the rows (a ``float`` in (0, 1]); the others have none. With
+    no speech rows (``0``) the folder has no speech modality and nothing is synthesized.
     """
     speech_items = speech_amount(speech_items)
     speech_workers = check_workers(speech_workers)
@@ -125,21 +126,29 @@ def build_data(
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
-    frames = encode_speech(
-        lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
-    )
-    speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
-    speech[speech_rows] = frames
+    arrays = {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}
+    present = {}
+    if lines:
+        log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
+        frames = encode_speech(
+            lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
+        )
+        arrays["speech"] = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
+        arrays["speech"][speech_rows] = frames
+        present["speech"] = has_speech
+    else:
+        # No speech rows: the folder has no speech modality (and nothing is synthesized).
+        log("speech: none, the folder holds bo and en only")
 
     items = corpus.items({"text_en": corpus.en, "text_bo": corpus.bo, "text_speech": corpus.bo})
     write_paired_embeddings(
         data_dir,
-        {"bo": bo.astype(np.float32), "en": english.astype(np.float16), "speech": speech},
+        arrays,
         items,
-        present={"speech": has_speech},
+        present=present,
         tokens={"bo": bo_tokens},
         node_ids={"bo": bo_syllables},
     )
-    write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
+    if lines:
+        write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
     return data_dir, {"novel": corpus.novel().tolist()}
