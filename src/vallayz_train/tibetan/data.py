@@ -126,15 +126,16 @@ def build_data(
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    arrays = {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}
-    present = {}
+    arrays: dict[str, np.ndarray] = {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}
+    present: dict[str, np.ndarray] = {}
     if lines:
         log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
         frames = encode_speech(
             lines, speech_kind, speech_nodes, speech_pooling, cache, progress, speech_workers
         )
-        arrays["speech"] = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
-        arrays["speech"][speech_rows] = frames
+        speech = np.zeros((len(corpus), *frames.shape[1:]), dtype=np.float16)
+        speech[speech_rows] = frames
+        arrays["speech"] = speech
         present["speech"] = has_speech
     else:
         # No speech rows: the folder has no speech modality (and nothing is synthesized).
