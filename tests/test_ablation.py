@@ -118,6 +118,30 @@ def test_a_variant_is_the_same_trainer_run_and_is_reused(
     assert test[1]["test R@1"] == next(r["R@1"] for r in want if r["pool"] == "5")
 
 
+def test_each_variant_is_scored_on_the_paths_its_method_serves(tmp_path: Path) -> None:
+    """IMPN on the soil and translation paths; the heads on soil alone; the pairwise MLPs, which
+    have no shared space, on translation alone."""
+    from vallayz_train.tibetan.ablations import MLP_REFERENCE
+
+    data = write_synthetic(tmp_path / "data", rows=80, groups=16)
+    spec = AblationSpec(
+        steps=2, batch_size=16, pairs=[(("text",), "image")], pool=5, modes=("soil", "translate")
+    )
+    names = ["decode from the sources", REFERENCE, MLP_REFERENCE]
+    variants = {name: VARIANTS[name] for name in names}
+    table = run_ablation(
+        data, tmp_path / "ab", spec, variants, model_defaults=SMALL, progress=False
+    )
+    assert [(r["variant"], r["mode"]) for r in table] == [
+        (names[0], "soil"),
+        (names[0], "translate"),
+        (REFERENCE, "soil"),
+        (MLP_REFERENCE, "translate"),
+    ]
+    config = json.loads((tmp_path / "ab" / "decode-from-the-sources" / "config.json").read_text())
+    assert config["decode_from"] == "sources"
+
+
 def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -160,3 +160,14 @@ def test_mean_over_present_ignores_absent_rows_even_with_nan() -> None:
     present = {"a": torch.tensor([True, False, True]), "b": torch.tensor([True, True, False])}
     expected = torch.tensor([[2.0, 3.0], [2.0, 4.0], [3.0, 3.0]])
     torch.testing.assert_close(mean_over_present({"a": a, "b": b}, present), expected)
+
+
+def test_mean_of_present_sources_is_zero_in_rows_without_any() -> None:
+    from vallayz.functional import mean_of_present_sources
+
+    a = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [3.0, 3.0]])
+    b = torch.tensor([[3.0, 4.0], [float("inf"), 1.0], [5.0, 5.0]])
+    present = {"a": torch.tensor([True, False, True]), "b": torch.tensor([True, False, False])}
+    mean, any_present = mean_of_present_sources({"a": a, "b": b}, present)
+    torch.testing.assert_close(mean, torch.tensor([[2.0, 3.0], [0.0, 0.0], [3.0, 3.0]]))
+    assert any_present.tolist() == [True, False, True]

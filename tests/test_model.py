@@ -375,3 +375,115 @@ def test_clean_variants_draw_no_noise() -> None:
     model.sigma_scale = 1.0
     model(tri_modal_inputs(3), generator=generator)
     assert not torch.equal(generator.get_state(), before)
+
+
+def test_default_translation_at_init_reads_a_constant_not_the_source() -> None:
+    """The diagnosis behind ``decode_from`` and ``absent_init="pool"``: with the bridge starting
+    as the identity, an absent target's nodes hold their seed whatever the row holds, so the
+    default translation starts as one vector for every row; reading the sources, or starting
+    the absent nodes from them, makes it depend on the source from the first step."""
+    x = tri_modal_inputs(4)["text"]
+    rows = {}
+    for decode_from, absent_init in [("target", "seed"), ("sources", "seed"), ("target", "pool")]:
+        torch.manual_seed(0)
+        model = IMPN(
+            tiny_config(zero_init_residual=True, decode_from=decode_from, absent_init=absent_init)
+        ).eval()
+        rows[decode_from, absent_init] = model.translate(x, source="text", target="image")
+    same = rows["target", "seed"]
+    torch.testing.assert_close(same, same[:1].expand_as(same))
+    for key in [("sources", "seed"), ("target", "pool")]:
+        assert (rows[key][1:] - rows[key][:1]).abs().amax(dim=1).min() > 1e-3, key
+
+
+@pytest.mark.parametrize("zero_init_residual", [False, True])
+def test_translation_from_the_sources_is_the_target_decoder_on_the_source_embedding(
+    zero_init_residual: bool,
+) -> None:
+    """One source: ``decode_from="sources"`` decodes the source's shared-space embedding with the
+    target's decoder; ``"both"`` adds the absent target's own pooled state to it."""
+    x = tri_modal_inputs(3)["text"]
+    sources = IMPN(tiny_config(zero_init_residual=zero_init_residual, decode_from="sources"))
+    both = IMPN(tiny_config(zero_init_residual=zero_init_residual, decode_from="both"))
+    both.load_state_dict(sources.state_dict())
+    sources.eval(), both.eval()
+    with torch.no_grad():
+        embedded = sources.embed(x, "text")
+        torch.testing.assert_close(
+            sources.translate(x, source="text", target="image"), sources.decoders["image"](embedded)
+        )
+        target_state = both.embed(x, "text", target="image")
+        torch.testing.assert_close(
+            both.translate(x, source="text", target="image"),
+            both.decoders["image"](target_state + embedded),
+        )
+        # Present modalities decode their own state whatever decode_from says.
+        default = IMPN(tiny_config(zero_init_residual=zero_init_residual))
+        default.load_state_dict(sources.state_dict())
+        inputs = tri_modal_inputs(3)
+        for name, value in default.eval()(inputs).decoded.items():
+            torch.testing.assert_close(sources(inputs).decoded[name], value)
+
+
+def test_translation_from_the_sources_averages_the_present_ones_per_row() -> None:
+    """Two sources with one missing in some rows: the decoder reads the mean of the pooled
+    states of the sources each row holds."""
+    model = IMPN(tiny_config(decode_from="sources")).eval()
+    x = tri_modal_inputs(4)
+    given = {m: x[m] for m in ("text", "audio")}
+    present = {"text": torch.tensor([True, True, False, True])}
+    present["audio"] = torch.tensor([True, False, True, True])
+    batch = Batch.of(given, present=present)
+    with torch.no_grad():
+        out = model(batch)
+        mean = [(out.soil["text"][i] + out.soil["audio"][i]) / 2 for i in (0, 3)]
+        expected = torch.stack([mean[0], out.soil["text"][1], out.soil["audio"][2], mean[1]])
+        torch.testing.assert_close(out.decoded["image"], model.decoders["image"](expected))
+        torch.testing.assert_close(model.translate(batch, target="image"), out.decoded["image"])
+
+
+def test_pool_init_starts_absent_nodes_from_the_sources_pooled_state() -> None:
+    """``absent_init="pool"``: with the bridge the identity, an absent modality's state is the
+    final norm of its seed plus the mean of the present modalities' pooled initial states; a
+    pass with every message blocked keeps the seed."""
+    model = IMPN(tiny_config(zero_init_residual=True, absent_init="pool", layers=1)).eval()
+    x = tri_modal_inputs(3)
+    given = {m: x[m] for m in ("text", "audio")}
+    with torch.no_grad():
+        states = {
+            m: model.adapters[m](v).reshape(3, -1, 16).mean(dim=1) + model.modality_embedding[m]
+            for m, v in given.items()
+        }
+        start = model.seeds["image"] + model.modality_embedding["image"]
+        start = start + (states["text"] + states["audio"]) / 2
+        torch.testing.assert_close(model(given).soil["image"], model.norm(start))
+        isolated = model(given, isolate=True).soil["image"]
+        torch.testing.assert_close(isolated, isolated[:1].expand_as(isolated))
+        # Present modalities are not touched by it.
+        seeded = IMPN(tiny_config(zero_init_residual=True, layers=1)).eval()
+        seeded.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model(x).soil["text"], seeded(x).soil["text"])
+
+
+@pytest.mark.parametrize("decode_from", ["sources", "both"])
+def test_translation_term_trains_the_source_adapter_through_the_target_decoder(
+    decode_from: str,
+) -> None:
+    model = IMPN(tiny_config(decode_from=decode_from, absent_init="pool"))
+    x = tri_modal_inputs(6)
+    generator = torch.Generator().manual_seed(0)
+    out = IMPNLoss(drop_rate=0.5)(model, x, generator)
+    assert torch.isfinite(out.total) and out.terms["translation"] > 0
+    out.terms["translation"].backward()
+    for name in ("adapters.text.down.weight", "decoders.image.up.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_decode_from_is_validated_and_saved(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="decode_from must be one of"):
+        tiny_config(decode_from="native")
+    model = IMPN(tiny_config(decode_from="both", absent_init="pool"))
+    model.save_pretrained(tmp_path)
+    loaded = IMPN.from_pretrained(tmp_path)
+    assert (loaded.config.decode_from, loaded.config.absent_init) == ("both", "pool")

@@ -222,3 +222,39 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
     np.testing.assert_allclose(recorded, stored.astype(np.float32), atol=0.05)
     assert main(["translate-text", str(out / "impn"), "--audio", str(wav), "--k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
+
+
+def test_a_data_folder_without_speech_rows_has_no_speech_modality(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_data(..., speech_items=0)`` synthesizes nothing (espeak-ng is not needed) and
+    writes bo and en only; the encoders are stubbed."""
+    from vallayz.data import PairedEmbeddings
+    from vallayz_train.tibetan import data as tibetan_data
+
+    segments = [(f"d{i % 9}", f"བོད{i}", f"line {i}") for i in range(60)]
+    monkeypatch.setattr(tibetan_data, "read_segments", lambda path: segments)
+
+    class Stub:
+        def fit(self, lines: list[str], seed: int = 0) -> Stub:
+            return self
+
+        def save(self, folder: Path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def tibetan(lines: list[str], *args: object) -> tuple[np.ndarray, ...]:
+        count = len(lines)
+        return np.ones((count, 4)), np.zeros((count, 3), int), np.zeros((count, 2), int)
+
+    def no_speech(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing to synthesize")
+
+    monkeypatch.setattr(tibetan_data, "TibetanEncoder", Stub)
+    monkeypatch.setattr(tibetan_data, "encode_tibetan", tibetan)
+    monkeypatch.setattr(tibetan_data, "english_encoder", lambda device: None)
+    monkeypatch.setattr(
+        tibetan_data, "cached_encode", lambda name, texts, *a, **k: np.ones((len(texts), 3))
+    )
+    monkeypatch.setattr(tibetan_data, "encode_speech", no_speech)
+    folder, _ = tibetan_data.build_data(tmp_path, None, None, 0, progress=False, log=print)
+    assert PairedEmbeddings(folder).modalities == {"bo": 4, "en": 3}

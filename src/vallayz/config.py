@@ -22,7 +22,8 @@ for a larger model."""
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
-_ABSENT_INITS = ("seed", "attend")
+_ABSENT_INITS = ("seed", "attend", "pool")
+_DECODE_FROM = ("target", "sources", "both")
 _FLAGS = (
     "zero_init_residual",
     "zero_init_adapters",
@@ -110,8 +111,17 @@ class IMPNConfig:
     # LayerNorm on the node states after the last bridge layer; false reads them as they are.
     final_norm: bool = True
     # Initial state of an absent modality's nodes: "seed" (one learned state per modality,
-    # whatever the row holds) or "attend" (the seed plus attention over the row's present nodes).
+    # whatever the row holds), "attend" (the seed plus attention over the row's present nodes,
+    # through a projection that starts at zero) or "pool" (the seed plus the mean over the row's
+    # present modalities of their pooled initial states, so that the absent nodes start from
+    # what the sources hold; a pass with messages blocked keeps the seed).
     absent_init: str = "seed"
+    # What an absent modality's decoder reads (translation, and the translation and cycle
+    # terms): "target" (the pooled state its own nodes reach by message passing), "sources"
+    # (the mean of the present modalities' pooled soil states: the shared-space translation) or
+    # "both" (their sum, a skip from the sources to the decoder). A present modality's decoder
+    # reads its own pooled state in every case.
+    decode_from: str = "target"
     # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
     # (IMPN.match), trained by the "rerank" loss term with hard negatives.
     match_head: bool = False
@@ -175,6 +185,8 @@ class IMPNConfig:
             raise ValueError(
                 f"absent_init must be one of {_ABSENT_INITS}, got {self.absent_init!r}"
             )
+        if self.decode_from not in _DECODE_FROM:
+            raise ValueError(f"decode_from must be one of {_DECODE_FROM}, got {self.decode_from!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if isinstance(self.sigma, dict):

@@ -204,6 +204,35 @@ def mean_over_present(values: Mapping[str, Tensor], present: Mapping[str, Tensor
     return total / count
 
 
+def mean_of_present_sources(
+    values: Mapping[str, Tensor], present: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Per row, the mean of the vectors of the modalities present in that row, and zero where
+    none is (unlike :func:`mean_over_present`, which needs one in every row).
+
+    Args:
+        values: Modality → vectors ``[B, d]`` (one space for all modalities); at least one.
+        present: Modality → ``[B]`` bool.
+
+    Returns:
+        The means ``[B, d]`` and ``[B]`` bool, whether the row holds any present modality.
+
+    Shape:
+        ``{m: [B, d]}``, ``{m: [B]}`` → ``[B, d]``, ``[B]``.
+    """
+    if not values:
+        raise ValueError("mean_of_present_sources needs at least one modality")
+    first = next(iter(values.values()))
+    total = torch.zeros_like(first)
+    count = first.new_zeros(first.shape[0], 1)
+    for name, x in values.items():
+        weight = present[name].to(device=x.device)[:, None]
+        # where(), not a product: an absent row may hold NaN or Inf.
+        total = total + torch.where(weight, x, torch.zeros_like(x))
+        count = count + weight.to(x.dtype)
+    return total / count.clamp_min(1.0), count[:, 0] > 0
+
+
 def hashed_bag_mean(table: Tensor, ids: Tensor) -> Tensor:
     """Per row, the mean of the table rows of its hashed feature ids (``-1`` = padding).
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig
 from vallayz.errors import VallayzUserError
-from vallayz.functional import masked_mean, mean_over_present
+from vallayz.functional import masked_mean, mean_of_present_sources, mean_over_present
 from vallayz.impn_loss import IMPNObjective
 from vallayz.layers import (
     AbsentInit,
@@ -77,7 +77,9 @@ class IMPNOutput:
         nodes: Per-node soil states ``[B, T_m, soil_dim]``.
         node_mask: ``[B, T_m]``, ``True`` for real nodes (an absent row has one seed node).
         present: ``[B]`` presence mask of every modality of the model.
-        decoded: Native-space reconstruction per modality ``[B, d_m]``.
+        decoded: Native-space vector per modality ``[B, d_m]``: a present modality's decoded
+            pooled state; an absent one's decoded from what ``IMPNConfig.decode_from`` names
+            (its own pooled state, the present sources' mean, or their sum).
         gates: Gate weights per bridge layer, when asked for.
         messages: ``(noisy, clean)`` aggregated messages per bridge layer ``[B, N, d]``, when
             asked for (denoising loss).
@@ -550,12 +552,25 @@ class IMPN(nn.Module):
 
     def _init_absent(self, nodes: _Nodes, senders: Tensor | None) -> Tensor:
         """Initial states: with ``absent_init="attend"``, absent nodes add what they read from
-        the senders to their seed; otherwise the encoded states as they are."""
+        the senders to their seed; with ``"pool"``, the mean over the row's present modalities
+        of their pooled initial states; with ``"seed"``, or with every message blocked
+        (``senders=None``), the encoded states as they are."""
+        absent = ~nodes.present_node
+        if self.config.absent_init == "pool":
+            if senders is None:
+                return nodes.states
+            pooled = {
+                name: masked_mean(
+                    nodes.states[:, begin:stop], (nodes.pooled & nodes.present_node)[:, begin:stop]
+                )
+                for name, (begin, stop) in nodes.spans.items()
+            }
+            sources, _ = mean_of_present_sources(pooled, nodes.present)
+            return torch.where(absent[..., None], nodes.states + sources[:, None], nodes.states)
         if self.absent_init is None:
             return nodes.states
         alone = torch.zeros_like(nodes.real) if senders is None else senders
         increment = self.absent_init(nodes.states, alone)
-        absent = ~nodes.present_node
         return torch.where(absent[..., None], nodes.states + increment, nodes.states)
 
     def _noise(self, sample: bool, nodes: _Nodes) -> Tensor | None:
@@ -608,15 +623,47 @@ class IMPN(nn.Module):
 
     def _read_out(self, states: Tensor, nodes: _Nodes, decode: bool) -> IMPNOutput:
         """Per modality: its nodes, their mask, the pooled soil state and (when ``decode``) its
-        native-space reconstruction."""
+        native-space vector, decoded from what ``config.decode_from`` names."""
         out_nodes, out_mask, soil, decoded = {}, {}, {}, {}
         for name, (begin, stop) in nodes.spans.items():
             out_nodes[name] = states[:, begin:stop]
             out_mask[name] = nodes.real[:, begin:stop]
             soil[name] = masked_mean(out_nodes[name], nodes.pooled[:, begin:stop])
-            if decode:
-                decoded[name] = self.decoders[name](soil[name])
+        if decode:
+            decoded = {
+                name: self.decoders[name](read)
+                for name, read in self._decoder_inputs(soil, nodes.present).items()
+            }
         return IMPNOutput(soil, out_nodes, out_mask, nodes.present, decoded)
+
+    def _decoder_inputs(
+        self, soil: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """What each modality's decoder reads: its pooled state, and in the rows where it is
+        absent and some other modality present, the sources' mean pooled state instead
+        (``decode_from="sources"``) or added to it (``"both"``).
+
+        Shape:
+            ``{m: [B, d]}``, ``{m: [B]}`` → ``{m: [B, d]}``.
+        """
+        if self.config.decode_from == "target":
+            return soil
+        reads = {}
+        for name in soil:
+            others = [m for m in soil if m != name]
+            if not others:
+                # A pass over one modality alone (``modalities=[name]``): no other source.
+                reads[name] = soil[name]
+                continue
+            sources, any_source = mean_of_present_sources(
+                {m: soil[m] for m in others}, {m: present[m] for m in others}
+            )
+            use = (~present[name] & any_source)[:, None]
+            if self.config.decode_from == "sources":
+                reads[name] = torch.where(use, sources, soil[name])
+            else:
+                reads[name] = soil[name] + torch.where(use, sources, torch.zeros_like(sources))
+        return reads
 
     # ------------------------------------------------------------------ convenience API
     def _sources(
@@ -787,7 +834,9 @@ class IMPN(nn.Module):
             seed: Seed of the ensemble's random generator.
 
         Returns:
-            Native ``target`` vectors ``[B, d_target]``.
+            Native ``target`` vectors ``[B, d_target]``: ``target``'s decoder applied to what
+            ``IMPNConfig.decode_from`` names (the state its absent nodes reach by message
+            passing, the sources' pooled soil states, or their sum).
         """
         batch = self._sources(x, source, present, padding)
         self._check_target(batch, target)

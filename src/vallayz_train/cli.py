@@ -729,11 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=["soil", "bridged", "fused"],
+        choices=["soil", "bridged", "fused", "translate"],
         default=["soil"],
-        help="IMPN retrieval paths scored: soil (sources embedded alone, averaged: late "
-        "fusion), bridged, fused (several sources in one message-passing pass; multi-source "
-        "pairs only)",
+        help="retrieval paths scored, each variant on those its method serves: soil (sources "
+        "embedded alone, averaged: late fusion), bridged, fused (several sources in one "
+        "message-passing pass; multi-source pairs only), translate (queries decoded into the "
+        "target's native space; the pairwise MLPs serve only this one)",
     )
     p.add_argument(
         "--split",

@@ -40,7 +40,7 @@ class DataChange(Protocol):
 
 
 # The retrieval paths an ablation scores (``--modes``).
-ABLATION_MODES = ("soil", "bridged", "fused")
+ABLATION_MODES = ("soil", "bridged", "fused", "translate")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ class AblationSpec:
     pairs: list[Pair] = field(default_factory=list)
     # Candidate pool size of the validation retrieval.
     pool: int = 1000
-    # IMPN retrieval paths scored ("soil", "bridged", "fused"; "fused" on multi-source pairs).
+    # Retrieval paths scored ("soil", "bridged", "fused" on multi-source pairs, "translate");
+    # each method is scored on those it serves.
     modes: tuple[str, ...] = ("soil",)
     # Candidates re-scored per query by variants with a match head.
     rerank_depth: int = 50
@@ -253,7 +254,10 @@ def score_variant(
         absent = drop_sources({m: data.present[m] for m in sources}, spec.missing)
         view = PerturbedView(data, absent=absent)
         views.append((f", {spec.missing * 100:g}% missing", view, several))
-    modes = [m for m in spec.modes if m in model.capabilities.modes] or ["soil"]
+    # The paths asked for that the method serves (the heads: soil; the MLPs: translate), or
+    # its first path when it serves none of them.
+    served = model.capabilities.modes
+    modes = [mode for mode in spec.modes if mode in served] or [served[0]]
     rows = [
         {**row, "target": f"{row['target']}{suffix}", "mode": mode}
         for mode in modes

@@ -2,8 +2,8 @@
 noise sigma, top-k, GRU vs residual update, Tibetan syllables as nodes, the speech modality on
 or off, speech as frame nodes or one pooled node, the speech features, loss terms, pair
 weighting, learning rates, n-gram tables, bridge-layer initialisation, parts of the encoder
-path left out (bridge attention, bridge feed-forward, final norm), and the contrastive heads as
-the reference.
+path left out (bridge attention, bridge feed-forward, final norm), what the decoded translation
+reads, and the contrastive heads and the pairwise MLPs as the references.
 
 Each variant is a :class:`~vallayz_train.bench.ablation.Variant`; the speech changes are
 :class:`~vallayz_train.bench.ablation.DataChange` objects that build a linked copy of the data
@@ -193,6 +193,19 @@ VARIANTS: dict[str, Variant] = {
         }
     ),
 }
+# What IMPN's decoded translation (into the target's native space) reads, one change each: the
+# decoder reads the sources' pooled soil state instead of the absent target's (the shared-space
+# translation), or both summed (a skip from the sources to the decoder); the absent target's
+# nodes start from the sources' pooled state instead of a constant seed; the translation term
+# weighed three times. "random-init bridge layers" (above) is the non-zero start of the
+# cross-modal output projections (with the attention and feed-forward branches).
+TRANSLATION_VARIANTS: dict[str, Variant] = {
+    "decode from the sources": Variant({"decode_from": "sources"}),
+    "decode from target and sources": Variant({"decode_from": "both"}),
+    "absent init: pool": Variant({"absent_init": "pool"}),
+    "translation weight 3": Variant(train={"loss_weights": {"translation": 3.0}}),
+}
+VARIANTS.update(TRANSLATION_VARIANTS)
 # Parts of the isolated encoder path (adapters, bridge layers, final norm) left out: with every
 # loss term, and with InfoNCE alone from random bridge layers (the encoder-capacity probe).
 ENCODER_PARTS: dict[str, dict[str, Any]] = {
@@ -216,6 +229,10 @@ for _name, _change in ENCODER_PARTS.items():
 # with the changes of these IMPN variants, named "<REFERENCE>, <variant>" (of the model
 # changes, only token_buckets applies to the heads).
 VARIANTS[REFERENCE] = Variant(method="contrastive-heads")
+# Not IMPN either: one MLP per ordered pair of modalities (the same front end and budget), the
+# reference of the translation path.
+MLP_REFERENCE = "pairwise MLP (reference)"
+VARIANTS[MLP_REFERENCE] = Variant(method="mlp-translator")
 for _name in (
     "lr=3e-3",
     "front-end lr=1e-2",

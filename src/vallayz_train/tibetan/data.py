@@ -100,7 +100,8 @@ def build_data(
     """Encodes the corpus into a data directory; returns it and the "novel" test rows.
 
     ``speech_items`` rows, drawn at random from every split, get synthesized speech: a count
-    (an ``int``) or a fraction of the rows (a ``float`` in (0, 1]); the others have none.
+    (an ``int``) or a fraction of the rows (a ``float`` in (0, 1]); the others have none. With
+    no speech rows (``0``) the folder has no speech modality and nothing is synthesized.
     """
     speech_items = speech_amount(speech_items)
     speech_workers = check_workers(speech_workers)
