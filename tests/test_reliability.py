@@ -15,8 +15,8 @@ from synthetic import write_synthetic
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import DivergenceError, VallayzUserError
-from vallayz_train import cli
 from vallayz_train.cli import main
+from vallayz_train.commands import check
 from vallayz_train.config import TrainConfig
 from vallayz_train.trainer import fit
 
@@ -55,7 +55,7 @@ def test_a_user_error_exits_2_and_a_bug_shows_its_traceback(
     def broken(args: object) -> int:
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "_cmd_check", broken)
+    monkeypatch.setattr(check, "run", broken)
     assert main(["check", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "an internal invariant broke" in err and "fault in vallayz" in err

@@ -1,0 +1,163 @@
+"""``vallayz retrieve``: the nearest candidates of another modality, optionally re-ranked."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vallayz_train.commands.shared import check_data_fits, check_modality, load_run
+from vallayz_train.options import (
+    UsageError,
+    check_positive,
+    read_array,
+    rerank_options,
+    visible,
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``vallayz retrieve`` and its options.
+
+    Args:
+        subparsers: the subcommands of ``vallayz``.
+    """
+    p = subparsers.add_parser("retrieve", help="nearest candidates of another modality")
+    p.add_argument("run")
+    p.add_argument("--source", required=True)
+    p.add_argument("--target", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--query-ids", dest="query_ids", nargs="+", help="ids of rows in the candidates directory"
+    )
+    group.add_argument("--input", help=".npy of query embeddings of the source modality")
+    p.add_argument("--candidates", required=True, help="data directory holding the candidates")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--index",
+        default="exact",
+        choices=["exact", "ivf", "hnsw"],
+        help="search: exact (every candidate scored), or an approximate index (ivf, hnsw; needs "
+        "pip install 'vallayz[index]'); built once and saved in the run folder",
+    )
+    rerank_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``vallayz retrieve``.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status, 0.
+    """
+    import torch
+
+    from vallayz.data import PairedEmbeddings
+    from vallayz.types import Batch
+    from vallayz_train.run_folder import candidate_index
+
+    check_positive(args.k, "--k")
+    if args.rerank < 0:
+        raise UsageError(f"--rerank must be >= 0 (0: no re-ranking), got {args.rerank}")
+    model = load_run(args.run, args.device)
+    check_modality(model, args.source, "--source")
+    check_modality(model, args.target, "--target")
+    data = PairedEmbeddings(args.candidates)
+    for option, name in (("--source", args.source), ("--target", args.target)):
+        if name not in data.modalities:
+            raise UsageError(
+                f"{option} {name!r} is not in {args.candidates}; it has {sorted(data.modalities)}"
+            )
+    check_data_fits(model, data, args.candidates)
+    candidate_rows = np.flatnonzero(data.present[args.target])
+    if args.k > len(candidate_rows):
+        raise UsageError(
+            f"--k {args.k} is larger than the pool: {args.candidates} has "
+            f"{len(candidate_rows)} {args.target} candidates"
+        )
+    if args.input:
+        x = torch.from_numpy(read_array(args.input, model.config.modalities[args.source]))
+        if x.shape[0] == 0:
+            raise UsageError(f"--input {args.input} holds no rows; give at least one query")
+        queries = Batch.of({args.source: x})
+        labels = [f"row {i}" for i in range(x.shape[0])]
+    else:
+        ids = {item["id"]: i for i, item in enumerate(data.items)}
+        unknown = [q for q in args.query_ids if q not in ids]
+        if unknown:
+            raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
+        rows = np.array([ids[q] for q in args.query_ids])
+        absent = [
+            q for q, r in zip(args.query_ids, rows, strict=True) if not data.present[args.source][r]
+        ]
+        if absent:
+            raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
+        queries = data.batch(rows, [args.source])  # with its tokens, if the data has any
+        labels = list(args.query_ids)
+    with torch.no_grad():
+        q = model.embed(queries)
+    index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
+    found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
+    top_scores, top_indices = (
+        _rerank_retrieved(args, data, queries, candidate_rows, found[1])
+        if args.rerank
+        else (list(found[0]), list(found[1]))
+    )
+    keys = data.keys(args.target)
+    for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
+        print(f"query {visible(label)}:")
+        for rank, (score, index) in enumerate(
+            zip(scores.tolist(), indices.tolist(), strict=True), start=1
+        ):
+            row = int(candidate_rows[index])
+            print(f"  {rank}. {visible(data.items[row]['id'])}\t{score:.4f}\t{visible(keys[row])}")
+    return 0
+
+
+def _rerank_retrieved(
+    args: argparse.Namespace,
+    data: Any,
+    queries: Any,
+    candidate_rows: np.ndarray,
+    top_indices: Any,
+) -> tuple[list[Any], list[Any]]:
+    """``retrieve --rerank N``: each query's N best first-stage candidates re-scored by the
+    re-ranker (``RUN/reranker`` or ``--reranker``); returns each query's k best scores and
+    candidate indices."""
+    import torch
+
+    from vallayz.reranker import SideContent
+    from vallayz_train.tibetan.rerank import load_reranker, rows_content
+
+    reranker = load_reranker(args.reranker or args.run)
+    side = reranker.config.query
+    if (side.modality, reranker.config.candidate.modality) != (args.source, args.target):
+        raise UsageError(
+            f"the re-ranker scores {side.modality} -> {reranker.config.candidate.modality}, "
+            f"not {args.source} -> {args.target}"
+        )
+    if args.input and (side.id_buckets or side.state_dim):
+        raise UsageError("--rerank reads the query's tokens; name the queries with --query-ids")
+    ids = {item["id"]: r for r, item in enumerate(data.items)}
+    scores, indices = [], []
+    with torch.no_grad():
+        for i, found in enumerate(top_indices):
+            top = found[found >= 0]  # an approximate index may find fewer
+            rows = candidate_rows[top.numpy()]
+            if args.input:
+                query = SideContent(queries.embeddings[args.source][i : i + 1].float())
+                query = query.take(torch.zeros(len(rows), dtype=torch.long))
+            else:
+                query = rows_content(data, side, np.full(len(rows), ids[args.query_ids[i]]))
+            candidates = rows_content(data, reranker.config.candidate, rows)
+            score = reranker(query, candidates)
+            best = score.argsort(descending=True, stable=True)[: args.k]
+            scores.append(score[best])
+            indices.append(top[best])
+    return scores, indices
