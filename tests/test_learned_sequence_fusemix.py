@@ -194,6 +194,23 @@ def test_fusemix_clamps_its_learned_temperature(start: float) -> None:
     assert model.temperature.grad is not None
 
 
+def test_fusemix_with_a_fixed_temperature_trains_everything_else() -> None:
+    config = BaselineConfig(
+        "fusemix", dict(DIMS), dim=8, mixup=False, dropout=0.0, learn_temperature=False
+    )
+    model = FuseMix(config)
+    x = tri_modal_inputs(6)
+    out = model.objective(LossSettings())(Batch.of({"text": x["text"], "image": x["image"]}))
+    expected = info_nce(
+        model.adapters["text"](x["text"]), model.adapters["image"](x["image"]), 0.07
+    )
+    torch.testing.assert_close(out.total, expected)
+    out.total.backward()
+    assert model.temperature.grad is None and not model.temperature.requires_grad
+    trained = [*model.adapters["text"].parameters(), *model.adapters["image"].parameters()]
+    assert all(p.grad is not None for p in trained)
+
+
 def test_fusemix_adapter_is_residual_blocks_then_norm_and_map() -> None:
     config = BaselineConfig("fusemix", {"a": 4, "b": 6}, dim=5, depth=0)
     model = FuseMix(config).eval()

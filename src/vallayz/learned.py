@@ -113,6 +113,8 @@ class BaselineConfig:
     dropout: float = 0.1
     # fusemix: latent mixup in training, one lambda ~ Beta(1, 1) per batch.
     mixup: bool = True
+    # fusemix: learn the temperature (from ``temperature``); False keeps it fixed there.
+    learn_temperature: bool = True
     # Version of the checkpoint schema.
     schema_version: int = 1
 
@@ -783,7 +785,9 @@ class FuseMix(_Baseline):
                 for m, d in config.modalities.items()
             }
         )
-        self.temperature = nn.Parameter(torch.tensor(float(config.temperature)))
+        self.temperature = nn.Parameter(
+            torch.tensor(float(config.temperature)), requires_grad=config.learn_temperature
+        )
 
     def embed(
         self,

@@ -264,6 +264,11 @@ LADDER: dict[str, Variant] = {
     "ladder 1: + input LayerNorm and a learned temperature (FuseMix, no blocks)": Variant(
         {"depth": 0, "mixup": False, "dropout": 0.0}, method="fusemix"
     ),
+    # Rung 1 split in two: the input LayerNorm alone, the temperature fixed as the heads' is.
+    "ladder 1a: + input LayerNorm only (FuseMix, no blocks, temperature fixed at 0.07)": Variant(
+        {"depth": 0, "mixup": False, "dropout": 0.0, "learn_temperature": False},
+        method="fusemix",
+    ),
     "ladder 2: + two residual MLP blocks (FuseMix adapter, dropout 0.1)": Variant(
         {"depth": 2, "mixup": False, "dropout": 0.1}, method="fusemix"
     ),
