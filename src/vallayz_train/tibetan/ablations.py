@@ -272,6 +272,11 @@ LADDER: dict[str, Variant] = {
     "ladder 2: + two residual MLP blocks (FuseMix adapter, dropout 0.1)": Variant(
         {"depth": 2, "mixup": False, "dropout": 0.1}, method="fusemix"
     ),
+    # Rung 2 with the temperature fixed as the heads' is: the cost of the MLP blocks alone.
+    "ladder 2a: + two residual MLP blocks, temperature fixed at 0.07 (no mixup)": Variant(
+        {"depth": 2, "mixup": False, "dropout": 0.1, "learn_temperature": False},
+        method="fusemix",
+    ),
     "ladder 3: + latent mixup (FuseMix as published)": Variant(
         {"depth": 2, "mixup": True, "dropout": 0.1}, method="fusemix"
     ),
