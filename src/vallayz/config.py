@@ -6,6 +6,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,35 @@ def check_token_buckets(
                 f"{sorted(modalities)}; remove it or add the modality"
             )
         _positive_int(f"{field_name}[{name!r}]", buckets)
+
+
+def check_extension(
+    new_modalities: Mapping[str, int],
+    names: Sequence[str],
+    parts: Mapping[str, Mapping[str, int] | None],
+) -> None:
+    """The checks of ``extend`` (IMPN's and the learned baselines'): at least one new modality,
+    none of them among the model's ``names``, and the per-modality ``parts`` asked for
+    (``{"token_buckets": {...}}``) naming new modalities only.
+
+    Raises:
+        VallayzUserError: naming the modality or option at fault and the fix.
+    """
+    if not new_modalities:
+        raise VallayzUserError("extend needs at least one new modality as {name: dimension}")
+    existing = sorted(set(new_modalities) & set(names))
+    if existing:
+        raise VallayzUserError(
+            f"modality {existing[0]!r} already exists in this model (it knows {list(names)}); "
+            "give the new modality another name, or train a new model to change an old one"
+        )
+    for option, given in parts.items():
+        old = sorted(set(given or {}) - set(new_modalities))
+        if old:
+            raise VallayzUserError(
+                f"{option} names {old}, which are not new modalities; an old modality's "
+                "parts are frozen, so only the new ones may get a front end or token nodes"
+            )
 
 
 def check_frozen(frozen: object, modalities: dict[str, int]) -> None:

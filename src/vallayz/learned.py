@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from vallayz.config import (
     IMPNConfig,
     build_checked,
+    check_extension,
     check_frozen,
     check_parameter_count,
     check_token_buckets,
@@ -240,20 +241,7 @@ class _Baseline(nn.Module):
         Shape:
             The extended baseline maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        if not new_modalities:
-            raise VallayzUserError("extend needs at least one new modality as {name: dimension}")
-        existing = sorted(set(new_modalities) & set(self.names))
-        if existing:
-            raise VallayzUserError(
-                f"modality {existing[0]!r} already exists in this model (it knows {self.names}); "
-                "give the new modality another name, or train a new model to change an old one"
-            )
-        old = sorted(set(token_buckets or {}) - set(new_modalities))
-        if old:
-            raise VallayzUserError(
-                f"token_buckets names {old}, which are not new modalities; only a new modality "
-                "may get a front end"
-            )
+        check_extension(new_modalities, self.names, {"token_buckets": token_buckets})
         try:
             config = replace(
                 self.config,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vallayz.config import SCHEMA_VERSION, IMPNConfig
+from vallayz.config import SCHEMA_VERSION, IMPNConfig, check_extension
 from vallayz.errors import VallayzUserError
 from vallayz.functional import masked_mean, mean_of_present_sources, mean_over_present
 from vallayz.impn_loss import IMPNObjective
@@ -359,21 +359,11 @@ class IMPN(nn.Module):
         Shape:
             The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        if not new_modalities:
-            raise VallayzUserError("extend needs at least one new modality as {name: dimension}")
-        existing = sorted(set(new_modalities) & set(self.names))
-        if existing:
-            raise VallayzUserError(
-                f"modality {existing[0]!r} already exists in this model (it knows {self.names}); "
-                "give the new modality another name, or train a new model to change an old one"
-            )
-        for option, given in (("token_buckets", token_buckets), ("token_nodes", token_nodes)):
-            old = sorted(set(given or {}) - set(new_modalities))
-            if old:
-                raise VallayzUserError(
-                    f"{option} names {old}, which are not new modalities; an old modality's "
-                    "parts are frozen, so only the new ones may get a front end or token nodes"
-                )
+        check_extension(
+            new_modalities,
+            self.names,
+            {"token_buckets": token_buckets, "token_nodes": token_nodes},
+        )
         config = self.config.to_dict()
         old_sigma = self.sigma
         if sigma is None:
