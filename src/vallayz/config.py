@@ -29,6 +29,7 @@ _FLAGS = (
     "zero_init_residual",
     "zero_init_adapters",
     "adapter_norm",
+    "adapter_branch",
     "bridge_attention",
     "bridge_ffn",
     "final_norm",
@@ -104,6 +105,9 @@ class IMPNConfig:
     # LayerNorm on each adapter's input before its MLP branch (the LN(x) of the adapter's
     # formula); false feeds the native vector to the branch as it is.
     adapter_norm: bool = True
+    # Each adapter's MLP branch; false makes every adapter a learned linear map P·x alone (the
+    # contrastive heads' map), with no LayerNorm or hidden layer.
+    adapter_branch: bool = True
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -231,9 +235,10 @@ class IMPNConfig:
         dim, hidden, gate, names = self.soil_dim, self.hidden, self.gate_hidden, self.modalities
         total = 2 * len(names) * dim + len(names)  # seeds, modality embeddings, log_sigma
         for native in names.values():
-            adapter_norm = 2 * native if self.adapter_norm else 0
-            adapter = adapter_norm + _linear(native, hidden) + _linear(hidden, dim)
-            adapter += native * dim if native != dim else 0
+            adapter = native * dim if native != dim or not self.adapter_branch else 0
+            if self.adapter_branch:
+                adapter += 2 * native if self.adapter_norm else 0
+                adapter += _linear(native, hidden) + _linear(hidden, dim)
             decoder = 2 * dim + _linear(dim, hidden) + _linear(hidden, native)
             total += adapter + decoder + _linear(dim, native)
         total += sum(buckets * names[m] for m, buckets in self.token_buckets.items())

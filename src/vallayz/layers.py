@@ -27,30 +27,43 @@ class ResidualMLP(nn.Module):
     """``W2·GELU(W1·LN(x)) + shortcut(x)``: the shape shared by adapters and decoders.
 
     Subclasses define :meth:`shortcut`. With ``norm=False`` the branch reads ``x`` itself
-    (no LayerNorm).
+    (no LayerNorm); with ``branch=False`` there is no branch (no parameters either) and the
+    module is its shortcut alone.
 
     Shape:
         ``[..., in_dim]`` → ``[..., out_dim]``.
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden: int, dropout: float, norm: bool = True
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int,
+        dropout: float,
+        norm: bool = True,
+        branch: bool = True,
     ) -> None:
         super().__init__()
-        self.norm: nn.Module = nn.LayerNorm(in_dim) if norm else nn.Identity()
-        self.up = nn.Linear(in_dim, hidden)
-        self.down = nn.Linear(hidden, out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.branch = branch
+        if branch:
+            self.norm: nn.Module = nn.LayerNorm(in_dim) if norm else nn.Identity()
+            self.up = nn.Linear(in_dim, hidden)
+            self.down = nn.Linear(hidden, out_dim)
+            self.dropout = nn.Dropout(dropout)
 
     def shortcut(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def zero_init_branch(self) -> None:
         """Set ``W2`` (and its bias) to zero: the module starts as its shortcut alone."""
+        if not self.branch:
+            return
         nn.init.zeros_(self.down.weight)
         nn.init.zeros_(self.down.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.branch:
+            return self.shortcut(x)
         return self.down(self.dropout(F.gelu(self.up(self.norm(x))))) + self.shortcut(x)
 
 
@@ -59,7 +72,9 @@ class Adapter(ResidualMLP):
 
     ``P`` is a learned projection (bias-free, initialised with orthonormal columns or rows, where
     the orthogonality term is zero) when ``native_dim != soil_dim``, and the identity otherwise.
-    ``norm=False`` drops the LayerNorm: ``F(x) = W2·GELU(W1·x) + P·x``.
+    ``norm=False`` drops the LayerNorm: ``F(x) = W2·GELU(W1·x) + P·x``. ``branch=False``
+    drops the MLP branch: ``F(x) = P·x``, with ``P`` learned at every dimension (initialised as
+    the identity when ``native_dim == soil_dim``), a linear adapter.
 
     Shape:
         ``[..., native_dim]`` → ``[..., soil_dim]``.
@@ -72,10 +87,11 @@ class Adapter(ResidualMLP):
         hidden: int,
         dropout: float = 0.0,
         norm: bool = True,
+        branch: bool = True,
     ) -> None:
-        super().__init__(native_dim, soil_dim, hidden, dropout, norm)
+        super().__init__(native_dim, soil_dim, hidden, dropout, norm, branch)
         self.projection: nn.Linear | None = None
-        if native_dim != soil_dim:
+        if native_dim != soil_dim or not branch:
             self.projection = nn.Linear(native_dim, soil_dim, bias=False)
             nn.init.orthogonal_(self.projection.weight)
 

@@ -155,7 +155,9 @@ class IMPN(nn.Module):
         dim, hidden = config.soil_dim, config.hidden
         self.adapters = nn.ModuleDict(
             {
-                m: Adapter(d, dim, hidden, config.dropout, config.adapter_norm)
+                m: Adapter(
+                    d, dim, hidden, config.dropout, config.adapter_norm, config.adapter_branch
+                )
                 for m, d in config.modalities.items()
             }
         )

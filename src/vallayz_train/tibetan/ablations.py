@@ -289,6 +289,21 @@ LADDER: dict[str, Variant] = {
     "ladder 6: + a second bridge layer": Variant(train=_CONTRASTIVE_ONLY),
     "ladder 7: + kNN and orthogonality terms": Variant(train={"loss_weights": _MESSAGE_TERMS_OFF}),
     "ladder 8: + the message-passing terms (IMPN, defaults)": Variant(),
+    # Rung 4 and rung 8 with the adapter that rung 2a shows the heads are better without: a
+    # linear map alone (no MLP branch), or the MLP branch starting at zero (the adapter starts
+    # as its linear projection and learns the branch).
+    "ladder 4l: rung 4 with a linear adapter (no MLP branch)": Variant(
+        {**_ENCODER_ONLY, "layers": 1, "adapter_branch": False}, _CONTRASTIVE_ONLY
+    ),
+    "ladder 4z: rung 4 with the adapter's MLP branch starting at zero": Variant(
+        {**_ENCODER_ONLY, "layers": 1, "zero_init_adapters": True}, _CONTRASTIVE_ONLY
+    ),
+    "ladder 8l: rung 8 (IMPN) with a linear adapter (no MLP branch)": Variant(
+        {"adapter_branch": False}
+    ),
+    "ladder 8z: rung 8 (IMPN) with the adapter's MLP branch starting at zero": Variant(
+        {"zero_init_adapters": True}
+    ),
 }
 VARIANTS.update(LADDER)
 # Not IMPN: the heads reading speech frames and other node inputs through their own small
