@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +168,75 @@ def parse_pair(text: str) -> tuple[tuple[str, ...], str]:
     return tuple(s for s in sources.split("+") if s), target
 
 
+def key_value(text: str) -> tuple[str, Any]:
+    """``--model``/``--train``: one ``key=value`` override (argparse type). The value is read
+    as JSON when it parses (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``{"bo": 65536}``), else
+    taken as a string (``update=gru``)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"expected key=value (e.g. soil_dim=256 or lr=3e-4), got {text!r}"
+        )
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def override_options(p: argparse.ArgumentParser) -> None:
+    """``--model key=value`` and ``--train key=value``: fields of the model and training
+    configs set on the command line, over the ``--config`` file."""
+    p.add_argument(
+        "--model",
+        dest="model_overrides",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="a model config field, e.g. --model soil_dim=256 --model update=gru (repeatable; "
+        "over the --config file; JSON values)",
+    )
+    p.add_argument(
+        "--train",
+        dest="train_overrides",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="a training config field, e.g. --train warmup_steps=50 (repeatable; over the "
+        "--config file, under the named options such as --lr; JSON values)",
+    )
+
+
+def check_model_keys(model: Mapping[str, Any], option: str = "--model") -> None:
+    """Refuses a model field that no method's config has, naming the closest field; the
+    values are checked where the method's config is built (before any data is).
+
+    Raises:
+        UsageError: naming the unknown field.
+    """
+    import difflib
+    from dataclasses import fields
+
+    from vallayz.config import IMPNConfig
+    from vallayz.learned import BaselineConfig
+
+    known = {f.name for c in (IMPNConfig, BaselineConfig) for f in fields(c)} - {"modalities"}
+    for key in model:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"fields: {sorted(known)}"
+            raise UsageError(f"{option} {key}: no model config has this field; {hint}")
+
+
 def train_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """The ``--config`` file's model overrides and its training config, with the command-line
-    options (``--max-steps``, ``--epochs``, ...) taking precedence over the file and the file
-    over ``defaults`` (a command's own training defaults)."""
+    """The model overrides and the training config of a command: its own ``defaults``, then
+    the ``--config`` file, then ``--model``/``--train key=value``, then the named options
+    (``--max-steps``, ``--epochs``, ...), each taking precedence over the ones before.
+
+    Raises:
+        UsageError: for a malformed file, an unknown field or a value of the wrong type,
+            naming where it came from.
+    """
     from vallayz_train.config import TrainConfig
 
     file = load_json(args.config) if args.config else {}
@@ -186,16 +251,23 @@ def train_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None)
                 f"{args.config}: {section!r} must be a JSON object of fields, not "
                 f"{type(file[section]).__name__}"
             )
-    train = {**(defaults or {}), **file.get("train", {})}
+    if file.get("model"):
+        check_model_keys(file["model"], f"{args.config}: model field")
+    given_model = dict(getattr(args, "model_overrides", None) or [])
+    given_train = dict(getattr(args, "train_overrides", None) or [])
+    check_model_keys(given_model)
+    model = {**file.get("model", {}), **given_model} if file.get("model") or given_model else None
+    train = {**(defaults or {}), **file.get("train", {}), **given_train}
     for key in ("max_steps", "epochs", "batch_size", "lr", "front_end_lr", "device", "seed"):
         if getattr(args, key, None) is not None:
             train[key] = getattr(args, key)
     if getattr(args, "planner", None) is not None:
         train["planner"] = args.planner == "on"
     try:
-        return file.get("model"), TrainConfig.from_dict(train)
+        return model, TrainConfig.from_dict(train)
     except VallayzUserError as err:
-        raise UsageError(f"{args.config}: {err}" if args.config else str(err)) from err
+        where = [w for w, given in ((args.config, args.config), ("--train", given_train)) if given]
+        raise UsageError(f"{' / '.join(map(str, where))}: {err}" if where else str(err)) from err
 
 
 def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +315,7 @@ def training_options(p: argparse.ArgumentParser, front_end_default: str) -> None
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
+    override_options(p)
 
 
 # The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.

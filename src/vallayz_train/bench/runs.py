@@ -3,19 +3,53 @@ folder under one budget, and the encoders of every method over a view of the dat
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vallayz.data import PairedEmbeddings
+from vallayz.errors import VallayzUserError
 from vallayz.eval import PerturbedView
 from vallayz_train.bench.spec import BenchSpec, Pair, closed_form_method, learned_method
 from vallayz_train.config import TrainConfig
-from vallayz_train.run_folder import LATEST, is_finished, load_model
+from vallayz_train.run_folder import LATEST, is_finished, load_model, read_run
 from vallayz_train.trainer import fit
+
+# Training fields that may differ between a run and the settings that would reuse it: where it
+# ran does not change what it learned.
+_PLACE = ("device",)
+
+
+def check_reusable(
+    run: Path, method: str, overrides: dict[str, Any] | None, config: TrainConfig
+) -> None:
+    """Refuses to reuse (or resume) the run folder ``run`` for settings it was not started
+    with: another method, other model fields, or another value of a training field it records
+    (fields added to TrainConfig after it was written are not compared).
+
+    Raises:
+        VallayzUserError: naming the first differing setting and the fix.
+    """
+    record = read_run(run)
+    wanted = json.loads(json.dumps(asdict(config)))
+    differs: list[str] = []
+    if record.get("method", "impn") != method:
+        differs.append(f"method {record.get('method', 'impn')!r} (asked: {method!r})")
+    if json.loads(json.dumps(overrides or {})) != (record.get("model") or {}):
+        differs.append(f"model fields {record.get('model') or {}} (asked: {overrides or {}})")
+    for key, value in record.get("train", {}).items():
+        if key in wanted and key not in _PLACE and wanted[key] != value:
+            differs.append(f"train {key}={value!r} (asked: {wanted[key]!r})")
+    if differs:
+        raise VallayzUserError(
+            f"the run {run} was trained with other settings: {differs[0]}; a benchmark reuses a "
+            "finished run only for the settings it was trained with, so pass another --out "
+            "(or remove that run folder to train it again)"
+        )
 
 
 def matched_run_name(method: str, rate: float) -> str:
@@ -92,11 +126,17 @@ def train_run(
 ) -> float | None:
     """Trains ``method`` into the run folder ``run``: nothing when it is finished, resumed from
     its last state when it was interrupted, else a new run (one that stopped before its first
-    checkpoint starts again). Returns the seconds spent, or None for a finished run."""
+    checkpoint starts again). Returns the seconds spent, or None for a finished run.
+
+    Raises:
+        VallayzUserError: when the run to reuse or resume was started with other settings.
+    """
     if is_finished(run):
+        check_reusable(run, method, overrides, config)
         return None
     started = time.perf_counter()
     if (run / LATEST).exists():
+        check_reusable(run, method, overrides, config)
         log(f"resuming {method} in {run}")
         fit(data_dir, run, resume=True, progress=progress)
     else:

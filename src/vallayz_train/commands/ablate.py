@@ -6,8 +6,10 @@ import argparse
 
 from vallayz_train.options import (
     UsageError,
+    check_model_keys,
     check_pool,
     check_positive,
+    override_options,
     parse_pair,
 )
 
@@ -86,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=50,
         help="candidates re-scored per query by variants with a match head",
     )
+    override_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only the table")
     p.set_defaults(func=run)
 
@@ -99,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status, 0.
     """
+    from vallayz.errors import VallayzUserError
     from vallayz_train.bench.ablation import AblationSpec, run_ablation
+    from vallayz_train.config import TrainConfig
     from vallayz_train.tibetan.ablations import VARIANTS
     from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, MODEL_DEFAULTS, TOKEN_BUCKETS
 
@@ -117,11 +122,19 @@ def run(args: argparse.Namespace) -> int:
             "each source for half the rows"
         )
     pairs = [parse_pair(p) for p in args.pairs]
+    given_model = dict(args.model_overrides or [])
+    given_train = dict(args.train_overrides or [])
+    check_model_keys(given_model)
+    try:
+        TrainConfig.from_dict(given_train)
+    except VallayzUserError as err:
+        raise UsageError(f"--train: {err}") from err
+    front_end = dict(FRONT_END_DEFAULTS) if args.base == "bench" else {}
     spec = AblationSpec(
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
-        base=dict(FRONT_END_DEFAULTS) if args.base == "bench" else {},
+        base={**front_end, **given_train},
         pairs=pairs,
         pool=args.pool,
         modes=tuple(args.modes),
@@ -131,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         missing=args.missing,
         split=args.split,
     )
-    model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}}
+    model = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}, **given_model}
     log = (lambda *_: None) if args.quiet else (lambda *a: print(*a, flush=True))
     table = run_ablation(
         args.data, args.out, spec, VARIANTS, args.only, model, progress=not args.quiet, log=log

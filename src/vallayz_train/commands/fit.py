@@ -126,6 +126,8 @@ def _check_resume_options(args: argparse.Namespace) -> None:
         )
     given = [
         ("--config", args.config is not None),
+        ("--model", bool(args.model_overrides)),
+        ("--train", bool(args.train_overrides)),
         ("--method", args.method is not None and args.method != run.get("method", "impn")),
         (
             "--planner",
