@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vallayz.errors import VallayzUserError
+from vallayz_train.names import CLOSED_FORM_METHODS
 
 
 class UsageError(VallayzUserError):
@@ -318,8 +319,8 @@ def training_options(p: argparse.ArgumentParser, front_end_default: str) -> None
     override_options(p)
 
 
-# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+# The closed-form maps a benchmark may fit.
+CLOSED_FORM = CLOSED_FORM_METHODS
 
 
 def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:

@@ -18,6 +18,12 @@ import numpy as np
 
 from vallayz.errors import VallayzUserError
 from vallayz.eval import ClosedFormEncoder, model_encoder
+from vallayz_train.names import (
+    CLOSED_FORM_METHODS,
+    LEARNED_METHODS,
+    MULTIWAY_CLOSED_FORM,
+    PAIRWISE_CLOSED_FORM,
+)
 
 Pair = tuple[tuple[str, ...], str]
 
@@ -33,15 +39,9 @@ class BenchSpec:
     pools: int = 5
     seed: int = 0
     # Learned methods trained under the same TrainConfig (names of LEARNED).
-    methods: tuple[str, ...] = (
-        "impn",
-        "contrastive-heads",
-        "mlp-translator",
-        "seq-heads",
-        "fusemix",
-    )
+    methods: tuple[str, ...] = LEARNED_METHODS
     # Closed-form maps fitted on the training rows (names of CLOSED_FORM).
-    closed_form: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+    closed_form: tuple[str, ...] = CLOSED_FORM_METHODS
     # Pre-processing of the closed-form maps.
     normalisation: str = "standard"
     # Test-time missing rates of the sweep (on pairs with several sources).
@@ -365,15 +365,11 @@ class _Translations:
 
 
 LEARNED: dict[str, LearnedMethod] = {
-    "impn": LearnedMethod("impn", model_overrides=True),
-    "contrastive-heads": LearnedMethod("contrastive-heads"),
-    "mlp-translator": LearnedMethod("mlp-translator"),
-    "seq-heads": LearnedMethod("seq-heads"),
-    "fusemix": LearnedMethod("fusemix"),
+    name: LearnedMethod(name, model_overrides=name == "impn") for name in LEARNED_METHODS
 }
 CLOSED_FORM: dict[str, ClosedFormMethod] = {
-    **{name: ClosedFormMethod(name) for name in ("ortho", "l-ortho", "linear", "affine")},
-    **{name: MultiWayMethod(name) for name in ("cca", "gpa", "gcpa")},
+    **{name: ClosedFormMethod(name) for name in PAIRWISE_CLOSED_FORM},
+    **{name: MultiWayMethod(name) for name in MULTIWAY_CLOSED_FORM},
 }
 
 

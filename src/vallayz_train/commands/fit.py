@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vallayz_train.names import LEARNED_METHODS
 from vallayz_train.options import (
     UsageError,
     train_args,
@@ -43,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
         "--method",
-        choices=["impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix"],
+        choices=list(LEARNED_METHODS),
         help="IMPN (the default), or a learned baseline trained under the same budget",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

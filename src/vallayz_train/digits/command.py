@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# The closed-form maps of vallayz.baselines, spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+from vallayz_train.names import CLOSED_FORM_METHODS
 
 # The command's name, its help line and its defaults of the shared benchmark options.
 NAME = "digits"
@@ -35,7 +34,7 @@ def add_options(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--speakers", nargs="+", help="speakers to hold out, one fold each (default: every one)"
     )
-    closed_form_option(b, CLOSED_FORM, "default: all seven")
+    closed_form_option(b, CLOSED_FORM_METHODS, "default: all seven")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from vallayz_train.bench.spec import (
     pair_modalities,
 )
 from vallayz_train.config import TrainConfig
+from vallayz_train.emoji import DEFAULT_CLOSED_FORM
 from vallayz_train.emoji.encoders import image_encoder
 from vallayz_train.shared_data import file_digest, find_data
 from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
@@ -47,11 +48,8 @@ FRACTIONS = (0.1, 0.2)
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
 # About 100 epochs of the ~1,070 training items; under three minutes per method on 2 cores.
 TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 400, "warmup_steps": 30}
-# The closed-form maps fitted by default. The affine map is left out: its 500 full-batch
-# gradient steps on a 1,280 x 1,280 float64 matrix over ~1,070 anchors cost more CPU time than
-# the whole rest of the benchmark; it is the linear map's model class plus a bias, and
-# --closed-form ortho l-ortho linear affine fits it too.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "cca", "gpa", "gcpa")
+# The closed-form maps fitted by default (the command line's too).
+CLOSED_FORM = DEFAULT_CLOSED_FORM
 # Candidate pools of the test split (about 306 items), besides the whole split.
 POOL = 100
 POOLS = 5

@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# The closed-form maps of vallayz.baselines, and those bench emoji fits by default (see
-# emoji.bench.CLOSED_FORM), spelled here to keep the imports lazy.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
-DEFAULT_CLOSED_FORM = ("ortho", "l-ortho", "linear", "cca", "gpa", "gcpa")
+from vallayz_train.emoji import DEFAULT_CLOSED_FORM
 
 # The command's name, its help line and its defaults of the shared benchmark options.
 NAME = "emoji"

@@ -1,0 +1,27 @@
+"""The command line's lists of method names agree with the library's and the benchmarks'."""
+
+from __future__ import annotations
+
+from vallayz import baselines, learned, multiway
+from vallayz_train.bench.spec import CLOSED_FORM, LEARNED, BenchSpec
+from vallayz_train.names import (
+    CLOSED_FORM_METHODS,
+    LEARNED_METHODS,
+    MULTIWAY_CLOSED_FORM,
+    PAIRWISE_CLOSED_FORM,
+)
+from vallayz_train.options import CLOSED_FORM as CLOSED_FORM_CHOICES
+
+
+def test_the_learned_methods_are_impn_and_the_library_baselines() -> None:
+    assert ("impn", *learned.ARCHITECTURES) == LEARNED_METHODS
+    assert tuple(LEARNED) == LEARNED_METHODS
+    assert BenchSpec().methods == LEARNED_METHODS
+
+
+def test_the_closed_forms_are_the_library_maps() -> None:
+    assert set(PAIRWISE_CLOSED_FORM) == set(baselines.METHODS)
+    assert MULTIWAY_CLOSED_FORM == multiway.MULTIWAY_METHODS
+    assert tuple(CLOSED_FORM) == CLOSED_FORM_METHODS
+    assert BenchSpec().closed_form == CLOSED_FORM_METHODS
+    assert tuple(CLOSED_FORM_CHOICES) == CLOSED_FORM_METHODS
