@@ -1,21 +1,23 @@
-"""Adding a modality to a trained run against training every modality jointly (issue #32).
+"""Adding a modality to a trained run against training every modality jointly.
 
-On the spoken digits (``bench digits`` data, one held-out speaker as the test split), for IMPN
-and the contrastive heads:
+Two data sets, for IMPN and the contrastive heads:
 
-* **joint**: speech, image and word trained together from the start;
-* **base**: speech and image alone;
-* **extended**: the base run with words added (``vallayz fit --extend``): only the word
-  modality's parts train, every base parameter is frozen.
+* ``digits`` (``bench digits`` data, one held-out speaker as the test split): speech and image
+  first, then words;
+* ``tibetan`` (a ``bench tibetan`` data folder, e.g. the 20,000-pair one of the ablations, its
+  own document split): Tibetan and English first, then speech.
 
-Every run has the same training settings and number of steps (``bench digits``'s defaults).
-The table gives test R@1 (mean over pools of 100, and the whole split) of the added modality in
-both directions (word↔speech, word↔image), and of the first modalities (speech↔image) for the
-base run, the extended one and the joint one; then the training seconds (median over
-``--repeats`` runs of each kind, interleaved so that both see the same load) and the trained
-parameters of each.
+For each, **joint** trains every modality together from the start; **base** the first ones
+alone; **extended** is the base run with the new modality added (``vallayz fit --extend``):
+only its parts train, every base parameter is frozen. Every run has the same training settings
+and number of steps (``bench digits``'s defaults; for Tibetan the ablations' ``--base bench``
+settings at ``--steps``). The table gives test R@1 (mean over pools, and the whole split) of the
+added modality in both directions and of the first modalities among themselves, for the base
+run, the extended one and the joint one; then the training seconds (median over ``--repeats``
+runs of each kind) and the trained parameters of each.
 
-Usage: ``python benchmarks/extend.py [--out runs/extend-digits] [--repeats 3] [--speaker S]``.
+Usage: ``python benchmarks/extend.py [--dataset digits|tibetan] [--data DIR] [--out OUT]
+[--repeats 3] [--speaker S] [--steps N]``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +49,98 @@ from vallayz_train.digits.bench import (
 )
 from vallayz_train.trainer import fit, fit_extension, loss_settings
 
-NEW = "word"
-PAIRS = [
-    (("word",), "speech"),
-    (("speech",), "word"),
-    (("word",), "image"),
-    (("image",), "word"),
-    (("speech",), "image"),
-    (("image",), "speech"),
-]
-METHODS = {"impn": MODEL_DEFAULTS, "contrastive-heads": {}}
+Pair = tuple[tuple[str, ...], str]
+
+
+@dataclass
+class Setup:
+    """One data set's extension benchmark.
+
+    Attributes:
+        new: The modality added to the base run.
+        pairs: Scored directions: the new modality both ways, then the first ones.
+        methods: Method → its model overrides.
+        train: The training config of every run.
+        pool: Candidates per pool; pools: their number.
+        everything: The data folder with every modality; old: the same without ``new``.
+        label: What the test split holds, for the table's caption.
+    """
+
+    new: str
+    pairs: list[Pair]
+    methods: dict[str, dict[str, Any]]
+    train: TrainConfig
+    pool: int
+    pools: int
+    everything: Path
+    old: Path
+    label: str
+
+
+def digits_setup(args: argparse.Namespace, out: Path) -> Setup:
+    """Speech and image first, then words; one held-out speaker tests."""
+    train = TrainConfig(**TRAIN_DEFAULTS)
+    data, speakers = build_data(out, progress=False)
+    speaker = args.speaker or speakers[0]
+    everything = fold_data(data, out / "fold" / "data", speaker, train.split_seed)
+    pairs: list[Pair] = [
+        (("word",), "speech"),
+        (("speech",), "word"),
+        (("word",), "image"),
+        (("image",), "word"),
+        (("speech",), "image"),
+        (("image",), "speech"),
+    ]
+    return Setup(
+        "word",
+        pairs,
+        {"impn": MODEL_DEFAULTS, "contrastive-heads": {}},
+        train,
+        POOL,
+        POOLS,
+        everything,
+        without(everything, out / "fold" / "old", "word"),
+        f"held-out speaker {speaker}",
+    )
+
+
+def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
+    """Tibetan and English first, then speech, on a ``bench tibetan`` data folder with the
+    ablations' training settings (``vallayz ablate --base bench``)."""
+    from vallayz_train.bench.ablation import AblationSpec
+    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, TOKEN_BUCKETS
+    from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
+
+    if args.data is None:
+        raise SystemExit("--dataset tibetan needs --data DIR (a bench tibetan data folder)")
+    train = AblationSpec(steps=args.steps, base=dict(FRONT_END_DEFAULTS)).train_config()
+    tokens = {"token_buckets": {"bo": TOKEN_BUCKETS}}
+    pairs: list[Pair] = [
+        (("speech",), "bo"),
+        (("bo",), "speech"),
+        (("speech",), "en"),
+        (("en",), "speech"),
+        (("bo",), "en"),
+        (("en",), "bo"),
+    ]
+    everything = Path(args.data)
+    return Setup(
+        "speech",
+        pairs,
+        {"impn": {**TIBETAN_MODEL, **tokens}, "contrastive-heads": tokens},
+        train,
+        1000,
+        5,
+        everything,
+        without(everything, out / "old", "speech"),
+        f"{everything} test split (documents held out)",
+    )
+
+
+SETUPS: dict[str, Callable[[argparse.Namespace, Path], Setup]] = {
+    "digits": digits_setup,
+    "tibetan": tibetan_setup,
+}
 
 
 def without(data: Path, folder: Path, name: str) -> Path:
@@ -79,11 +164,14 @@ def trained_parameters(run: Path) -> int:
     return sum(p.numel() for p in load_pretrained(run).parameters() if p.requires_grad)
 
 
-def scores(run: Path, data: PairedEmbeddings, rows: Any) -> dict[str, tuple[float, float]]:
-    """``source->target`` → (R@1 over pools of ``POOL``, R@1 over the whole split)."""
+def scores(
+    run: Path, setup: Setup, data: PairedEmbeddings, rows: Any
+) -> dict[str, tuple[float, float]]:
+    """``source->target`` → (R@1 over pools, R@1 over the whole split)."""
     model = load_pretrained(run).eval()
-    pairs = [(s, t) for s, t in PAIRS if {*s, t} <= set(model.names)]
-    table = retrieval_table(data, rows, model_encoder(model, data), pairs, POOL, POOLS)
+    pairs = [(s, t) for s, t in setup.pairs if {*s, t} <= set(model.names)]
+    encoder = model_encoder(model, data)
+    table = retrieval_table(data, rows, encoder, pairs, setup.pool, setup.pools)
     out: dict[str, list[float]] = {}
     for row in table:
         pool = 0 if row["pool"] != "all" else 1
@@ -93,16 +181,15 @@ def scores(run: Path, data: PairedEmbeddings, rows: Any) -> dict[str, tuple[floa
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def step_seconds(
-    data: PairedEmbeddings, rows: Any, train: TrainConfig, steps: int
-) -> dict[str, float]:
+def step_seconds(setup: Setup, data: PairedEmbeddings, rows: Any, steps: int) -> dict[str, float]:
     """Median seconds of one IMPN training step (loss, backward, AdamW on the trainable
     parameters) of the joint model and of the extended one, on the same batches, the two
     interleaved step by step so that both see the same load."""
-    old = {m: d for m, d in data.modalities.items() if m != NEW}
+    train, model, new = setup.train, setup.methods["impn"], setup.new
+    old = {m: d for m, d in data.modalities.items() if m != new}
     models = {
-        "joint": build_model("impn", data.modalities, MODEL_DEFAULTS),
-        "extended": build_model("impn", old, MODEL_DEFAULTS).extend({NEW: data.modalities[NEW]}),  # type: ignore[operator]
+        "joint": build_model("impn", data.modalities, model),
+        "extended": build_model("impn", old, model).extend({new: data.modalities[new]}),  # type: ignore[operator]
     }
     settings = loss_settings(train)
     parts = {
@@ -127,10 +214,13 @@ def step_seconds(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/extend-digits")
+    parser.add_argument("--dataset", choices=list(SETUPS), default="digits")
+    parser.add_argument("--data", help="tibetan: the bench tibetan data folder")
+    parser.add_argument("--out", help="default: runs/extend-DATASET")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--speaker", help="held-out speaker (default: the first)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--speaker", help="digits: held-out speaker (default: the first)")
+    parser.add_argument("--steps", type=int, default=250, help="tibetan: steps of every run")
+    parser.add_argument("--methods", default="impn,contrastive-heads")
     parser.add_argument(
         "--steps-only",
         type=int,
@@ -138,24 +228,26 @@ def main() -> None:
         help="only time N training steps of the joint and the extended IMPN, interleaved",
     )
     args = parser.parse_args()
-    out = Path(args.out)
-    train = TrainConfig(**TRAIN_DEFAULTS)
-    data, speakers = build_data(out, progress=False)
-    speaker = args.speaker or speakers[0]
-    everything = fold_data(data, out / "fold" / "data", speaker, train.split_seed)
-    old = without(everything, out / "fold" / "old", NEW)
-    test = PairedEmbeddings(everything).split_indices(train.split_seed)["test"]
+    out = Path(args.out or f"runs/extend-{args.dataset}")
+    setup = SETUPS[args.dataset](args, out)
+    train, everything, old = setup.train, setup.everything, setup.old
     fold = PairedEmbeddings(everything)
+    test = fold.split_indices(train.split_seed)["test"]
     if args.steps_only:
-        median = step_seconds(
-            fold, fold.split_indices(train.split_seed)["train"], train, args.steps_only
-        )
+        rows = fold.split_indices(train.split_seed)["train"]
+        median = step_seconds(setup, fold, rows, args.steps_only)
         ratio = median["extended"] / median["joint"]
         print(f"IMPN step, median of {args.steps_only}: {median}; extended / joint {ratio:.2f}")
         return
-    results: dict[str, Any] = {"speaker": speaker, "steps": train.max_steps, "methods": {}}
+    results: dict[str, Any] = {
+        "label": setup.label,
+        "steps": train.max_steps,
+        "pool": setup.pool,
+        "pairs": [[list(s), t] for s, t in setup.pairs],
+        "methods": {},
+    }
     for method in args.methods.split(","):
-        model = METHODS[method]
+        model = setup.methods[method]
         # Seconds of the finished runs, so that an interrupted benchmark goes on where it was.
         record = out / method / "seconds.json"
         seconds: dict[str, list[float]] = (
@@ -180,7 +272,7 @@ def main() -> None:
                     runs["base"],
                     runs["extended"],
                     train,
-                    [NEW],
+                    [setup.new],
                     progress=False,
                 )
             )
@@ -191,7 +283,7 @@ def main() -> None:
             "seconds": seconds,
             "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
             "trained_parameters": {k: trained_parameters(r) for k, r in first.items()},
-            "R@1": {k: scores(r, fold, test) for k, r in first.items()},
+            "R@1": {k: scores(r, setup, fold, test) for k, r in first.items()},
         }
         (out / "extend.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
@@ -199,14 +291,15 @@ def main() -> None:
 
 def table(results: dict[str, Any]) -> str:
     """The Markdown table of ``results``."""
+    pairs = [(tuple(s), t) for s, t in results["pairs"]]
     lines = [
-        f"Held-out speaker {results['speaker']}, {results['steps']} steps per run; R@1 over "
-        f"pools of {POOL} (whole test split in brackets).",
+        f"{results['label']}, {results['steps']} steps per run; R@1 over pools of "
+        f"{results['pool']} (whole test split in brackets).",
         "",
         "| method | run | "
-        + " | ".join(f"{s[0]}→{t}" for s, t in PAIRS)
+        + " | ".join(f"{s[0]}→{t}" for s, t in pairs)
         + " | trained parameters | train s (median) |",
-        "|---|---|" + "---:|" * (len(PAIRS) + 2),
+        "|---|---|" + "---:|" * (len(pairs) + 2),
     ]
     for method, result in results["methods"].items():
         for kind in ("base", "extended", "joint"):
@@ -215,7 +308,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{r1[f'{s[0]}->{t}'][0]:.3f} ({r1[f'{s[0]}->{t}'][1]:.3f})"
                 if f"{s[0]}->{t}" in r1
                 else "—"
-                for s, t in PAIRS
+                for s, t in pairs
             ]
             seconds = result["median_seconds"][kind]
             params = result["trained_parameters"][kind]
@@ -224,7 +317,7 @@ def table(results: dict[str, Any]) -> str:
             )
         ratio = result["median_seconds"]["extended"] / result["median_seconds"]["joint"]
         lines.append(
-            f"| {method} | extended / joint time | " + " | " * len(PAIRS) + f" | {ratio:.2f} |"
+            f"| {method} | extended / joint time | " + " | " * len(pairs) + f" | {ratio:.2f} |"
         )
     return "\n".join(lines)
 
