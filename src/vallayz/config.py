@@ -139,21 +139,21 @@ class IMPNConfig:
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.modalities, dict) or len(self.modalities) < 2:
+        """Validates every field, in a fixed order (the first fault found is reported)."""
+        _check_modalities(self.modalities)
+        self._check_sizes()
+        self._check_tables()
+        self._check_choices()
+        self._check_sigma()
+        if self.schema_version > SCHEMA_VERSION:
             raise ValueError(
-                "IMPNConfig.modalities needs at least two modalities as {name: native_dim}, "
-                f"got {self.modalities!r}"
+                f"this config has schema version {self.schema_version}, newer than this "
+                f"vallayz ({SCHEMA_VERSION}); upgrade vallayz to read it"
             )
-        for name, dim in self.modalities.items():
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(
-                    f"modality name {name!r} is not usable as a key; use letters, digits, '_' "
-                    "or '-', starting with a letter or '_' (e.g. 'en', 'speech_frames')"
-                )
-            if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-                raise ValueError(
-                    f"modality {name!r} has native dimension {dim!r}; give a positive integer"
-                )
+        check_parameter_count(self.parameter_count(), "IMPN", self._size_fields())
+
+    def _check_sizes(self) -> None:
+        """Raises ``ValueError`` unless every flag is a bool and every size a positive int."""
         for flag in _FLAGS:
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -168,10 +168,18 @@ class IMPNConfig:
             _positive_int("hidden_dim", self.hidden_dim)
         if self.sender_candidates is not None:
             _positive_int("sender_candidates", self.sender_candidates)
+
+    def _check_tables(self) -> None:
+        """Raises ``ValueError`` unless the token front ends, the token nodes (and their
+        positions) and the frozen modalities name known modalities with valid values."""
         check_token_buckets(self.token_buckets, self.modalities)
         check_token_buckets(self.token_nodes, self.modalities, "token_nodes")
         _positive_int("token_node_positions", self.token_node_positions)
         check_frozen(self.frozen_modalities, self.modalities)
+
+    def _check_choices(self) -> None:
+        """Raises ``ValueError`` unless ``heads`` divides ``soil_dim``, the temperature is
+        positive, the dropout lies in ``[0, 1)`` and every named choice is a known one."""
         if self.soil_dim % self.heads:
             raise ValueError(
                 f"heads={self.heads} does not divide soil_dim={self.soil_dim}; choose heads "
@@ -194,6 +202,10 @@ class IMPNConfig:
             raise ValueError(f"decode_from must be one of {_DECODE_FROM}, got {self.decode_from!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    def _check_sigma(self) -> None:
+        """Raises ``ValueError`` unless ``sigma`` gives every modality (and only those) a value
+        ``>= 0``, ``> 0`` under ``learn_sigma``."""
         if isinstance(self.sigma, dict):
             unknown = set(self.sigma) - set(self.modalities)
             missing = set(self.modalities) - set(self.sigma)
@@ -211,12 +223,10 @@ class IMPNConfig:
                     f"learn_sigma=True needs sigma > 0 for every modality ({name!r} has 0); "
                     "sigma is learned as log(sigma)"
                 )
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(
-                f"this config has schema version {self.schema_version}, newer than this "
-                f"vallayz ({SCHEMA_VERSION}); upgrade vallayz to read it"
-            )
-        sizes = {
+
+    def _size_fields(self) -> dict[str, object]:
+        """The fields that set the parameter count, for the message of a config too large."""
+        return {
             "modalities": self.modalities,
             "soil_dim": self.soil_dim,
             "hidden_dim": self.hidden_dim,
@@ -227,7 +237,6 @@ class IMPNConfig:
             "token_nodes": self.token_nodes,
             "token_node_positions": self.token_node_positions,
         }
-        check_parameter_count(self.parameter_count(), "IMPN", sizes)
 
     def parameter_count(self) -> int:
         """The number of parameters of an IMPN with this config, computed without building it
@@ -398,6 +407,26 @@ def _json_type(value: object) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     names.update({list: "a list", dict: "an object"})
     return names.get(type(value), type(value).__name__)
+
+
+def _check_modalities(modalities: object) -> None:
+    """Raises ``ValueError`` unless ``modalities`` maps at least two usable names to positive
+    integer dimensions."""
+    if not isinstance(modalities, dict) or len(modalities) < 2:
+        raise ValueError(
+            "IMPNConfig.modalities needs at least two modalities as {name: native_dim}, "
+            f"got {modalities!r}"
+        )
+    for name, dim in modalities.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(
+                f"modality name {name!r} is not usable as a key; use letters, digits, '_' "
+                "or '-', starting with a letter or '_' (e.g. 'en', 'speech_frames')"
+            )
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(
+                f"modality {name!r} has native dimension {dim!r}; give a positive integer"
+            )
 
 
 def check_token_buckets(

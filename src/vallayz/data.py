@@ -409,22 +409,63 @@ def write_paired_embeddings(
     """
     directory = Path(directory)
     lines = _items_lines(items)
+    given = _checked_arrays(embeddings, present or {}, padding or {}, tokens or {}, node_ids or {})
+    _check_replaceable(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    work = _aside(directory, "partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        for suffix, arrays in given.items():
+            for name, array in arrays.items():
+                np.save(work / f"{name}{suffix}.npy", array, allow_pickle=False)
+        (work / ITEMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _check_written(work, directory)
+        _swap_in(work, directory)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return directory
+
+
+def _checked_arrays(
+    embeddings: dict[str, np.ndarray],
+    present: dict[str, np.ndarray],
+    padding: dict[str, np.ndarray],
+    tokens: dict[str, np.ndarray],
+    node_ids: dict[str, np.ndarray],
+) -> dict[str, dict[str, np.ndarray]]:
+    """The arrays :func:`write_paired_embeddings` writes, by file suffix (``""`` for the
+    embeddings) and modality, each checked and in its stored dtype.
+
+    Raises:
+        VallayzUserError: for a name that cannot name a file, a wrong dtype, or masks or ids of
+            a modality without embeddings.
+    """
     given: dict[str, dict[str, np.ndarray]] = {"": {}}
     for name, array in embeddings.items():
         _check_name(name, "embeddings")
         given[""][name] = _float_array(name, array)
-    for suffix, masks in ((".present", present or {}), (".padding", padding or {})):
+    for suffix, masks in ((".present", present), (".padding", padding)):
         given[suffix] = {}
         for name, mask in masks.items():
             _check_known(name, suffix, embeddings)
             given[suffix][name] = _bool_array(f"{name}{suffix}", mask)
-    for suffix, ids_of in ((".tokens", tokens or {}), (".node_ids", node_ids or {})):
+    for suffix, ids_of in ((".tokens", tokens), (".node_ids", node_ids)):
         given[suffix] = {}
         for name, ids in ids_of.items():
             _check_known(name, suffix, embeddings)
             given[suffix][name] = _id_array(f"{name}{suffix}", ids)
-    # Other files of the old folder are carried over, but arrays would be replaced: a folder
-    # holding arrays and no items table is someone else's, not a data folder to overwrite.
+    return given
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Raises :class:`VallayzUserError` if ``directory`` exists and is not a data folder.
+
+    Other files of the old folder are carried over, but arrays would be replaced: a folder
+    holding arrays and no items table is someone else's, not a data folder to overwrite.
+    """
     if directory.exists() and (
         not directory.is_dir()
         or (
@@ -436,28 +477,17 @@ def write_paired_embeddings(
             f"{directory} exists and is not a data folder (arrays but no {ITEMS_NAME}); choose "
             "a new or empty folder"
         )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    work = _aside(directory, "partial")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
+
+
+def _check_written(work: Path, directory: Path) -> None:
+    """Raises :class:`VallayzUserError`, naming ``directory``, unless the loader (and so
+    ``vallayz check``) accepts the folder written at ``work``: only then is it swapped in."""
     try:
-        for suffix, arrays in given.items():
-            for name, array in arrays.items():
-                np.save(work / f"{name}{suffix}.npy", array, allow_pickle=False)
-        (work / ITEMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        # The folder is swapped in only if the loader (and so vallayz check) accepts it.
-        try:
-            PairedEmbeddings(work)
-        except VallayzUserError as err:
-            raise VallayzUserError(
-                f"{directory} was not written: {str(err).replace(str(work), str(directory))}"
-            ) from err
-        _swap_in(work, directory)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return directory
+        PairedEmbeddings(work)
+    except VallayzUserError as err:
+        raise VallayzUserError(
+            f"{directory} was not written: {str(err).replace(str(work), str(directory))}"
+        ) from err
 
 
 def check_modality_name(name: object, what: str = "modality") -> str:

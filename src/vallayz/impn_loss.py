@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -108,16 +109,39 @@ class BridgeModel(Protocol):
         """Sets the noise scale."""
 
 
+@dataclass
+class _Drop:
+    """The modalities the translation pass drops, and the rows its terms and the cycle's read.
+
+    Attributes:
+        dropped: Modality → ``[B]`` rows where it is dropped.
+        kept: Modality → ``[B]`` rows where it is present and kept.
+        rows: ``[B]`` rows where some modality is dropped (those the cycle pass reads).
+        lost_rows: Modality → how many rows drop it.
+        back_rows: Modality → how many of ``rows`` keep it (the cycle's targets).
+        row_count: How many ``rows`` there are.
+    """
+
+    dropped: dict[str, Tensor]
+    kept: dict[str, Tensor]
+    rows: Tensor
+    lost_rows: dict[str, int]
+    back_rows: dict[str, int]
+    row_count: int
+
+
 class IMPNLoss(nn.Module):
     """Computes the IMPN objective for a model on one batch.
 
-    Passes: (1) isolated unimodal pass → contrastive and kNN terms; (1b) one fused pass per
-    chosen subset of at least two modalities → the combinatorial term against the
-    isolated vectors of pass 1; (2) a pass with random
-    modalities dropped per row → translation, denoising and bridged-contrastive terms (the
-    dropped modalities' soil states, reached by message passing, against their isolated soil
-    vectors from pass 1); (3) the decoded dropped modalities alone → cycle term on the kept
-    ones; plus orthogonality of the adapters.
+    Passes, one method each: (1) isolated unimodal pass → contrastive and kNN terms
+    (:meth:`_isolated_pass`); (1b) one fused pass per chosen subset of at least two modalities
+    → the combinatorial term against the isolated vectors of pass 1 (:meth:`_fused_passes`);
+    (1c) joint passes of anchors with their partners and hard negatives → the re-ranking term
+    (:meth:`_match_passes`); (2) a pass with random modalities dropped per row → translation,
+    denoising and bridged-contrastive terms (the dropped modalities' soil states, reached by
+    message passing, against their isolated soil vectors from pass 1;
+    :meth:`_translation_pass`); (3) the decoded dropped modalities alone → cycle term on the
+    kept ones (:meth:`_cycle_pass`); plus orthogonality of the adapters.
 
     A model with frozen modalities (``IMPN.extend``) skips the terms that read frozen
     parameters alone, which cannot train anything: the contrastive, kNN and re-ranking terms of
@@ -181,21 +205,76 @@ class IMPNLoss(nn.Module):
         batch: Batch | Embeddings,
         generator: torch.Generator | None = None,
     ) -> LossOutput:
+        """The weighted total and every term of ``model``'s loss on ``batch``.
+
+        Runs the passes of the class description in order (which fixes the order of the draws
+        from ``generator``); a pass whose term has weight 0, or nothing to train, is skipped.
+
+        Args:
+            model: The model to train.
+            batch: The batch (validated here, once for every pass).
+            generator: Random generator of the noise, the dropped modalities and the subsets.
+
+        Returns:
+            The weighted total and the unweighted terms by name.
+        """
         batch = Batch.of(batch)
         batch.validate(model.config)
         w = self.weights
         native = {m: x.to(model.device) for m, x in batch.pooled().items()}
         present = {m: p.to(model.device) for m, p in batch.present.items()}
         zero = torch.zeros((), device=model.device)
-        terms: dict[str, Tensor] = {}
         frozen = set(model.config.frozen_modalities)
 
+        isolated, terms = self._isolated_pass(
+            model, batch, native, present, generator, frozen, zero
+        )
+        terms["combinatorial"] = zero
+        if w.combinatorial > 0:
+            terms["combinatorial"] = self._fused_passes(
+                model, batch, isolated, present, generator, zero
+            )
+        terms["rerank"] = zero
+        if w.rerank > 0 and model.match_head is not None:
+            terms["rerank"] = self._match_passes(model, batch, isolated, generator, zero, frozen)
+
+        drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
+        decoded, dropped_terms = self._translation_pass(
+            model, batch, native, isolated, drop, generator, zero
+        )
+        terms.update(dropped_terms)
+        terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
+
+        projections = model.projection_weights(model.trainable_modalities)
+        terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
+
+        total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
+        return LossOutput(total=total, terms=terms)
+
+    def _isolated_pass(
+        self,
+        model: BridgeModel,
+        batch: Batch,
+        native: dict[str, Tensor],
+        present: dict[str, Tensor],
+        generator: torch.Generator | None,
+        frozen: set[str],
+        zero: Tensor,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Pass 1, every modality alone: the contrastive term of each pair of modalities with
+        two shared rows (``contrastive/a-b``) and their mean (``contrastive``), and the kNN
+        term; pairs and modalities that are frozen alone are left out.
+
+        Returns:
+            The isolated soil vectors and the terms by name.
+
+        Shape:
+            native ``{m: [B, d_m]}``, present ``{m: [B]}`` → ``{m: [B, soil_dim]}``, scalars.
+        """
         iso = model(batch, isolate=True, generator=generator, validate=False, decode=False)
-        # Rows shared by every pair of modalities (per modality on the diagonal), read at once.
         names = list(batch.embeddings)
-        stacked = torch.stack([present[m] for m in names], dim=1)
-        shared = (stacked[:, :, None] & stacked[:, None, :]).sum(dim=0).tolist()
-        together = {(a, b): shared[i][j] for i, a in enumerate(names) for j, b in enumerate(names)}
+        together = _shared_rows(present, names)
+        terms: dict[str, Tensor] = {}
         pairs, pair_rows = [], []
         for a, b in itertools.combinations(names, 2):
             both = present[a] & present[b]
@@ -215,84 +294,94 @@ class IMPNLoss(nn.Module):
             if knn_rows[m] >= 2 and m not in frozen
         }
         terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
+        return iso.soil, terms
 
-        terms["combinatorial"] = zero
-        if w.combinatorial > 0:
-            terms["combinatorial"] = self._combinatorial(
-                model, batch, iso.soil, present, generator, zero
-            )
+    def _translation_pass(
+        self,
+        model: BridgeModel,
+        batch: Batch,
+        native: dict[str, Tensor],
+        isolated: dict[str, Tensor],
+        drop: _Drop,
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Pass 2, the batch without its dropped modalities, which its kept ones reach by
+        message passing: the translation term (their decoded native vectors), the bridged term
+        (their soil states against their ``isolated`` ones, when its weight is positive) and
+        the denoising term of every bridge layer's messages.
 
-        terms["rerank"] = zero
-        if w.rerank > 0 and model.match_head is not None:
-            terms["rerank"] = self._rerank(model, batch, iso.soil, generator, zero, frozen)
+        Returns:
+            The decoded native vectors and the terms by name.
 
-        dropped = drop_modalities(present, self.drop_rate, generator)
-        kept = {m: present[m] & ~dropped[m] for m in present}
+        Shape:
+            native ``{m: [B, d_m]}``, isolated ``{m: [B, soil_dim]}`` → ``{m: [B, d_m]}``,
+            scalars.
+        """
         out = model(
-            Batch.of(batch, present=kept),
+            Batch.of(batch, present=drop.kept),
             generator=generator,
             return_messages=True,
             validate=False,
         )
-        # Per modality: dropped rows, and kept rows among those with a drop (the cycle's
-        # targets); then how many rows have a drop. One read for all of them.
-        lost_stack = torch.stack([dropped[m] for m in names], dim=1)
-        rows = lost_stack.any(dim=1)
-        counts = torch.cat(
-            [
-                lost_stack.sum(dim=0),
-                (stacked & ~lost_stack & rows[:, None]).sum(dim=0),
-                rows.sum()[None],
-            ]
-        ).tolist()
-        lost_rows = dict(zip(names, counts[: len(names)], strict=True))
-        back_rows = dict(zip(names, counts[len(names) : 2 * len(names)], strict=True))
-        lost = [m for m in names if lost_rows[m] > 0]
+        lost = [m for m in batch.embeddings if drop.lost_rows[m] > 0]
         translations = [
-            translation_loss(out.decoded[m], native[m], self.reconstruction, dropped[m])
+            translation_loss(out.decoded[m], native[m], self.reconstruction, drop.dropped[m])
             for m in lost
         ]
-        terms["translation"] = self._mean(translations, [lost_rows[m] for m in lost], zero)
+        terms = {"translation": self._mean(translations, [drop.lost_rows[m] for m in lost], zero)}
         bridged, bridged_rows = [], []
-        if w.bridged > 0:
+        if self.weights.bridged > 0:
             for m in lost:
-                rows_m = dropped[m]
-                if lost_rows[m] >= 2:
+                rows_m = drop.dropped[m]
+                if drop.lost_rows[m] >= 2:
                     bridged.append(
                         info_nce(
-                            out.soil[m][rows_m], iso.soil[m][rows_m], self.contrastive_temperature
+                            out.soil[m][rows_m], isolated[m][rows_m], self.contrastive_temperature
                         )
                     )
-                    bridged_rows.append(lost_rows[m])
+                    bridged_rows.append(drop.lost_rows[m])
         terms["bridged"] = self._mean(bridged, bridged_rows, zero)
         assert out.messages is not None
         real = torch.cat([out.node_mask[m] for m in model.names], dim=1)
         terms["denoising"] = torch.stack(
             [denoising_loss(noisy, clean, real) for noisy, clean in out.messages]
         ).mean()
+        return out.decoded, terms
 
-        terms["cycle"] = zero
-        if counts[-1] > 0:
-            sources = {m: out.decoded[m][rows] for m in dropped}
-            back = model(
-                Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
-                generator=generator,
-                validate=False,
-            )
-            back_to = [m for m in names if back_rows[m] > 0]
-            cycles = [
-                cycle_loss(back.decoded[m], native[m][rows], self.reconstruction, kept[m][rows])
-                for m in back_to
-            ]
-            terms["cycle"] = self._mean(cycles, [back_rows[m] for m in back_to], zero)
+    def _cycle_pass(
+        self,
+        model: BridgeModel,
+        decoded: dict[str, Tensor],
+        native: dict[str, Tensor],
+        drop: _Drop,
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> Tensor:
+        """Pass 3, the ``decoded`` dropped modalities of the rows with a drop, alone: the cycle
+        term, their decoded kept modalities against the true ones (``zero`` when no row has a
+        drop).
 
-        projections = model.projection_weights(model.trainable_modalities)
-        terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
+        Shape:
+            decoded ``{m: [B, d_m]}``, native ``{m: [B, d_m]}`` → scalar.
+        """
+        if drop.row_count == 0:
+            return zero
+        rows, dropped = drop.rows, drop.dropped
+        sources = {m: decoded[m][rows] for m in dropped}
+        back = model(
+            Batch.of(sources, present={m: dropped[m][rows] for m in dropped}),
+            generator=generator,
+            validate=False,
+        )
+        back_to = [m for m in drop.back_rows if drop.back_rows[m] > 0]
+        cycles = [
+            cycle_loss(back.decoded[m], native[m][rows], self.reconstruction, drop.kept[m][rows])
+            for m in back_to
+        ]
+        return self._mean(cycles, [drop.back_rows[m] for m in back_to], zero)
 
-        total = sum((weight * terms[name] for name, weight in w.as_dict().items()), zero)
-        return LossOutput(total=total, terms=terms)
-
-    def _rerank(
+    def _match_passes(
         self,
         model: BridgeModel,
         batch: Batch,
@@ -332,7 +421,7 @@ class IMPNLoss(nn.Module):
             counts.append(count)
         return self._mean(losses, counts, zero)
 
-    def _combinatorial(
+    def _fused_passes(
         self,
         model: BridgeModel,
         batch: Batch,
@@ -400,6 +489,53 @@ def joint_batch(batch: Batch, a: str, rows_a: Tensor, b: str, rows_b: Tensor) ->
         padding={m: batch.padding[m][r] for m, r in picks.items() if m in batch.padding},
         tokens={m: batch.tokens[m][r] for m, r in picks.items() if m in batch.tokens},
         node_ids={m: batch.node_ids[m][r] for m, r in picks.items() if m in batch.node_ids},
+    )
+
+
+def _shared_rows(present: dict[str, Tensor], names: list[str]) -> dict[tuple[str, str], int]:
+    """How many rows hold both modalities of every ordered pair (a modality's own present rows
+    on the diagonal), read at once.
+
+    Shape:
+        ``{m: [B]}`` → ``{(a, b): int}``.
+    """
+    stacked = torch.stack([present[m] for m in names], dim=1)
+    shared = (stacked[:, :, None] & stacked[:, None, :]).sum(dim=0).tolist()
+    return {(a, b): shared[i][j] for i, a in enumerate(names) for j, b in enumerate(names)}
+
+
+def _draw_drop(
+    present: dict[str, Tensor],
+    names: list[str],
+    rate: float,
+    generator: torch.Generator | None,
+) -> _Drop:
+    """Draws the modalities the translation pass drops (:func:`drop_modalities`) and counts,
+    per modality, its dropped rows and its kept rows among those with a drop, then the rows
+    with a drop: one read for all of them.
+
+    Shape:
+        ``{m: [B]}`` → masks ``{m: [B]}`` and ``[B]``.
+    """
+    dropped = drop_modalities(present, rate, generator)
+    kept = {m: present[m] & ~dropped[m] for m in present}
+    stacked = torch.stack([present[m] for m in names], dim=1)
+    lost_stack = torch.stack([dropped[m] for m in names], dim=1)
+    rows = lost_stack.any(dim=1)
+    counts = torch.cat(
+        [
+            lost_stack.sum(dim=0),
+            (stacked & ~lost_stack & rows[:, None]).sum(dim=0),
+            rows.sum()[None],
+        ]
+    ).tolist()
+    return _Drop(
+        dropped=dropped,
+        kept=kept,
+        rows=rows,
+        lost_rows=dict(zip(names, counts[: len(names)], strict=True)),
+        back_rows=dict(zip(names, counts[len(names) : 2 * len(names)], strict=True)),
+        row_count=counts[-1],
     )
 
 

@@ -177,37 +177,10 @@ class IMPN(nn.Module):
             }
         )
         # Keyed by name, so that a checkpoint does not depend on the order of the modalities.
-        self.seeds = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.names}
-        )
-        self.modality_embedding = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.names}
-        )
-        self.layers = nn.ModuleList(
-            BridgeLayer(
-                dim,
-                config.heads,
-                config.gate_hidden,
-                config.top_k,
-                config.temperature,
-                config.update,
-                config.ffn_mult,
-                config.dropout,
-                config.selection,
-                config.sender_candidates,
-                config.bridge_attention,
-                config.bridge_ffn,
-            )
-            for _ in range(config.layers)
-        )
-        if config.zero_init_adapters:
-            for adapter in self.adapters.values():
-                assert isinstance(adapter, Adapter)
-                adapter.zero_init_branch()
-        if config.zero_init_residual:
-            for layer in self.layers:
-                assert isinstance(layer, BridgeLayer)
-                layer.zero_init_residual()
+        self.seeds = _small_vectors(self.names, dim)
+        self.modality_embedding = _small_vectors(self.names, dim)
+        self.layers = _bridge_layers(config)
+        self._zero_init()
         self.norm: nn.Module = nn.LayerNorm(dim) if config.final_norm else nn.Identity()
         self.absent_init = AbsentInit(dim, config.heads) if config.absent_init == "attend" else None
         self.match_head = MatchHead(dim, config.gate_hidden * 2) if config.match_head else None
@@ -221,6 +194,18 @@ class IMPN(nn.Module):
             }
         )
         self._freeze()
+
+    def _zero_init(self) -> None:
+        """Starts the adapters' MLP branches and the bridge layers' residual branches at zero
+        where ``config.zero_init_adapters`` and ``config.zero_init_residual`` ask for it."""
+        if self.config.zero_init_adapters:
+            for adapter in self.adapters.values():
+                assert isinstance(adapter, Adapter)
+                adapter.zero_init_branch()
+        if self.config.zero_init_residual:
+            for layer in self.layers:
+                assert isinstance(layer, BridgeLayer)
+                layer.zero_init_residual()
 
     # ------------------------------------------------------------------ hyper-parameters
     @property
@@ -361,11 +346,29 @@ class IMPN(nn.Module):
         Shape:
             The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        check_extension(
-            new_modalities,
-            self.names,
-            {"token_buckets": token_buckets, "token_nodes": token_nodes},
-        )
+        parts = {"token_buckets": token_buckets, "token_nodes": token_nodes}
+        check_extension(new_modalities, self.names, parts)
+        model = self._fresh_extension(new_modalities, sigma, token_buckets, token_nodes)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        added = {key for m in new_modalities for key in model._own_keys(m)}
+        assert not unexpected and set(missing) <= added, (missing, unexpected)
+        model.sigma_scale = self.sigma_scale
+        return model.train(self.training)
+
+    def _fresh_extension(
+        self,
+        new_modalities: Mapping[str, int],
+        sigma: float | None,
+        token_buckets: Mapping[str, int] | None,
+        token_nodes: Mapping[str, int] | None,
+    ) -> IMPN:
+        """A newly initialised model of this config with ``new_modalities`` added after the old
+        ones (with the parts asked for) and every old modality frozen, on this model's device;
+        :meth:`extend` then copies this model's weights into it.
+
+        Raises:
+            VallayzUserError: if the extended config is invalid.
+        """
         config = self.config.to_dict()
         old_sigma = self.sigma
         if sigma is None:
@@ -379,16 +382,11 @@ class IMPN(nn.Module):
             frozen_modalities=list(self.names),
         )
         try:
-            model = type(self)(IMPNConfig.from_dict(config)).to(self.device)
+            return type(self)(IMPNConfig.from_dict(config)).to(self.device)
         except ValueError as err:
             if isinstance(err, VallayzUserError):
                 raise
             raise VallayzUserError(f"cannot add {dict(new_modalities)}: {err}") from err
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        added = {key for m in new_modalities for key in model._own_keys(m)}
-        assert not unexpected and set(missing) <= added, (missing, unexpected)
-        model.sigma_scale = self.sigma_scale
-        return model.train(self.training)
 
     def _own_keys(self, name: str) -> set[str]:
         """State-dict keys of :meth:`own_parameters` of ``name``."""
@@ -450,11 +448,6 @@ class IMPN(nn.Module):
         batch = Batch.of(batch)
         if validate:
             batch.validate(self.config)
-        if modalities is not None and not set(batch.embeddings) <= set(modalities):
-            raise ValueError(
-                f"modalities={sorted(modalities)} leaves out modalities of the batch "
-                f"({sorted(set(batch.embeddings) - set(modalities))}); name every one"
-            )
         nodes = self._encode(batch, modalities)
         # No senders at all when isolated: the layers skip their gates.
         senders = None if isolate else nodes.senders
@@ -471,10 +464,10 @@ class IMPN(nn.Module):
     def _encode(self, batch: Batch, modalities: Collection[str] | None = None) -> _Nodes:
         """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
         all packed into one node tensor (of ``modalities`` only, when given)."""
+        names = self._packed(batch, modalities)
         size, device = batch.batch_size, self.device
         pieces, reals, present_nodes, pooled, presents, spans = [], [], [], [], {}, {}
         start = 0
-        names = self.names if modalities is None else [m for m in self.names if m in modalities]
         for name in names:
             if name in batch.embeddings:
                 states, real, present, units = self._encode_present(batch, name)
@@ -509,6 +502,22 @@ class IMPN(nn.Module):
             present=presents,
             spans=spans,
         )
+
+    def _packed(self, batch: Batch, modalities: Collection[str] | None) -> list[str]:
+        """The modalities a pass packs, in the model's order: ``modalities`` (which must hold
+        every modality of ``batch``), or all of them when ``None``.
+
+        Raises:
+            ValueError: if ``modalities`` leaves out a modality of the batch.
+        """
+        if modalities is None:
+            return self.names
+        if not set(batch.embeddings) <= set(modalities):
+            raise ValueError(
+                f"modalities={sorted(modalities)} leaves out modalities of the batch "
+                f"({sorted(set(batch.embeddings) - set(modalities))}); name every one"
+            )
+        return [m for m in self.names if m in modalities]
 
     def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Soil states ``[B, T, d]``, real-node mask ``[B, T]``, presence ``[B]`` and token-node
@@ -929,6 +938,37 @@ class IMPN(nn.Module):
         """The IMPN loss of this model under ``settings`` (defaults when ``None``), whose
         gating, noise and term weights a planner may change."""
         return IMPNObjective(self, settings or LossSettings())
+
+
+def _small_vectors(names: list[str], dim: int) -> nn.ParameterDict:
+    """One vector per modality drawn from ``N(0, 0.02²)`` (seed states, modality embeddings),
+    in the order of ``names``.
+
+    Shape:
+        ``{m: [dim]}``.
+    """
+    return nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in names})
+
+
+def _bridge_layers(config: IMPNConfig) -> nn.ModuleList:
+    """The ``config.layers`` bridge layers, shared by every modality."""
+    return nn.ModuleList(
+        BridgeLayer(
+            config.soil_dim,
+            config.heads,
+            config.gate_hidden,
+            config.top_k,
+            config.temperature,
+            config.update,
+            config.ffn_mult,
+            config.dropout,
+            config.selection,
+            config.sender_candidates,
+            config.bridge_attention,
+            config.bridge_ffn,
+        )
+        for _ in range(config.layers)
+    )
 
 
 def check_weights(

@@ -175,8 +175,34 @@ def mcca_state(
     k = components if components is not None else min(x.shape[1] for x in views.values())
     if not 1 <= k <= sum(x.shape[1] for x in views.values()):
         raise ValueError(f"components must be in [1, total width], got {k}")
-    means, centred, whiten = {}, {}, {}
+    means, centred, whiten = _whitened_moments(views, masks, ridge)
+    matrix = _whitened_block_covariance(centred, whiten, masks)
+    _, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    projections = _unit_variance_directions(vectors.flip(1)[:, :k], centred, whiten, masks)
+    correlations = _mean_pair_correlation(centred, projections, masks)
+    order = torch.argsort(correlations, descending=True, stable=True)
+    state = {"correlations": correlations[order]}
     for m in names:
+        state[f"{m}.mean"] = means[m]
+        state[f"{m}.projection"] = projections[m][:, order]
+    return state
+
+
+def _whitened_moments(
+    views: Mapping[str, Tensor], masks: dict[str, Tensor], ridge: float
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Per modality, over its present rows: the mean, the centred view (zero in absent rows) and
+    the whitening ``W_m = (C_mm + ridge · tr/d · I)^(-1/2)``, in float64.
+
+    Raises:
+        ValueError: if a modality is present on fewer than 2 rows.
+
+    Shape:
+        ``{m: [N, d_m]}`` → means ``{m: [d_m]}``, centred ``{m: [N, d_m]}``, whitening
+        ``{m: [d_m, d_m]}``.
+    """
+    means, centred, whiten = {}, {}, {}
+    for m in views:
         rows = views[m][masks[m]].double()
         if rows.shape[0] < 2:
             raise ValueError(f"modality {m!r} is present on fewer than 2 rows; drop it")
@@ -187,11 +213,27 @@ def mcca_state(
         whiten[m] = inverse_sqrt(
             rows.T @ rows / rows.shape[0] - torch.outer(means[m], means[m]), ridge
         )
+    return means, centred, whiten
+
+
+def _whitened_block_covariance(
+    centred: dict[str, Tensor], whiten: dict[str, Tensor], masks: dict[str, Tensor]
+) -> Tensor:
+    """The block matrix ``K`` of MCCA: ``K_ab = W_a C_ab W_b`` with each ``C_ab`` over the rows
+    where both are present, and ``K_mm = I``.
+
+    Raises:
+        ValueError: if two modalities share fewer than 2 rows.
+
+    Shape:
+        centred ``{m: [N, d_m]}``, whitening ``{m: [d_m, d_m]}`` → ``[Σ d_m, Σ d_m]``.
+    """
+    names = list(centred)
     blocks: dict[tuple[str, str], Tensor] = {}
     for a in names:
         for b in names:
             if a == b:
-                blocks[a, b] = torch.eye(views[a].shape[1], dtype=torch.float64)
+                blocks[a, b] = torch.eye(centred[a].shape[1], dtype=torch.float64)
                 continue
             both = masks[a] & masks[b]
             count = int(both.sum())
@@ -199,16 +241,42 @@ def mcca_state(
                 raise ValueError(f"modalities {a!r} and {b!r} share fewer than 2 rows")
             cross = centred[a][both].T @ centred[b][both] / count
             blocks[a, b] = whiten[a] @ cross @ whiten[b]
-    matrix = torch.cat([torch.cat([blocks[a, b] for b in names], 1) for a in names], 0)
-    _, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    vectors = vectors.flip(1)[:, :k]
+    return torch.cat([torch.cat([blocks[a, b] for b in names], 1) for a in names], 0)
+
+
+def _unit_variance_directions(
+    vectors: Tensor,
+    centred: dict[str, Tensor],
+    whiten: dict[str, Tensor],
+    masks: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """Each modality's directions ``W_m v_m`` from its block ``v_m`` of the eigenvectors,
+    scaled so that each variate has unit variance on the modality's present rows.
+
+    Shape:
+        vectors ``[Σ d_m, k]`` → ``{m: [d_m, k]}``.
+    """
     projections, start = {}, 0
-    for m in names:
-        block = vectors[start : start + views[m].shape[1]]
-        start += views[m].shape[1]
+    for m in centred:
+        block = vectors[start : start + centred[m].shape[1]]
+        start += centred[m].shape[1]
         direction = whiten[m] @ block
         rows = centred[m][masks[m]] @ direction
         projections[m] = direction / rows.pow(2).mean(0).sqrt().clamp_min(1e-300)
+    return projections
+
+
+def _mean_pair_correlation(
+    centred: dict[str, Tensor], projections: dict[str, Tensor], masks: dict[str, Tensor]
+) -> Tensor:
+    """Per component, the mean over pairs of modalities of the correlation of their variates
+    on the rows where both are present, clamped to ``[0, 1]``.
+
+    Shape:
+        projections ``{m: [d_m, k]}`` → ``[k]``.
+    """
+    names = list(centred)
+    k = projections[names[0]].shape[1]
     correlations = torch.zeros(k, dtype=torch.float64)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     for a, b in pairs:
@@ -216,13 +284,7 @@ def mcca_state(
         za = centred[a][both] @ projections[a]
         zb = centred[b][both] @ projections[b]
         correlations += (za * zb).sum(0) / (za.norm(dim=0) * zb.norm(dim=0)).clamp_min(1e-300)
-    correlations = (correlations / len(pairs)).clamp(0.0, 1.0)
-    order = torch.argsort(correlations, descending=True, stable=True)
-    state = {"correlations": correlations[order]}
-    for m in names:
-        state[f"{m}.mean"] = means[m]
-        state[f"{m}.projection"] = projections[m][:, order]
-    return state
+    return (correlations / len(pairs)).clamp(0.0, 1.0)
 
 
 def polar(matrix: Tensor) -> Tensor:

@@ -105,37 +105,7 @@ class Batch:
                     f"a mask is given for modality {name!r} but no embeddings are; pass "
                     f"embeddings for {name!r} or drop its mask (an absent modality needs no mask)"
                 )
-        out_present: dict[str, Tensor] = {}
-        out_padding: dict[str, Tensor] = {}
-        for name, x in embeddings.items():
-            if not isinstance(x, Tensor):
-                raise ValueError(
-                    f"embeddings for modality {name!r} are a {type(x).__name__}, not a "
-                    "torch.Tensor; convert them with torch.as_tensor(...)"
-                )
-            if x.dim() not in (2, 3):
-                raise ValueError(
-                    f"embeddings for modality {name!r} have shape {tuple(x.shape)}; expected "
-                    "[batch, dim] (pooled) or [batch, nodes, dim] (a set or sequence)"
-                )
-            mask = present.get(name)
-            out_present[name] = (
-                torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-                if mask is None
-                else mask.to(device=x.device, dtype=torch.bool)
-            )
-            if x.dim() == 3:
-                pad = padding.get(name)
-                out_padding[name] = (
-                    torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                    if pad is None
-                    else pad.to(device=x.device, dtype=torch.bool)
-                )
-            elif name in padding:
-                raise ValueError(
-                    f"a padding mask is given for modality {name!r}, whose embeddings are pooled "
-                    f"{tuple(x.shape)}; padding masks are only for [batch, nodes, dim] inputs"
-                )
+        out_present, out_padding = _filled_masks(embeddings, present, padding)
         for kind, given in (("tokens", tokens), ("node_ids", node_ids)):
             for name, ids in given.items():
                 _check_ids(kind, name, ids, embeddings[name].shape[0])
@@ -155,6 +125,14 @@ class Batch:
                 mask shapes, NaN/Inf in a present row, a present row without any real node, or a
                 row where every modality is absent.
         """
+        rows = self._row_count(config)
+        for name, x in self.embeddings.items():
+            self._check_modality(name, x, config, rows)
+        self._check_linked(rows)
+
+    def _row_count(self, config: IMPNConfig) -> int:
+        """The batch size, after checking that the batch holds a modality, that every modality
+        has that many rows and that it is not 0."""
         if not self.embeddings:
             raise ValueError(
                 "the batch holds no modality; pass at least one of "
@@ -169,54 +147,73 @@ class Batch:
         batch = next(iter(sizes.values()))
         if batch == 0:
             raise ValueError("the batch is empty (0 rows); pass at least one row")
-        for name, x in self.embeddings.items():
-            if name not in config.modalities:
+        return batch
+
+    def _check_modality(self, name: str, x: Tensor, config: IMPNConfig, batch: int) -> None:
+        """Checks one modality's name, dimension, dtype and presence mask against ``config``,
+        then its padding mask and values (:meth:`_check_values`).
+
+        Shape:
+            x ``[B, d_m]`` or ``[B, T_m, d_m]`` with ``B = batch``.
+        """
+        if name not in config.modalities:
+            raise ValueError(
+                f"unknown modality {name!r}; this model knows {sorted(config.modalities)}. "
+                "Rename the key or train a model that includes this modality"
+            )
+        dim = config.modalities[name]
+        if x.shape[-1] != dim:
+            raise ValueError(
+                f"modality {name!r} has dimension {x.shape[-1]} but the model expects {dim}; "
+                f"pass the {dim}-d embeddings of the encoder the model was trained on"
+            )
+        if not (x.is_floating_point()):
+            raise ValueError(
+                f"embeddings for modality {name!r} have dtype {x.dtype}; pass floating-point "
+                "values (e.g. x.float())"
+            )
+        present = self.present[name]
+        if present.shape != (batch,):
+            raise ValueError(
+                f"presence mask of modality {name!r} has shape {tuple(present.shape)}; "
+                f"expected ({batch},), one flag per row"
+            )
+        self._check_values(name, x, present)
+
+    def _check_values(self, name: str, x: Tensor, present: Tensor) -> None:
+        """Checks a node input's padding mask (its shape, and a real node in every present row),
+        then that no present row (no real node of one) holds NaN or Inf.
+
+        Shape:
+            x ``[B, d_m]`` or ``[B, T_m, d_m]``, present ``[B]``.
+        """
+        if x.dim() == 3:
+            pad = self.padding[name]
+            if pad.shape != x.shape[:2]:
                 raise ValueError(
-                    f"unknown modality {name!r}; this model knows {sorted(config.modalities)}. "
-                    "Rename the key or train a model that includes this modality"
+                    f"padding mask of modality {name!r} has shape {tuple(pad.shape)}; "
+                    f"expected {tuple(x.shape[:2])} ([batch, nodes], True = real node)"
                 )
-            dim = config.modalities[name]
-            if x.shape[-1] != dim:
+            empty = present & ~pad.any(dim=1)
+            if bool(empty.any()):
+                row = int(empty.nonzero()[0, 0])
                 raise ValueError(
-                    f"modality {name!r} has dimension {x.shape[-1]} but the model expects {dim}; "
-                    f"pass the {dim}-d embeddings of the encoder the model was trained on"
+                    f"modality {name!r} is marked present in row {row} but all of its nodes "
+                    "are padding; give the row at least one real node or mark it absent"
                 )
-            if not (x.is_floating_point()):
-                raise ValueError(
-                    f"embeddings for modality {name!r} have dtype {x.dtype}; pass floating-point "
-                    "values (e.g. x.float())"
-                )
-            present = self.present[name]
-            if present.shape != (batch,):
-                raise ValueError(
-                    f"presence mask of modality {name!r} has shape {tuple(present.shape)}; "
-                    f"expected ({batch},), one flag per row"
-                )
-            valid = present
-            if x.dim() == 3:
-                pad = self.padding[name]
-                if pad.shape != x.shape[:2]:
-                    raise ValueError(
-                        f"padding mask of modality {name!r} has shape {tuple(pad.shape)}; "
-                        f"expected {tuple(x.shape[:2])} ([batch, nodes], True = real node)"
-                    )
-                empty = present & ~pad.any(dim=1)
-                if bool(empty.any()):
-                    row = int(empty.nonzero()[0, 0])
-                    raise ValueError(
-                        f"modality {name!r} is marked present in row {row} but all of its nodes "
-                        "are padding; give the row at least one real node or mark it absent"
-                    )
-                bad = (~torch.isfinite(x)).any(dim=-1) & pad & present[:, None]
-                bad = bad.any(dim=1)
-            else:
-                bad = (~torch.isfinite(x)).any(dim=-1) & valid
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"modality {name!r} has NaN or Inf values in row {row}; clean the input, or "
-                    "mark the row absent with present={name!r: mask} so that it is ignored"
-                )
+            bad = (~torch.isfinite(x)).any(dim=-1) & pad & present[:, None]
+            bad = bad.any(dim=1)
+        else:
+            bad = (~torch.isfinite(x)).any(dim=-1) & present
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"modality {name!r} has NaN or Inf values in row {row}; clean the input, or "
+                "mark the row absent with present={name!r: mask} so that it is ignored"
+            )
+
+    def _check_linked(self, batch: int) -> None:
+        """Checks that every one of the ``batch`` rows has at least one present modality."""
         any_present = torch.zeros(batch, dtype=torch.bool, device=self.present_device)
         for mask in self.present.values():
             any_present = any_present | mask.to(any_present.device)
@@ -256,6 +253,51 @@ class Batch:
     def present_device(self) -> torch.device:
         """Device of the batch's tensors."""
         return next(iter(self.embeddings.values())).device
+
+
+def _filled_masks(
+    embeddings: Embeddings, present: dict[str, Tensor], padding: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Presence masks of every modality and padding masks of every node input, the given ones
+    as bool tensors on their embeddings' device and the missing ones all ``True``, after
+    checking that each input is a ``[B, d]`` or ``[B, T, d]`` tensor and that no pooled input
+    has a padding mask.
+
+    Shape:
+        ``{m: [B, d_m] or [B, T_m, d_m]}`` → presence ``{m: [B]}``, padding ``{m: [B, T_m]}``.
+    """
+    out_present: dict[str, Tensor] = {}
+    out_padding: dict[str, Tensor] = {}
+    for name, x in embeddings.items():
+        if not isinstance(x, Tensor):
+            raise ValueError(
+                f"embeddings for modality {name!r} are a {type(x).__name__}, not a "
+                "torch.Tensor; convert them with torch.as_tensor(...)"
+            )
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"embeddings for modality {name!r} have shape {tuple(x.shape)}; expected "
+                "[batch, dim] (pooled) or [batch, nodes, dim] (a set or sequence)"
+            )
+        mask = present.get(name)
+        out_present[name] = (
+            torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            if mask is None
+            else mask.to(device=x.device, dtype=torch.bool)
+        )
+        if x.dim() == 3:
+            pad = padding.get(name)
+            out_padding[name] = (
+                torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+                if pad is None
+                else pad.to(device=x.device, dtype=torch.bool)
+            )
+        elif name in padding:
+            raise ValueError(
+                f"a padding mask is given for modality {name!r}, whose embeddings are pooled "
+                f"{tuple(x.shape)}; padding masks are only for [batch, nodes, dim] inputs"
+            )
+    return out_present, out_padding
 
 
 def _check_ids(kind: str, name: str, ids: object, rows: int) -> None:
