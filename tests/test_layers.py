@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import tiny_config, tri_modal_inputs
 
 from vallayz import IMPN
-from vallayz.layers import BridgeLayer, CrossModalPassing, ReceptorGate
+from vallayz.layers import Adapter, BridgeLayer, CrossModalPassing, ReceptorGate
 
 f64 = torch.float64
 
@@ -457,3 +457,21 @@ def test_without_final_norm_the_soil_states_are_not_normalised() -> None:
             nodes.var(-1, unbiased=False, keepdim=True) + 1e-5
         )
         torch.testing.assert_close(out_normed.nodes[name], standard, atol=1e-5, rtol=1e-4)
+
+
+def test_a_linear_adapter_is_its_projection_alone() -> None:
+    from vallayz import IMPNConfig
+
+    config = IMPNConfig(modalities={"a": 6, "b": 8}, soil_dim=8, heads=2, linear_adapters=["b"])
+    model = IMPN(config)
+    linear, mlp = model.adapters["b"], model.adapters["a"]
+    # The square (8 -> 8) linear adapter still learns its map, starting at the identity.
+    assert isinstance(linear, Adapter) and isinstance(mlp, Adapter)
+    assert linear.projection is not None and not hasattr(linear, "up")
+    torch.testing.assert_close(linear.projection.weight, torch.eye(8))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    linear = linear.double()
+    torch.testing.assert_close(linear(x), x @ linear.projection.weight.T)
+    assert hasattr(mlp, "up")
+    with pytest.raises(ValueError, match="linear_adapters names \\['z'\\]"):
+        IMPNConfig(modalities={"a": 6, "b": 8}, linear_adapters=["z"])

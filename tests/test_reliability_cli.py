@@ -176,6 +176,7 @@ def test_a_model_too_large_to_allocate_is_refused_with_its_parameter_count(
         {"token_buckets": {"a": 5}, "token_nodes": {"b": 9}, "token_node_positions": 3},
         {"adapter_norm": False, "bridge_attention": False, "bridge_ffn": False, "layers": 3},
         {"adapter_branch": False, "zero_init_adapters": True},
+        {"linear_adapters": ["a", "c"], "adapter_norm": False},
         {"final_norm": False, "soil_dim": 4, "ffn_mult": 3, "gate_hidden": 5},
     ],
 )

@@ -108,6 +108,10 @@ class IMPNConfig:
     # Each adapter's MLP branch; false makes every adapter a learned linear map P·x alone (the
     # contrastive heads' map), with no LayerNorm or hidden layer.
     adapter_branch: bool = True
+    # Modalities whose adapter alone is a learned linear map (as with adapter_branch=false),
+    # the others keeping their MLP branch: e.g. the pooled sentence vectors linear and the
+    # speech frames through an MLP. [] for none.
+    linear_adapters: list[str] = field(default_factory=list)
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -176,6 +180,7 @@ class IMPNConfig:
         check_token_buckets(self.token_nodes, self.modalities, "token_nodes")
         _positive_int("token_node_positions", self.token_node_positions)
         check_frozen(self.frozen_modalities, self.modalities)
+        check_modality_list("linear_adapters", self.linear_adapters, self.modalities)
 
     def _check_choices(self) -> None:
         """Raises ``ValueError`` unless ``heads`` divides ``soil_dim``, the temperature is
@@ -243,9 +248,10 @@ class IMPNConfig:
         (``log_sigma`` included)."""
         dim, hidden, gate, names = self.soil_dim, self.hidden, self.gate_hidden, self.modalities
         total = 2 * len(names) * dim + len(names)  # seeds, modality embeddings, log_sigma
-        for native in names.values():
-            adapter = native * dim if native != dim or not self.adapter_branch else 0
-            if self.adapter_branch:
+        for name, native in names.items():
+            branch = self.has_adapter_branch(name)
+            adapter = native * dim if native != dim or not branch else 0
+            if branch:
                 adapter += 2 * native if self.adapter_norm else 0
                 adapter += _linear(native, hidden) + _linear(hidden, dim)
             decoder = 2 * dim + _linear(dim, hidden) + _linear(hidden, native)
@@ -273,6 +279,10 @@ class IMPNConfig:
     def hidden(self) -> int:
         """Hidden width of adapters and decoders."""
         return self.hidden_dim if self.hidden_dim is not None else 2 * self.soil_dim
+
+    def has_adapter_branch(self, modality: str) -> bool:
+        """Whether ``modality``'s adapter has its MLP branch (else it is a linear map alone)."""
+        return self.adapter_branch and modality not in self.linear_adapters
 
     def sigma_per_modality(self) -> dict[str, float]:
         """The micro-variant noise scale of every modality."""
@@ -476,19 +486,25 @@ def check_extension(
             )
 
 
+def check_modality_list(field_name: str, names: object, modalities: dict[str, int]) -> None:
+    """Raises ``ValueError`` unless ``names`` is a list of known modalities, each once."""
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{field_name} must be a list of modality names, got {names!r}")
+    unknown = sorted(set(names) - set(modalities))
+    if unknown:
+        raise ValueError(
+            f"{field_name} names {unknown}, not among the modalities {sorted(modalities)}; "
+            "remove them or add the modalities"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{field_name} names a modality twice: {names}")
+
+
 def check_frozen(frozen: object, modalities: dict[str, int]) -> None:
     """Raises ``ValueError`` unless ``frozen`` lists known modalities, each once, and leaves at
     least one modality to train."""
-    if not isinstance(frozen, list) or not all(isinstance(name, str) for name in frozen):
-        raise ValueError(f"frozen_modalities must be a list of modality names, got {frozen!r}")
-    unknown = sorted(set(frozen) - set(modalities))
-    if unknown:
-        raise ValueError(
-            f"frozen_modalities names {unknown}, not among the modalities {sorted(modalities)}; "
-            "remove them or add the modalities"
-        )
-    if len(set(frozen)) != len(frozen):
-        raise ValueError(f"frozen_modalities names a modality twice: {frozen}")
+    check_modality_list("frozen_modalities", frozen, modalities)
+    assert isinstance(frozen, list)
     if frozen and len(set(frozen)) == len(modalities):
         raise ValueError(
             "frozen_modalities names every modality, so nothing would train; freeze the old "

@@ -93,7 +93,10 @@ class Adapter(ResidualMLP):
         self.projection: nn.Linear | None = None
         if native_dim != soil_dim or not branch:
             self.projection = nn.Linear(native_dim, soil_dim, bias=False)
-            nn.init.orthogonal_(self.projection.weight)
+            if native_dim == soil_dim:
+                nn.init.eye_(self.projection.weight)
+            else:
+                nn.init.orthogonal_(self.projection.weight)
 
     def shortcut(self, x: Tensor) -> Tensor:
         return x if self.projection is None else self.projection(x)

@@ -156,7 +156,12 @@ class IMPN(nn.Module):
         self.adapters = nn.ModuleDict(
             {
                 m: Adapter(
-                    d, dim, hidden, config.dropout, config.adapter_norm, config.adapter_branch
+                    d,
+                    dim,
+                    hidden,
+                    config.dropout,
+                    config.adapter_norm,
+                    config.has_adapter_branch(m),
                 )
                 for m, d in config.modalities.items()
             }
