@@ -304,6 +304,14 @@ LADDER: dict[str, Variant] = {
     "ladder 8z: rung 8 (IMPN) with the adapter's MLP branch starting at zero": Variant(
         {"zero_init_adapters": True}
     ),
+    # Rung 4l reads the sentence vectors better and the speech frames worse than rung 4: the
+    # linear adapter for the two sentence vectors only, the speech frames keeping the MLP.
+    "ladder 4m: rung 4 with linear adapters for bo and en (MLP for the speech frames)": Variant(
+        {**_ENCODER_ONLY, "layers": 1, "linear_adapters": ["bo", "en"]}, _CONTRASTIVE_ONLY
+    ),
+    "ladder 8m: rung 8 (IMPN) with linear adapters for bo and en (MLP for speech)": Variant(
+        {"linear_adapters": ["bo", "en"]}
+    ),
 }
 VARIANTS.update(LADDER)
 # Not IMPN: the heads reading speech frames and other node inputs through their own small
