@@ -156,3 +156,19 @@ def test_the_command_offers_every_closed_form_map() -> None:
 
     args = build_parser().parse_args(["bench", "digits", "--out", "x"])
     assert tuple(args.closed_form) == CLOSED_FORM_METHODS
+
+
+def test_an_unknown_speaker_is_refused_before_anything_is_encoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vallayz_train.cli import main
+    from vallayz_train.digits import bench
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("encoded the data before checking the speakers")
+
+    monkeypatch.setattr(bench, "build_data", never)
+    out = tmp_path / "out"
+    assert main(["bench", "digits", "--out", str(out), "--speakers", "nobody", "--quiet"]) == 2
+    assert "unknown speaker(s) ['nobody']" in capsys.readouterr().err
+    assert not out.exists()

@@ -241,15 +241,15 @@ def bench_digits(
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     # Checked before the recordings are encoded.
     check_settings(spec, train, model, pair_modalities(PAIRS))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data, everyone = build_data(
-        out, root, speech_kind, train.split_seed, train.device, progress, log
-    )
+    # The speakers are read from the file names, before anything is encoded or written.
+    everyone = sorted({r.speaker for r in read_fsdd(root)})
     held_out = list(speakers or everyone)
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
         raise VallayzUserError(f"unknown speaker(s) {unknown}; the data has {everyone}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, _ = build_data(out, root, speech_kind, train.split_seed, train.device, progress, log)
     per_fold: dict[str, dict[str, Any]] = {}
     for speaker in held_out:
         folder = out / f"fold-{speaker}"
