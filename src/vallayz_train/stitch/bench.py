@@ -45,10 +45,10 @@ from vallayz_train.bench import BenchSpec, hardware
 from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
 from vallayz_train.bench.spec import MultiWayMethod, check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
+from vallayz_train.encoders import cached_encode, english_encoder
+from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
+from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.stitch.encoders import e5_encoder
-from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
-from vallayz_train.tibetan.corpus import Corpus, build_corpus, read_segments
-from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 from vallayz_train.trainer import fit
 
 Pair = tuple[tuple[str, ...], str]
@@ -68,8 +68,8 @@ NORMALISATIONS = ("standard", "l2")
 CONTROL_MAPS = ("ortho", "linear")
 # Learned methods, trained under one TrainConfig (an equal step budget).
 METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
-# The CPU-sized model of bench tibetan (identity-initialised bridge layers).
-MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
+# The CPU-sized model every benchmark starts from (identity-initialised bridge layers).
+MODEL_DEFAULTS: dict[str, Any] = dict(CPU_MODEL)
 # About 9 epochs of the ~4,200 training lines; a small budget on 2 CPU cores.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": 300,
