@@ -42,6 +42,7 @@ from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
 from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
 from vallayz.learned import load_pretrained
 from vallayz_train.bench import BenchSpec, hardware
+from vallayz_train.bench.runs import train_runs
 from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
 from vallayz_train.bench.spec import MultiWayMethod, check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
@@ -49,7 +50,6 @@ from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
 from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.stitch.encoders import e5_encoder
-from vallayz_train.trainer import fit
 
 Pair = tuple[tuple[str, ...], str]
 PAIRS: list[Pair] = [(("minilm",), "e5"), (("e5",), "minilm")]
@@ -61,13 +61,12 @@ FRACTIONS = (0.1, 0.2)
 DEFAULT_PAIRS = 6000
 # Training pairs whose Tibetan line the negative control encodes as anchors of its maps.
 CONTROL_ANCHORS = 1000
-# The closed-form maps of vallayz.baselines, and the two normalisations compared for each.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+# The closed-form maps of every benchmark (bench.spec.CLOSED_FORM), and the two normalisations
+# compared for each.
+CLOSED_FORM = tuple(CLOSED_FORM_METHODS)
 NORMALISATIONS = ("standard", "l2")
 # Maps fitted in the negative control (with standard scaling).
 CONTROL_MAPS = ("ortho", "linear")
-# Learned methods, trained under one TrainConfig (an equal step budget).
-METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
 # The CPU-sized model every benchmark starts from (identity-initialised bridge layers).
 MODEL_DEFAULTS: dict[str, Any] = dict(CPU_MODEL)
 # About 9 epochs of the ~4,200 training lines; a small budget on 2 CPU cores.
@@ -130,35 +129,6 @@ def build_data(
     # Both modalities read the same line: a retrieved duplicate of it is a hit.
     items = corpus.items({"text_minilm": corpus.en, "text_e5": corpus.en})
     return write_paired_embeddings(out / "data", arrays, items), seconds
-
-
-def _train(
-    data_dir: Path,
-    out: Path,
-    train: TrainConfig,
-    model: dict[str, Any],
-    methods: tuple[str, ...],
-    progress: bool,
-    log: Any,
-) -> tuple[dict[str, Path], dict[str, float]]:
-    """Trains (or resumes, or reuses) one run per learned method under ``out/<method>``."""
-    runs: dict[str, Path] = {}
-    seconds: dict[str, float] = {}
-    for method in methods:
-        run = out / method
-        runs[method] = run
-        if (run / "summary.json").exists():
-            continue
-        started = time.perf_counter()
-        if (run / "latest").exists():
-            log(f"resuming {method} in {run}")
-            fit(data_dir, run, resume=True, progress=progress)
-        else:
-            log(f"training {method} -> {run}")
-            overrides = dict(model) if method == "impn" else {}
-            fit(data_dir, run, overrides, train, progress=progress, method=method)
-        seconds[method] = time.perf_counter() - started
-    return runs, seconds
 
 
 def mean_target_encoder(data: PairedEmbeddings, anchors: np.ndarray) -> Encoder:
@@ -392,7 +362,9 @@ def bench_stitch(
     train = train or TrainConfig(**TRAIN_DEFAULTS)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     # Checked before the corpus is read and encoded.
-    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, methods=METHODS, closed_form=())
+    # Every learned method of the shared benchmark, trained under one TrainConfig (an equal
+    # step budget).
+    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, closed_form=())
     check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -409,7 +381,8 @@ def bench_stitch(
     encoders = text_encoders(train.device)
     data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
     data = PairedEmbeddings(data_dir)
-    runs, train_seconds = _train(data_dir, out, train, model, METHODS, progress, log)
+    trained = train_runs(data_dir, out, spec, train, model, progress, log)
+    runs, train_seconds = trained.methods, trained.seconds
 
     log(f"evaluating on the test split ({sizes['test']} lines)")
     evaluated = time.perf_counter()
