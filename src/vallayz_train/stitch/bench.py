@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +38,18 @@ from torch import Tensor
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
-from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
+from vallayz.eval import ClosedFormEncoder, format_table
 from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
-from vallayz.learned import load_pretrained
-from vallayz_train.bench import BenchSpec, hardware
-from vallayz_train.bench.runs import train_runs
+from vallayz_train.bench import BenchSpec, Pair, hardware
+from vallayz_train.bench.runs import Bench, train_runs
 from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
-from vallayz_train.bench.spec import MultiWayMethod, check_settings, pair_modalities
+from vallayz_train.bench.spec import check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
 from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
 from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.stitch.encoders import e5_encoder
 
-Pair = tuple[tuple[str, ...], str]
 PAIRS: list[Pair] = [(("minilm",), "e5"), (("e5",), "minilm")]
 # Shares of the (deduplicated, subsampled) pairs held out for validation and test, by document:
 # at the default 6,000 pairs the test split holds about 1,200 lines, enough for pools of 1,000.
@@ -218,35 +216,31 @@ def training_means(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, Tensor
     return means
 
 
-def _method_encoders(
-    data: PairedEmbeddings,
-    train_rows: np.ndarray,
-    runs: dict[str, Path],
-    closed_form: tuple[str, ...],
+def _flag_native(
+    bench: Bench, runs: dict[str, Path] | None = None, closed_form: bool = True
 ) -> dict[str, tuple[Encoder, bool]]:
-    """Every method's encoder, and whether its queries are native target vectors."""
+    """The encoders :meth:`~vallayz_train.bench.runs.Bench.encoders` gives over the clean data,
+    each with whether its queries are native target vectors (a path it also gives with
+    ``native_only``)."""
+    native = bench.encoders(bench.data, runs, closed_form, native_only=True)
+    return {
+        label: (encoder, label in native)
+        for label, encoder in bench.encoders(bench.data, runs, closed_form).items()
+    }
+
+
+def method_encoders(bench: Bench) -> dict[str, tuple[Encoder, bool]]:
+    """Every method's encoder, and whether its queries are native target vectors: the
+    reference, each closed-form map of ``bench.spec`` with each of :data:`NORMALISATIONS`, then
+    every retrieval path of the trained runs."""
     encoders: dict[str, tuple[Encoder, bool]] = {
-        REFERENCE: (mean_target_encoder(data, train_rows), True)
+        REFERENCE: (mean_target_encoder(bench.data, bench.train_rows), True)
     }
     for normalisation in NORMALISATIONS:
-        for name in closed_form:
-            closed = CLOSED_FORM_METHODS[name]
-            if isinstance(closed, MultiWayMethod):  # a shared space, and translation through it
-                for label, encoder in closed.encoders(data, train_rows, normalisation, {}).items():
-                    encoders[label] = (encoder, label.endswith("(translate)"))
-                continue
-            encoders[f"{name} ({normalisation})"] = (
-                ClosedFormEncoder(data, train_rows, name, normalisation),
-                True,
-            )
-    for method, run in runs.items():
-        model: Any = load_pretrained(run).eval()
-        if model.capabilities.embeds:
-            encoders[f"{method} (shared space)"] = (model_encoder(model, data, "soil"), False)
-        if model.capabilities.bridges:
-            encoders[f"{method} (bridged)"] = (model_encoder(model, data, "bridged"), False)
-        if model.capabilities.translates:
-            encoders[f"{method} (translate)"] = (model_encoder(model, data, "translate"), True)
+        # Maps fitted anew: a fitted map holds its normalisation.
+        scaled = replace(bench, spec=replace(bench.spec, normalisation=normalisation), fitted={})
+        encoders.update(_flag_native(scaled, runs={}))
+    encoders.update(_flag_native(bench, closed_form=False))
     return encoders
 
 
@@ -361,10 +355,9 @@ def bench_stitch(
         raise VallayzUserError(f"--control-anchors must be 0 or more, got {control_anchors}")
     train = train or TrainConfig(**TRAIN_DEFAULTS)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
-    # Checked before the corpus is read and encoded.
-    # Every learned method of the shared benchmark, trained under one TrainConfig (an equal
-    # step budget).
-    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, closed_form=())
+    # Checked before the corpus is read and encoded. Every learned method of the shared
+    # benchmark, trained under one TrainConfig (an equal step budget).
+    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, seed=seed_eval, closed_form=closed_form)
     check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -381,13 +374,13 @@ def bench_stitch(
     encoders = text_encoders(train.device)
     data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
     data = PairedEmbeddings(data_dir)
-    trained = train_runs(data_dir, out, spec, train, model, progress, log)
-    runs, train_seconds = trained.methods, trained.seconds
+    runs = train_runs(data_dir, out, spec, train, model, progress, log)
 
     log(f"evaluating on the test split ({sizes['test']} lines)")
     evaluated = time.perf_counter()
     splits = data.split_indices()
-    methods = _method_encoders(data, splits["train"], runs, closed_form)
+    bench = Bench(data, spec, train, runs, PAIRS, splits["test"], splits["train"])
+    methods = method_encoders(bench)
     with torch.no_grad():
         centres = training_means(data, splits["train"])
         table = evaluate(data, splits["test"], methods, PAIRS, pool, pools, seed_eval, centres)
@@ -413,7 +406,7 @@ def bench_stitch(
         "hardware": hardware(train.device),
         "seconds": {
             "encode": encode_seconds,
-            "train": train_seconds,
+            "train": runs.seconds,
             "evaluate": eval_seconds,
             "control_encode": control_seconds,
             "total": time.perf_counter() - started,
