@@ -34,7 +34,7 @@ import torch
 
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_table
-from vallayz.learned import build_model, load_pretrained
+from vallayz.learned import build_model
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.bench import (
     MODEL_DEFAULTS,
@@ -44,6 +44,7 @@ from vallayz_train.digits.bench import (
     build_data,
     fold_data,
 )
+from vallayz_train.run_folder import load_model
 from vallayz_train.trainer import fit, fit_extension, loss_settings
 
 NEW = "word"
@@ -76,12 +77,12 @@ def timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 
 def trained_parameters(run: Path) -> int:
-    return sum(p.numel() for p in load_pretrained(run).parameters() if p.requires_grad)
+    return sum(p.numel() for p in load_model(run).parameters() if p.requires_grad)
 
 
 def scores(run: Path, data: PairedEmbeddings, rows: Any) -> dict[str, tuple[float, float]]:
     """``source->target`` → (R@1 over pools of ``POOL``, R@1 over the whole split)."""
-    model = load_pretrained(run).eval()
+    model = load_model(run)
     pairs = [(s, t) for s, t in PAIRS if {*s, t} <= set(model.names)]
     table = retrieval_table(data, rows, model_encoder(model, data), pairs, POOL, POOLS)
     out: dict[str, list[float]] = {}
