@@ -88,9 +88,9 @@ def train_tiny_bridge(steps: int = 60, seed: int = 0) -> BridgeLayer:
 
 def run_bridge(path: str | Path, index: int = 0) -> BridgeLayer:
     """Bridge layer ``index`` of a trained IMPN run (safetensors + JSON)."""
-    from vallayz.learned import load_pretrained
+    from vallayz_train.run_folder import load_model
 
-    model = load_pretrained(path)
+    model = load_model(path)
     if not isinstance(model, IMPN):
         raise ValueError(f"{path} holds a {type(model).__name__}, not an IMPN; name an IMPN run")
     if not 0 <= index < len(model.layers):

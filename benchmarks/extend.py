@@ -37,7 +37,7 @@ import torch
 
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_table
-from vallayz.learned import build_model, load_pretrained
+from vallayz.learned import build_model
 from vallayz_train.config import TrainConfig
 from vallayz_train.digits.bench import (
     MODEL_DEFAULTS,
@@ -47,6 +47,7 @@ from vallayz_train.digits.bench import (
     build_data,
     fold_data,
 )
+from vallayz_train.run_folder import load_model
 from vallayz_train.trainer import fit, fit_extension, loss_settings
 
 Pair = tuple[tuple[str, ...], str]
@@ -108,8 +109,8 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
     """Tibetan and English first, then speech, on a ``bench tibetan`` data folder with the
     ablations' training settings (``vallayz ablate --base bench``)."""
     from vallayz_train.bench.ablation import AblationSpec
+    from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
     from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, TOKEN_BUCKETS
-    from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
 
     if args.data is None:
         raise SystemExit("--dataset tibetan needs --data DIR (a bench tibetan data folder)")
@@ -127,7 +128,7 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
     return Setup(
         "speech",
         pairs,
-        {"impn": {**TIBETAN_MODEL, **tokens}, "contrastive-heads": tokens},
+        {"impn": {**CPU_MODEL, **tokens}, "contrastive-heads": tokens},
         train,
         1000,
         5,
@@ -161,14 +162,14 @@ def timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 
 def trained_parameters(run: Path) -> int:
-    return sum(p.numel() for p in load_pretrained(run).parameters() if p.requires_grad)
+    return sum(p.numel() for p in load_model(run).parameters() if p.requires_grad)
 
 
 def scores(
     run: Path, setup: Setup, data: PairedEmbeddings, rows: Any
 ) -> dict[str, tuple[float, float]]:
     """``source->target`` → (R@1 over pools, R@1 over the whole split)."""
-    model = load_pretrained(run).eval()
+    model = load_model(run)
     pairs = [(s, t) for s, t in setup.pairs if {*s, t} <= set(model.names)]
     encoder = model_encoder(model, data)
     table = retrieval_table(data, rows, encoder, pairs, setup.pool, setup.pools)

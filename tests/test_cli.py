@@ -228,8 +228,8 @@ def test_bench_tibetan_help_and_choices_match_the_benchmark_constants() -> None:
     import argparse
 
     from vallayz_train.cli import build_parser
+    from vallayz_train.encoders import FRAME_POOLINGS, SPEECH_FEATURES
     from vallayz_train.tibetan import constants as bench
-    from vallayz_train.tibetan.encoders import FRAME_POOLINGS, SPEECH_FEATURES
 
     def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
         for action in parser._actions:

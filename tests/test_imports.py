@@ -135,3 +135,44 @@ def test_neither_package_has_an_import_cycle() -> None:
     for package in ("vallayz", "vallayz_train"):
         cycle = find_cycle(import_graph(package))
         assert cycle == [], f"import cycle in {package}: {' -> '.join(cycle)}"
+
+
+def data_set_packages() -> set[str]:
+    """The data-set packages of the trainer: each holds the ``command.py`` of its benchmark."""
+    return {path.parent.name for path in (SOURCE / "vallayz_train").glob("*/command.py")}
+
+
+def cross_data_set_imports(graph: dict[str, set[str]], packages: Collection[str]) -> list[str]:
+    """The arrows of ``graph`` (the trainer's import graph) from a module of one data-set
+    package to a module of another, as ``"importer -> imported"``."""
+
+    def package_of(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[1] in packages else None
+
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if package_of(module) and package_of(target) not in (None, package_of(module))
+    )
+
+
+def test_cross_data_set_imports_finds_an_import_of_another_data_set() -> None:
+    graph = {
+        "vallayz_train.digits.bench": {"vallayz_train.tibetan.constants", "vallayz_train.bench"},
+        "vallayz_train.tibetan.bench": {"vallayz_train.tibetan.data"},
+        "vallayz_train.commands.bench": {"vallayz_train.digits.command"},
+    }
+    packages = {"tibetan", "digits"}
+    assert cross_data_set_imports(graph, packages) == [
+        "vallayz_train.digits.bench -> vallayz_train.tibetan.constants"
+    ]
+
+
+def test_no_data_set_package_imports_another() -> None:
+    """What several data sets use lives outside them (``vallayz_train.encoders``, the shared
+    corpus reader and model defaults), so each data set can change on its own."""
+    packages = data_set_packages()
+    assert {"tibetan", "digits", "emoji", "stitch"} <= packages
+    assert cross_data_set_imports(import_graph("vallayz_train"), packages) == []

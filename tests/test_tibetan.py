@@ -11,19 +11,17 @@ import pytest
 from scipy.io import wavfile
 
 from vallayz_train.cli import main
+from vallayz_train.encoders import audio_features, mfcc, resample_frames
+from vallayz_train.parallel_corpus import build_corpus, default_corpus_path, read_segments
 from vallayz_train.tibetan.constants import (
     FRONT_END_LR,
     SPEECH_NODES,
     SPEECH_POOLING,
     TOKEN_ROW_DROPOUT,
 )
-from vallayz_train.tibetan.corpus import build_corpus, default_corpus_path, read_segments
 from vallayz_train.tibetan.encoders import (
     TibetanEncoder,
-    audio_features,
-    mfcc,
     phonetics,
-    resample_frames,
     speech_encoder,
     syllables,
     synthesize,

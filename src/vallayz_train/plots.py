@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +50,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """``metrics.csv`` as name → (steps, values)."""
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            steps, values = series.setdefault(row["name"], ([], []))
-            steps.append(int(row["step"]))
-            values.append(float(row["value"]))
-    return series
-
-
-def plot_curves(metrics: Path, out: Path) -> Path:
-    """One panel per training loss term (log scale) plus validation R@1."""
+def plot_curves(series: dict[str, tuple[list[int], list[float]]], out: Path) -> Path:
+    """One panel per training loss term (log scale) plus validation R@1, from the run's
+    metrics as name → (steps, values)."""
     plt = _pyplot()
-    series = read_metrics(metrics)
     train = sorted(n for n in series if n.startswith("train/") and n.count("/") == 1)
     names = [*train, "val/R@1"] if "val/R@1" in series else train
     cols = 3
@@ -88,10 +75,10 @@ def plot_curves(metrics: Path, out: Path) -> Path:
     return path
 
 
-def plot_planner(log: Path, out: Path) -> Path:
-    """Critic score at each decision, kept (green) and reverted (red) changes marked."""
+def plot_planner(decisions: list[dict[str, Any]], out: Path) -> Path:
+    """Critic score at each of the planner's decisions, kept (green) and reverted (red) changes
+    marked."""
     plt = _pyplot()
-    decisions = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     starts = [d for d in decisions if d["action"] in ("propose", "control")]
     ax.plot(
@@ -178,7 +165,14 @@ def plot_run(
             figure's name that vallayz did not write (unless ``force``; files in the run's own
             ``plots/`` folder are the run's).
     """
-    from vallayz_train.run_folder import METRICS, PLANNER_LOG, RUN_FILE
+    from vallayz_train.run_folder import (
+        METRICS,
+        PLANNER_LOG,
+        load_impn,
+        read_metrics,
+        read_planner_log,
+        recorded_data,
+    )
 
     if not (run_dir / METRICS).is_file():
         raise VallayzUserError(
@@ -195,12 +189,11 @@ def plot_run(
                     "or pass --force to replace it"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_curves(run_dir / METRICS, out)]
+    paths = [plot_curves(read_metrics(run_dir), out)]
     if (run_dir / PLANNER_LOG).is_file():
-        paths.append(plot_planner(run_dir / PLANNER_LOG, out))
-    if data_dir is None and (run_dir / RUN_FILE).is_file():
-        data_dir = json.loads((run_dir / RUN_FILE).read_text())["data"]
+        paths.append(plot_planner(read_planner_log(run_dir), out))
+    if data_dir is None:
+        data_dir = recorded_data(run_dir)
     if data_dir is not None:
-        model = IMPN.from_pretrained(run_dir)
-        paths += plot_gates_and_soil(model, PairedEmbeddings(data_dir), out)
+        paths += plot_gates_and_soil(load_impn(run_dir), PairedEmbeddings(data_dir), out)
     return paths

@@ -17,6 +17,7 @@ keep.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
 import json
@@ -34,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from vallayz import IMPN
 from vallayz.data import PairedEmbeddings, check_modality_name
 from vallayz.errors import VallayzUserError
 from vallayz.eval import keys_to_ids
@@ -470,6 +472,61 @@ def run_data(run_dir: Path, check_values: bool = False) -> PairedEmbeddings:
     if not (run_dir / RUN_FILE).is_file():
         raise VallayzUserError(f"{run_dir} is not a vallayz run ({RUN_FILE} is missing)")
     return PairedEmbeddings(read_run(run_dir)["data"], check_values=check_values)
+
+
+def recorded_data(run_dir: Path) -> str | None:
+    """The data folder that a run's ``run.json`` records, or None when the folder holds no
+    ``run.json`` (a model folder) or the file names no data folder. Unlike :func:`read_run`,
+    asks nothing else of the file.
+
+    Raises:
+        VallayzUserError: if ``run.json`` cannot be read, is not JSON or not a JSON object.
+    """
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise VallayzUserError(f"cannot read {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise VallayzUserError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno})"
+        ) from err
+    if not isinstance(run, dict):
+        raise VallayzUserError(
+            f"{path} must hold a JSON object with optional 'model' and 'train' objects"
+        )
+    data = run.get("data")
+    return None if data is None else str(data)
+
+
+def read_metrics(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """The run's ``metrics.csv`` as metric name → (steps, values), in the order logged."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with (run_dir / METRICS).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            steps, values = series.setdefault(row["name"], ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(row["value"]))
+    return series
+
+
+def read_planner_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The planner's decisions in the run's ``planner.jsonl``, in the order taken."""
+    text = (run_dir / PLANNER_LOG).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def load_impn(run_dir: Path) -> IMPN:
+    """The final model of a run folder that trained IMPN, for what only IMPN has (its gate
+    weights, its soil space); not switched to eval mode.
+
+    Raises:
+        VallayzUserError: if a file of the model is missing or corrupt, or the folder holds
+            another method (its config is not an IMPN config).
+    """
+    return IMPN.from_pretrained(run_dir)
 
 
 def index_dir(run_dir: Path, name: str) -> Path:

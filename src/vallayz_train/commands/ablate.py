@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     from vallayz.errors import VallayzUserError
     from vallayz_train.bench.ablation import AblationSpec, run_ablation
     from vallayz_train.config import TrainConfig
+    from vallayz_train.model_defaults import MODEL_DEFAULTS
     from vallayz_train.tibetan.ablations import VARIANTS
-    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, MODEL_DEFAULTS, TOKEN_BUCKETS
+    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, TOKEN_BUCKETS
 
     if args.list:
         print("\n".join(VARIANTS))

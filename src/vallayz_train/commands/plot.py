@@ -8,7 +8,6 @@ from pathlib import Path
 from vallayz_train.commands.shared import check_data_fits, load_run
 from vallayz_train.options import (
     UsageError,
-    load_json,
     visible,
 )
 
@@ -43,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
         The exit status, 0.
     """
     from vallayz_train.plots import plot_run
-    from vallayz_train.run_folder import RUN_FILE
+    from vallayz_train.run_folder import RUN_FILE, recorded_data
 
     if not (Path(args.run) / RUN_FILE).is_file():
         raise UsageError(f"{args.run} is not a run folder of vallayz fit (no {RUN_FILE})")
     data = args.data
     if data is None:
-        data = load_json(str(Path(args.run) / RUN_FILE)).get("data")
+        data = recorded_data(Path(args.run))
     if data is not None:
         from vallayz.data import PairedEmbeddings
 

@@ -42,9 +42,9 @@ from vallayz_train.digits.encoders import (
     speech_encoder,
     speech_nodes,
 )
+from vallayz_train.encoders import cached_encode, english_encoder
+from vallayz_train.model_defaults import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.shared_data import file_digest, find_data
-from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
-from vallayz_train.tibetan.encoders import cached_encode, english_encoder
 
 ENV_DATA = "VALLAYZ_FSDD_DATA"
 SOURCE = (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vallayz_train.tibetan.encoders import SAMPLE_RATE, frame_extractor, read_wav, resample_frames
+from vallayz_train.encoders import SAMPLE_RATE, frame_extractor, read_wav, resample_frames
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPEECH_FEATURES = ("oww", "mfcc")

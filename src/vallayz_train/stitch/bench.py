@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +38,18 @@ from torch import Tensor
 
 from vallayz.data import PairedEmbeddings, write_paired_embeddings
 from vallayz.errors import VallayzUserError
-from vallayz.eval import ClosedFormEncoder, format_table, model_encoder
+from vallayz.eval import ClosedFormEncoder, format_table
 from vallayz.eval.pairs import Encoder, pair_pools, pool_metrics
-from vallayz.learned import load_pretrained
-from vallayz_train.bench import BenchSpec, hardware
+from vallayz_train.bench import BenchSpec, Pair, hardware
+from vallayz_train.bench.runs import Bench, train_runs
 from vallayz_train.bench.spec import CLOSED_FORM as CLOSED_FORM_METHODS
-from vallayz_train.bench.spec import MultiWayMethod, check_settings, pair_modalities
+from vallayz_train.bench.spec import check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
+from vallayz_train.encoders import cached_encode, english_encoder
+from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
+from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.stitch.encoders import e5_encoder
-from vallayz_train.tibetan.constants import MODEL_DEFAULTS as TIBETAN_MODEL
-from vallayz_train.tibetan.corpus import Corpus, build_corpus, read_segments
-from vallayz_train.tibetan.encoders import cached_encode, english_encoder
-from vallayz_train.trainer import fit
 
-Pair = tuple[tuple[str, ...], str]
 PAIRS: list[Pair] = [(("minilm",), "e5"), (("e5",), "minilm")]
 # Shares of the (deduplicated, subsampled) pairs held out for validation and test, by document:
 # at the default 6,000 pairs the test split holds about 1,200 lines, enough for pools of 1,000.
@@ -61,15 +59,14 @@ FRACTIONS = (0.1, 0.2)
 DEFAULT_PAIRS = 6000
 # Training pairs whose Tibetan line the negative control encodes as anchors of its maps.
 CONTROL_ANCHORS = 1000
-# The closed-form maps of vallayz.baselines, and the two normalisations compared for each.
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
+# The closed-form maps of every benchmark (bench.spec.CLOSED_FORM), and the two normalisations
+# compared for each.
+CLOSED_FORM = tuple(CLOSED_FORM_METHODS)
 NORMALISATIONS = ("standard", "l2")
 # Maps fitted in the negative control (with standard scaling).
 CONTROL_MAPS = ("ortho", "linear")
-# Learned methods, trained under one TrainConfig (an equal step budget).
-METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
-# The CPU-sized model of bench tibetan (identity-initialised bridge layers).
-MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
+# The CPU-sized model every benchmark starts from (identity-initialised bridge layers).
+MODEL_DEFAULTS: dict[str, Any] = dict(CPU_MODEL)
 # About 9 epochs of the ~4,200 training lines; a small budget on 2 CPU cores.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": 300,
@@ -130,35 +127,6 @@ def build_data(
     # Both modalities read the same line: a retrieved duplicate of it is a hit.
     items = corpus.items({"text_minilm": corpus.en, "text_e5": corpus.en})
     return write_paired_embeddings(out / "data", arrays, items), seconds
-
-
-def _train(
-    data_dir: Path,
-    out: Path,
-    train: TrainConfig,
-    model: dict[str, Any],
-    methods: tuple[str, ...],
-    progress: bool,
-    log: Any,
-) -> tuple[dict[str, Path], dict[str, float]]:
-    """Trains (or resumes, or reuses) one run per learned method under ``out/<method>``."""
-    runs: dict[str, Path] = {}
-    seconds: dict[str, float] = {}
-    for method in methods:
-        run = out / method
-        runs[method] = run
-        if (run / "summary.json").exists():
-            continue
-        started = time.perf_counter()
-        if (run / "latest").exists():
-            log(f"resuming {method} in {run}")
-            fit(data_dir, run, resume=True, progress=progress)
-        else:
-            log(f"training {method} -> {run}")
-            overrides = dict(model) if method == "impn" else {}
-            fit(data_dir, run, overrides, train, progress=progress, method=method)
-        seconds[method] = time.perf_counter() - started
-    return runs, seconds
 
 
 def mean_target_encoder(data: PairedEmbeddings, anchors: np.ndarray) -> Encoder:
@@ -248,36 +216,110 @@ def training_means(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, Tensor
     return means
 
 
-def _method_encoders(
-    data: PairedEmbeddings,
-    train_rows: np.ndarray,
-    runs: dict[str, Path],
-    closed_form: tuple[str, ...],
+def _flag_native(
+    bench: Bench, runs: dict[str, Path] | None = None, closed_form: bool = True
 ) -> dict[str, tuple[Encoder, bool]]:
-    """Every method's encoder, and whether its queries are native target vectors."""
+    """The encoders :meth:`~vallayz_train.bench.runs.Bench.encoders` gives over the clean data,
+    each with whether its queries are native target vectors (a path it also gives with
+    ``native_only``)."""
+    native = bench.encoders(bench.data, runs, closed_form, native_only=True)
+    return {
+        label: (encoder, label in native)
+        for label, encoder in bench.encoders(bench.data, runs, closed_form).items()
+    }
+
+
+def method_encoders(bench: Bench) -> dict[str, tuple[Encoder, bool]]:
+    """Every method's encoder, and whether its queries are native target vectors: the
+    reference, each closed-form map of ``bench.spec`` with each of :data:`NORMALISATIONS`, then
+    every retrieval path of the trained runs."""
     encoders: dict[str, tuple[Encoder, bool]] = {
-        REFERENCE: (mean_target_encoder(data, train_rows), True)
+        REFERENCE: (mean_target_encoder(bench.data, bench.train_rows), True)
     }
     for normalisation in NORMALISATIONS:
-        for name in closed_form:
-            closed = CLOSED_FORM_METHODS[name]
-            if isinstance(closed, MultiWayMethod):  # a shared space, and translation through it
-                for label, encoder in closed.encoders(data, train_rows, normalisation, {}).items():
-                    encoders[label] = (encoder, label.endswith("(translate)"))
-                continue
-            encoders[f"{name} ({normalisation})"] = (
-                ClosedFormEncoder(data, train_rows, name, normalisation),
-                True,
-            )
-    for method, run in runs.items():
-        model: Any = load_pretrained(run).eval()
-        if model.capabilities.embeds:
-            encoders[f"{method} (shared space)"] = (model_encoder(model, data, "soil"), False)
-        if model.capabilities.bridges:
-            encoders[f"{method} (bridged)"] = (model_encoder(model, data, "bridged"), False)
-        if model.capabilities.translates:
-            encoders[f"{method} (translate)"] = (model_encoder(model, data, "translate"), True)
+        # Maps fitted anew: a fitted map holds its normalisation.
+        scaled = replace(bench, spec=replace(bench.spec, normalisation=normalisation), fitted={})
+        encoders.update(_flag_native(scaled, runs={}))
+    encoders.update(_flag_native(bench, closed_form=False))
     return encoders
+
+
+def control_rows(corpus: Corpus, anchors: int, seed: int) -> tuple[np.ndarray, int]:
+    """The corpus rows of the negative control: ``anchors`` random training rows (drawn with
+    ``seed``, in corpus order), then every test row; and how many anchors were drawn (fewer when
+    the training split is smaller)."""
+    train_rows = corpus.indices("train")
+    chosen = np.random.default_rng(seed).choice(
+        train_rows, size=min(anchors, len(train_rows)), replace=False
+    )
+    return np.concatenate([np.sort(chosen), corpus.indices("test")]), len(chosen)
+
+
+def control_data(
+    out: Path,
+    corpus: Corpus,
+    english: PairedEmbeddings,
+    rows: np.ndarray,
+    anchors: int,
+    encoders: dict[str, tuple[LazyEncoder, int]],
+    progress: bool = True,
+) -> tuple[PairedEmbeddings, dict[str, float]]:
+    """Writes the data folder ``out/control``: per encoder ``name``, ``bo_<name>`` (its vectors
+    of the Tibetan lines of ``rows``, cached under ``out/cache``) and ``en_<name>`` (its vectors
+    of their English lines, from ``english``); the first ``anchors`` rows are training rows,
+    the rest test rows.
+
+    Returns:
+        The data folder and the seconds each encoder took on the Tibetan lines.
+    """
+    lines = [corpus.bo[i] for i in rows]
+    cache = out / "cache"
+    seconds: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, (encoder, chunk) in encoders.items():
+        started = time.perf_counter()
+        arrays[f"bo_{name}"] = cached_encode(
+            f"bo-{name}", lines, encoder, cache, chunk=chunk, progress=progress
+        ).astype(np.float32)
+        seconds[name] = time.perf_counter() - started
+        # The English vectors are those of the main data directory (row i of the corpus).
+        arrays[f"en_{name}"] = np.asarray(english.arrays[name][rows], dtype=np.float32)
+    items = [
+        {
+            "id": f"s{i:06d}",
+            "group": corpus.docs[i],
+            "split": "train" if k < anchors else "test",
+            **{f"text_en_{n}": corpus.en[i] for n in encoders},
+            **{f"text_bo_{n}": corpus.bo[i] for n in encoders},
+        }
+        for k, i in enumerate(rows)
+    ]
+    return PairedEmbeddings(write_paired_embeddings(out / "control", arrays, items)), seconds
+
+
+def control_table(
+    data: PairedEmbeddings, names: list[str], pool: int, pools: int, seed: int
+) -> list[dict[str, Any]]:
+    """Tibetan → English retrieval on the test rows of the control data, per encoder of
+    ``names``: zero-shot (its own Tibetan vector as the query), and through each map of
+    :data:`CONTROL_MAPS` fitted on the training rows (when there are two or more)."""
+    splits = data.split_indices()
+    table: list[dict[str, Any]] = []
+    for name in names:
+        pair: list[Pair] = [((f"bo_{name}",), f"en_{name}")]
+        methods: dict[str, tuple[Encoder, bool]] = {
+            f"{name}, zero-shot (no map)": (identity_encoder(data), True)
+        }
+        if len(splits["train"]) > 1:
+            for method in CONTROL_MAPS:
+                methods[f"{name}, {method} (standard)"] = (
+                    ClosedFormEncoder(data, splits["train"], method, "standard"),
+                    True,
+                )
+        centres = training_means(data, splits["train"])
+        with torch.no_grad():
+            table += evaluate(data, splits["test"], methods, pair, pool, pools, seed, centres)
+    return table
 
 
 def negative_control(
@@ -300,51 +342,126 @@ def negative_control(
     Returns:
         The retrieval table and the seconds each encoder took on the Tibetan lines.
     """
-    train_rows = corpus.indices("train")
-    chosen = np.random.default_rng(seed).choice(
-        train_rows, size=min(anchors, len(train_rows)), replace=False
+    rows, drawn = control_rows(corpus, anchors, seed)
+    data, seconds = control_data(out, corpus, english, rows, drawn, encoders, progress)
+    return control_table(data, list(encoders), pool, pools, seed), seconds
+
+
+def check_options(closed_form: tuple[str, ...], pairs: int | None, control_anchors: int) -> None:
+    """Raises :class:`VallayzUserError` for an unknown closed-form map, fewer than 10 pairs or
+    a negative number of control anchors."""
+    unknown = sorted(set(closed_form) - set(CLOSED_FORM))
+    if unknown:
+        raise VallayzUserError(f"unknown closed-form map(s) {unknown}; choose from {CLOSED_FORM}")
+    if pairs is not None and pairs < 10:
+        raise VallayzUserError(
+            f"--pairs must be at least 10 to leave lines in every split, got {pairs}"
+        )
+    if control_anchors < 0:
+        raise VallayzUserError(f"--control-anchors must be 0 or more, got {control_anchors}")
+
+
+def split_sizes(corpus: Corpus) -> dict[str, int]:
+    """The number of pairs in each split."""
+    return {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
+
+
+def read_corpus(
+    corpus_path: str | Path | None, pairs: int | None, seed: int, log: Any = print
+) -> Corpus:
+    """The deduplicated corpus, ``pairs`` of its pairs drawn and split by document with
+    ``seed`` (:data:`FRACTIONS` held out); logs its size.
+
+    Raises:
+        VallayzUserError: when the training or the test split holds fewer than two lines.
+    """
+    corpus = build_corpus(
+        read_segments(corpus_path), seed=seed, fractions=FRACTIONS, max_pairs=pairs
     )
-    rows = np.concatenate([np.sort(chosen), corpus.indices("test")])
-    lines = [corpus.bo[i] for i in rows]
-    cache = out / "cache"
-    seconds: dict[str, float] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for name, (encoder, chunk) in encoders.items():
-        started = time.perf_counter()
-        arrays[f"bo_{name}"] = cached_encode(
-            f"bo-{name}", lines, encoder, cache, chunk=chunk, progress=progress
-        ).astype(np.float32)
-        seconds[name] = time.perf_counter() - started
-        # The English vectors are those of the main data directory (row i of the corpus).
-        arrays[f"en_{name}"] = np.asarray(english.arrays[name][rows], dtype=np.float32)
-    items = [
-        {
-            "id": f"s{i:06d}",
-            "group": corpus.docs[i],
-            "split": "train" if k < len(chosen) else "test",
-            **{f"text_en_{n}": corpus.en[i] for n in encoders},
-            **{f"text_bo_{n}": corpus.bo[i] for n in encoders},
-        }
-        for k, i in enumerate(rows)
-    ]
-    data = PairedEmbeddings(write_paired_embeddings(out / "control", arrays, items))
+    sizes = split_sizes(corpus)
+    log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
+    if sizes["train"] < 2 or sizes["test"] < 2:
+        raise VallayzUserError(
+            f"the split {sizes} leaves too few training or test lines; raise --pairs"
+        )
+    return corpus
+
+
+def checked_settings(
+    train: TrainConfig | None,
+    model_overrides: dict[str, Any] | None,
+    pairs: int | None,
+    pool: int,
+    pools: int,
+    seed_eval: int,
+    closed_form: tuple[str, ...],
+    control_anchors: int,
+) -> tuple[TrainConfig, dict[str, Any], BenchSpec]:
+    """The training config (:data:`TRAIN_DEFAULTS` when ``train`` is None), the IMPN config
+    (:data:`MODEL_DEFAULTS` with ``model_overrides``) and the spec of the benchmark: the
+    learned methods of the shared benchmark, trained under one budget, and the retrieval
+    settings. Every setting is checked here, before the corpus is read and encoded.
+
+    Raises:
+        VallayzUserError: naming the setting at fault.
+    """
+    check_options(closed_form, pairs, control_anchors)
+    train = train or TrainConfig(**TRAIN_DEFAULTS)
+    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, seed=seed_eval, closed_form=closed_form)
+    check_settings(spec, train, model, pair_modalities(PAIRS))
+    return train, model, spec
+
+
+def evaluate_methods(bench: Bench) -> list[dict[str, Any]]:
+    """:func:`evaluate` of every method (:func:`method_encoders`) on the rows of ``bench``, with
+    the centred cosine about the training means."""
+    methods = method_encoders(bench)
+    spec = bench.spec
+    with torch.no_grad():
+        centres = training_means(bench.data, bench.train_rows)
+        return evaluate(
+            bench.data, bench.rows, methods, bench.pairs, spec.pool, spec.pools, spec.seed, centres
+        )
+
+
+def measure(
+    out: Path,
+    corpus: Corpus,
+    spec: BenchSpec,
+    train: TrainConfig,
+    model: dict[str, Any],
+    control_anchors: int | None,
+    progress: bool = True,
+    log: Any = print,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Encodes the English lines, trains every learned method of ``spec`` (``model`` is IMPN's
+    config), evaluates every method on the test split and, unless ``control_anchors`` is None,
+    runs the negative control with that many anchors.
+
+    Returns:
+        The table of the methods, that of the control, and the seconds of each stage.
+    """
+    encoders = text_encoders(train.device)
+    data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
+    data = PairedEmbeddings(data_dir)
+    runs = train_runs(data_dir, out, spec, train, model, progress, log)
+    log(f"evaluating on the test split ({split_sizes(corpus)['test']} lines)")
+    evaluated = time.perf_counter()
     splits = data.split_indices()
-    table: list[dict[str, Any]] = []
-    for name in encoders:
-        pair: list[Pair] = [((f"bo_{name}",), f"en_{name}")]
-        methods: dict[str, tuple[Encoder, bool]] = {
-            f"{name}, zero-shot (no map)": (identity_encoder(data), True)
-        }
-        if len(splits["train"]) > 1:
-            for method in CONTROL_MAPS:
-                methods[f"{name}, {method} (standard)"] = (
-                    ClosedFormEncoder(data, splits["train"], method, "standard"),
-                    True,
-                )
-        centres = training_means(data, splits["train"])
-        with torch.no_grad():
-            table += evaluate(data, splits["test"], methods, pair, pool, pools, seed, centres)
-    return table, seconds
+    table = evaluate_methods(Bench(data, spec, train, runs, PAIRS, splits["test"], splits["train"]))
+    seconds: dict[str, Any] = {
+        "encode": encode_seconds,
+        "train": runs.seconds,
+        "evaluate": time.perf_counter() - evaluated,
+        "control_encode": {},
+    }
+    control: list[dict[str, Any]] = []
+    if control_anchors is not None:
+        control, seconds["control_encode"] = negative_control(
+            out, corpus, data, control_anchors, spec.pool, spec.pools, spec.seed, encoders, progress
+        )
+    return table, control, seconds
 
 
 def bench_stitch(
@@ -380,78 +497,64 @@ def bench_stitch(
         control_anchors: Training pairs of the negative control's maps (0: zero-shot only).
         control: Whether to run the negative control on the Tibetan lines.
     """
-    unknown = sorted(set(closed_form) - set(CLOSED_FORM))
-    if unknown:
-        raise VallayzUserError(f"unknown closed-form map(s) {unknown}; choose from {CLOSED_FORM}")
-    if pairs is not None and pairs < 10:
-        raise VallayzUserError(
-            f"--pairs must be at least 10 to leave lines in every split, got {pairs}"
-        )
-    if control_anchors < 0:
-        raise VallayzUserError(f"--control-anchors must be 0 or more, got {control_anchors}")
-    train = train or TrainConfig(**TRAIN_DEFAULTS)
-    model = {**MODEL_DEFAULTS, **(model_overrides or {})}
-    # Checked before the corpus is read and encoded.
-    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, methods=METHODS, closed_form=())
-    check_settings(spec, train, model, pair_modalities(PAIRS))
+    train, model, spec = checked_settings(
+        train, model_overrides, pairs, pool, pools, seed_eval, closed_form, control_anchors
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    corpus = build_corpus(
-        read_segments(corpus_path), seed=train.split_seed, fractions=FRACTIONS, max_pairs=pairs
+    corpus = read_corpus(corpus_path, pairs, train.split_seed, log)
+    anchors = control_anchors if control else None
+    table, control_table, seconds = measure(out, corpus, spec, train, model, anchors, progress, log)
+    seconds["total"] = time.perf_counter() - started
+    results = _results(
+        corpus_path,
+        corpus,
+        spec,
+        model,
+        train,
+        seconds,
+        table,
+        control_table,
+        control_anchors if control else 0,
     )
-    sizes = {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
-    log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
-    if sizes["train"] < 2 or sizes["test"] < 2:
-        raise VallayzUserError(
-            f"the split {sizes} leaves too few training or test lines; raise --pairs"
-        )
-    encoders = text_encoders(train.device)
-    data_dir, encode_seconds = build_data(out, corpus, encoders, progress)
-    data = PairedEmbeddings(data_dir)
-    runs, train_seconds = _train(data_dir, out, train, model, METHODS, progress, log)
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out, results)
+    return results
 
-    log(f"evaluating on the test split ({sizes['test']} lines)")
-    evaluated = time.perf_counter()
-    splits = data.split_indices()
-    methods = _method_encoders(data, splits["train"], runs, closed_form)
-    with torch.no_grad():
-        centres = training_means(data, splits["train"])
-        table = evaluate(data, splits["test"], methods, PAIRS, pool, pools, seed_eval, centres)
-    eval_seconds = time.perf_counter() - evaluated
-    control_table: list[dict[str, Any]] = []
-    control_seconds: dict[str, float] = {}
-    if control:
-        control_table, control_seconds = negative_control(
-            out, corpus, data, control_anchors, pool, pools, seed_eval, encoders, progress
-        )
-    results: dict[str, Any] = {
+
+def _results(
+    corpus_path: str | Path | None,
+    corpus: Corpus,
+    spec: BenchSpec,
+    model: dict[str, Any],
+    train: TrainConfig,
+    seconds: dict[str, Any],
+    table: list[dict[str, Any]],
+    control: list[dict[str, Any]],
+    control_anchors: int,
+) -> dict[str, Any]:
+    """The contents of ``report.json``: the corpus, the settings, the hardware, the seconds of
+    each stage, the tables of the methods and of the control (``control_anchors`` anchors, 0
+    when it did not run)."""
+    return {
         "corpus": str(corpus_path) if corpus_path else "default",
         "pairs": len(corpus),
         "documents": len(set(corpus.docs)),
-        "split_sizes": sizes,
-        "pool": pool,
-        "pools": pools,
-        "seed_eval": seed_eval,
-        "closed_form": list(closed_form),
+        "split_sizes": split_sizes(corpus),
+        "pool": spec.pool,
+        "pools": spec.pools,
+        "seed_eval": spec.seed,
+        "closed_form": list(spec.closed_form),
         "normalisations": list(NORMALISATIONS),
         "model": model,
         "train": asdict(train),
         "hardware": hardware(train.device),
-        "seconds": {
-            "encode": encode_seconds,
-            "train": train_seconds,
-            "evaluate": eval_seconds,
-            "control_encode": control_seconds,
-            "total": time.perf_counter() - started,
-        },
+        "seconds": seconds,
         "results": table,
-        "control": control_table,
-        "control_anchors": control_anchors if control else 0,
+        "control": control,
+        "control_anchors": control_anchors,
     }
-    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_report(out, results)
-    return results
 
 
 def _rows(table: list[dict[str, Any]], pool: str) -> list[dict[str, Any]]:

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from vallayz.errors import VallayzUserError
     from vallayz.eval import format_table
     from vallayz_train.options import train_args
+    from vallayz_train.parallel_corpus import SOURCE_HINT, default_corpus_path
     from vallayz_train.stitch.bench import TRAIN_DEFAULTS, bench_stitch, normalisation_table
-    from vallayz_train.tibetan.corpus import SOURCE_HINT, default_corpus_path
 
     if args.matched_dropout:
         raise VallayzUserError(

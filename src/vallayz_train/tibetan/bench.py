@@ -14,23 +14,20 @@ from vallayz.eval import format_table, model_encoder, retrieval_table
 from vallayz_train.bench import BenchSpec, run_benchmark
 from vallayz_train.bench.spec import check_settings, pair_modalities
 from vallayz_train.config import TrainConfig
+from vallayz_train.encoders import cached_encode, english_encoder
+from vallayz_train.model_defaults import MODEL_DEFAULTS
+from vallayz_train.parallel_corpus import build_corpus, read_segments
 from vallayz_train.run_folder import load_model, run_data
 from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
-    MODEL_DEFAULTS,
     PAIRS,
     SPEECH_NODES,
     SPEECH_POOLING,
     TOKEN_BUCKETS,
     TRAIN_DEFAULTS,
 )
-from vallayz_train.tibetan.corpus import build_corpus, read_segments
 from vallayz_train.tibetan.data import build_data, encode_tibetan
-from vallayz_train.tibetan.encoders import (
-    TibetanEncoder,
-    cached_encode,
-    english_encoder,
-)
+from vallayz_train.tibetan.encoders import TibetanEncoder
 
 
 def bench_tibetan(

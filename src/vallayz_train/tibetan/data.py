@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from vallayz.data import write_paired_embeddings
+from vallayz_train.encoders import cached_encode, english_encoder
+from vallayz_train.parallel_corpus import build_corpus, read_segments
 from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
     SPEECH_NODES,
@@ -18,13 +20,7 @@ from vallayz_train.tibetan.constants import (
     SYLLABLE_LENGTH,
     TOKEN_LENGTH,
 )
-from vallayz_train.tibetan.corpus import build_corpus, read_segments
-from vallayz_train.tibetan.encoders import (
-    TibetanEncoder,
-    cached_encode,
-    english_encoder,
-    speech_encoder,
-)
+from vallayz_train.tibetan.encoders import TibetanEncoder, speech_encoder
 from vallayz_train.tibetan.encoders.speech import check_workers, speech_amount, speech_row_count
 
 

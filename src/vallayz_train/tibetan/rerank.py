@@ -19,6 +19,8 @@ from vallayz.eval import format_table
 from vallayz.reranker import Reranker, RerankerConfig, SideConfig, SideContent
 from vallayz_train.bench.ablation import AblationSpec
 from vallayz_train.bench.runs import train_run
+from vallayz_train.encoders import cached_encode
+from vallayz_train.encoders.english import TOKEN_STATES, english_token_encoder
 from vallayz_train.rerank_train import (
     RERANKER_DIR,
     RerankContent,
@@ -34,8 +36,6 @@ from vallayz_train.rerank_train import (
 )
 from vallayz_train.run_folder import load_model
 from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, SYLLABLE_LENGTH, TOKEN_BUCKETS
-from vallayz_train.tibetan.encoders import cached_encode
-from vallayz_train.tibetan.encoders.english import TOKEN_STATES, english_token_encoder
 
 # Cache name of the English token states (MiniLM's first TOKEN_STATES tokens, float16).
 STATES_NAME = f"en-minilm-tokens-{TOKEN_STATES}"

@@ -13,16 +13,14 @@ import torch
 from vallayz.errors import VallayzUserError
 from vallayz.reranker import SideContent
 from vallayz.types import Batch
+from vallayz_train.encoders import audio_features
 from vallayz_train.run_folder import candidate_index, load_model, run_data
 from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
     SYLLABLE_LENGTH,
     TOKEN_LENGTH,
 )
-from vallayz_train.tibetan.encoders import (
-    TibetanEncoder,
-    audio_features,
-)
+from vallayz_train.tibetan.encoders import TibetanEncoder
 
 
 def translate_text(

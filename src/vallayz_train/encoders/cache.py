@@ -37,6 +37,3 @@ def cached_encode(
         tmp.replace(path)
         parts.append(values)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-# ---------------------------------------------------------------------- English

@@ -34,9 +34,6 @@ def english_encoder(
     return encode
 
 
-# ---------------------------------------------------------------------- Tibetan
-
-
 # Token states kept per English line for the re-ranker: the first TOKEN_STATES tokens of
 # MiniLM's last layer ([CLS] included); 95 % of the corpus's lines are shorter.
 TOKEN_STATES = 32
