@@ -96,6 +96,19 @@ class TrainConfig:
     planner_every: int = 50
 
     def __post_init__(self) -> None:
+        """Validates every field, raising a ``ValueError`` that names the first one at fault."""
+        self._check_counts()
+        self._check_numbers()
+        self._check_choices()
+        self._check_loss()
+
+    def _check_counts(self) -> None:
+        """Checks the step, batch and validation counts.
+
+        Raises:
+            ValueError: if one is not a positive integer (``warmup_steps`` and ``patience``:
+                negative), or ``batch_shards`` does not divide ``batch_size``.
+        """
         for name in (
             "epochs",
             "batch_size",
@@ -122,6 +135,14 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive integer or null, got {self.max_steps}")
         if self.warmup_steps < 0 or self.patience < 0:
             raise ValueError("warmup_steps and patience must be >= 0")
+
+    def _check_numbers(self) -> None:
+        """Checks the rates and the learning rates.
+
+        Raises:
+            ValueError: if a token dropout rate lies outside [0, 1), a float is not finite, or
+                a learning rate is not positive.
+        """
         for name in ("token_dropout", "token_row_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -134,6 +155,13 @@ class TrainConfig:
             raise ValueError(
                 f"front_end_lr must be positive or null (null uses lr), got {self.front_end_lr}"
             )
+
+    def _check_choices(self) -> None:
+        """Checks the fields that name one of a few choices.
+
+        Raises:
+            ValueError: for an unknown device, sigma schedule or retrieval mode.
+        """
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.sigma_schedule not in SIGMA_SCHEDULES:
@@ -144,6 +172,14 @@ class TrainConfig:
             raise ValueError(
                 f"retrieval_mode must be one of {RETRIEVAL_MODES}, got {self.retrieval_mode!r}"
             )
+
+    def _check_loss(self) -> None:
+        """Checks the loss weights and the pair weighting.
+
+        Raises:
+            ValueError: for an unknown or invalid term weight, every weight 0, or an unknown
+                pair weighting.
+        """
         known = LossWeights().as_dict()
         unknown = set(self.loss_weights) - set(known)
         if unknown:

@@ -145,6 +145,12 @@ RENDEZVOUS_ENV = "VALLAYZ_RENDEZVOUS_TIMEOUT"
 :data:`RENDEZVOUS_SECONDS`)."""
 RENDEZVOUS_SECONDS = 30.0
 
+# How the message of a failed rendezvous ends.
+_START_HINT = (
+    "start distributed training with torchrun --nproc-per-node N -m vallayz fit ..., or "
+    "unset RANK, WORLD_SIZE and LOCAL_RANK to train in one process"
+)
+
 
 def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
     """The store through which the processes of ``world`` meet, or ``None`` under ``torchrun``
@@ -161,15 +167,37 @@ def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
     env = dict(os.environ if environ is None else environ)
     if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         return None
-    start_hint = (
-        "start distributed training with torchrun --nproc-per-node N -m vallayz fit ..., or "
-        "unset RANK, WORLD_SIZE and LOCAL_RANK to train in one process"
+    address, port, seconds = _meeting_point(world, env)
+    print(
+        f"process {world.rank} of {world.size}: waiting up to {seconds:g} s for the others at "
+        f"{address}:{port} ({RENDEZVOUS_ENV} changes it)",
+        file=sys.stderr,
+        flush=True,
     )
+    if world.rank != 0 and not _reachable(address, port, seconds):
+        raise VallayzUserError(
+            f"nothing answered at MASTER_ADDR={address}, MASTER_PORT={port} within {seconds:g} s "
+            f"(process 0 of the run listens there); start every process of the run with the "
+            f"same MASTER_ADDR and MASTER_PORT, or {_START_HINT}"
+        )
+    store = _tcp_store(world, address, port, seconds)
+    store.set_timeout(timedelta(minutes=30))
+    return store
+
+
+def _meeting_point(world: World, env: dict[str, str]) -> tuple[str, int, float]:
+    """``MASTER_ADDR``, ``MASTER_PORT`` and the seconds of :data:`RENDEZVOUS_ENV` in ``env``,
+    checked.
+
+    Raises:
+        VallayzUserError: when the address or the port is missing or invalid, or the seconds
+            are not a positive number.
+    """
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
     if missing:
         raise VallayzUserError(
             f"RANK and WORLD_SIZE={world.size} are set but not {' or '.join(missing)}, so the "
-            f"processes have nowhere to meet; {start_hint}"
+            f"processes have nowhere to meet; {_START_HINT}"
         )
     address, port_text = env["MASTER_ADDR"], env["MASTER_PORT"]
     try:
@@ -177,7 +205,7 @@ def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
     except ValueError:
         port = 0
     if not 0 < port < 65536:
-        raise VallayzUserError(f"MASTER_PORT={port_text!r} is not a port (1..65535); {start_hint}")
+        raise VallayzUserError(f"MASTER_PORT={port_text!r} is not a port (1..65535); {_START_HINT}")
     try:
         seconds = float(env.get(RENDEZVOUS_ENV, RENDEZVOUS_SECONDS))
     except ValueError:
@@ -191,22 +219,20 @@ def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
     except (OSError, UnicodeError) as err:
         raise VallayzUserError(
             f"MASTER_ADDR={address!r} does not name a reachable host ({err}); give the address "
-            f"of the machine of process 0, or {start_hint}"
+            f"of the machine of process 0, or {_START_HINT}"
         ) from err
-    print(
-        f"process {world.rank} of {world.size}: waiting up to {seconds:g} s for the others at "
-        f"{address}:{port} ({RENDEZVOUS_ENV} changes it)",
-        file=sys.stderr,
-        flush=True,
-    )
-    if world.rank != 0 and not _reachable(address, port, seconds):
-        raise VallayzUserError(
-            f"nothing answered at MASTER_ADDR={address}, MASTER_PORT={port} within {seconds:g} s "
-            f"(process 0 of the run listens there); start every process of the run with the "
-            f"same MASTER_ADDR and MASTER_PORT, or {start_hint}"
-        )
+    return address, port, seconds
+
+
+def _tcp_store(world: World, address: str, port: int, seconds: float) -> Any:
+    """The TCP store at ``address:port`` (served by process 0), once every process of
+    ``world`` has joined it.
+
+    Raises:
+        VallayzUserError: when the processes did not all join within ``seconds``.
+    """
     try:
-        store = dist.TCPStore(  # type: ignore[attr-defined]
+        return dist.TCPStore(  # type: ignore[attr-defined]
             address,
             port,
             world.size,
@@ -219,10 +245,8 @@ def rendezvous(world: World, environ: dict[str, str] | None = None) -> Any:
         raise VallayzUserError(
             f"the {world.size} processes did not meet at {address}:{port} within {seconds:g} s "
             f"({reason}); start every process of the run with the same MASTER_ADDR and "
-            f"MASTER_PORT, or {start_hint}"
+            f"MASTER_PORT, or {_START_HINT}"
         ) from err
-    store.set_timeout(timedelta(minutes=30))
-    return store
 
 
 def stop() -> None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from vallayz.data import ITEMS_NAME, PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_metrics, retrieval_ranks
-from vallayz.eval.pairs import Encoder, pair_pools
+from vallayz.eval.pairs import Encoder, PoolRun, pair_pools
 from vallayz.eval.rerank import rerank_ranks
 from vallayz.eval.retrieval import keys_to_ids
 from vallayz.reranker import Reranker, RerankerConfig, SideConfig, SideContent, reranker_scorer
@@ -366,51 +366,100 @@ def rerank_eval(
         ]
         table.append({**run.summary([retrieval_metrics(r) for r in first]), "stage": "first"})
         for depth in depths:
-            metrics, fused, seconds, passes = [], [], 0.0, [0]
-            for subset in run.index_sets:
-                chosen = torch.from_numpy(run.used[subset.numpy()])
-                score = memoised(
-                    reranker_scorer(
-                        reranker,
-                        content.query.take(chosen),
-                        content.candidate.take(chosen),
-                        batch_size,
-                        passes,
-                    )
-                )
-                args = (run.queries[subset], run.candidates[subset])
-                keys = (run.key_ids[subset], run.key_ids[subset])
-                started = time.perf_counter()
-                ranks = rerank_ranks(*args, *keys, score, depth)
-                seconds += time.perf_counter() - started
-                metrics.append(retrieval_metrics(ranks))
-                if fusion_weight is not None:
-                    both = fused_scorer(score, *args, fusion_weight)
-                    fused.append(retrieval_metrics(rerank_ranks(*args, *keys, both, depth)))
-            queries = sum(len(s) for s in run.index_sets)
-            row = run.summary(metrics)
-            row.update(
-                stage=f"re-ranked top {depth}",
-                depth=depth,
-                passes_per_query=passes[0] / queries,
-                **{"batched ms/query": 1000 * seconds / queries},
-                **{
-                    "ms/query": single_query_ms(
-                        reranker, content, run, depth, latency_queries, repeats
-                    )
-                },
+            table += _depth_rows(
+                run,
+                reranker,
+                content,
+                depth,
+                batch_size,
+                latency_queries,
+                repeats,
+                fusion_weight,
             )
-            table.append(row)
-            if fused:
-                table.append(
-                    {
-                        **run.summary(fused),
-                        "stage": f"re-ranked top {depth} + {fusion_weight:g} x first-stage cosine",
-                        "depth": depth,
-                        "passes_per_query": passes[0] / queries,
-                    }
-                )
     return table
+
+
+def _depth_rows(
+    run: PoolRun,
+    reranker: Reranker,
+    content: RerankContent,
+    depth: int,
+    batch_size: int,
+    latency_queries: int,
+    repeats: int,
+    fusion_weight: float | None,
+) -> list[dict[str, Any]]:
+    """The re-ranked row of one depth with its cost (see :func:`rerank_eval`), and the fused
+    row after it when there is a fusion weight."""
+    scored = _rerank_pools(run, reranker, content, depth, batch_size, fusion_weight)
+    queries = sum(len(s) for s in run.index_sets)
+    row = run.summary(scored.metrics)
+    row.update(
+        stage=f"re-ranked top {depth}",
+        depth=depth,
+        passes_per_query=scored.passes / queries,
+        **{"batched ms/query": 1000 * scored.seconds / queries},
+        **{"ms/query": single_query_ms(reranker, content, run, depth, latency_queries, repeats)},
+    )
+    rows = [row]
+    if scored.fused:
+        rows.append(
+            {
+                **run.summary(scored.fused),
+                "stage": f"re-ranked top {depth} + {fusion_weight:g} x first-stage cosine",
+                "depth": depth,
+                "passes_per_query": scored.passes / queries,
+            }
+        )
+    return rows
+
+
+@dataclass
+class _Reranked:
+    """The re-ranked metrics of every pool of one pair at one depth, and their cost."""
+
+    # Retrieval metrics of each pool, re-ranked by the re-ranker's score.
+    metrics: list[dict[str, float]]
+    # The same by the fused score (empty without a fusion weight).
+    fused: list[dict[str, float]]
+    # Wall time of re-ranking every pool's queries together (the fused pass not counted).
+    seconds: float
+    # Joint passes of the re-ranker over all pools (each distinct pair scored once).
+    passes: int
+
+
+def _rerank_pools(
+    run: PoolRun,
+    reranker: Reranker,
+    content: RerankContent,
+    depth: int,
+    batch_size: int,
+    fusion_weight: float | None,
+) -> _Reranked:
+    """Re-ranks the ``depth`` best first-stage candidates of every query of each pool of
+    ``run`` (and, with ``fusion_weight``, again by the fused score, on the same passes)."""
+    metrics, fused, seconds, passes = [], [], 0.0, [0]
+    for subset in run.index_sets:
+        chosen = torch.from_numpy(run.used[subset.numpy()])
+        score = memoised(
+            reranker_scorer(
+                reranker,
+                content.query.take(chosen),
+                content.candidate.take(chosen),
+                batch_size,
+                passes,
+            )
+        )
+        args = (run.queries[subset], run.candidates[subset])
+        keys = (run.key_ids[subset], run.key_ids[subset])
+        started = time.perf_counter()
+        ranks = rerank_ranks(*args, *keys, score, depth)
+        seconds += time.perf_counter() - started
+        metrics.append(retrieval_metrics(ranks))
+        if fusion_weight is not None:
+            both = fused_scorer(score, *args, fusion_weight)
+            fused.append(retrieval_metrics(rerank_ranks(*args, *keys, both, depth)))
+    return _Reranked(metrics, fused, seconds, passes[0])
 
 
 def memoised(score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:

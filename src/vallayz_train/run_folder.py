@@ -622,16 +622,7 @@ def candidate_index(
     Raises:
         VallayzUserError: for an unknown kind, or an approximate one without faiss.
     """
-    if kind not in SEARCH_KINDS:
-        raise VallayzUserError(f"--index must be one of {SEARCH_KINDS}, got {kind!r}")
-    if kind != "exact":
-        try:
-            import faiss  # noqa: F401
-        except ImportError as err:
-            raise VallayzUserError(
-                f"--index {kind} is an approximate index, which needs faiss: install it with "
-                "pip install 'vallayz[index]' (or use --index exact)"
-            ) from err
+    _check_index_kind(kind)
     # Keyed on content, not on paths or counts: a candidates folder rewritten in place, or a
     # model trained again into the run folder, gets a new index.
     meta = {
@@ -646,13 +637,7 @@ def candidate_index(
     if index is not None and index.meta == meta:
         return index
     keys = data.keys(target)
-    with torch.no_grad():
-        c = torch.cat(
-            [
-                (embed or model.embed)(data.batch(rows[i : i + 4096], [target])).cpu()
-                for i in range(0, len(rows), 4096)
-            ]
-        )
+    c = _embed_candidates(embed or model.embed, data, target, rows)
     _, key_ids = keys_to_ids([], [keys[int(r)] for r in rows])
     index = SearchIndex(kind, meta=meta).build(c, key_ids)
     try:
@@ -660,3 +645,35 @@ def candidate_index(
     except OSError as err:
         notice(f"the index was not saved in {index_dir(run_dir, name)} ({err})")
     return index
+
+
+def _check_index_kind(kind: str) -> None:
+    """Checks that ``kind`` is a search index this installation can build.
+
+    Raises:
+        VallayzUserError: for an unknown kind, or an approximate one without faiss.
+    """
+    if kind not in SEARCH_KINDS:
+        raise VallayzUserError(f"--index must be one of {SEARCH_KINDS}, got {kind!r}")
+    if kind != "exact":
+        try:
+            import faiss  # noqa: F401
+        except ImportError as err:
+            raise VallayzUserError(
+                f"--index {kind} is an approximate index, which needs faiss: install it with "
+                "pip install 'vallayz[index]' (or use --index exact)"
+            ) from err
+
+
+def _embed_candidates(
+    embed: Callable[[Batch], Tensor], data: PairedEmbeddings, target: str, rows: np.ndarray
+) -> Tensor:
+    """``[len(rows), d]`` vectors of the ``target`` candidates ``rows``, embedded in chunks of
+    4096 rows without gradients, on the CPU."""
+    with torch.no_grad():
+        return torch.cat(
+            [
+                embed(data.batch(rows[i : i + 4096], [target])).cpu()
+                for i in range(0, len(rows), 4096)
+            ]
+        )

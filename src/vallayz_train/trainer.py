@@ -139,6 +139,39 @@ def data_modalities(data: PairedEmbeddings, overrides: dict[str, Any] | None) ->
     return modalities
 
 
+def _training_device(config: TrainConfig, world: World) -> torch.device:
+    """The device this process trains on: ``config.device``, or the GPU of its local rank for
+    ``"cuda"`` in a data-parallel run.
+
+    Raises:
+        VallayzUserError: if CUDA is asked for but not available.
+    """
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VallayzUserError(
+            "--device cuda was asked for but CUDA is not available; use --device cpu"
+        )
+    device = config.device
+    if device == "cuda" and world.distributed:
+        device = f"cuda:{world.local_rank}"
+    return torch.device(device)
+
+
+def _validation_mode(model: TrainableMethod, config: TrainConfig) -> str:
+    """The retrieval path validation reads: ``config.retrieval_mode`` for a method that
+    bridges, else the first of the method's modes.
+
+    Raises:
+        ValueError: if the method neither embeds nor translates.
+    """
+    modes = model.capabilities.modes
+    if not modes:
+        raise ValueError(
+            f"{type(model).__name__} declares neither embedding nor translation in its "
+            "capabilities; validation needs one of them"
+        )
+    return config.retrieval_mode if "bridged" in modes else modes[0]
+
+
 class Trainer:
     """Trains any :class:`~vallayz.method.TrainableMethod` on a data directory into a run
     directory, reading only that contract: the method's objective gives the loss of a batch,
@@ -184,14 +217,7 @@ class Trainer:
                 f"{type(model).__name__} implements TrainableMethod but is not a "
                 "torch.nn.Module; the trainer needs its parameters"
             )
-        if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise VallayzUserError(
-                "--device cuda was asked for but CUDA is not available; use --device cpu"
-            )
-        device = config.device
-        if device == "cuda" and self.world.distributed:
-            device = f"cuda:{self.world.local_rank}"
-        self.device = torch.device(device)
+        self.device = _training_device(config, self.world)
         model.to(self.device)
         # One object seen twice: through the method contract and as a torch module.
         self.method: TrainableMethod = model
@@ -200,38 +226,8 @@ class Trainer:
         self.new_modalities = list(new_modalities)
         if self.new_modalities:
             self.names = [m for m in model.names if m in data.modalities]
-        modes = model.capabilities.modes
-        if not modes:
-            raise ValueError(
-                f"{type(model).__name__} declares neither embedding nor translation in its "
-                "capabilities; validation needs one of them"
-            )
-        self.mode = config.retrieval_mode if "bridged" in modes else modes[0]
-        splits = data.split_indices(config.split_seed)
-        self.train_rows, self.val_rows = splits["train"], splits["val"]
-        if self.new_modalities:
-            pairing = extension_rows(data, self.new_modalities, self.names)
-            self.train_rows = self.train_rows[pairing[self.train_rows]]
-            self.val_rows = self.val_rows[pairing[self.val_rows]]
-        if len(self.train_rows) < 2:
-            raise VallayzUserError(
-                f"{data.directory}: the training split has {len(self.train_rows)} rows; training "
-                "needs at least 2 (check the split column or add data)"
-            )
-        for name in self.names:
-            if not data.present[name][self.train_rows].any():
-                where = "row" if not data.present[name].any() else "training row"
-                raise VallayzUserError(
-                    f"{data.directory}: modality {name!r} is present in no {where} "
-                    f"({name}.present.npy), so nothing could link it; add its embeddings, or "
-                    "train without it by listing the other modalities under 'modalities' in "
-                    "the model config"
-                )
-        if len(self.val_rows) < 2:
-            raise VallayzUserError(
-                f"{data.directory}: the validation split has {len(self.val_rows)} rows; add "
-                "'split' = val rows to items.tsv or more groups"
-            )
+        self.mode = _validation_mode(model, config)
+        self.train_rows, self.val_rows = self._split_rows()
         pool = random_pools(len(self.val_rows), config.val_pool, 1, config.seed)[0]
         self.val_pool = self.val_rows[pool.numpy()]
         self.critic_rows = self.val_rows[:CRITIC_ROWS]
@@ -244,27 +240,10 @@ class Trainer:
         self.planner = (
             Planner(config.planner_every) if config.planner and self.tunables is not None else None
         )
-        self.shards = config.batch_shards or self.world.size
-        if self.shards % self.world.size:
-            raise VallayzUserError(
-                f"batch_shards is {self.shards} but {self.world.size} processes train the run; "
-                "set batch_shards to a multiple of the number of processes (or null for one "
-                "slice per process)"
-            )
-        # This process's slices of every global batch.
-        self.own_shards = list(range(self.world.rank, self.shards, self.world.size))
-        bs = min(config.batch_size, len(self.train_rows))
-        bs -= bs % self.shards
-        if self.shards > 1 and bs < 2 * self.shards:
-            raise VallayzUserError(
-                f"{data.directory}: the training split has {len(self.train_rows)} rows, too few "
-                f"to cut a batch into {self.shards} slices of at least 2 rows; use fewer "
-                "processes (or a smaller batch_shards) or add data"
-            )
-        self.batch_size = bs
+        self.shards, self.own_shards, self.batch_size = self._slicing()
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         broadcast_parameters(self.world, model)
-        self.steps_per_epoch = len(self.train_rows) // bs
+        self.steps_per_epoch = len(self.train_rows) // self.batch_size
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step = 0
         self.best = -1.0
@@ -272,6 +251,69 @@ class Trainer:
         self.writer: Any = None
         # The loss terms of the last step whose loss was finite (for a divergence report).
         self.last_terms: dict[str, float] = {}
+
+    def _split_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training and validation rows (for an extension, those that pair a new modality
+        with a known one only).
+
+        Raises:
+            VallayzUserError: if either split has fewer than 2 rows, or a modality is present
+                in no training row.
+        """
+        data = self.data
+        splits = data.split_indices(self.config.split_seed)
+        train_rows, val_rows = splits["train"], splits["val"]
+        if self.new_modalities:
+            pairing = extension_rows(data, self.new_modalities, self.names)
+            train_rows = train_rows[pairing[train_rows]]
+            val_rows = val_rows[pairing[val_rows]]
+        if len(train_rows) < 2:
+            raise VallayzUserError(
+                f"{data.directory}: the training split has {len(train_rows)} rows; training "
+                "needs at least 2 (check the split column or add data)"
+            )
+        for name in self.names:
+            if not data.present[name][train_rows].any():
+                where = "row" if not data.present[name].any() else "training row"
+                raise VallayzUserError(
+                    f"{data.directory}: modality {name!r} is present in no {where} "
+                    f"({name}.present.npy), so nothing could link it; add its embeddings, or "
+                    "train without it by listing the other modalities under 'modalities' in "
+                    "the model config"
+                )
+        if len(val_rows) < 2:
+            raise VallayzUserError(
+                f"{data.directory}: the validation split has {len(val_rows)} rows; add "
+                "'split' = val rows to items.tsv or more groups"
+            )
+        return train_rows, val_rows
+
+    def _slicing(self) -> tuple[int, list[int], int]:
+        """How every global batch is cut: the number of slices, this process's slices and the
+        global batch size (a multiple of the number of slices, at most the training rows).
+
+        Raises:
+            VallayzUserError: if the slices do not divide among the processes, or the training
+                rows are too few for slices of at least 2 rows.
+        """
+        shards = self.config.batch_shards or self.world.size
+        if shards % self.world.size:
+            raise VallayzUserError(
+                f"batch_shards is {shards} but {self.world.size} processes train the run; "
+                "set batch_shards to a multiple of the number of processes (or null for one "
+                "slice per process)"
+            )
+        # This process's slices of every global batch.
+        own_shards = list(range(self.world.rank, shards, self.world.size))
+        bs = min(self.config.batch_size, len(self.train_rows))
+        bs -= bs % shards
+        if shards > 1 and bs < 2 * shards:
+            raise VallayzUserError(
+                f"{self.data.directory}: the training split has {len(self.train_rows)} rows, too "
+                f"few to cut a batch into {shards} slices of at least 2 rows; use fewer "
+                "processes (or a smaller batch_shards) or add data"
+            )
+        return shards, own_shards, bs
 
     # ------------------------------------------------------------------ state
     def scalars(self) -> dict[str, Any]:
@@ -465,84 +507,15 @@ class Trainer:
         last_val: dict[str, float] = {}
         while self.step < self.total_steps and not stopped:
             step = self.step
-            lr = learning_rate(step, self.total_steps, self.config)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            if self.tunables is not None:
-                self.tunables.set_sigma_scale(sigma_scale(step, self.total_steps, self.config))
-            rows = self._rows(step)
-            width = len(rows) // self.shards
-            self.optimizer.zero_grad(set_to_none=True)
-            shard_terms: list[dict[str, float]] = []
-            # 0: every slice's loss finite; 1: a loss not finite; 2: the model's output not
-            # finite. Every process learns the worst, so all stop together.
-            failure = 0
-            cause: ValueError | None = None
-            for shard in self.own_shards:
-                batch = self._batch(step, shard, rows[shard * width : (shard + 1) * width])
-                try:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                        out = self.objective(batch, self._generator(step, 2, shard=shard))
-                except ValueError as err:
-                    # The data folder was checked for NaN/Inf when loaded, so non-finite
-                    # values met inside the loss (the cycle pass re-reads the model's own
-                    # outputs) are the model's: it diverged.
-                    if "NaN or Inf" not in str(err):
-                        raise
-                    failure, cause = 2, err
-                    continue
-                terms = {name: float(value.detach()) for name, value in out.terms.items()}
-                terms["total"] = float(out.total.detach())
-                shard_terms.append(terms)
-                if not math.isfinite(terms["total"]):
-                    failure = max(failure, 1)
-                    continue
-                share = len(self.own_shards)
-                total = out.total if share == 1 else out.total / share
-                total.backward()  # type: ignore[no-untyped-call]
-            failure, terms = combine_terms(self.world, failure, shard_terms)
-            if failure == 2:
-                raise self._diverged(step, self.last_terms, batch, "model's output") from cause
-            if failure == 1:
-                raise self._diverged(step, terms, batch, "loss")
-            self.last_terms = terms
-            average_gradients(self.world, self.parameters)
-            if self.config.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), self.config.grad_clip
-                )
-                if not math.isfinite(float(norm)):
-                    raise self._diverged(step, terms, batch, "gradient")
-            self.optimizer.step()
+            lr = self._schedule(step)
+            terms = self._train_step(step, amp)
             self._log(step, {**{f"train/{k}": v for k, v in terms.items()}, "lr": lr})
             if self.planner:
                 self.planner.observe(terms)
             last = step + 1 == self.total_steps
             if (step + 1) % self.config.eval_every == 0 or last:
-                if self.world.is_main:
-                    last_val = self.validate()
-                    self._log(step, last_val)
-                    if last_val["val/R@1"] > self.best:
-                        self.best, self.bad_evals = last_val["val/R@1"], 0
-                        self.save(self.run_dir / BEST)
-                    else:
-                        self.bad_evals += 1
-                        stopped = (
-                            self.config.patience > 0 and self.bad_evals >= self.config.patience
-                        )
-                if self.world.distributed:
-                    last_val, self.best, self.bad_evals, stopped = broadcast(
-                        self.world, [last_val, self.best, self.bad_evals, stopped]
-                    )
-            if self.planner and self.tunables:
-                decisions = self.planner.step(step, self.tunables, self._shared_critic)
-                if last or stopped:
-                    # The final model must be a judged state: an unjudged trial is undone.
-                    decisions += self.planner.finish(step, self.tunables)
-                if decisions and self.world.is_main:
-                    with (self.run_dir / PLANNER_LOG).open("a") as handle:
-                        for decision in decisions:
-                            handle.write(json.dumps(decision) + "\n")
+                last_val, stopped = self._evaluate(step, last_val)
+            self._plan(step, final=last or stopped)
             if (step + 1) % self.config.checkpoint_every == 0 or last or stopped:
                 if self.world.is_main:
                     save_state(self.run_dir, step, self.model, self.optimizer, self.scalars())
@@ -553,6 +526,112 @@ class Trainer:
                 loss=f"{terms['total']:.3f}", val_r1=f"{last_val.get('val/R@1', float('nan')):.3f}"
             )
         bar.close()
+        return self._finish(stopped, last_val)
+
+    def _schedule(self, step: int) -> float:
+        """Sets the learning rate of every parameter group and the sigma scale of ``step``;
+        returns the scheduled learning rate."""
+        lr = learning_rate(step, self.total_steps, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        if self.tunables is not None:
+            self.tunables.set_sigma_scale(sigma_scale(step, self.total_steps, self.config))
+        return lr
+
+    def _train_step(self, step: int, amp: bool) -> dict[str, float]:
+        """One optimizer step on ``step``'s global batch; returns its loss terms, averaged over
+        every slice.
+
+        Raises:
+            DivergenceError: if a loss, the model's output or the gradient is not finite.
+        """
+        rows = self._rows(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        slices = self._backward_slices(step, rows, amp)
+        failure, terms = combine_terms(self.world, slices.failure, slices.terms)
+        batch = slices.batch
+        if failure == 2:
+            raise self._diverged(step, self.last_terms, batch, "model's output") from slices.cause
+        if failure == 1:
+            raise self._diverged(step, terms, batch, "loss")
+        self.last_terms = terms
+        average_gradients(self.world, self.parameters)
+        if self.config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if not math.isfinite(float(norm)):
+                raise self._diverged(step, terms, batch, "gradient")
+        self.optimizer.step()
+        return terms
+
+    def _backward_slices(self, step: int, rows: np.ndarray, amp: bool) -> _Slices:
+        """The loss of each of this process's slices of the global batch ``rows``, its gradient
+        (scaled by the process's share of the slices) added to the parameters' when finite."""
+        width = len(rows) // self.shards
+        shard_terms: list[dict[str, float]] = []
+        # 0: every slice's loss finite; 1: a loss not finite; 2: the model's output not
+        # finite. Every process learns the worst, so all stop together.
+        failure = 0
+        cause: ValueError | None = None
+        for shard in self.own_shards:
+            batch = self._batch(step, shard, rows[shard * width : (shard + 1) * width])
+            try:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.objective(batch, self._generator(step, 2, shard=shard))
+            except ValueError as err:
+                # The data folder was checked for NaN/Inf when loaded, so non-finite
+                # values met inside the loss (the cycle pass re-reads the model's own
+                # outputs) are the model's: it diverged.
+                if "NaN or Inf" not in str(err):
+                    raise
+                failure, cause = 2, err
+                continue
+            terms = {name: float(value.detach()) for name, value in out.terms.items()}
+            terms["total"] = float(out.total.detach())
+            shard_terms.append(terms)
+            if not math.isfinite(terms["total"]):
+                failure = max(failure, 1)
+                continue
+            share = len(self.own_shards)
+            total = out.total if share == 1 else out.total / share
+            total.backward()  # type: ignore[no-untyped-call]
+        return _Slices(failure, cause, shard_terms, batch)
+
+    def _evaluate(self, step: int, last_val: dict[str, float]) -> tuple[dict[str, float], bool]:
+        """Validates after ``step`` on rank 0, saves a new best model and counts the
+        validations without one; returns the validation metrics (``last_val`` on the other
+        processes until broadcast) and whether training stops early, the same everywhere."""
+        stopped = False
+        if self.world.is_main:
+            last_val = self.validate()
+            self._log(step, last_val)
+            if last_val["val/R@1"] > self.best:
+                self.best, self.bad_evals = last_val["val/R@1"], 0
+                self.save(self.run_dir / BEST)
+            else:
+                self.bad_evals += 1
+                stopped = self.config.patience > 0 and self.bad_evals >= self.config.patience
+        if self.world.distributed:
+            last_val, self.best, self.bad_evals, stopped = broadcast(
+                self.world, [last_val, self.best, self.bad_evals, stopped]
+            )
+        return last_val, stopped
+
+    def _plan(self, step: int, final: bool) -> None:
+        """The planner's decisions after ``step`` (an unjudged trial undone when ``final``),
+        appended to the planner log by rank 0."""
+        if not (self.planner and self.tunables):
+            return
+        decisions = self.planner.step(step, self.tunables, self._shared_critic)
+        if final:
+            # The final model must be a judged state: an unjudged trial is undone.
+            decisions += self.planner.finish(step, self.tunables)
+        if decisions and self.world.is_main:
+            with (self.run_dir / PLANNER_LOG).open("a") as handle:
+                for decision in decisions:
+                    handle.write(json.dumps(decision) + "\n")
+
+    def _finish(self, stopped: bool, last_val: dict[str, float]) -> dict[str, Any]:
+        """Closes the logs and writes the final model and the summary (rank 0); returns it."""
         if self.writer is not None:
             self.writer.close()
         summary = {
@@ -566,6 +645,20 @@ class Trainer:
             write_summary(self.run_dir, summary)
         barrier(self.world)
         return summary
+
+
+@dataclasses.dataclass
+class _Slices:
+    """What the forward and backward passes of one process's slices of a global batch gave."""
+
+    # 0: every slice's loss finite; 1: a loss not finite; 2: the model's output not finite.
+    failure: int
+    # The error that reported the model's non-finite output (failure 2).
+    cause: ValueError | None
+    # The loss terms (and "total") of each slice whose forward pass finished.
+    terms: list[dict[str, float]]
+    # The last slice's batch (for a divergence report).
+    batch: Batch
 
 
 def _finished_summary(run_dir: Path) -> dict[str, Any]:
@@ -667,67 +760,7 @@ def _fit(
 ) -> dict[str, Any]:
     """:func:`fit`, with the run folder's lock held."""
     if resume:
-        run = read_run(run_dir)
-        if is_finished(run_dir):
-            # Training again would replace the final model (and, after an early stop, go on
-            # past the stop): a finished run is left as it is.
-            if world.is_main:
-                notice(
-                    f"{run_dir} has finished ({SUMMARY} is written), so there is nothing to "
-                    "resume and nothing was changed; start a new run with vallayz fit --out to "
-                    "train longer"
-                )
-            return _finished_summary(run_dir)
-        config = TrainConfig.from_dict(run["train"])
-        if world.distributed:
-            start(world, config.device)
-        if not states(run_dir):
-            if "model" not in run:
-                raise VallayzUserError(
-                    f"{run_dir} stopped before its first checkpoint and its {RUN_FILE} does not "
-                    f"record the model config; start it again with vallayz fit DATA --out {run_dir}"
-                )
-            if world.is_main:
-                notice(
-                    f"{run_dir} stopped before its first checkpoint, so --resume starts it "
-                    f"fresh with the settings in its {RUN_FILE}"
-                )
-                clear_run(run_dir)
-            barrier(world)
-            if "extend" in run:
-                return fit_extension(
-                    data_dir or run["data"],
-                    run["extend"]["base"],
-                    run_dir,
-                    config,
-                    run["extend"]["new_modalities"],
-                    run["model"],
-                    progress,
-                    world,
-                )
-            return fit(
-                data_dir or run["data"],
-                run_dir,
-                run["model"],
-                config,
-                progress=progress,
-                method=run.get("method", "impn"),
-                world=world,
-            )
-        data = PairedEmbeddings(data_dir or run["data"])
-        notices: list[str] = []
-        model, optimizer_state, scalars = load_state(run_dir, config.device, notices)
-        for line in notices if world.is_main else []:
-            notice(line)
-        if not isinstance(model, TrainableMethod):
-            raise VallayzUserError(
-                f"the model of {run_dir} is not a trainable method; resume it with the vallayz "
-                "version that started it"
-            )
-        new = run["extend"]["new_modalities"] if "extend" in run else ()
-        trainer = Trainer(data, run_dir, model, config, progress, world, new)
-        trainer.restore(optimizer_state, scalars)
-        return trainer.fit()
+        return _resume(data_dir, run_dir, progress, world)
     if data_dir is None:
         raise VallayzUserError("name the data directory to train on (or pass --resume RUN_DIR)")
     config = train_config or TrainConfig()
@@ -750,6 +783,91 @@ def _fit(
         write_run(run_dir, data_dir, method, model_overrides, config)
     barrier(world)
     return Trainer(data, run_dir, model, config, progress, world).fit()
+
+
+def _resume(
+    data_dir: str | Path | None, run_dir: Path, progress: bool, world: World
+) -> dict[str, Any]:
+    """Continues the unfinished run in ``run_dir`` from its last complete state, with the
+    run's own settings (a finished run's summary is returned as it is)."""
+    run = read_run(run_dir)
+    if is_finished(run_dir):
+        # Training again would replace the final model (and, after an early stop, go on
+        # past the stop): a finished run is left as it is.
+        if world.is_main:
+            notice(
+                f"{run_dir} has finished ({SUMMARY} is written), so there is nothing to "
+                "resume and nothing was changed; start a new run with vallayz fit --out to "
+                "train longer"
+            )
+        return _finished_summary(run_dir)
+    config = TrainConfig.from_dict(run["train"])
+    if world.distributed:
+        start(world, config.device)
+    if not states(run_dir):
+        return _restart(data_dir, run_dir, run, config, progress, world)
+    data = PairedEmbeddings(data_dir or run["data"])
+    notices: list[str] = []
+    model, optimizer_state, scalars = load_state(run_dir, config.device, notices)
+    for line in notices if world.is_main else []:
+        notice(line)
+    if not isinstance(model, TrainableMethod):
+        raise VallayzUserError(
+            f"the model of {run_dir} is not a trainable method; resume it with the vallayz "
+            "version that started it"
+        )
+    new = run["extend"]["new_modalities"] if "extend" in run else ()
+    trainer = Trainer(data, run_dir, model, config, progress, world, new)
+    trainer.restore(optimizer_state, scalars)
+    return trainer.fit()
+
+
+def _restart(
+    data_dir: str | Path | None,
+    run_dir: Path,
+    run: dict[str, Any],
+    config: TrainConfig,
+    progress: bool,
+    world: World,
+) -> dict[str, Any]:
+    """Starts again, with the settings its ``run.json`` records, a run that stopped before
+    its first checkpoint.
+
+    Raises:
+        VallayzUserError: if its ``run.json`` does not record the model config.
+    """
+    if "model" not in run:
+        raise VallayzUserError(
+            f"{run_dir} stopped before its first checkpoint and its {RUN_FILE} does not "
+            f"record the model config; start it again with vallayz fit DATA --out {run_dir}"
+        )
+    if world.is_main:
+        notice(
+            f"{run_dir} stopped before its first checkpoint, so --resume starts it "
+            f"fresh with the settings in its {RUN_FILE}"
+        )
+        clear_run(run_dir)
+    barrier(world)
+    if "extend" in run:
+        return fit_extension(
+            data_dir or run["data"],
+            run["extend"]["base"],
+            run_dir,
+            config,
+            run["extend"]["new_modalities"],
+            run["model"],
+            progress,
+            world,
+        )
+    return fit(
+        data_dir or run["data"],
+        run_dir,
+        run["model"],
+        config,
+        progress=progress,
+        method=run.get("method", "impn"),
+        world=world,
+    )
 
 
 # Model config fields a run that extends another may set: how the new modalities are read.
@@ -793,14 +911,60 @@ def fit_extension(
     """
     base_dir, run_dir = Path(base_dir), Path(run_dir)
     world = world or World()
+    base_run, base = _finished_base(base_dir)
+    data = PairedEmbeddings(data_dir)
+    new = _modalities_to_add(data, data_dir, base, base_dir, add)
+    split_seed = (train_config or TrainConfig()).split_seed
+    _check_extension_rows(data, data_dir, base, base_dir, new, split_seed)
+    overrides = _extension_overrides(model_overrides)
+    config = dataclasses.replace(train_config or TrainConfig(), planner=False)
+    if world.distributed:
+        start(world, config.device)
+    torch.manual_seed(config.seed)
+    model = _extended_model(base, base_dir, {m: data.modalities[m] for m in new}, overrides)
+    trainer = Trainer(data, run_dir, model, config, progress, world, new)
+    record = _extension_record(base, base_dir, model, new)
+    if world.is_main:
+        check_out_dir(run_dir)
+    # One writer per run folder, as in fit: rank 0 writes it, so rank 0 holds the lock.
+    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            claim_run_dir(run_dir)
+            method = str(base_run.get("method", "impn"))
+            write_run(run_dir, data_dir, method, overrides or None, config, extend=record)
+        barrier(world)
+        return trainer.fit()
+
+
+def _finished_base(base_dir: Path) -> tuple[dict[str, Any], Any]:
+    """The ``run.json`` and the final model of the run an extension starts from.
+
+    Raises:
+        VallayzUserError: if it is not a run, or has not finished.
+    """
     base_run = read_run(base_dir)
     if not is_finished(base_dir):
         raise VallayzUserError(
             f"--extend {base_dir}: that run has not finished (it has no final model); finish "
             f"it first with vallayz fit --resume {base_dir}"
         )
-    base = load_model(base_dir)
-    data = PairedEmbeddings(data_dir)
+    return base_run, load_model(base_dir)
+
+
+def _modalities_to_add(
+    data: PairedEmbeddings,
+    data_dir: str | Path,
+    base: Any,
+    base_dir: Path,
+    add: Sequence[str] | None,
+) -> list[str]:
+    """The modalities an extension adds: those ``add`` names, or every one of ``data`` that
+    the base model lacks.
+
+    Raises:
+        VallayzUserError: if one already exists in the base model or is not in the data,
+            there is none, or a modality both have differs in dimension.
+    """
     known = list(base.names)
     new = list(add) if add else [m for m in data.modalities if m not in known]
     for name in new:
@@ -819,21 +983,39 @@ def fit_extension(
             f"every modality of {data_dir} ({sorted(data.modalities)}) already exists in the run "
             f"{base_dir}; give a data folder that holds the modality to add"
         )
-    shared = [m for m in known if m in data.modalities]
-    for name in shared:
+    for name in (m for m in known if m in data.modalities):
         if data.modalities[name] != base.config.modalities[name]:
             raise VallayzUserError(
                 f"modality {name!r} has dimension {data.modalities[name]} in {data_dir} but "
                 f"{base.config.modalities[name]} in the run {base_dir}; encode it with the "
                 "run's encoder, or rename it to add it as a new modality"
             )
+    return new
+
+
+def _check_extension_rows(
+    data: PairedEmbeddings,
+    data_dir: str | Path,
+    base: Any,
+    base_dir: Path,
+    new: list[str],
+    split_seed: int,
+) -> None:
+    """Checks that the train and the val split (of ``split_seed``) each hold at least 2 rows
+    that pair a new modality with one the base model knows.
+
+    Raises:
+        VallayzUserError: if no row, or fewer than 2 of a split, pair them.
+    """
+    known = list(base.names)
+    shared = [m for m in known if m in data.modalities]
     pairing = extension_rows(data, new, shared + new)
     if not pairing.any():
         raise VallayzUserError(
             f"no row of {data_dir} pairs {new} with a modality the run {base_dir} knows "
             f"({known}); the new modality is learned from such rows, so add them"
         )
-    splits = data.split_indices((train_config or TrainConfig()).split_seed)
+    splits = data.split_indices(split_seed)
     for split in ("train", "val"):
         count = int(pairing[splits[split]].sum())
         if count < 2:
@@ -842,6 +1024,14 @@ def fit_extension(
                 "the run knows; training needs at least 2 in the train and the val split, so "
                 "add such rows"
             )
+
+
+def _extension_overrides(model_overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The model config of an extension, which may set only :data:`EXTENSION_FIELDS`.
+
+    Raises:
+        VallayzUserError: if it sets any other field.
+    """
     overrides = dict(model_overrides or {})
     unknown = sorted(set(overrides) - set(EXTENSION_FIELDS))
     if unknown:
@@ -849,33 +1039,35 @@ def fit_extension(
             f"the model config sets {unknown}, but a run that extends another keeps its model; "
             f"it may set only {list(EXTENSION_FIELDS)} of the new modalities"
         )
-    config = dataclasses.replace(train_config or TrainConfig(), planner=False)
-    if world.distributed:
-        start(world, config.device)
-    torch.manual_seed(config.seed)
+    return overrides
+
+
+def _extended_model(
+    base: Any, base_dir: Path, dims: dict[str, int], overrides: dict[str, Any]
+) -> Any:
+    """``base`` extended with the modalities of ``dims`` (every old parameter frozen).
+
+    Raises:
+        VallayzUserError: if the model takes none of ``overrides`` for a new modality.
+    """
     try:
-        model = base.extend({m: data.modalities[m] for m in new}, **overrides)
+        return base.extend(dims, **overrides)
     except TypeError as err:
         raise VallayzUserError(
             f"the model of {base_dir} takes none of {sorted(overrides)} for a new modality "
             f"({err}); leave them out of the model config"
         ) from err
-    trainer = Trainer(data, run_dir, model, config, progress, world, new)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    record = {
+
+
+def _extension_record(
+    base: Any, base_dir: Path, model: nn.Module, new: list[str]
+) -> dict[str, Any]:
+    """What ``run.json`` records under ``extend``: the base run, its modalities, the new
+    ones and the trained and frozen parameter counts."""
+    return {
         "base": str(base_dir.resolve()),
-        "base_modalities": known,
+        "base_modalities": list(base.names),
         "new_modalities": new,
-        "trainable_parameters": trained,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "frozen_parameters": sum(p.numel() for p in base.parameters()),
     }
-    if world.is_main:
-        check_out_dir(run_dir)
-    # One writer per run folder, as in fit: rank 0 writes it, so rank 0 holds the lock.
-    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
-        if world.is_main:
-            claim_run_dir(run_dir)
-            method = str(base_run.get("method", "impn"))
-            write_run(run_dir, data_dir, method, overrides or None, config, extend=record)
-        barrier(world)
-        return trainer.fit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from vallayz_train.options import (
     rerank_options,
     visible,
 )
+
+if TYPE_CHECKING:
+    from vallayz.data import PairedEmbeddings
+    from vallayz.types import Batch
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,9 +62,32 @@ def run(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from vallayz.data import PairedEmbeddings
-    from vallayz.types import Batch
     from vallayz_train.run_folder import candidate_index
+
+    model, data, candidate_rows = _checked_inputs(args)
+    queries, labels = _queries(args, model, data)
+    with torch.no_grad():
+        q = model.embed(queries)
+    index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
+    found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
+    top_scores, top_indices = (
+        _rerank_retrieved(args, data, queries, candidate_rows, found[1])
+        if args.rerank
+        else (list(found[0]), list(found[1]))
+    )
+    _print_found(args, data, candidate_rows, labels, top_scores, top_indices)
+    return 0
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple[Any, PairedEmbeddings, np.ndarray]:
+    """The run's model, the candidates' data folder and its rows that hold a target, once
+    the options are checked against them.
+
+    Raises:
+        UsageError: for a non-positive ``--k`` or one larger than the pool, a negative
+            ``--rerank``, or a modality the model or the data folder lacks.
+    """
+    from vallayz.data import PairedEmbeddings
 
     check_positive(args.k, "--k")
     if args.rerank < 0:
@@ -81,34 +108,51 @@ def run(args: argparse.Namespace) -> int:
             f"--k {args.k} is larger than the pool: {args.candidates} has "
             f"{len(candidate_rows)} {args.target} candidates"
         )
+    return model, data, candidate_rows
+
+
+def _queries(
+    args: argparse.Namespace, model: Any, data: PairedEmbeddings
+) -> tuple[Batch, list[str]]:
+    """The queries (the rows of ``--input``, or the rows ``--query-ids`` names, with their
+    tokens) and the label each is printed under.
+
+    Raises:
+        UsageError: for an empty ``--input``, or a query id that is unknown or has no source
+            embedding.
+    """
+    import torch
+
+    from vallayz.types import Batch
+
     if args.input:
         x = torch.from_numpy(read_array(args.input, model.config.modalities[args.source]))
         if x.shape[0] == 0:
             raise UsageError(f"--input {args.input} holds no rows; give at least one query")
-        queries = Batch.of({args.source: x})
-        labels = [f"row {i}" for i in range(x.shape[0])]
-    else:
-        ids = {item["id"]: i for i, item in enumerate(data.items)}
-        unknown = [q for q in args.query_ids if q not in ids]
-        if unknown:
-            raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
-        rows = np.array([ids[q] for q in args.query_ids])
-        absent = [
-            q for q, r in zip(args.query_ids, rows, strict=True) if not data.present[args.source][r]
-        ]
-        if absent:
-            raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
-        queries = data.batch(rows, [args.source])  # with its tokens, if the data has any
-        labels = list(args.query_ids)
-    with torch.no_grad():
-        q = model.embed(queries)
-    index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
-    found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
-    top_scores, top_indices = (
-        _rerank_retrieved(args, data, queries, candidate_rows, found[1])
-        if args.rerank
-        else (list(found[0]), list(found[1]))
-    )
+        return Batch.of({args.source: x}), [f"row {i}" for i in range(x.shape[0])]
+    ids = {item["id"]: i for i, item in enumerate(data.items)}
+    unknown = [q for q in args.query_ids if q not in ids]
+    if unknown:
+        raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
+    rows = np.array([ids[q] for q in args.query_ids])
+    absent = [
+        q for q, r in zip(args.query_ids, rows, strict=True) if not data.present[args.source][r]
+    ]
+    if absent:
+        raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
+    # With its tokens, if the data has any.
+    return data.batch(rows, [args.source]), list(args.query_ids)
+
+
+def _print_found(
+    args: argparse.Namespace,
+    data: PairedEmbeddings,
+    candidate_rows: np.ndarray,
+    labels: list[str],
+    top_scores: list[Any],
+    top_indices: list[Any],
+) -> None:
+    """Prints each query's candidates, best first: rank, id, score and gold key."""
     keys = data.keys(args.target)
     for label, scores, indices in zip(labels, top_scores, top_indices, strict=True):
         print(f"query {visible(label)}:")
@@ -117,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
         ):
             row = int(candidate_rows[index])
             print(f"  {rank}. {visible(data.items[row]['id'])}\t{score:.4f}\t{visible(keys[row])}")
-    return 0
 
 
 def _rerank_retrieved(

@@ -320,20 +320,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         "## Retrieval per held-out speaker (R@1, whole split)",
         "",
     ]
-    per = results["per_speaker"]
-    rows = []
-    for row in per[speakers[0]]:
-        entry = {"method": row["method"], "direction": f"{row['source']}->{row['target']}"}
-        for s in speakers:
-            match = [
-                r
-                for r in per[s]
-                if (r["method"], r["source"], r["target"])
-                == (row["method"], row["source"], row["target"])
-            ]
-            entry[s] = f"{match[0]['R@1']:.3f}" if match else ""
-        rows.append(entry)
-    lines += [format_table(rows), ""]
+    lines += [_per_speaker_table(results["per_speaker"], speakers), ""]
     sections = [
         ("stitching", "Stitching: a digit classifier on native target vectors, applied to "
          "translations", ["method", "source", "target"], ["native", "stitched", "ratio"]),
@@ -353,6 +340,24 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         [(key, title, _columns(keys, metrics)) for key, title, keys, metrics in sections],
         _plots,
     )
+
+
+def _per_speaker_table(per: dict[str, list[dict[str, Any]]], speakers: list[str]) -> str:
+    """R@1 of every method and direction (the rows of the first speaker's fold) in one column
+    per held-out speaker, blank where a fold lacks the row."""
+    rows = []
+    for row in per[speakers[0]]:
+        entry = {"method": row["method"], "direction": f"{row['source']}->{row['target']}"}
+        for s in speakers:
+            match = [
+                r
+                for r in per[s]
+                if (r["method"], r["source"], r["target"])
+                == (row["method"], row["source"], row["target"])
+            ]
+            entry[s] = f"{match[0]['R@1']:.3f}" if match else ""
+        rows.append(entry)
+    return format_table(rows)
 
 
 def _columns(keys: list[str], metrics: list[str]) -> Callable[[list[dict[str, Any]]], str]:

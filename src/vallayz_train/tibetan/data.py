@@ -12,7 +12,7 @@ import numpy as np
 
 from vallayz.data import write_paired_embeddings
 from vallayz_train.encoders import cached_encode, english_encoder
-from vallayz_train.parallel_corpus import build_corpus, read_segments
+from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.tibetan.constants import (
     ENCODER_DIR,
     SPEECH_NODES,
@@ -107,26 +107,12 @@ def build_data(
     sizes = {s: len(corpus.indices(s)) for s in ("train", "val", "test")}
     log(f"corpus: {len(corpus)} unique pairs, {len(set(corpus.docs))} documents, splits {sizes}")
 
-    english = cached_encode(
-        "en-minilm", corpus.en, english_encoder(device), cache, progress=progress
-    )
-    train_bo = [corpus.bo[i] for i in corpus.indices("train")]
-    tibetan = TibetanEncoder().fit(train_bo, seed=seed)
-    tibetan.save(data_dir / ENCODER_DIR)
-    bo, bo_tokens, bo_syllables = encode_tibetan(corpus.bo, tibetan, cache, progress)
-
-    rng = np.random.default_rng(seed)
-    speech_rows = np.sort(
-        rng.choice(len(corpus), size=speech_row_count(speech_items, len(corpus)), replace=False)
-    )
+    arrays, bo_tokens, bo_syllables = _text_arrays(corpus, data_dir, cache, seed, device, progress)
+    texts = {"text_en": corpus.en, "text_bo": corpus.bo}
+    speech_rows = _speech_rows(len(corpus), speech_items, seed)
     has_speech = np.zeros(len(corpus), dtype=bool)
     has_speech[speech_rows] = True
     lines = [corpus.bo[i] for i in speech_rows]
-    arrays: dict[str, np.ndarray] = {
-        "bo": bo.astype(np.float32),
-        "en": english.astype(np.float16),
-    }
-    texts = {"text_en": corpus.en, "text_bo": corpus.bo}
     if lines:
         log(f"speech: {len(lines)} of {len(corpus)} rows, {speech_workers} synthesis process(es)")
         frames = encode_speech(
@@ -149,3 +135,25 @@ def build_data(
     if lines:
         write_speech_meta(data_dir, speech_kind, speech_nodes, speech_pooling)
     return data_dir, {"novel": corpus.novel().tolist()}
+
+
+def _text_arrays(
+    corpus: Corpus, data_dir: Path, cache: Path, seed: int, device: str, progress: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The ``bo`` and ``en`` arrays of the corpus, and the Tibetan n-gram and syllable ids;
+    the Tibetan encoder is fitted on the training lines and saved in ``data_dir``."""
+    english = cached_encode(
+        "en-minilm", corpus.en, english_encoder(device), cache, progress=progress
+    )
+    train_bo = [corpus.bo[i] for i in corpus.indices("train")]
+    tibetan = TibetanEncoder().fit(train_bo, seed=seed)
+    tibetan.save(data_dir / ENCODER_DIR)
+    bo, bo_tokens, bo_syllables = encode_tibetan(corpus.bo, tibetan, cache, progress)
+    arrays: dict[str, np.ndarray] = {"bo": bo.astype(np.float32), "en": english.astype(np.float16)}
+    return arrays, bo_tokens, bo_syllables
+
+
+def _speech_rows(rows: int, speech_items: int | float, seed: int) -> np.ndarray:
+    """The sorted rows, drawn at random (``seed``) from all ``rows``, that get speech."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, size=speech_row_count(speech_items, rows), replace=False))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from vallayz_train.encoders import cached_encode
 from vallayz_train.encoders.english import TOKEN_STATES, english_token_encoder
 from vallayz_train.rerank_train import (
     RERANKER_DIR,
+    CrossFit,
     RerankContent,
     RerankTrainConfig,
     build_reranker,
@@ -125,16 +126,9 @@ def rerank_bench(
     config = config or RerankTrainConfig()
     data = PairedEmbeddings(data_dir, check_values=False)
     rows = state_rows(data, train_rows, config.seed)
-    lines = data.keys("en")
-    states = english_states([lines[i] for i in rows], Path(cache or out / "cache"), progress)
-    full = np.zeros((data.size, *states.shape[1:]), dtype=np.float16)
-    full[rows] = states
-    reranker_config = tibetan_reranker_config(data, **(model_changes or {}))
-    content = RerankContent(
-        side_content(data, reranker_config.query),
-        side_content(data, reranker_config.candidate, None, full),
+    reranker_config, content = _rerank_content(
+        data, rows, Path(cache or out / "cache"), progress, model_changes
     )
-    del full
     first_stage = heads_first_stage(first_stage_steps, config.seed, progress)
     evaluated = Path(first_stage_run) if first_stage_run else out / "first-stage"
     if not first_stage_run:
@@ -143,6 +137,59 @@ def rerank_bench(
     mined = cross_fit(data_dir, out, folds, first_stage, PAIR, config, rows, log)
     # Loaded after cross-fitting, which may have trained it (a fold's first stage).
     model = load_model(evaluated)
+    trained = _train_on_mined(reranker_config, content, mined, config, log)
+    _save_reranker(trained, evaluated, data_dir, mined, config)
+    table = _score_bo_en(model, trained, content, data, pool, pools, config.seed, depths)
+    record = _record(config, reranker_config, evaluated, mined, trained, table)
+    (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    log(format_table(table, columns))
+    return table
+
+
+def _rerank_content(
+    data: PairedEmbeddings,
+    rows: np.ndarray,
+    cache: Path,
+    progress: bool,
+    model_changes: dict[str, Any] | None,
+) -> tuple[RerankerConfig, RerankContent]:
+    """The re-ranker's config and every row's content for both sides, the English token
+    states encoded (cached in ``cache``) for ``rows`` only (zero elsewhere)."""
+    lines = data.keys("en")
+    states = english_states([lines[i] for i in rows], cache, progress)
+    full = np.zeros((data.size, *states.shape[1:]), dtype=np.float16)
+    full[rows] = states
+    reranker_config = tibetan_reranker_config(data, **(model_changes or {}))
+    content = RerankContent(
+        side_content(data, reranker_config.query),
+        side_content(data, reranker_config.candidate, None, full),
+    )
+    return reranker_config, content
+
+
+@dataclass
+class _TrainedReranker:
+    """A re-ranker trained on mined groups, and the weight of its fused score."""
+
+    reranker: Reranker
+    # The loss of every training step.
+    losses: list[float]
+    # Weight of the first-stage cosine in the fused score; None when none was fitted.
+    weight: float | None
+    # Share of the set-aside groups each tried weight puts the positive first in.
+    shares: dict[str, float]
+
+
+def _train_on_mined(
+    reranker_config: RerankerConfig,
+    content: RerankContent,
+    mined: CrossFit,
+    config: RerankTrainConfig,
+    log: Callable[[str], None],
+) -> _TrainedReranker:
+    """Trains a fresh re-ranker on the mined queries but ``config.fusion_queries`` of them
+    (drawn with ``config.seed``), on which the fused score's weight is then fitted."""
     # A few mined queries stay out of training, to fit the fused score's weight on.
     order = np.random.default_rng(config.seed).permutation(len(mined.queries))
     aside, used = (
@@ -164,7 +211,19 @@ def rerank_bench(
             aside.negative_cosine,
         )
         log(f"fused score: weight {weight:g} of the first-stage cosine ({shares})")
-    folder = reranker.save(evaluated / RERANKER_DIR)
+    return _TrainedReranker(reranker, losses, weight, shares)
+
+
+def _save_reranker(
+    trained: _TrainedReranker,
+    evaluated: Path,
+    data_dir: Path,
+    mined: CrossFit,
+    config: RerankTrainConfig,
+) -> None:
+    """Saves the re-ranker in the first stage's run folder (``reranker/``), with how it was
+    trained."""
+    folder = trained.reranker.save(evaluated / RERANKER_DIR)
     save_training(
         folder,
         config,
@@ -175,42 +234,64 @@ def rerank_bench(
             "first_stage": str(evaluated),
             "mined_queries": len(mined.queries),
             "held_out_r1": mined.held_out_r1,
-            "final_loss": float(np.mean(losses[-50:])),
-            "fusion_weight": weight,
-            "fusion_shares": shares,
+            "final_loss": float(np.mean(trained.losses[-50:])),
+            "fusion_weight": trained.weight,
+            "fusion_shares": trained.shares,
         },
     )
+
+
+def _score_bo_en(
+    model: Any,
+    trained: _TrainedReranker,
+    content: RerankContent,
+    data: PairedEmbeddings,
+    pool: int,
+    pools: int,
+    seed: int,
+    depths: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """:func:`~vallayz_train.rerank_train.rerank_eval` of bo→en on the validation split,
+    with gradients off."""
     val = data.split_indices()["val"]
     torch.set_grad_enabled(False)
     try:
-        table = rerank_eval(
+        return rerank_eval(
             model,
-            reranker,
+            trained.reranker,
             content,
             data,
             val,
             PAIR,
             pool,
             pools,
-            config.seed,
+            seed,
             depths,
-            fusion_weight=weight,
+            fusion_weight=trained.weight,
         )
     finally:
         torch.set_grad_enabled(True)
-    record = {
+
+
+def _record(
+    config: RerankTrainConfig,
+    reranker_config: RerankerConfig,
+    evaluated: Path,
+    mined: CrossFit,
+    trained: _TrainedReranker,
+    table: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What ``rerank.json`` holds: the settings, the first stage, what cross-fitting and the
+    fused score's fit gave, and the table."""
+    return {
         "train": asdict(config),
         "reranker": reranker_config.to_dict(),
         "first_stage": str(evaluated),
         "held_out_r1": mined.held_out_r1,
-        "fusion_weight": weight,
-        "fusion_shares": shares,
+        "fusion_weight": trained.weight,
+        "fusion_shares": trained.shares,
         "results": table,
     }
-    (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
-    columns = list(dict.fromkeys(key for row in table for key in row))
-    log(format_table(table, columns))
-    return table
 
 
 def rows_content(data: PairedEmbeddings, side: SideConfig, rows: np.ndarray) -> SideContent:
