@@ -23,3 +23,7 @@ LEARNED_METHODS: tuple[str, ...] = (
 PAIRWISE_CLOSED_FORM: tuple[str, ...] = ("ortho", "l-ortho", "linear", "affine")
 MULTIWAY_CLOSED_FORM: tuple[str, ...] = ("cca", "gpa", "gcpa")
 CLOSED_FORM_METHODS: tuple[str, ...] = PAIRWISE_CLOSED_FORM + MULTIWAY_CLOSED_FORM
+# Retrieval paths `vallayz ablate` scores: soil (sources embedded alone, averaged: late
+# fusion), bridged, fused (several sources in one message-passing pass) and translate (queries
+# decoded into the target's native space).
+ABLATION_MODES: tuple[str, ...] = ("soil", "bridged", "fused", "translate")

@@ -34,6 +34,7 @@ from vallayz_train.distributed import (
     combine_terms,
     start,
 )
+from vallayz_train.names import LEARNED_METHODS
 from vallayz_train.planner import Planner
 from vallayz_train.run_folder import (
     BEST,
@@ -99,7 +100,8 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
 
 
-METHODS = ("impn", "contrastive-heads", "mlp-translator", "seq-heads", "fusemix")
+# The methods fit trains (one list for every command: vallayz_train.names).
+METHODS = LEARNED_METHODS
 
 
 def loss_settings(config: TrainConfig) -> LossSettings:

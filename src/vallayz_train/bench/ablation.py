@@ -24,6 +24,7 @@ from vallayz.eval.perturb import drop_sources
 from vallayz_train.bench.runs import train_run
 from vallayz_train.bench.spec import Pair, check_pairs
 from vallayz_train.config import TrainConfig
+from vallayz_train.names import ABLATION_MODES
 from vallayz_train.run_folder import load_model
 
 
@@ -37,10 +38,6 @@ class DataChange(Protocol):
     def model_changes(self, data_dir: Path) -> dict[str, Any]:
         """Model config changes that go with the data change (e.g. fewer modalities)."""
         ...
-
-
-# The retrieval paths an ablation scores (``--modes``).
-ABLATION_MODES = ("soil", "bridged", "fused", "translate")
 
 
 @dataclass(frozen=True)
