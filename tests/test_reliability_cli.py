@@ -389,3 +389,34 @@ def test_a_damaged_checkpoint_is_a_user_error_from_python(tmp_path: Path) -> Non
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(VallayzUserError, match="not a readable safetensors file"):
         IMPN.from_pretrained(tmp_path)
+
+
+def test_eval_leaves_out_modalities_the_run_does_not_know(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = trained
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    for path in data.iterdir():
+        (wider / path.name).symlink_to(path.resolve())
+    rows = len(np.load(data / "text.npy"))
+    np.save(wider / "words.npy", np.random.default_rng(0).normal(size=(rows, 3)).astype("f4"))
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), str(wider), "--output", str(out)]) == 0
+    assert "also holds ['words'], which the run does not know" in capsys.readouterr().err
+    pairs = {(r["source"], r["target"]) for r in json.loads(out.read_text())["results"]}
+    assert pairs and all("words" not in pair for pair in pairs)
+
+
+def test_eval_refuses_a_mode_the_method_does_not_serve(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = trained
+    run = tmp_path / "mlp"
+    config = TrainConfig.from_dict({**TRAIN, "max_steps": 1})
+    fit(data, run, {"dim": 8}, config, progress=False, method="mlp-translator")
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), str(data), "--output", str(out)]) == 2
+    assert "cannot serve --mode soil; use --mode translate" in _error(capsys)
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         The exit status, 0.
     """
     from vallayz.data import PairedEmbeddings
-    from vallayz.eval import format_table, model_encoder, retrieval_table
+    from vallayz.eval import default_pairs, format_table, model_encoder, retrieval_table
 
     check_pool(args.pool)
     check_positive(args.pools, "--pools")
@@ -84,11 +85,20 @@ def run(args: argparse.Namespace) -> int:
             f"{args.data} lacks modalities {sorted(missing)} that the model was trained on"
         )
     check_data_fits(model, data, args.data)
+    _check_mode(model, args.mode)
+    known = [m for m in data.modalities if m in model.config.modalities]
+    extra = sorted(set(data.modalities) - set(known))
+    if extra:
+        print(
+            f"note: {visible(args.data)} also holds {extra}, which the run does not know; "
+            "they are left out",
+            file=sys.stderr,
+        )
     table = retrieval_table(
         data,
         rows,
         model_encoder(model, data, args.mode),
-        None,
+        default_pairs(known),
         pool=args.pool,
         pools=args.pools,
         seed=args.seed,
@@ -126,3 +136,13 @@ def _eval_split_seed(run_dir: Path, data: Any, split: str, given: int | None) ->
             f"{split} split would hold training rows; drop --split-seed to use the run's split"
         )
     return own if given is None else given
+
+
+def _check_mode(model: Any, mode: str) -> None:
+    """Refuses a ``--mode`` the run's method does not serve, naming the ones it does."""
+    modes = model.capabilities.modes
+    if mode not in modes:
+        raise UsageError(
+            f"this run's method ({type(model).__name__}) cannot serve --mode {mode}; use --mode "
+            f"{' or --mode '.join(m for m in modes if m in ('soil', 'translate'))}"
+        )
