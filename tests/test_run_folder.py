@@ -93,3 +93,37 @@ def test_approximate_index_finds_the_exact_top_hit(
         line.split("\t")[0] for line in exact.splitlines()
     ]
     assert (index_dir(run, f"image-{kind}") / "approximate" / "index.faiss").is_file()
+
+
+def test_retrieve_does_not_write_its_index_into_a_run_another_process_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    data = write_synthetic(tmp_path / "data", rows=60, groups=12)
+    run = tmp_path / "run"
+    config = TrainConfig(max_steps=2, batch_size=16, warmup_steps=1, planner=False)
+    fit(data, run, dict(SMALL), config, progress=False)
+    # Another process holds the run's lock (as a fit --resume would) while retrieve runs.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from vallayz_train.run_folder import lock_run\n"
+            f"with lock_run(Path({str(run)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(_retrieve(run, data, "--k", "2")) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    captured = capsys.readouterr()
+    assert "item" in captured.out  # the search itself ran
+    assert "the index was not saved" in captured.err
+    assert load_index(run, "image-exact") is None

@@ -641,8 +641,10 @@ def candidate_index(
     _, key_ids = keys_to_ids([], [keys[int(r)] for r in rows])
     index = SearchIndex(kind, meta=meta).build(c, key_ids)
     try:
-        save_index(run_dir, name, index)
-    except OSError as err:
+        # Under the run's lock: a run being trained or extended into is not written beside.
+        with lock_run(run_dir):
+            save_index(run_dir, name, index)
+    except (OSError, VallayzUserError) as err:
         notice(f"the index was not saved in {index_dir(run_dir, name)} ({err})")
     return index
 
