@@ -113,9 +113,21 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     text = json.dumps({**meta, "results": table}, indent=2) + "\n"
-    replace_atomically(out, lambda handle: handle.write(text.encode()))
+    _write(out, Path(args.run), text)
     print(f"saved {visible(out)}")
     return 0
+
+
+def _write(out: Path, run_dir: Path, text: str) -> None:
+    """Writes the results file; one inside the run folder under the run's lock, so that it is
+    not written beside a process training into the run."""
+    from vallayz_train.run_folder import lock_run
+
+    if out.resolve().parent != run_dir.resolve():
+        replace_atomically(out, lambda handle: handle.write(text.encode()))
+        return
+    with lock_run(run_dir):
+        replace_atomically(out, lambda handle: handle.write(text.encode()))
 
 
 def _eval_split_seed(run_dir: Path, data: Any, split: str, given: int | None) -> int:
