@@ -420,3 +420,18 @@ def test_eval_refuses_a_mode_the_method_does_not_serve(
     assert main(["eval", str(run), str(data), "--output", str(out)]) == 2
     assert "cannot serve --mode soil; use --mode translate" in _error(capsys)
     assert not out.exists()
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    # `vallayz ablate --list | head -1`, with the reader gone before the list is printed.
+    assert main(["ablate", "--list"]) == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VallayzUserError as err:
         print(f"vallayz {args.command}: error: {visible(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of the output went away (`vallayz fit ... | head`): stop quietly, as the
+        # shell's own tools do, with the status of a process ended by SIGPIPE.
+        _silence_stdout()
+        return 141
     except OSError as err:
         if err.errno not in _ENVIRONMENT_ERRORS:
             return _bug(args.command)
@@ -105,6 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         return _bug(args.command)
     return code
+
+
+def _silence_stdout() -> None:
+    """Points standard output at the null device, so that the interpreter's final flush of
+    what is left in its buffer does not fail on the closed pipe too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _bug(command: str) -> int:
