@@ -312,6 +312,10 @@ LADDER: dict[str, Variant] = {
     "ladder 8m: rung 8 (IMPN) with linear adapters for bo and en (MLP for speech)": Variant(
         {"linear_adapters": ["bo", "en"]}
     ),
+    # Where the linear adapter's gain (rung 4l) is lost on the way to rung 8l.
+    "ladder 5l: rung 4l + one bridge layer (within-modality attention and feed-forward)": Variant(
+        {"layers": 1, "adapter_branch": False}, _CONTRASTIVE_ONLY
+    ),
 }
 VARIANTS.update(LADDER)
 # Not IMPN: the heads reading speech frames and other node inputs through their own small
