@@ -271,19 +271,6 @@ def train_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None)
         raise UsageError(f"{' / '.join(map(str, where))}: {err}" if where else str(err)) from err
 
 
-def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of a benchmark function that come from the shared benchmark
-    options (and ``--closed-form``): pools, their seed, matched dropout, progress."""
-    return {
-        "pool": args.pool,
-        "pools": args.pools,
-        "seed_eval": args.seed_eval,
-        "matched_dropout": args.matched_dropout,
-        "closed_form": tuple(args.closed_form),
-        "progress": not args.quiet,
-    }
-
-
 def rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rerank",
