@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from vallayz_train.digits.settings import DigitsSettings
 
-# The command's name, its help line and its defaults of the shared benchmark options.
+# The command's name, its help line and its settings, whose defaults are the command line's.
 NAME = "digits"
 HELP = "spoken digits (FSDD) / digit images / digit words, split by speaker"
-DEFAULTS: dict[str, Any] = {"pool": DigitsSettings.pool}
+SETTINGS = DigitsSettings
 
 
 def add_options(b: argparse.ArgumentParser) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from vallayz_train.emoji.settings import EmojiSettings
 
-# The command's name, its help line and its defaults of the shared benchmark options.
+# The command's name, its help line and its settings, whose defaults are the command line's.
 NAME = "emoji"
 HELP = "Twemoji images (EfficientNet-lite0) / CLDR text (MiniLM)"
-DEFAULTS: dict[str, Any] = {"pool": EmojiSettings.pool}
+SETTINGS = EmojiSettings
 
 
 def add_options(b: argparse.ArgumentParser) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from vallayz_train.stitch.settings import StitchSettings
 
-# The command's name, its help line and its defaults of the shared benchmark options.
+# The command's name, its help line and its settings, whose defaults are the command line's.
 NAME = "stitch"
 HELP = "MiniLM-L6 <-> multilingual-e5-small on English lines, held-out documents"
-DEFAULTS: dict[str, Any] = {}
+SETTINGS = StitchSettings
 
 
 def add_options(b: argparse.ArgumentParser) -> None:

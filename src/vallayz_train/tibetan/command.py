@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from vallayz_train.options import (
     UsageError,
@@ -15,10 +14,10 @@ from vallayz_train.options import (
 )
 from vallayz_train.tibetan.settings import TibetanSettings
 
-# The command's name, its help line and its defaults of the shared benchmark options.
+# The command's name, its help line and its settings, whose defaults are the command line's.
 NAME = "tibetan"
 HELP = "Classical Tibetan / generated speech / English"
-DEFAULTS: dict[str, Any] = {}
+SETTINGS = TibetanSettings
 
 
 def add_options(b: argparse.ArgumentParser) -> None:
