@@ -39,14 +39,8 @@ from vallayz.data import PairedEmbeddings
 from vallayz.eval import model_encoder, retrieval_table
 from vallayz.learned import build_model
 from vallayz_train.config import TrainConfig
-from vallayz_train.digits.bench import (
-    MODEL_DEFAULTS,
-    POOL,
-    POOLS,
-    TRAIN_DEFAULTS,
-    build_data,
-    fold_data,
-)
+from vallayz_train.digits.bench import MODEL_DEFAULTS, TRAIN_DEFAULTS, build_data, fold_data
+from vallayz_train.digits.settings import DigitsSettings
 from vallayz_train.run_folder import load_model
 from vallayz_train.trainer import fit, fit_extension, loss_settings
 
@@ -97,8 +91,8 @@ def digits_setup(args: argparse.Namespace, out: Path) -> Setup:
         pairs,
         {"impn": MODEL_DEFAULTS, "contrastive-heads": {}},
         train,
-        POOL,
-        POOLS,
+        DigitsSettings.pool,
+        DigitsSettings.pools,
         everything,
         without(everything, out / "fold" / "old", "word"),
         f"held-out speaker {speaker}",

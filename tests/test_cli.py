@@ -224,7 +224,8 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path: Path) 
 
 
 def test_bench_tibetan_help_and_choices_match_the_benchmark_constants() -> None:
-    # The CLI spells these as literals to keep its heavy imports lazy; this keeps them in step.
+    # The CLI spells the choices as literals to keep its heavy imports lazy; this keeps them in
+    # step. Its defaults are those of TibetanSettings (tests/test_settings.py).
     import argparse
 
     from vallayz_train.cli import build_parser
@@ -240,11 +241,10 @@ def test_bench_tibetan_help_and_choices_match_the_benchmark_constants() -> None:
     tibetan = subparser(subparser(build_parser(), "bench"), "tibetan")
     options = {action.dest: action for action in tibetan._actions}
     assert set(options["speech_pooling"].choices) == set(FRAME_POOLINGS)
-    assert options["speech_pooling"].default is None
-    assert bench.SPEECH_POOLING == "mean"
+    assert options["speech_pooling"].default == bench.SPEECH_POOLING == "mean"
     assert "averages of equal segments (the default)" in options["speech_pooling"].help
     assert tuple(options["speech_features"].choices) == SPEECH_FEATURES
     assert options["speech_features"].default == SPEECH_FEATURES[0]
-    assert options["speech_nodes"].default is None
+    assert options["speech_nodes"].default == bench.SPEECH_NODES
     assert f"(default {bench.SPEECH_NODES})" in options["speech_nodes"].help
     assert options["token_buckets"].default == bench.TOKEN_BUCKETS

@@ -102,8 +102,7 @@ def test_bench_emoji_end_to_end_on_a_few_images(
 
 
 def test_the_command_offers_every_closed_form_map() -> None:
-    from vallayz_train.emoji import DEFAULT_CLOSED_FORM, bench
+    from vallayz_train.emoji.settings import EmojiSettings
     from vallayz_train.names import CLOSED_FORM_METHODS
 
-    assert bench.CLOSED_FORM == DEFAULT_CLOSED_FORM
-    assert set(CLOSED_FORM_METHODS) - set(DEFAULT_CLOSED_FORM) == {"affine"}
+    assert set(CLOSED_FORM_METHODS) - set(EmojiSettings.closed_form) == {"affine"}

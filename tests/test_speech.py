@@ -22,6 +22,7 @@ from vallayz_train.tibetan.encoders.speech import (
     speech_amount,
     speech_row_count,
 )
+from vallayz_train.tibetan.settings import TibetanSettings
 
 LINES = [
     "སངས་རྒྱས་ལ་ཕྱག་འཚལ་ལོ།",
@@ -194,7 +195,8 @@ def test_bench_tibetan_command_line_refuses_bad_speech_options(
 
 
 def test_bench_tibetan_refuses_a_bad_fraction_before_reading_the_corpus(tmp_path: Path) -> None:
+    absent = str(tmp_path / "absent.tsv")
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
-        bench_tibetan(tmp_path, corpus_path=str(tmp_path / "absent.tsv"), speech_items=1.5)
+        bench_tibetan(tmp_path, TibetanSettings(corpus_path=absent, speech_items=1.5))
     with pytest.raises(ValueError, match="speech workers"):
-        bench_tibetan(tmp_path, corpus_path=str(tmp_path / "absent.tsv"), speech_workers=0)
+        bench_tibetan(tmp_path, TibetanSettings(corpus_path=absent, speech_workers=0))

@@ -5,6 +5,7 @@ built."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -271,19 +272,6 @@ def train_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None)
         raise UsageError(f"{' / '.join(map(str, where))}: {err}" if where else str(err)) from err
 
 
-def bench_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of a benchmark function that come from the shared benchmark
-    options (and ``--closed-form``): pools, their seed, matched dropout, progress."""
-    return {
-        "pool": args.pool,
-        "pools": args.pools,
-        "seed_eval": args.seed_eval,
-        "matched_dropout": args.matched_dropout,
-        "closed_form": tuple(args.closed_form),
-        "progress": not args.quiet,
-    }
-
-
 def rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rerank",
@@ -333,6 +321,24 @@ def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note:
         default=list(default),
         help=f"closed-form maps to fit ({note})",
     )
+
+
+# The fields of a data set's benchmark settings that the shared benchmark options
+# (bench_options) set, each the dest of its option.
+SHARED_SETTINGS = ("pool", "pools", "seed_eval", "matched_dropout")
+
+
+def bench_defaults(settings: Any) -> dict[str, Any]:
+    """The defaults a data set's benchmark settings give the shared benchmark options.
+
+    Args:
+        settings: The data set's settings (a dataclass instance).
+
+    Returns:
+        Its fields among :data:`SHARED_SETTINGS`, by name, for ``set_defaults``.
+    """
+    names = {f.name for f in dataclasses.fields(settings)} & set(SHARED_SETTINGS)
+    return {name: getattr(settings, name) for name in sorted(names)}
 
 
 def bench_options(b: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vallayz_train.options import (
     UsageError,
+    bench_defaults,
     bench_options,
     check_positive,
     parse_pair,
@@ -44,14 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     from vallayz_train.stitch import command as stitch
     from vallayz_train.tibetan import command as tibetan
 
-    # Each data set's command: its name, help, own options, output folder runs/NAME, the shared
-    # benchmark options, and its defaults.
+    # Each data set's command: its name, help, own options, output folder runs/NAME, and the
+    # shared benchmark options with the defaults of its settings.
     for command in (tibetan, emoji, digits, stitch):
         b = bench.add_parser(command.NAME, help=command.HELP)
         b.add_argument("--out", default=f"runs/{command.NAME}")
         command.add_options(b)
         bench_options(b)
-        b.set_defaults(func=command.run, **command.DEFAULTS)
+        b.set_defaults(func=command.run, **bench_defaults(command.SETTINGS()))
 
 
 def run_data(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz.eval import format_table
-from vallayz_train.bench import BenchSpec, Pair, finish_report, run_benchmark
+from vallayz_train.bench import Pair, finish_report, run_benchmark
 from vallayz_train.bench.spec import (
     SMALL_DATA_TRAIN,
     check_settings,
@@ -42,6 +42,7 @@ from vallayz_train.digits.encoders import (
     speech_encoder,
     speech_nodes,
 )
+from vallayz_train.digits.settings import DigitsSettings
 from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.shared_data import file_digest, find_data
@@ -64,9 +65,6 @@ PAIRS: list[Pair] = [
 VAL_FRACTION = 0.1
 MODEL_DEFAULTS: dict[str, Any] = dict(TIBETAN_MODEL)
 TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 200, "warmup_steps": 20}
-# A held-out speaker has 500 recordings: pools of 100 besides the whole split.
-POOL = 100
-POOLS = 5
 # The columns of the benchmark's tables that summarise() averages; the rest identify a row.
 METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10", "MRR", "median_rank")
 METRICS += ("native", "stitched", "ratio", "mse", "cosine", "value")
@@ -218,32 +216,40 @@ def summarise(folds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def bench_digits(
     out: str | Path,
-    root: str | Path | None = None,
-    speech_kind: str = "oww",
+    settings: DigitsSettings | None = None,
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
-    pool: int = POOL,
-    pools: int = POOLS,
-    seed_eval: int = 0,
-    matched_dropout: bool = False,
-    closed_form: tuple[str, ...] = BenchSpec.closed_form,
-    speakers: Sequence[str] | None = None,
     progress: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     """Encodes the data, runs one benchmark per held-out speaker and summarises them.
 
     Args:
-        speakers: The speakers to hold out (default: every speaker, one fold each).
+        out: The benchmark's folder.
+        settings: What the benchmark builds and how it evaluates (default ``DigitsSettings()``;
+            its ``speakers`` are held out, by default every speaker, one fold each).
+        train: Training config of every learned method (default :data:`TRAIN_DEFAULTS`).
+        model_overrides: IMPN config fields over :data:`MODEL_DEFAULTS`.
+        progress: Whether to show progress bars.
+        log: Prints the benchmark's messages.
     """
+    settings = settings or DigitsSettings()
+    root, speech_kind = settings.data_path, settings.speech_kind
     train = train or TrainConfig(**TRAIN_DEFAULTS)
-    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
+    spec = fixed_pairs_spec(
+        PAIRS,
+        settings.pool,
+        settings.pools,
+        settings.seed_eval,
+        settings.matched_dropout,
+        settings.closed_form,
+    )
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     # Checked before the recordings are encoded.
     check_settings(spec, train, model, pair_modalities(PAIRS))
     # The speakers are read from the file names, before anything is encoded or written.
     everyone = sorted({r.speaker for r in read_fsdd(root)})
-    held_out = list(speakers or everyone)
+    held_out = list(settings.speakers or everyone)
     unknown = sorted(set(held_out) - set(everyone))
     if unknown:
         raise VallayzUserError(f"unknown speaker(s) {unknown}; the data has {everyone}")
@@ -256,6 +262,29 @@ def bench_digits(
         log(f"fold: speaker {speaker} held out")
         fold = fold_data(data, folder / "data", speaker, train.split_seed)
         per_fold[speaker] = run_benchmark(fold, folder, spec, train, model, progress, log)
+    results = fold_summary(data, speech_kind, held_out, per_fold)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(out, results)
+    return results
+
+
+def fold_summary(
+    data: Path, speech_kind: str, held_out: list[str], per_fold: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The results of the benchmark over its folds, as ``results.json`` holds them.
+
+    Args:
+        data: The data folder of every recording.
+        speech_kind: Its speech features.
+        held_out: The speakers held out, as the settings name them.
+        per_fold: The results of :func:`~vallayz_train.bench.run_benchmark` on each fold, by
+            held-out speaker.
+
+    Returns:
+        The folds' settings (those of the first fold), sizes and seconds, each speaker's
+        retrieval on the whole split, and every table summarised over the folds
+        (:func:`summarise`).
+    """
     first = next(iter(per_fold.values()))
     results: dict[str, Any] = {
         "data": str(data.resolve()),
@@ -272,8 +301,6 @@ def bench_digits(
     }
     for table in TABLES:
         results[table] = summarise([r[table] for r in per_fold.values()])
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_report(out, results)
     return results
 
 

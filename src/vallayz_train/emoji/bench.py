@@ -28,8 +28,8 @@ from vallayz_train.bench.spec import (
     pair_modalities,
 )
 from vallayz_train.config import TrainConfig
-from vallayz_train.emoji import DEFAULT_CLOSED_FORM
 from vallayz_train.emoji.encoders import image_encoder
+from vallayz_train.emoji.settings import EmojiSettings
 from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
 from vallayz_train.shared_data import file_digest, find_data
@@ -48,11 +48,6 @@ FRACTIONS = (0.1, 0.2)
 MODEL_DEFAULTS: dict[str, Any] = dict(CPU_MODEL)
 # About 100 epochs of the ~1,070 training items; under three minutes per method on 2 cores.
 TRAIN_DEFAULTS: dict[str, Any] = {**SMALL_DATA_TRAIN, "max_steps": 400, "warmup_steps": 30}
-# The closed-form maps fitted by default (the command line's too).
-CLOSED_FORM = DEFAULT_CLOSED_FORM
-# Candidate pools of the test split (about 306 items), besides the whole split.
-POOL = 100
-POOLS = 5
 
 
 @dataclass
@@ -157,27 +152,38 @@ def build_data(
 
 def bench_emoji(
     out: str | Path,
-    root: str | Path | None = None,
+    settings: EmojiSettings | None = None,
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
-    pool: int = POOL,
-    pools: int = POOLS,
-    seed_eval: int = 0,
-    matched_dropout: bool = False,
-    closed_form: tuple[str, ...] = CLOSED_FORM,
     progress: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     """Encodes the emoji, trains every method at an equal budget and writes the report.
 
     The random item split uses ``train.split_seed``.
+
+    Args:
+        out: The benchmark's folder.
+        settings: What the benchmark builds and how it evaluates (default ``EmojiSettings()``).
+        train: Training config of every learned method (default :data:`TRAIN_DEFAULTS`).
+        model_overrides: IMPN config fields over :data:`MODEL_DEFAULTS`.
+        progress: Whether to show progress bars.
+        log: Prints the benchmark's messages.
     """
+    settings = settings or EmojiSettings()
     train = train or TrainConfig(**TRAIN_DEFAULTS)
-    spec = fixed_pairs_spec(PAIRS, pool, pools, seed_eval, matched_dropout, closed_form)
+    spec = fixed_pairs_spec(
+        PAIRS,
+        settings.pool,
+        settings.pools,
+        settings.seed_eval,
+        settings.matched_dropout,
+        settings.closed_form,
+    )
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
     # Checked before the images and texts are encoded.
     check_settings(spec, train, model, pair_modalities(PAIRS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = build_data(out, root, train.split_seed, train.device, progress, log)
+    data_dir = build_data(out, settings.data_path, train.split_seed, train.device, progress, log)
     return run_benchmark(data_dir, out, spec, train, model, progress, log)

@@ -49,16 +49,12 @@ from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as CPU_MODEL
 from vallayz_train.parallel_corpus import Corpus, build_corpus, read_segments
 from vallayz_train.stitch.encoders import e5_encoder
+from vallayz_train.stitch.settings import StitchSettings
 
 PAIRS: list[Pair] = [(("minilm",), "e5"), (("e5",), "minilm")]
 # Shares of the (deduplicated, subsampled) pairs held out for validation and test, by document:
 # at the default 6,000 pairs the test split holds about 1,200 lines, enough for pools of 1,000.
 FRACTIONS = (0.1, 0.2)
-# Pairs drawn from the corpus by default: the multilingual-e5-small engine reads about 1,000
-# English lines in 23 s on 2 CPU cores, so encoding stays a few minutes of the 15-minute budget.
-DEFAULT_PAIRS = 6000
-# Training pairs whose Tibetan line the negative control encodes as anchors of its maps.
-CONTROL_ANCHORS = 1000
 # The closed-form maps of every benchmark (bench.spec.CLOSED_FORM), and the two normalisations
 # compared for each.
 CLOSED_FORM = tuple(CLOSED_FORM_METHODS)
@@ -75,8 +71,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 100,
     "warmup_steps": 30,
 }
-POOL = 1000
-POOLS = 5
 REFERENCE = "mean target (training)"
 
 
@@ -388,27 +382,27 @@ def read_corpus(
 
 
 def checked_settings(
-    train: TrainConfig | None,
-    model_overrides: dict[str, Any] | None,
-    pairs: int | None,
-    pool: int,
-    pools: int,
-    seed_eval: int,
-    closed_form: tuple[str, ...],
-    control_anchors: int,
+    train: TrainConfig | None, model_overrides: dict[str, Any] | None, settings: StitchSettings
 ) -> tuple[TrainConfig, dict[str, Any], BenchSpec]:
     """The training config (:data:`TRAIN_DEFAULTS` when ``train`` is None), the IMPN config
     (:data:`MODEL_DEFAULTS` with ``model_overrides``) and the spec of the benchmark: the
     learned methods of the shared benchmark, trained under one budget, and the retrieval
-    settings. Every setting is checked here, before the corpus is read and encoded.
+    settings of ``settings``. Every setting is checked here, before the corpus is read and
+    encoded.
 
     Raises:
         VallayzUserError: naming the setting at fault.
     """
-    check_options(closed_form, pairs, control_anchors)
+    check_options(settings.closed_form, settings.max_pairs, settings.control_anchors)
     train = train or TrainConfig(**TRAIN_DEFAULTS)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
-    spec = BenchSpec(pairs=PAIRS, pool=pool, pools=pools, seed=seed_eval, closed_form=closed_form)
+    spec = BenchSpec(
+        pairs=PAIRS,
+        pool=settings.pool,
+        pools=settings.pools,
+        seed=settings.seed_eval,
+        closed_form=settings.closed_form,
+    )
     check_settings(spec, train, model, pair_modalities(PAIRS))
     return train, model, spec
 
@@ -466,16 +460,9 @@ def measure(
 
 def bench_stitch(
     out: str | Path,
-    corpus_path: str | Path | None = None,
-    pairs: int | None = DEFAULT_PAIRS,
+    settings: StitchSettings | None = None,
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
-    pool: int = POOL,
-    pools: int = POOLS,
-    seed_eval: int = 0,
-    closed_form: tuple[str, ...] = CLOSED_FORM,
-    control_anchors: int = CONTROL_ANCHORS,
-    control: bool = True,
     progress: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
@@ -484,31 +471,26 @@ def bench_stitch(
 
     Args:
         out: The run folder (encodings cached under ``out/cache``; finished runs are reused).
-        corpus_path: The Tibetan–English corpus (default: ``$VALLAYZ_TIBETAN_CORPUS`` or
-            ``shared/data/tibetan``).
-        pairs: Unique pairs drawn from the corpus (``None``: all of them).
+        settings: What the benchmark builds and how it evaluates (default
+            ``StitchSettings()``): the corpus and the pairs drawn from it, the pools and their
+            seed, the closed-form maps, and the negative control with its anchors.
         train: Training config of every learned method (the document split uses
             ``train.split_seed``).
         model_overrides: IMPN config fields over :data:`MODEL_DEFAULTS`.
-        pool: Candidate pool size of the random pools.
-        pools: Number of random pools (seeded by ``seed_eval``).
-        seed_eval: Seed of the pools and of the control's anchors.
-        closed_form: Closed-form maps, each fitted with both normalisations.
-        control_anchors: Training pairs of the negative control's maps (0: zero-shot only).
-        control: Whether to run the negative control on the Tibetan lines.
+        progress: Whether to show progress bars.
+        log: Prints the benchmark's messages.
     """
-    train, model, spec = checked_settings(
-        train, model_overrides, pairs, pool, pools, seed_eval, closed_form, control_anchors
-    )
+    settings = settings or StitchSettings()
+    train, model, spec = checked_settings(train, model_overrides, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    corpus = read_corpus(corpus_path, pairs, train.split_seed, log)
-    anchors = control_anchors if control else None
+    corpus = read_corpus(settings.corpus_path, settings.max_pairs, train.split_seed, log)
+    anchors = settings.control_anchors if settings.control else None
     table, control_table, seconds = measure(out, corpus, spec, train, model, anchors, progress, log)
     seconds["total"] = time.perf_counter() - started
     results = _results(
-        corpus_path,
+        settings.corpus_path,
         corpus,
         spec,
         model,
@@ -516,7 +498,7 @@ def bench_stitch(
         seconds,
         table,
         control_table,
-        control_anchors if control else 0,
+        settings.control_anchors if settings.control else 0,
     )
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(out, results)

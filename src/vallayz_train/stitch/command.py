@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-# The closed-form maps of vallayz.baselines and the defaults of stitch.bench, spelled here to
-# keep the imports lazy (tests check that they agree).
-CLOSED_FORM = ("ortho", "l-ortho", "linear", "affine", "cca", "gpa", "gcpa")
-DEFAULT_PAIRS = 6000
-CONTROL_ANCHORS = 1000
+from vallayz_train.stitch.settings import StitchSettings
 
-# The command's name, its help line and its defaults of the shared benchmark options.
+# The command's name, its help line and its settings, whose defaults are the command line's.
 NAME = "stitch"
 HELP = "MiniLM-L6 <-> multilingual-e5-small on English lines, held-out documents"
-DEFAULTS: dict[str, Any] = {}
+SETTINGS = StitchSettings
 
 
 def add_options(b: argparse.ArgumentParser) -> None:
@@ -24,6 +20,7 @@ def add_options(b: argparse.ArgumentParser) -> None:
 
     b.add_argument(
         "--corpus",
+        default=StitchSettings.corpus_path,
         help="doc<TAB>bo<TAB>en TSV (.xz or plain) or a text-pairs folder (default: "
         "$VALLAYZ_TIBETAN_CORPUS or shared/data/tibetan)",
     )
@@ -31,19 +28,21 @@ def add_options(b: argparse.ArgumentParser) -> None:
     size.add_argument(
         "--pairs",
         type=int,
-        default=DEFAULT_PAIRS,
-        help=f"random subset of unique pairs (default {DEFAULT_PAIRS:,}, sized for 15 minutes on "
-        "2 CPU cores; multilingual-e5-small reads about 1,000 lines in 23 s there)",
+        default=StitchSettings.max_pairs,
+        help=f"random subset of unique pairs (default {StitchSettings.max_pairs:,}, sized for 15 "
+        "minutes on 2 CPU cores; multilingual-e5-small reads about 1,000 lines in 23 s there)",
     )
     size.add_argument("--full", action="store_true", help="the whole corpus")
     closed_form_option(
-        b, CLOSED_FORM, "each with standard scaling and with L2 normalisation; default: all seven"
+        b,
+        StitchSettings.closed_form,
+        "each with standard scaling and with L2 normalisation; default: all seven",
     )
     b.add_argument(
         "--control-anchors",
         dest="control_anchors",
         type=int,
-        default=CONTROL_ANCHORS,
+        default=StitchSettings.control_anchors,
         help="training pairs whose Tibetan line the negative control encodes to fit its maps "
         "(0: zero-shot only)",
     )
@@ -51,11 +50,29 @@ def add_options(b: argparse.ArgumentParser) -> None:
         "--no-control",
         dest="control",
         action="store_false",
+        default=StitchSettings.control,
         help="skip the negative control (Tibetan read by both encoders)",
     )
 
 
+def settings(args: argparse.Namespace) -> StitchSettings:
+    """The settings of ``vallayz bench stitch`` that the parsed command line ``args`` gives
+    (``--corpus`` as given: :func:`run` resolves the default corpus)."""
+    return StitchSettings(
+        corpus_path=args.corpus,
+        max_pairs=None if args.full else args.pairs,
+        pool=args.pool,
+        pools=args.pools,
+        seed_eval=args.seed_eval,
+        closed_form=tuple(args.closed_form),
+        control_anchors=args.control_anchors,
+        control=args.control,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    """Runs ``vallayz bench stitch``; prints the tables of the methods, of the normalisations
+    and of the negative control."""
     from vallayz.errors import VallayzUserError
     from vallayz.eval import format_table
     from vallayz_train.options import train_args
@@ -73,16 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise VallayzUserError(f"no Tibetan corpus at {corpus}; get {SOURCE_HINT}")
     results = bench_stitch(
         args.out,
-        corpus,
-        None if args.full else args.pairs,
+        replace(settings(args), corpus_path=corpus),
         train,
         model,
-        args.pool,
-        args.pools,
-        args.seed_eval,
-        tuple(args.closed_form),
-        args.control_anchors,
-        args.control,
         progress=not args.quiet,
         log=(lambda *_: None) if args.quiet else print,
     )

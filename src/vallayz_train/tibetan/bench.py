@@ -18,56 +18,50 @@ from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS
 from vallayz_train.parallel_corpus import build_corpus, read_segments
 from vallayz_train.run_folder import load_model, run_data
-from vallayz_train.tibetan.constants import (
-    ENCODER_DIR,
-    PAIRS,
-    SPEECH_NODES,
-    SPEECH_POOLING,
-    TOKEN_BUCKETS,
-    TRAIN_DEFAULTS,
-)
+from vallayz_train.tibetan.constants import ENCODER_DIR, PAIRS, TRAIN_DEFAULTS
 from vallayz_train.tibetan.data import build_data, encode_tibetan
 from vallayz_train.tibetan.encoders import TibetanEncoder
+from vallayz_train.tibetan.settings import TibetanSettings
 
 
 def bench_tibetan(
     out: str | Path,
-    corpus_path: str | None = None,
-    max_pairs: int | None = 20000,
-    speech_items: int | float = 2000,
-    speech_kind: str = "mfcc",
+    settings: TibetanSettings | None = None,
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
-    pool: int = 1000,
-    pools: int = 5,
     progress: bool = True,
     log: Any = print,
-    matched_dropout: bool = False,
-    seed_eval: int = 0,
-    token_buckets: int = TOKEN_BUCKETS,
-    speech_nodes: int = SPEECH_NODES,
-    speech_pooling: str = SPEECH_POOLING,
-    speech_workers: int | None = None,
 ) -> dict[str, Any]:
     """Encodes the corpus, trains every method at an equal budget and writes the report.
 
-    ``speech_items`` rows get synthesized speech, the rest none: a count (``int``) or a
-    fraction of the rows (``float`` in (0, 1]); ``speech_workers`` processes synthesize it
-    (``None``: one per available core).
+    ``settings.speech_items`` rows get synthesized speech, the rest none: a count (``int``) or
+    a fraction of the rows (``float`` in (0, 1]); ``settings.speech_workers`` processes
+    synthesize it (``None``: one per available core).
 
     Every learned method reads Tibetan through a trainable embedding-bag front end of
-    ``token_buckets`` rows over the hashed n-grams (0: the fixed TF-IDF + SVD vector only);
-    the closed-form maps read the fixed vector.
+    ``settings.token_buckets`` rows over the hashed n-grams (0: the fixed TF-IDF + SVD vector
+    only); the closed-form maps read the fixed vector.
+
+    Args:
+        out: The benchmark's folder.
+        settings: What the benchmark builds and how it evaluates (default
+            ``TibetanSettings()``).
+        train: Training config of every learned method (default :data:`TRAIN_DEFAULTS`).
+        model_overrides: IMPN config fields over :data:`MODEL_DEFAULTS`.
+        progress: Whether to show progress bars.
+        log: Prints the benchmark's messages.
     """
+    settings = settings or TibetanSettings()
     train = train or TrainConfig(**TRAIN_DEFAULTS)
     model = {**MODEL_DEFAULTS, **(model_overrides or {})}
+    buckets = settings.token_buckets
     spec = BenchSpec(
         pairs=PAIRS,
-        pool=pool,
-        pools=pools,
-        seed=seed_eval,
-        matched_dropout=matched_dropout,
-        token_buckets={"bo": token_buckets} if token_buckets else {},
+        pool=settings.pool,
+        pools=settings.pools,
+        seed=settings.seed_eval,
+        matched_dropout=settings.matched_dropout,
+        token_buckets={"bo": buckets} if buckets else {},
     )
     # Checked before the corpus is encoded and its speech synthesized.
     check_settings(spec, train, model, pair_modalities(PAIRS))
@@ -75,17 +69,17 @@ def bench_tibetan(
     out.mkdir(parents=True, exist_ok=True)
     data_dir, subsets = build_data(
         out,
-        corpus_path,
-        max_pairs,
-        speech_items,
-        speech_kind,
+        settings.corpus_path,
+        settings.max_pairs,
+        settings.speech_items,
+        settings.speech_kind,
         train.seed,
         train.device,
         progress,
         log,
-        speech_nodes,
-        speech_pooling,
-        speech_workers=speech_workers,
+        settings.speech_nodes,
+        settings.speech_pooling,
+        speech_workers=settings.speech_workers,
     )
     spec.subsets = subsets
     return run_benchmark(data_dir, out, spec, train, model, progress, log)
