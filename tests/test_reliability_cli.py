@@ -435,3 +435,32 @@ def test_a_closed_output_pipe_ends_the_command_quietly(
     # `vallayz ablate --list | head -1`, with the reader gone before the list is printed.
     assert main(["ablate", "--list"]) == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_data_set_benchmark_folder_has_one_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from vallayz_train.run_folder import lock_run\n"
+            f"with lock_run(Path({str(out)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        for name in ("tibetan", "emoji", "digits", "stitch"):
+            assert main(["bench", name, "--out", str(out), "--quiet"]) == 2, name
+            assert "is being written by process" in _error(capsys), name
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

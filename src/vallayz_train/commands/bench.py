@@ -5,6 +5,7 @@ data set's ``command.py``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from vallayz_train.options import (
@@ -52,7 +53,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         b.add_argument("--out", default=f"runs/{command.NAME}")
         command.add_options(b)
         bench_options(b)
-        b.set_defaults(func=command.run, **bench_defaults(command.SETTINGS()))
+        b.set_defaults(func=_locked(command.run), **bench_defaults(command.SETTINGS()))
+
+
+def _locked(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` holding the lock of its ``--out`` folder: one writer per benchmark folder (its
+    data, caches and report), as each method's run folder has."""
+
+    def locked(args: argparse.Namespace) -> int:
+        from vallayz_train.run_folder import lock_run
+
+        with lock_run(Path(args.out)):
+            return run(args)
+
+    return locked
 
 
 def run_data(args: argparse.Namespace) -> int:

@@ -79,21 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"the {args.split} split of {args.data} has {len(rows)} rows; pick another --split"
         )
-    missing = set(model.config.modalities) - set(data.modalities)
-    if missing:
-        raise UsageError(
-            f"{args.data} lacks modalities {sorted(missing)} that the model was trained on"
-        )
-    check_data_fits(model, data, args.data)
-    _check_mode(model, args.mode)
-    known = [m for m in data.modalities if m in model.config.modalities]
-    extra = sorted(set(data.modalities) - set(known))
-    if extra:
-        print(
-            f"note: {visible(args.data)} also holds {extra}, which the run does not know; "
-            "they are left out",
-            file=sys.stderr,
-        )
+    known = _known_modalities(model, data, args.data, args.mode)
     table = retrieval_table(
         data,
         rows,
@@ -158,3 +144,23 @@ def _check_mode(model: Any, mode: str) -> None:
             f"this run's method ({type(model).__name__}) cannot serve --mode {mode}; use --mode "
             f"{' or --mode '.join(m for m in modes if m in ('soil', 'translate'))}"
         )
+
+
+def _known_modalities(model: Any, data: Any, path: str, mode: str) -> list[str]:
+    """The data's modalities the run knows, in the data's order, after checking that the data
+    holds every one of the model's, fits it, and that the method serves ``mode``; the others
+    are named in a note and left out."""
+    missing = set(model.config.modalities) - set(data.modalities)
+    if missing:
+        raise UsageError(f"{path} lacks modalities {sorted(missing)} that the model was trained on")
+    check_data_fits(model, data, path)
+    _check_mode(model, mode)
+    known = [m for m in data.modalities if m in model.config.modalities]
+    extra = sorted(set(data.modalities) - set(known))
+    if extra:
+        print(
+            f"note: {visible(path)} also holds {extra}, which the run does not know; they are "
+            "left out",
+            file=sys.stderr,
+        )
+    return known
