@@ -235,7 +235,7 @@ def test_divergence_is_reported_with_the_step_the_terms_and_a_hint(
         ({"train": {"loss_weights": {"nope": 1.0}}}, "unknown term"),
         ({"model": {"soil_dim": 1.5}}, "'soil_dim' must be an integer"),
         ({"model": {"sigma": "big"}}, "'sigma' must be a number or an object"),
-        ({"model": {"soil": 3}}, "unknown IMPN config field"),
+        ({"model": {"soil": 3}}, "model field soil: no model config has this field"),
         ({"model": [1]}, "'model' must be a JSON object"),
         ({"train": {"lr": -1}}, "lr must be positive"),
     ],
