@@ -316,6 +316,11 @@ LADDER: dict[str, Variant] = {
     "ladder 5l: rung 4l + one bridge layer (within-modality attention and feed-forward)": Variant(
         {"layers": 1, "adapter_branch": False}, _CONTRASTIVE_ONLY
     ),
+    # Rung 5l loses rung 4l's gain: whether the bridge layers' feed-forward (a per-node MLP,
+    # like the adapter's branch) is what costs, with IMPN's every other part in place.
+    "ladder 8f: rung 8l without the bridge layers' feed-forward": Variant(
+        {"adapter_branch": False, "bridge_ffn": False}
+    ),
 }
 VARIANTS.update(LADDER)
 # Not IMPN: the heads reading speech frames and other node inputs through their own small
