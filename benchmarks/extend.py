@@ -161,16 +161,17 @@ def trained_parameters(run: Path) -> int:
 
 def scores(
     run: Path, setup: Setup, data: PairedEmbeddings, rows: Any
-) -> dict[str, tuple[float, float]]:
-    """``source->target`` → (R@1 over pools, R@1 over the whole split)."""
+) -> dict[str, tuple[float | None, float | None]]:
+    """``source->target`` → (R@1 over pools, R@1 over the whole split); None where the split
+    has too few candidates for a pool."""
     model = load_model(run)
     pairs = [(s, t) for s, t in setup.pairs if {*s, t} <= set(model.names)]
     encoder = model_encoder(model, data)
     table = retrieval_table(data, rows, encoder, pairs, setup.pool, setup.pools)
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[float | None]] = {}
     for row in table:
         pool = 0 if row["pool"] != "all" else 1
-        out.setdefault(f"{row['source']}->{row['target']}", [0.0, 0.0])[pool] = float(
+        out.setdefault(f"{row['source']}->{row['target']}", [None, None])[pool] = float(
             row["R@1"]  # type: ignore[arg-type]
         )
     return {k: (v[0], v[1]) for k, v in out.items()}
@@ -299,12 +300,7 @@ def table(results: dict[str, Any]) -> str:
     for method, result in results["methods"].items():
         for kind in ("base", "extended", "joint"):
             r1 = result["R@1"][kind]
-            cells = [
-                f"{r1[f'{s[0]}->{t}'][0]:.3f} ({r1[f'{s[0]}->{t}'][1]:.3f})"
-                if f"{s[0]}->{t}" in r1
-                else "—"
-                for s, t in pairs
-            ]
+            cells = [_cell(r1.get(f"{s[0]}->{t}")) for s, t in pairs]
             seconds = result["median_seconds"][kind]
             params = result["trained_parameters"][kind]
             lines.append(
@@ -315,6 +311,15 @@ def table(results: dict[str, Any]) -> str:
             f"| {method} | extended / joint time | " + " | " * len(pairs) + f" | {ratio:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _cell(r1: list[float | None] | None) -> str:
+    """``pools (whole split)``; a dash for a pair the run does not serve or a split too small
+    for a pool."""
+    if r1 is None:
+        return "—"
+    pools, whole = (f"{v:.3f}" if v is not None else "—" for v in r1)
+    return f"{pools} ({whole})"
 
 
 if __name__ == "__main__":
