@@ -261,3 +261,51 @@ def test_fit_extend_refuses_bad_input_and_writes_nothing(
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists(), message
+
+
+def test_a_node_reader_starts_as_the_identity_and_ignores_padding() -> None:
+    from vallayz.layers import NodeReader
+
+    torch.manual_seed(0)
+    reader = NodeReader(8, 2).double()
+    states = torch.randn(4, 5, 8, dtype=torch.float64)
+    real = torch.tensor([[True] * 5, [True, True, False, False, False]] * 2)
+    assert torch.equal(reader(states, real), states)
+    torch.nn.init.normal_(reader.attention.out_proj.weight)
+    moved = states.clone()
+    moved[~real] = 100.0  # what the padded nodes hold must not reach the real ones
+    read, read_moved = reader(states, real), reader(moved, real)
+    assert not torch.allclose(read, states)
+    torch.testing.assert_close(read[real], read_moved[real])
+
+
+def test_fit_extend_gives_an_added_sequence_a_reader_of_its_own(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = runs["root"]
+    old = without(runs["data"], root / "no-audio", "audio")
+    base = root / "base-no-audio"
+    config = root / "config.json"
+    assert main(fit_args(old, base, config)) == 0
+    new = root / "with-audio"
+    plain = runs["plain"]
+    reader = ["--model", 'node_readers=["audio"]']
+    assert main(fit_args(runs["data"], new, plain, "--extend", str(base), *reader)) == 0
+    model, before = load_pretrained(new), load_pretrained(base)
+    assert model.config.node_readers == ["audio"]
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert any(k.startswith("readers.audio.") for k in trainable)
+    assert all(k.split(".")[1] == "audio" for k in trainable)
+    data = PairedEmbeddings(runs["data"])
+    for name in ("text", "image"):
+        batch = data.batch(np.flatnonzero(data.present[name]), [name])
+        assert torch.equal(before.eval().embed(batch), model.eval().embed(batch))
+    # A reader for an old modality, or written as a bare name, is refused before training.
+    for bad, message in [
+        ('node_readers=["text"]', "not new modalities"),
+        ("node_readers=audio", "a list"),
+    ]:
+        out = root / "bad"
+        assert main(fit_args(runs["data"], out, plain, "--extend", str(base), "--model", bad)) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()

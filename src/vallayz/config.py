@@ -112,6 +112,10 @@ class IMPNConfig:
     # the others keeping their MLP branch: e.g. the pooled sentence vectors linear and the
     # speech frames through an MLP. [] for none.
     linear_adapters: list[str] = field(default_factory=list)
+    # Modalities whose nodes pass through a reader of their own (one self-attention block over
+    # the modality's nodes, starting as the identity) after the adapter, before the bridge: a
+    # sequence that IMPN.extend adds to a model whose shared bridge never read one. [] for none.
+    node_readers: list[str] = field(default_factory=list)
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -181,6 +185,7 @@ class IMPNConfig:
         _positive_int("token_node_positions", self.token_node_positions)
         check_frozen(self.frozen_modalities, self.modalities)
         check_modality_list("linear_adapters", self.linear_adapters, self.modalities)
+        check_modality_list("node_readers", self.node_readers, self.modalities)
 
     def _check_choices(self) -> None:
         """Raises ``ValueError`` unless ``heads`` divides ``soil_dim``, the temperature is
@@ -260,6 +265,7 @@ class IMPNConfig:
         total += sum(
             (buckets + self.token_node_positions) * dim for buckets in self.token_nodes.values()
         )
+        total += len(self.node_readers) * (4 * dim * dim + 6 * dim)
         attention = 2 * dim + _linear(dim, 3 * dim) + _linear(dim, dim)
         gate_mlp = _linear(dim, gate) + dim * gate + gate + _linear(gate, 1)
         update = dim * dim if self.update == "residual" else 6 * dim * dim + 6 * dim

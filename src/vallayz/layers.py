@@ -102,6 +102,29 @@ class Adapter(ResidualMLP):
         return x if self.projection is None else self.projection(x)
 
 
+class NodeReader(nn.Module):
+    """A modality's own reader of its nodes: ``x + W_o·Attn(LN(x))``, self-attention over the
+    modality's real nodes, with ``W_o`` starting at zero (an untrained reader is the identity).
+    It lets a sequence added to a model whose shared bridge never read one combine its nodes
+    before they enter the bridge.
+
+    Shape:
+        states ``[B, T, d]``, real ``[B, T]`` (at least one real node per row) → ``[B, T, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        nn.init.zeros_(self.attention.out_proj.weight)
+        nn.init.zeros_(self.attention.out_proj.bias)
+
+    def forward(self, states: Tensor, real: Tensor) -> Tensor:
+        h = self.norm(states)
+        read, _ = self.attention(h, h, h, key_padding_mask=~real, need_weights=False)
+        return states + read
+
+
 class HashedBag(nn.Module):
     """A trainable embedding-bag front end: the mean of learned vectors of a row's hashed
     features (n-grams, tokens), added to the modality's native embedding before its adapter.

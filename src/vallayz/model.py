@@ -22,6 +22,7 @@ from vallayz.layers import (
     Decoder,
     HashedBag,
     MatchHead,
+    NodeReader,
     TokenNodes,
 )
 from vallayz.losses.total import LossSettings
@@ -198,6 +199,11 @@ class IMPN(nn.Module):
                 for m, value in config.sigma_per_modality().items()
             }
         )
+        # Readers of their own nodes for the modalities config.node_readers names (built last,
+        # so that a model without them draws its other parameters as before).
+        self.readers = nn.ModuleDict(
+            {m: NodeReader(dim, config.heads) for m in config.node_readers}
+        )
         self._freeze()
 
     def _zero_init(self) -> None:
@@ -287,7 +293,7 @@ class IMPN(nn.Module):
         Every other parameter is shared by all modalities."""
         self._index(name)
         params = [*self.adapters[name].parameters(), *self.decoders[name].parameters()]
-        for table in (self.front_ends, self.token_nodes):
+        for table in (self.front_ends, self.token_nodes, self.readers):
             if name in table:
                 params += list(table[name].parameters())
         return [*params, self.seeds[name], self.modality_embedding[name], self.log_sigma[name]]
@@ -312,6 +318,7 @@ class IMPN(nn.Module):
         sigma: float | None = None,
         token_buckets: Mapping[str, int] | None = None,
         token_nodes: Mapping[str, int] | None = None,
+        node_readers: Collection[str] | None = None,
     ) -> IMPN:
         """This model with more modalities, in which only what the new ones need trains.
 
@@ -338,6 +345,9 @@ class IMPN(nn.Module):
                 ``IMPNConfig.token_buckets``).
             token_nodes: New modality → table size of token nodes (as
                 ``IMPNConfig.token_nodes``).
+            node_readers: New modalities that get a reader of their own nodes (as
+                ``IMPNConfig.node_readers``): a sequence (speech frames) added to a model whose
+                bridge never read one.
 
         Returns:
             The extended model, on this model's device and in its train/eval mode; the new
@@ -351,9 +361,20 @@ class IMPN(nn.Module):
         Shape:
             The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        parts = {"token_buckets": token_buckets, "token_nodes": token_nodes}
+        if isinstance(node_readers, str):
+            raise VallayzUserError(
+                f"node_readers must be a list of modality names, got {node_readers!r}; write "
+                f'["{node_readers}"]'
+            )
+        parts = {
+            "token_buckets": token_buckets,
+            "token_nodes": token_nodes,
+            "node_readers": dict.fromkeys(node_readers or (), 1),
+        }
         check_extension(new_modalities, self.names, parts)
-        model = self._fresh_extension(new_modalities, sigma, token_buckets, token_nodes)
+        model = self._fresh_extension(
+            new_modalities, sigma, token_buckets, token_nodes, list(node_readers or ())
+        )
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
         added = {key for m in new_modalities for key in model._own_keys(m)}
         assert not unexpected and set(missing) <= added, (missing, unexpected)
@@ -366,6 +387,7 @@ class IMPN(nn.Module):
         sigma: float | None,
         token_buckets: Mapping[str, int] | None,
         token_nodes: Mapping[str, int] | None,
+        node_readers: list[str],
     ) -> IMPN:
         """A newly initialised model of this config with ``new_modalities`` added after the old
         ones (with the parts asked for) and every old modality frozen, on this model's device;
@@ -384,6 +406,7 @@ class IMPN(nn.Module):
             sigma={**old_sigma, **dict.fromkeys(new_modalities, float(sigma))},
             token_buckets={**self.config.token_buckets, **dict(token_buckets or {})},
             token_nodes={**self.config.token_nodes, **dict(token_nodes or {})},
+            node_readers=[*self.config.node_readers, *node_readers],
             frozen_modalities=list(self.names),
         )
         try:
@@ -547,6 +570,9 @@ class IMPN(nn.Module):
         first = torch.zeros_like(real)
         first[:, 0] = True
         real = torch.where(present[:, None], real, first)
+        if name in self.readers:
+            read = self.readers[name](states, real)
+            states = torch.where(present[:, None, None], read, states)
         units = torch.zeros_like(real)
         if name in self.token_nodes and name in batch.node_ids:
             unit_states, unit_real = self.token_nodes[name](batch.node_ids[name])

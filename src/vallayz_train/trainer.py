@@ -873,7 +873,7 @@ def _restart(
 
 
 # Model config fields a run that extends another may set: how the new modalities are read.
-EXTENSION_FIELDS = ("token_buckets", "token_nodes")
+EXTENSION_FIELDS = ("token_buckets", "token_nodes", "node_readers")
 
 
 def fit_extension(
