@@ -95,3 +95,17 @@ def test_the_benchmark_functions_take_the_settings_and_no_setting_of_their_own()
     for function in (bench_tibetan, bench_digits, bench_emoji, bench_stitch):
         parameters = list(inspect.signature(function).parameters)
         assert parameters == ["out", "settings", "train", "model_overrides", "progress", "log"]
+
+
+def test_bench_data_takes_its_defaults_from_the_bench_spec() -> None:
+    from vallayz_train.bench.spec import BenchSpec
+    from vallayz_train.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "data", "folder", "--out", "x"])
+    spec = BenchSpec()
+    assert (args.pool, args.pools, args.seed_eval, args.matched_dropout) == (
+        spec.pool,
+        spec.pools,
+        spec.seed,
+        spec.matched_dropout,
+    )

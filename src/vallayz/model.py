@@ -361,16 +361,7 @@ class IMPN(nn.Module):
         Shape:
             The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        if isinstance(node_readers, str):
-            raise VallayzUserError(
-                f"node_readers must be a list of modality names, got {node_readers!r}; write "
-                f'["{node_readers}"]'
-            )
-        parts = {
-            "token_buckets": token_buckets,
-            "token_nodes": token_nodes,
-            "node_readers": dict.fromkeys(node_readers or (), 1),
-        }
+        parts = _extension_parts(token_buckets, token_nodes, node_readers)
         check_extension(new_modalities, self.names, parts)
         model = self._fresh_extension(
             new_modalities, sigma, token_buckets, token_nodes, list(node_readers or ())
@@ -969,6 +960,28 @@ class IMPN(nn.Module):
         """The IMPN loss of this model under ``settings`` (defaults when ``None``), whose
         gating, noise and term weights a planner may change."""
         return IMPNObjective(self, settings or LossSettings())
+
+
+def _extension_parts(
+    token_buckets: Mapping[str, int] | None,
+    token_nodes: Mapping[str, int] | None,
+    node_readers: Collection[str] | None,
+) -> dict[str, Mapping[str, int] | None]:
+    """The per-modality parts an extension asks for, by option, for ``check_extension``.
+
+    Raises:
+        VallayzUserError: if ``node_readers`` is a bare name rather than a list of names.
+    """
+    if isinstance(node_readers, str):
+        raise VallayzUserError(
+            f"node_readers must be a list of modality names, got {node_readers!r}; write "
+            f'["{node_readers}"]'
+        )
+    return {
+        "token_buckets": token_buckets,
+        "token_nodes": token_nodes,
+        "node_readers": dict.fromkeys(node_readers or (), 1),
+    }
 
 
 def _small_vectors(names: list[str], dim: int) -> nn.ParameterDict:

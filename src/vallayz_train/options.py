@@ -345,9 +345,11 @@ def bench_options(b: argparse.ArgumentParser) -> None:
     training_options(
         b, "(default: --lr; bench tibetan: its own measured default, see BENCHMARKS.md)"
     )
-    b.add_argument("--pool", type=int, default=1000)
-    b.add_argument("--pools", type=int, default=5)
-    b.add_argument("--seed-eval", dest="seed_eval", type=int, default=0, help="seed of the pools")
+    # Their defaults are each benchmark's own (set_defaults from its settings, or BenchSpec's
+    # for bench data): one spelling per default.
+    b.add_argument("--pool", type=int)
+    b.add_argument("--pools", type=int)
+    b.add_argument("--seed-eval", dest="seed_eval", type=int, help="seed of the pools")
     b.add_argument(
         "--matched-dropout",
         dest="matched_dropout",

@@ -26,14 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """
     p = subparsers.add_parser("bench", help="benchmarks: a data directory, O(M) scaling, Tibetan")
     bench = p.add_subparsers(dest="bench", required=True)
-    b = bench.add_parser(
-        "data", help="every method on one data directory, with sweeps and a report"
-    )
-    b.add_argument("data")
-    b.add_argument("--out", required=True)
-    b.add_argument("--pairs", nargs="+", help="directions such as bo->en or bo+speech->en")
-    bench_options(b)
-    b.set_defaults(func=run_data)
+    _data_parser(bench)
     b = bench.add_parser("scaling", help="parameters and step time for M = 2..N modalities")
     b.add_argument("--max-modalities", dest="max_modalities", type=int, default=8)
     b.add_argument("--repeats", type=int, default=5)
@@ -54,6 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_options(b)
         bench_options(b)
         b.set_defaults(func=_locked(command.run), **bench_defaults(command.SETTINGS()))
+
+
+def _data_parser(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``vallayz bench data``, its shared options defaulting to :class:`BenchSpec`'s."""
+    from vallayz_train.bench.spec import BenchSpec
+
+    b = bench.add_parser(
+        "data", help="every method on one data directory, with sweeps and a report"
+    )
+    b.add_argument("data")
+    b.add_argument("--out", required=True)
+    b.add_argument("--pairs", nargs="+", help="directions such as bo->en or bo+speech->en")
+    bench_options(b)
+    spec = BenchSpec()
+    b.set_defaults(
+        func=run_data,
+        pool=spec.pool,
+        pools=spec.pools,
+        seed_eval=spec.seed,
+        matched_dropout=spec.matched_dropout,
+    )
 
 
 def _locked(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
