@@ -46,3 +46,15 @@ def tri_modal_inputs(batch: int = 5, frames: int = 4) -> dict[str, torch.Tensor]
         "audio": torch.randn(batch, frames, DIMS["audio"]),
         "image": torch.randn(batch, DIMS["image"]),
     }
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command line printed on stderr, checked to be one line and no traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def never(*args: object, **kwargs: object) -> None:
+    """A stand-in for a step that the settings' checks must stop before."""
+    raise AssertionError("reached a step that the settings' check should have stopped")

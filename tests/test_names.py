@@ -10,7 +10,6 @@ from vallayz_train.names import (
     MULTIWAY_CLOSED_FORM,
     PAIRWISE_CLOSED_FORM,
 )
-from vallayz_train.options import CLOSED_FORM as CLOSED_FORM_CHOICES
 
 
 def test_the_learned_methods_are_impn_and_the_library_baselines() -> None:
@@ -24,4 +23,14 @@ def test_the_closed_forms_are_the_library_maps() -> None:
     assert MULTIWAY_CLOSED_FORM == multiway.MULTIWAY_METHODS
     assert tuple(CLOSED_FORM) == CLOSED_FORM_METHODS
     assert BenchSpec().closed_form == CLOSED_FORM_METHODS
-    assert tuple(CLOSED_FORM_CHOICES) == CLOSED_FORM_METHODS
+
+
+def test_the_closed_form_option_offers_every_closed_form() -> None:
+    import argparse
+
+    from vallayz_train.options import closed_form_option
+
+    parser = argparse.ArgumentParser()
+    closed_form_option(parser, CLOSED_FORM_METHODS, "all")
+    (action,) = [a for a in parser._actions if a.dest == "closed_form"]
+    assert tuple(action.choices or ()) == CLOSED_FORM_METHODS

@@ -9,11 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from conftest import never, one_line_error
 from synthetic import write_synthetic
 
-from vallayz.data import write_paired_embeddings
 from vallayz.errors import VallayzUserError
 from vallayz_train.bench.runs import check_reusable, train_run
 from vallayz_train.cli import main
@@ -21,16 +20,6 @@ from vallayz_train.config import TrainConfig
 from vallayz_train.options import key_value
 
 SMALL = ["--model", "soil_dim=16", "--model", "heads=2", "--model", "layers=1"]
-
-
-def _error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
-def _never(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("reached a step that the settings' check should have stopped")
 
 
 @pytest.mark.parametrize(
@@ -99,10 +88,10 @@ def test_fit_refuses_a_bad_override_before_it_reads_the_data(
     data = write_synthetic(tmp_path / "data", rows=60, groups=12)
     if option[0] == "--train" or "soil_dims" in option[1]:
         # Refused while the options are read, before the trainer is called.
-        monkeypatch.setattr(trainer, "fit", _never)
+        monkeypatch.setattr(trainer, "fit", never)
     run = tmp_path / "run"
     assert main(["fit", str(data), "--out", str(run), "--quiet", *option]) == 2
-    assert message in _error(capsys)
+    assert message in one_line_error(capsys)
     assert not run.exists()
 
 
@@ -123,7 +112,7 @@ def test_fit_resume_refuses_overrides(tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     for option in (["--model", "soil_dim=32"], ["--train", "lr=0.1"]):
         assert main(["fit", "--resume", str(run), "--quiet", *option]) == 2
-        assert f"{option[0]} cannot change a run being resumed" in _error(capsys)
+        assert f"{option[0]} cannot change a run being resumed" in one_line_error(capsys)
 
 
 def test_bench_refuses_a_bad_override_before_it_builds_its_data(
@@ -135,8 +124,8 @@ def test_bench_refuses_a_bad_override_before_it_builds_its_data(
     from vallayz_train.tibetan import bench as tibetan
 
     for module in (digits, emoji, tibetan):
-        monkeypatch.setattr(module, "build_data", _never)
-    monkeypatch.setattr(bench, "train_runs", _never)
+        monkeypatch.setattr(module, "build_data", never)
+    monkeypatch.setattr(bench, "train_runs", never)
     data = write_synthetic(tmp_path / "data", rows=60, groups=12)
     out = tmp_path / "out"
     for option, message in [
@@ -147,33 +136,8 @@ def test_bench_refuses_a_bad_override_before_it_builds_its_data(
         for command in (["tibetan"], ["emoji"], ["digits"], ["data", str(data)]):
             argv = ["bench", *command, "--out", str(out), "--quiet", *option]
             assert main(argv) == 2, (command, option)
-            assert message in _error(capsys), (command, option)
+            assert message in one_line_error(capsys), (command, option)
             assert not out.exists()
-
-
-def test_ablate_refuses_a_bad_override_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import vallayz_train.bench.ablation as ablation
-
-    monkeypatch.setattr(ablation, "train_run", _never)
-    rng = np.random.default_rng(0)
-    data = write_paired_embeddings(
-        tmp_path / "data",
-        {"bo": rng.normal(size=(20, 8)), "en": rng.normal(size=(20, 6))},
-        [{"id": f"r{i}", "group": f"g{i % 5}"} for i in range(20)],
-    )
-    out = tmp_path / "ablation"
-    argv = ["ablate", str(data), "--out", str(out), "--only", "default", "--quiet"]
-    argv += ["--pairs", "bo->en"]
-    for option, message in [
-        (["--model", "soil_dm=8"], "did you mean 'soil_dim'?"),
-        (["--model", "heads=5"], "does not divide soil_dim"),
-        (["--train", "batch_sise=8"], "--train"),
-    ]:
-        assert main([*argv, *option]) == 2, option
-        assert message in _error(capsys), option
-        assert not out.exists()
 
 
 def test_a_benchmark_reuses_a_finished_run_only_for_its_own_settings(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import never, one_line_error
 from synthetic import write_synthetic
 
 from vallayz import IMPN, IMPNConfig
@@ -32,16 +33,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config = TrainConfig.from_dict({**TRAIN, "max_steps": 2})
     fit(data, root / "run", dict(SMALL), config, progress=False)
     return data, root / "run"
-
-
-def _error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
-def _never(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("reached a step that the settings' check should have stopped")
 
 
 # ---------------------------------------------------------------- late validation
@@ -68,11 +59,11 @@ def test_bench_data_checks_its_directions_and_pools_before_training(
 ) -> None:
     import vallayz_train.bench as bench
 
-    monkeypatch.setattr(bench, "train_runs", _never)
+    monkeypatch.setattr(bench, "train_runs", never)
     data, _ = trained
     out = tmp_path / "bench"
     assert main(["bench", "data", str(data), "--out", str(out), "--quiet", *option]) == 2
-    assert message in _error(capsys)
+    assert message in one_line_error(capsys)
     assert not out.exists()
 
 
@@ -89,9 +80,9 @@ def test_a_model_setting_fails_before_any_benchmark_builds_its_data(
     from vallayz_train.tibetan import bench as tibetan
 
     for module in (digits, emoji, stitch, tibetan):
-        monkeypatch.setattr(module, "build_data", _never)
-    monkeypatch.setattr(stitch, "read_segments", _never)
-    monkeypatch.setattr(bench, "train_runs", _never)
+        monkeypatch.setattr(module, "build_data", never)
+    monkeypatch.setattr(stitch, "read_segments", never)
+    monkeypatch.setattr(bench, "train_runs", never)
     data, _ = trained
     config = tmp_path / "config.json"
     out = tmp_path / "out"
@@ -105,12 +96,12 @@ def test_a_model_setting_fails_before_any_benchmark_builds_its_data(
         for command in (["tibetan"], ["emoji"], ["digits"], ["stitch"], ["data", str(data)]):
             argv = ["bench", *command, "--out", str(out), "--config", str(config), "--quiet"]
             assert main(argv) == 2, (command, model)
-            assert message in _error(capsys), (command, model)
+            assert message in one_line_error(capsys), (command, model)
             assert not out.exists()
     # The pools are checked as early.
     for command in (["tibetan"], ["emoji"], ["digits"], ["stitch"]):
         assert main(["bench", *command, "--out", str(out), "--pool", "0", "--quiet"]) == 2
-        assert "--pool must be at least 2" in _error(capsys)
+        assert "--pool must be at least 2" in one_line_error(capsys)
 
 
 def test_ablate_checks_its_directions_and_variants_before_training(
@@ -118,7 +109,7 @@ def test_ablate_checks_its_directions_and_variants_before_training(
 ) -> None:
     import vallayz_train.bench.ablation as ablation
 
-    monkeypatch.setattr(ablation, "train_run", _never)
+    monkeypatch.setattr(ablation, "train_run", never)
     rng = np.random.default_rng(0)
     data = write_paired_embeddings(
         tmp_path / "data",
@@ -132,11 +123,14 @@ def test_ablate_checks_its_directions_and_variants_before_training(
         (["--pool", "1"], "--pool must be at least 2"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--rerank-depth", "0"], "--rerank-depth must be at least 1"),
+        (["--model", "soil_dm=8"], "did you mean 'soil_dim'?"),
+        (["--model", "heads=5"], "does not divide soil_dim"),
+        (["--train", "batch_sise=8"], "--train"),
     ]:
         argv = ["ablate", str(data), "--out", str(out), "--only", "default", "--quiet"]
         argv += ["--pairs", "bo->en"]  # the data has no speech; a later --pairs replaces it
         assert main([*argv, *option]) == 2, option
-        assert message in _error(capsys), option
+        assert message in one_line_error(capsys), option
         assert not out.exists()
 
 
@@ -158,7 +152,7 @@ def test_a_model_too_large_to_allocate_is_refused_with_its_parameter_count(
     config.write_text(json.dumps({"model": {"soil_dim": 10**8, "heads": 1}}))
     out = tmp_path / "run"
     assert main(["fit", str(data), "--out", str(out), "--config", str(config), "--quiet"]) == 2
-    assert f"more than the limit of {MAX_PARAMETERS:,}" in _error(capsys)
+    assert f"more than the limit of {MAX_PARAMETERS:,}" in one_line_error(capsys)
     # A checkpoint whose config.json asks for such a model is refused the same way.
     checkpoint = tmp_path / "checkpoint"
     IMPN(IMPNConfig(modalities={"a": 4, "b": 4}, soil_dim=8, heads=2)).save_pretrained(checkpoint)
@@ -212,7 +206,7 @@ def test_data_of_other_dimensions_than_the_run_is_named(
         ["plot", str(run), "--data", str(wider), "--out", str(tmp_path / "plots")],
     ):
         assert main(argv) == 2, argv
-        assert "text is 13-d where the model reads 12-d" in _error(capsys)
+        assert "text is 13-d where the model reads 12-d" in one_line_error(capsys)
     assert not (tmp_path / "plots").exists()
 
 
@@ -250,7 +244,7 @@ def test_an_unwritable_output_is_a_one_line_error(
         (["fit", str(data), "--out", str(folder / "run"), "--max-steps", "1", "--quiet"], "run"),
     ]:
         assert main(argv) == 2, argv
-        err = _error(capsys)
+        err = one_line_error(capsys)
         assert str(folder / named) in err and "permissions" in err, err
 
 
@@ -266,7 +260,7 @@ def test_translate_takes_an_empty_input_and_retrieve_asks_for_a_query(
     assert result.shape == (0, 16) and result.dtype == np.float32
     argv = ["retrieve", str(run), "--source", "text", "--target", "image"]
     assert main([*argv, "--candidates", str(data), "--input", str(tmp_path / "none.npy")]) == 2
-    assert "holds no rows" in _error(capsys)
+    assert "holds no rows" in one_line_error(capsys)
 
 
 def test_translate_text_names_a_missing_recording_and_a_run_without_speech(
@@ -274,11 +268,11 @@ def test_translate_text_names_a_missing_recording_and_a_run_without_speech(
 ) -> None:
     _, run = trained
     assert main(["translate-text", str(run), "--audio", str(tmp_path / "none.wav")]) == 2
-    assert "--audio" in _error(capsys)
+    assert "--audio" in one_line_error(capsys)
     wav = tmp_path / "line.wav"
     wav.write_bytes(b"RIFF")
     assert main(["translate-text", str(run), "--audio", str(wav)]) == 2
-    assert "not trained with speech" in _error(capsys)
+    assert "not trained with speech" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +293,7 @@ def test_report_names_a_malformed_results_file(
 ) -> None:
     (tmp_path / "results.json").write_text(text)
     assert main(["report", str(tmp_path)]) == 2
-    assert message in _error(capsys)
+    assert message in one_line_error(capsys)
     assert not (tmp_path / "report.md").exists()
 
 
@@ -321,7 +315,7 @@ def test_distributed_variables_without_a_meeting_point_fail_fast(
     monkeypatch.delenv("MASTER_PORT", raising=False)
     argv = ["fit", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]
     assert main(argv) == 2
-    assert "MASTER_ADDR or MASTER_PORT" in _error(capsys)
+    assert "MASTER_ADDR or MASTER_PORT" in one_line_error(capsys)
     # A free port where nobody listens: the process gives up after the rendezvous timeout.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -360,7 +354,7 @@ def test_control_characters_of_user_text_are_printed_as_escapes(
     assert "\\x1b]0;owned\\x07" in out and "\\u202e" in out and "\\x9b" in out
     # Error lines too: a path with an ESC sequence stays one visible line.
     assert main(["check", str(tmp_path / f"missing{hostile}\nsecond line")]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "\x1b" not in err and "\\x1b]0;owned" in err and "\\nsecond line" in err
     assert visible("a\rb\tc\x00\x7f\u2066") == "a\\rb\\tc\\x00\\x7f\\u2066"
 
@@ -372,13 +366,13 @@ def test_non_finite_training_numbers_and_bench_scaling_counts_are_refused(
     for option, value in [("--lr", "inf"), ("--front-end-lr", "inf")]:
         argv = ["fit", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]
         assert main([*argv, option, value]) == 2, option
-        assert "must be a finite number" in _error(capsys)
+        assert "must be a finite number" in one_line_error(capsys)
         assert not (tmp_path / "run").exists()
     with pytest.raises(VallayzUserError, match="weight_decay must be a finite number"):
         TrainConfig.from_dict({"weight_decay": float("inf")})
     for option, value in [("--max-modalities", "1"), ("--repeats", "0"), ("--batch-size", "-1")]:
         assert main(["bench", "scaling", option, value]) == 2, option
-        assert option in _error(capsys)
+        assert option in one_line_error(capsys)
 
 
 def test_a_damaged_checkpoint_is_a_user_error_from_python(tmp_path: Path) -> None:
@@ -418,7 +412,7 @@ def test_eval_refuses_a_mode_the_method_does_not_serve(
     capsys.readouterr()
     out = tmp_path / "eval.json"
     assert main(["eval", str(run), str(data), "--output", str(out)]) == 2
-    assert "cannot serve --mode soil; use --mode translate" in _error(capsys)
+    assert "cannot serve --mode soil; use --mode translate" in one_line_error(capsys)
     assert not out.exists()
 
 
@@ -459,7 +453,7 @@ def test_a_data_set_benchmark_folder_has_one_writer(
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         for name in ("tibetan", "emoji", "digits", "stitch"):
             assert main(["bench", name, "--out", str(out), "--quiet"]) == 2, name
-            assert "is being written by process" in _error(capsys), name
+            assert "is being written by process" in one_line_error(capsys), name
     finally:
         holder.kill()
         holder.wait()

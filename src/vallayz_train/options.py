@@ -307,17 +307,13 @@ def training_options(p: argparse.ArgumentParser, front_end_default: str) -> None
     override_options(p)
 
 
-# The closed-form maps a benchmark may fit.
-CLOSED_FORM = CLOSED_FORM_METHODS
-
-
 def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note: str) -> None:
     """``--closed-form``: the closed-form maps a benchmark fits (``note`` says its default)."""
     b.add_argument(
         "--closed-form",
         dest="closed_form",
         nargs="+",
-        choices=list(CLOSED_FORM),
+        choices=list(CLOSED_FORM_METHODS),
         default=list(default),
         help=f"closed-form maps to fit ({note})",
     )

@@ -100,10 +100,6 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream) % 2**63
 
 
-# The methods fit trains (one list for every command: vallayz_train.names).
-METHODS = LEARNED_METHODS
-
-
 def loss_settings(config: TrainConfig) -> LossSettings:
     """The loss settings a training config gives every method."""
     return LossSettings(
@@ -722,8 +718,9 @@ def fit(
         train_config: Training settings (ignored when resuming: the run's own are used).
         resume: Continue the run in ``run_dir`` from its last complete state.
         progress: Show a progress bar.
-        method: ``"impn"`` or a learned baseline of :data:`METHODS`; every method runs
-            under the same training config, so equal ``max_steps`` means an equal budget.
+        method: ``"impn"`` or a learned baseline (``vallayz_train.names.LEARNED_METHODS``);
+            every method runs under the same training config, so equal ``max_steps`` means an
+            equal budget.
         world: This process's place among the processes ``torchrun`` started (see
             :func:`vallayz_train.distributed.world_from_env`); its process group is started
             here, once the device is known. ``None`` trains in one process. A run may be
@@ -770,8 +767,8 @@ def _fit(
         start(world, config.device)
     if world.is_main:
         claim_run_dir(run_dir)
-    if method not in METHODS:
-        raise VallayzUserError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in LEARNED_METHODS:
+        raise VallayzUserError(f"method must be one of {LEARNED_METHODS}, got {method!r}")
     data = PairedEmbeddings(data_dir)
     torch.manual_seed(config.seed)
     try:
