@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from safetensors.torch import load_file
 from synthetic import write_synthetic
 
@@ -37,12 +38,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
-def _error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 # ---------------------------------------------------------------- exit status
 
 
@@ -50,7 +45,7 @@ def test_a_user_error_exits_2_and_a_bug_shows_its_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert main(["check", str(tmp_path / "nope")]) == 2
-    assert "is not a directory" in _error(capsys)
+    assert "is not a directory" in one_line_error(capsys)
 
     def broken(args: object) -> int:
         raise ValueError("an internal invariant broke")
@@ -69,9 +64,9 @@ def test_missing_run_files_are_user_errors(
     run.mkdir()
     (run / "run.json").write_text("{}")
     assert main(["plot", str(run)]) == 2
-    assert "has no metrics.csv" in _error(capsys)
+    assert "has no metrics.csv" in one_line_error(capsys)
     assert main(["translate-text", str(tmp_path), "ཀ"]) == 2
-    assert "a vallayz checkpoint?" in _error(capsys)
+    assert "a vallayz checkpoint?" in one_line_error(capsys)
 
 
 # ---------------------------------------------------------------- data loss
@@ -85,7 +80,7 @@ def test_outputs_never_replace_a_file_vallayz_did_not_write(
     precious.write_text('{"mine": 1}\n')
     evaluate = ["eval", str(run), str(data), "--split", "all", "--pool", "10", "--pools", "1"]
     assert main([*evaluate, "--output", str(precious)]) == 2
-    assert "--force" in _error(capsys) and precious.read_text() == '{"mine": 1}\n'
+    assert "--force" in one_line_error(capsys) and precious.read_text() == '{"mine": 1}\n'
     # Its own output it replaces; a foreign one only with --force.
     own = tmp_path / "eval.json"
     assert main([*evaluate, "--output", str(own)]) == 0
@@ -99,7 +94,7 @@ def test_outputs_never_replace_a_file_vallayz_did_not_write(
     translate = ["translate", str(run), "--source", "text", "--target", "image"]
     translate += ["--input", str(tmp_path / "q.npy"), "--output"]
     assert main([*translate, str(target)]) == 2
-    assert "not written by vallayz" in _error(capsys) and target.read_bytes() == before
+    assert "not written by vallayz" in one_line_error(capsys) and target.read_bytes() == before
     assert main([*translate, str(tmp_path / "out.npy")]) == 0
     assert main([*translate, str(tmp_path / "out.npy"), "--force"]) == 0
     assert np.load(tmp_path / "out.npy").shape == (3, 16)
@@ -221,7 +216,7 @@ def test_divergence_is_reported_with_the_step_the_terms_and_a_hint(
     assert "overflow the loss" in capsys.readouterr().out
     code = main(["fit", str(huge), "--out", str(tmp_path / "r2"), "--max-steps", "2", "--quiet"])
     assert code == 2
-    assert "first step, before any update" in _error(capsys)
+    assert "first step, before any update" in one_line_error(capsys)
 
 
 # ---------------------------------------------------------------- bad input
@@ -251,7 +246,7 @@ def test_config_files_of_the_wrong_type_are_named_at_load_time(
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config))
     assert main(["fit", str(data), "--out", str(tmp_path / "r"), "--config", str(path)]) == 2
-    assert message in _error(capsys)
+    assert message in one_line_error(capsys)
     assert not (tmp_path / "r").exists()
 
 
@@ -278,7 +273,7 @@ def test_retrieve_and_translate_options_are_checked(
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
-        assert message in _error(capsys)
+        assert message in one_line_error(capsys)
     assert not (tmp_path / "o.npy").exists()
 
 
@@ -334,7 +329,7 @@ def test_check_finds_what_training_would_trip_on(
     with pytest.raises(VallayzUserError, match=message):
         PairedEmbeddings(data)
     assert main(["check", str(data)]) == 2
-    _error(capsys)
+    one_line_error(capsys)
 
 
 def test_float64_embeddings_are_read_as_float32_with_a_notice(

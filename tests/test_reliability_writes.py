@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from safetensors.torch import load_file, save_file
 from synthetic import write_synthetic
 
@@ -128,12 +129,6 @@ def _fit(data: Path, out: Path, config: Path, *more: str) -> int:
     return main(["fit", str(data), "--out", str(out), "--config", str(config), "--quiet", *more])
 
 
-def _error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 HOLD = """
 import sys, time
 from pathlib import Path
@@ -155,7 +150,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         assert _fit(data, run, config) == 2
-        err = _error(capsys)
+        err = one_line_error(capsys)
         assert f"run folder {run} is being written by process {holder.pid}" in err
         assert "choose another --out" in err
         assert not (run / "run.json").exists()  # the second writer wrote nothing
@@ -172,7 +167,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         assert main(["fit", "--resume", str(run), "--quiet"]) == 2
-        assert f"being written by process {holder.pid}" in _error(capsys)
+        assert f"being written by process {holder.pid}" in one_line_error(capsys)
     finally:
         holder.kill()
         holder.wait()
@@ -181,10 +176,10 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_does_not_lo
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
     assert _fit(data, folder, config) == 2
-    assert "holds no vallayz run" in _error(capsys)
+    assert "holds no vallayz run" in one_line_error(capsys)
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
     assert main(["fit", "--resume", str(tmp_path / "nowhere"), "--quiet"]) == 2
-    assert "not a vallayz run" in _error(capsys)
+    assert "not a vallayz run" in one_line_error(capsys)
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -199,7 +194,7 @@ def test_a_benchmark_folder_has_one_writer_and_index_names_stay_inside_the_run(
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         assert main(["bench", "data", str(data), "--out", str(out), "--quiet"]) == 2
-        assert f"being written by process {holder.pid}" in _error(capsys)
+        assert f"being written by process {holder.pid}" in one_line_error(capsys)
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no method run started
     finally:
         holder.kill()
@@ -263,7 +258,7 @@ def test_resume_refuses_options_it_would_ignore_and_leaves_a_finished_run_alone(
         ["--out", str(tmp_path / "elsewhere")],
     ):
         assert main(["fit", "--resume", str(run), "--quiet", *option]) == 2, option
-        err = _error(capsys)
+        err = one_line_error(capsys)
         assert f"{option[0]} " in err and ("cannot change a run" in err or "--out" in err), err
     assert not (tmp_path / "elsewhere").exists()
     # A finished run is not trained again: its final model stays, bit for bit.
@@ -281,7 +276,7 @@ def test_eval_refuses_a_split_seed_other_than_the_runs(
     run = _copy(trained, tmp_path / "run")
     capsys.readouterr()
     assert main(["eval", str(run), str(data), "--split-seed", "7", "--pool", "5"]) == 2
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "--split-seed 7 is not the seed the run was trained with (0)" in err
     assert not (run / "eval-test-soil.json").exists()
     assert main(["eval", str(run), str(data), "--split-seed", "0", "--pool", "5"]) == 0
@@ -300,7 +295,7 @@ def test_plot_out_does_not_replace_a_file_vallayz_did_not_write(
     (figures / "curves.png").write_bytes(b"the user's own figure")
     capsys.readouterr()
     assert main(["plot", str(run), "--out", str(figures)]) == 2
-    assert "curves.png exists and was not written by vallayz" in _error(capsys)
+    assert "curves.png exists and was not written by vallayz" in one_line_error(capsys)
     assert (figures / "curves.png").read_bytes() == b"the user's own figure"
     assert sorted(p.name for p in figures.iterdir()) == ["curves.png"]
     assert main(["plot", str(run), "--out", str(figures), "--force"]) == 0
@@ -331,7 +326,7 @@ def test_damaged_weights_are_named_not_evaluated(
         main(["eval", str(run), str(data), "--pool", "5", "--output", str(tmp_path / "e.json")])
         == 2
     )
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "model.safetensors" in err and expected in err
     assert not (tmp_path / "e.json").exists()
 
@@ -351,7 +346,7 @@ def test_a_modality_present_in_no_row_is_refused_at_fit(
         present={"image": np.zeros(rows, bool)},
     )
     assert _fit(folder, tmp_path / "run", config) == 2
-    assert "modality 'image' is present in no row" in _error(capsys)
+    assert "modality 'image' is present in no row" in one_line_error(capsys)
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -362,12 +357,12 @@ def test_degenerate_settings_are_refused_before_anything_trains(
     weights = {name: 0.0 for name in TrainConfig().loss_weights}
     zero.write_text(json.dumps({"model": SMALL, "train": {**TRAIN, "loss_weights": weights}}))
     assert _fit(data, tmp_path / "zero", zero) == 2
-    assert "every loss weight is 0" in _error(capsys)
+    assert "every loss weight is 0" in one_line_error(capsys)
     assert not (tmp_path / "zero").exists()
 
     run = tmp_path / "run"  # not a run: the pool is checked before the run is read
     assert main(["eval", str(run), str(data), "--pool", "1"]) == 2
-    assert "--pool must be at least 2" in _error(capsys)
+    assert "--pool must be at least 2" in one_line_error(capsys)
 
     out = tmp_path / "ablation"
     for option, message in (
@@ -378,7 +373,7 @@ def test_degenerate_settings_are_refused_before_anything_trains(
         (["--pool", "1"], "--pool must be at least 2"),
     ):
         assert main(["ablate", str(data), "--out", str(out), "--quiet", *option]) == 2, option
-        assert message in _error(capsys)
+        assert message in one_line_error(capsys)
         assert not out.exists()
 
 
