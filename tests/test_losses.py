@@ -420,3 +420,34 @@ def test_impn_loss_uses_the_documented_rows_for_each_term(monkeypatch: pytest.Mo
         torch.testing.assert_close(p, back[m])
         torch.testing.assert_close(y, native[m][cycled])
         assert torch.equal(mask, kept[m][cycled])
+
+
+def test_passes_whose_terms_are_off_are_skipped_without_changing_the_loss() -> None:
+    """InfoNCE alone (translation, cycle and denoising at 0) runs one pass, the isolated one,
+    and gives the loss and gradients of the full computation, whose extra terms weigh 0."""
+    torch.manual_seed(0)
+    model = IMPN(tiny_config(dropout=0.0)).train()
+    weights = LossWeights(translation=0.0, cycle=0.0, denoising=0.0)
+    batch = tri_modal_inputs(8)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    results = []
+    for all_terms in (True, False):
+        calls.clear()
+        model.zero_grad()
+        out = IMPNLoss(weights, all_terms=all_terms)(model, batch, torch.Generator().manual_seed(3))
+        out.total.backward()
+        # A part only the skipped passes use (the decoders, the gates) gets no gradient
+        # rather than a zero one.
+        grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()
+        ]
+        results.append((len(calls), out, grads))
+    (full_calls, full, full_grads), (calls_skipped, skipped, skipped_grads) = results
+    assert (full_calls, calls_skipped) == (3, 1)
+    assert full.terms["translation"] > 0 and full.terms["cycle"] > 0
+    for name in ("translation", "bridged", "denoising", "cycle"):
+        assert skipped.terms[name] == 0
+    torch.testing.assert_close(skipped.total, full.total)
+    for a, b in zip(skipped_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b)

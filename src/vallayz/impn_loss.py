@@ -163,6 +163,8 @@ class IMPNLoss(nn.Module):
         rerank_rows: Anchor rows per pair of modalities of the re-ranking term.
         fused_subsets: Most subsets of modalities the combinatorial term embeds per batch (drawn at
             random from those with rows to train on when there are more).
+        all_terms: Run the passes with dropped modalities even when every term they train has
+            weight 0 (a planner reads the unweighted terms); otherwise they are skipped.
     """
 
     def __init__(
@@ -176,8 +178,10 @@ class IMPNLoss(nn.Module):
         rerank_negatives: int = 3,
         rerank_rows: int = 64,
         fused_subsets: int = 4,
+        all_terms: bool = False,
     ) -> None:
         super().__init__()
+        self.all_terms = all_terms
         if fused_subsets < 1:
             raise ValueError(f"fused_subsets must be >= 1, got {fused_subsets}; try 4")
         self.fused_subsets = fused_subsets
@@ -208,7 +212,8 @@ class IMPNLoss(nn.Module):
         """The weighted total and every term of ``model``'s loss on ``batch``.
 
         Runs the passes of the class description in order (which fixes the order of the draws
-        from ``generator``); a pass whose term has weight 0, or nothing to train, is skipped.
+        from ``generator``); a pass whose terms all have weight 0 (unless ``all_terms``), or
+        nothing to train, is skipped and its terms read 0.
 
         Args:
             model: The model to train.
@@ -238,12 +243,18 @@ class IMPNLoss(nn.Module):
         if w.rerank > 0 and model.match_head is not None:
             terms["rerank"] = self._match_passes(model, batch, isolated, generator, zero, frozen)
 
-        drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
-        decoded, dropped_terms = self._translation_pass(
-            model, batch, native, isolated, drop, generator, zero
-        )
-        terms.update(dropped_terms)
-        terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
+        # The passes with dropped modalities train only the terms below; with all of them at
+        # weight 0 (InfoNCE alone, or an extension trained on its isolated embeddings) they
+        # are skipped, and their terms read 0.
+        terms.update(dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero))
+        if self.all_terms or max(w.translation, w.bridged, w.denoising, w.cycle) > 0:
+            drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
+            decoded, dropped_terms = self._translation_pass(
+                model, batch, native, isolated, drop, generator, zero
+            )
+            terms.update(dropped_terms)
+            if self.all_terms or w.cycle > 0:
+                terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
 
         projections = model.projection_weights(model.trainable_modalities)
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
@@ -557,6 +568,7 @@ class IMPNObjective:
             drop_rate=settings.drop_rate,
             pair_weighting=settings.pair_weighting,
             fused_subsets=settings.fused_subsets,
+            all_terms=settings.all_terms,
         )
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:

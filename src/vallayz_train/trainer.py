@@ -110,6 +110,8 @@ def loss_settings(config: TrainConfig) -> LossSettings:
         pair_weighting=config.pair_weighting,
         baseline_drop_rate=config.modality_dropout if config.baseline_dropout else 0.0,
         fused_subsets=config.fused_subsets,
+        # The planner judges and turns the weights by the unweighted terms, off ones included.
+        all_terms=config.planner,
     )
 
 
@@ -870,7 +872,7 @@ def _restart(
 
 
 # Model config fields a run that extends another may set: how the new modalities are read.
-EXTENSION_FIELDS = ("token_buckets", "token_nodes", "node_readers")
+EXTENSION_FIELDS = ("token_buckets", "token_nodes", "node_readers", "pooling_readers")
 
 
 def fit_extension(

@@ -86,6 +86,9 @@ class LossSettings:
     # Most subsets of modalities IMPN's combinatorial term embeds per batch (one pass each),
     # drawn at random when the batch's modalities have more.
     fused_subsets: int = 4
+    # Compute every term of IMPN's objective, even a pass whose terms all have weight 0 (a
+    # planner reads them); False skips such a pass, and its terms read 0.
+    all_terms: bool = False
 
     def __post_init__(self) -> None:
         check_pair_weighting(self.pair_weighting)
