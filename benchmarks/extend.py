@@ -28,7 +28,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,8 @@ class Setup:
         pool: Candidates per pool; pools: their number.
         everything: The data folder with every modality; old: the same without ``new``.
         label: What the test split holds, for the table's caption.
-        reader: Whether IMPN is also extended with a reader of the new modality's nodes (a
-            sequence added to a model that read none).
+        reader: Whether IMPN is also extended in the ways of :func:`extensions` (a sequence
+            added to a model that read none).
     """
 
     new: str
@@ -137,7 +137,34 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
 
 
 # The runs of each method, in the table's order.
-KINDS = ("base", "extended", "extended-reader", "joint")
+KINDS = (
+    "base",
+    "extended",
+    "extended-reader",
+    "extended-pooling",
+    "extended-pooling-infonce",
+    "joint",
+)
+
+# The training terms of an extension trained on its isolated embeddings alone: the passes with
+# dropped modalities (translation, cycle, denoising) are skipped.
+INFONCE_ONLY = {"translation": 0.0, "cycle": 0.0, "denoising": 0.0}
+
+
+def extensions(setup: Setup) -> dict[str, tuple[dict[str, Any], TrainConfig]]:
+    """IMPN's extensions of a sequence beside the plain one, by kind: the new modality's
+    model fields and the training config. ``reader``: one self-attention block over its
+    nodes; ``pooling``: a reader that pools them into one node, the input the base model's
+    frozen bridge was trained on; ``pooling-infonce``: that, trained by the isolated pass's
+    terms alone."""
+    new, train = [setup.new], setup.train
+    infonce = replace(train, loss_weights={**train.loss_weights, **INFONCE_ONLY})
+    return {
+        "extended-reader": ({"node_readers": new}, train),
+        "extended-pooling": ({"pooling_readers": new}, train),
+        "extended-pooling-infonce": ({"pooling_readers": new}, infonce),
+    }
+
 
 SETUPS: dict[str, Callable[[argparse.Namespace, Path], Setup]] = {
     "digits": digits_setup,
@@ -186,23 +213,31 @@ def scores(
 
 def step_seconds(setup: Setup, data: PairedEmbeddings, rows: Any, steps: int) -> dict[str, float]:
     """Median seconds of one IMPN training step (loss, backward, AdamW on the trainable
-    parameters) of the joint model and of the extended one, on the same batches, the two
-    interleaved step by step so that both see the same load."""
+    parameters) of the joint model and of each extended one, on the same batches, all
+    interleaved step by step so that they see the same load."""
     train, model, new = setup.train, setup.methods["impn"], setup.new
     old = {m: d for m, d in data.modalities.items() if m != new}
-    models = {
-        "joint": build_model("impn", data.modalities, model),
-        "extended": build_model("impn", old, model).extend({new: data.modalities[new]}),  # type: ignore[operator]
+    base = build_model("impn", old, model)
+    added = {new: data.modalities[new]}
+    configs: dict[str, tuple[dict[str, Any], TrainConfig]] = {
+        "joint": ({}, train),
+        "extended": ({}, train),
     }
-    settings = loss_settings(train)
-    parts = {
-        kind: (
-            model.objective(settings),
-            torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr),
+    if setup.reader:
+        configs.update(extensions(setup))
+    parts = {}
+    for kind, (fields, config) in configs.items():
+        built = (
+            build_model("impn", data.modalities, model)
+            if kind == "joint"
+            else base.extend(added, **fields)  # type: ignore[operator]
         )
-        for kind, model in models.items()
-    }
-    times: dict[str, list[float]] = {kind: [] for kind in models}
+        trained = [p for p in built.parameters() if p.requires_grad]
+        parts[kind] = (
+            built.objective(loss_settings(config)),
+            torch.optim.AdamW(trained, lr=train.lr),
+        )
+    times: dict[str, list[float]] = {kind: [] for kind in parts}
     rng = np.random.default_rng(0)
     for step in range(steps):
         batch = data.batch(rng.choice(rows, train.batch_size, replace=False))
@@ -239,8 +274,9 @@ def main() -> None:
     if args.steps_only:
         rows = fold.split_indices(train.split_seed)["train"]
         median = step_seconds(setup, fold, rows, args.steps_only)
-        ratio = median["extended"] / median["joint"]
-        print(f"IMPN step, median of {args.steps_only}: {median}; extended / joint {ratio:.2f}")
+        ratios = {k: round(v / median["joint"], 2) for k, v in median.items() if k != "joint"}
+        rounded = {k: round(v, 3) for k, v in median.items()}
+        print(f"IMPN step, median of {args.steps_only}: {rounded}; / joint: {ratios}")
         return
     results: dict[str, Any] = {
         "label": setup.label,
@@ -281,9 +317,12 @@ def main() -> None:
             )
             record.write_text(json.dumps(seconds) + "\n")
             print(method, repeat, {k: round(v[-1], 1) for k, v in seconds.items()}, flush=True)
-        if method == "impn" and setup.reader and "extended-reader" not in seconds:
-            seconds["extended-reader"] = [extend_with_reader(setup, out / method)]
-            record.write_text(json.dumps(seconds) + "\n")
+        if method == "impn" and setup.reader:
+            for kind, (fields, config) in extensions(setup).items():
+                if kind not in seconds:
+                    seconds[kind] = [extend_as(setup, out / method, kind, fields, config)]
+                    record.write_text(json.dumps(seconds) + "\n")
+                    print(method, kind, round(seconds[kind][0], 1), flush=True)
         first = {kind: out / method / f"{kind}-0" for kind in seconds}
         results["methods"][method] = {
             "seconds": seconds,
@@ -295,15 +334,15 @@ def main() -> None:
     print(table(results))
 
 
-def extend_with_reader(setup: Setup, folder: Path) -> float:
-    """Seconds of the base run extended with the new modality and a reader of its own nodes
-    (``node_readers``), into ``folder/extended-reader-0``."""
-    run = folder / "extended-reader-0"
+def extend_as(
+    setup: Setup, folder: Path, kind: str, fields: dict[str, Any], train: TrainConfig
+) -> float:
+    """Seconds of the base run extended with the new modality, its model ``fields`` and the
+    training config ``train``, into ``folder/KIND-0``."""
+    run = folder / f"{kind}-0"
     shutil.rmtree(run, ignore_errors=True)
-    readers = {"node_readers": [setup.new]}
-    base = folder / "base-0"
-    new, train = [setup.new], setup.train
-    return timed(fit_extension, setup.everything, base, run, train, new, readers, progress=False)
+    base, new = folder / "base-0", [setup.new]
+    return timed(fit_extension, setup.everything, base, run, train, new, fields, progress=False)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -279,6 +279,57 @@ def test_a_node_reader_starts_as_the_identity_and_ignores_padding() -> None:
     torch.testing.assert_close(read[real], read_moved[real])
 
 
+def test_a_pooling_reader_starts_as_the_mean_of_the_real_nodes_and_ignores_padding() -> None:
+    from vallayz.layers import PoolingReader
+
+    torch.manual_seed(0)
+    reader = PoolingReader(8, 2, positions=6).double()
+    states = torch.randn(4, 5, 8, dtype=torch.float64)
+    real = torch.tensor([[True] * 5, [True, True, False, False, False]] * 2)
+    means = torch.stack([states[i][real[i]].mean(dim=0) for i in range(4)])
+    torch.testing.assert_close(reader(states, real), means)
+    for parameter in (reader.position, reader.query, reader.attention.out_proj.weight):
+        torch.nn.init.normal_(parameter)
+    moved = states.clone()
+    moved[~real] = 100.0
+    read = reader(states, real)
+    assert not torch.allclose(read, means)
+    torch.testing.assert_close(read, reader(moved, real))
+    with pytest.raises(ValueError, match="positions for 6"):
+        reader(torch.randn(1, 7, 8, dtype=torch.float64), torch.ones(1, 7, dtype=torch.bool))
+
+
+def test_an_added_sequence_with_a_pooling_reader_enters_the_bridge_as_one_node() -> None:
+    torch.manual_seed(0)
+    base = IMPN(tiny_config(modalities=dict(OLD))).eval()
+    x = {"text": torch.randn(37, DIMS["text"]), "audio": torch.randn(37, DIMS["audio"])}
+    before = old_outputs(base, x, torch.full((37, 5), -1))
+    extended = base.extend({"image": DIMS["image"]}, pooling_readers=["image"])
+    assert extended.config.pooling_readers == ["image"]
+    trainable = {k for k, p in extended.named_parameters() if p.requires_grad}
+    assert any(k.startswith("pooling_readers.image.") for k in trainable)
+    frames = torch.randn(37, 6, DIMS["image"])
+    padding = torch.arange(6)[None, :] < torch.randint(1, 7, (37, 1))
+    batch = Batch.of({**x, "image": frames}, padding={"image": padding})
+    train(extended, batch)
+    assert not extended.training
+    for old, new in zip(before, old_outputs(extended, x, torch.full((37, 5), -1)), strict=True):
+        assert torch.equal(old, new)
+    with torch.no_grad():
+        out = extended(Batch.of({"image": frames}, padding={"image": padding}), isolate=True)
+        assert out.node_mask["image"].shape == (37, 1)
+        # What the padded frames hold does not reach the embedding.
+        moved = torch.where(padding[..., None], frames, torch.full_like(frames, 50.0))
+        torch.testing.assert_close(
+            extended.embed(Batch.of({"image": frames}, padding={"image": padding})),
+            extended.embed(Batch.of({"image": moved}, padding={"image": padding})),
+        )
+    with pytest.raises(VallayzUserError, match="not new modalities"):
+        base.extend({"image": DIMS["image"]}, pooling_readers=["text"])
+    with pytest.raises(ValueError, match="one reader"):
+        tiny_config(node_readers=["text"], pooling_readers=["text"])
+
+
 def test_fit_extend_gives_an_added_sequence_a_reader_of_its_own(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

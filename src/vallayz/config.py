@@ -116,6 +116,12 @@ class IMPNConfig:
     # the modality's nodes, starting as the identity) after the adapter, before the bridge: a
     # sequence that IMPN.extend adds to a model whose shared bridge never read one. [] for none.
     node_readers: list[str] = field(default_factory=list)
+    # Modalities whose nodes a reader of their own pools into one node (learned positions, one
+    # self-attention block, attention pooling by a learned query; it starts as the mean) after
+    # the adapter, before the bridge: a sequence that IMPN.extend adds to a model whose
+    # modalities were one node each enters the bridge as the single node its frozen layers
+    # were trained on. Not also in node_readers. [] for none.
+    pooling_readers: list[str] = field(default_factory=list)
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -186,6 +192,14 @@ class IMPNConfig:
         check_frozen(self.frozen_modalities, self.modalities)
         check_modality_list("linear_adapters", self.linear_adapters, self.modalities)
         check_modality_list("node_readers", self.node_readers, self.modalities)
+        check_modality_list("pooling_readers", self.pooling_readers, self.modalities)
+        both = sorted(set(self.node_readers) & set(self.pooling_readers))
+        if both:
+            raise ValueError(
+                f"{both} are in both node_readers and pooling_readers; a modality has one "
+                "reader: keep it in pooling_readers to read its nodes into one, in "
+                "node_readers to keep them"
+            )
 
     def _check_choices(self) -> None:
         """Raises ``ValueError`` unless ``heads`` divides ``soil_dim``, the temperature is
@@ -266,6 +280,9 @@ class IMPNConfig:
             (buckets + self.token_node_positions) * dim for buckets in self.token_nodes.values()
         )
         total += len(self.node_readers) * (4 * dim * dim + 6 * dim)
+        total += len(self.pooling_readers) * (
+            4 * dim * dim + 7 * dim + self.token_node_positions * dim
+        )
         attention = 2 * dim + _linear(dim, 3 * dim) + _linear(dim, dim)
         gate_mlp = _linear(dim, gate) + dim * gate + gate + _linear(gate, 1)
         update = dim * dim if self.update == "residual" else 6 * dim * dim + 6 * dim

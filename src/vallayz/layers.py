@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vallayz.functional import (
+    attention_pool,
     hashed_bag_mean,
     sample_variants,
     sender_topk_weights,
@@ -123,6 +124,45 @@ class NodeReader(nn.Module):
         h = self.norm(states)
         read, _ = self.attention(h, h, h, key_padding_mask=~real, need_weights=False)
         return states + read
+
+
+class PoolingReader(nn.Module):
+    """A modality's own reader that pools its nodes into one: a learned position per node,
+    ``x + W_o·Attn(LN(x))`` over the real nodes (``W_o`` starting at zero), then
+    :func:`~vallayz.functional.attention_pool` by one learned query per head (starting at
+    zero, so an untrained reader gives the mean of the real nodes). A sequence (speech frames)
+    added to a model whose modalities were all one node each then enters the bridge as one
+    node, the input its frozen layers were trained on.
+
+    Args:
+        dim: Width of a node.
+        heads: Attention heads (divides ``dim``).
+        positions: Most nodes per row.
+
+    Shape:
+        states ``[B, T, d]``, real ``[B, T]`` (at least one real node per row) → ``[B, d]``.
+    """
+
+    def __init__(self, dim: int, heads: int, positions: int) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(positions, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        nn.init.zeros_(self.attention.out_proj.weight)
+        nn.init.zeros_(self.attention.out_proj.bias)
+        self.query = nn.Parameter(torch.zeros(heads, dim // heads))
+
+    def forward(self, states: Tensor, real: Tensor) -> Tensor:
+        nodes, positions = states.shape[1], self.position.shape[0]
+        if nodes > positions:
+            raise ValueError(
+                f"{nodes} nodes per row, but the pooling reader has positions for {positions}; "
+                "cut the sequences or raise IMPNConfig.token_node_positions"
+            )
+        states = states + self.position[:nodes]
+        h = self.norm(states)
+        read, _ = self.attention(h, h, h, key_padding_mask=~real, need_weights=False)
+        return attention_pool(states + read, real, self.query)
 
 
 class HashedBag(nn.Module):

@@ -23,6 +23,7 @@ from vallayz.layers import (
     HashedBag,
     MatchHead,
     NodeReader,
+    PoolingReader,
     TokenNodes,
 )
 from vallayz.losses.total import LossSettings
@@ -204,6 +205,12 @@ class IMPN(nn.Module):
         self.readers = nn.ModuleDict(
             {m: NodeReader(dim, config.heads) for m in config.node_readers}
         )
+        self.pooling_readers = nn.ModuleDict(
+            {
+                m: PoolingReader(dim, config.heads, config.token_node_positions)
+                for m in config.pooling_readers
+            }
+        )
         self._freeze()
 
     def _zero_init(self) -> None:
@@ -293,7 +300,7 @@ class IMPN(nn.Module):
         Every other parameter is shared by all modalities."""
         self._index(name)
         params = [*self.adapters[name].parameters(), *self.decoders[name].parameters()]
-        for table in (self.front_ends, self.token_nodes, self.readers):
+        for table in (self.front_ends, self.token_nodes, self.readers, self.pooling_readers):
             if name in table:
                 params += list(table[name].parameters())
         return [*params, self.seeds[name], self.modality_embedding[name], self.log_sigma[name]]
@@ -319,6 +326,7 @@ class IMPN(nn.Module):
         token_buckets: Mapping[str, int] | None = None,
         token_nodes: Mapping[str, int] | None = None,
         node_readers: Collection[str] | None = None,
+        pooling_readers: Collection[str] | None = None,
     ) -> IMPN:
         """This model with more modalities, in which only what the new ones need trains.
 
@@ -348,6 +356,9 @@ class IMPN(nn.Module):
             node_readers: New modalities that get a reader of their own nodes (as
                 ``IMPNConfig.node_readers``): a sequence (speech frames) added to a model whose
                 bridge never read one.
+            pooling_readers: New modalities whose nodes a reader of their own pools into one
+                node (as ``IMPNConfig.pooling_readers``): a sequence added to a model whose
+                modalities were one node each.
 
         Returns:
             The extended model, on this model's device and in its train/eval mode; the new
@@ -361,10 +372,15 @@ class IMPN(nn.Module):
         Shape:
             The extended model maps ``{m: [B, d_m]}`` over old and new modalities alike.
         """
-        parts = _extension_parts(token_buckets, token_nodes, node_readers)
+        readers = {"node_readers": node_readers, "pooling_readers": pooling_readers}
+        parts = _extension_parts(token_buckets, token_nodes, readers)
         check_extension(new_modalities, self.names, parts)
         model = self._fresh_extension(
-            new_modalities, sigma, token_buckets, token_nodes, list(node_readers or ())
+            new_modalities,
+            sigma,
+            token_buckets,
+            token_nodes,
+            {key: list(value or ()) for key, value in readers.items()},
         )
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
         added = {key for m in new_modalities for key in model._own_keys(m)}
@@ -378,7 +394,7 @@ class IMPN(nn.Module):
         sigma: float | None,
         token_buckets: Mapping[str, int] | None,
         token_nodes: Mapping[str, int] | None,
-        node_readers: list[str],
+        readers: dict[str, list[str]],
     ) -> IMPN:
         """A newly initialised model of this config with ``new_modalities`` added after the old
         ones (with the parts asked for) and every old modality frozen, on this model's device;
@@ -397,7 +413,8 @@ class IMPN(nn.Module):
             sigma={**old_sigma, **dict.fromkeys(new_modalities, float(sigma))},
             token_buckets={**self.config.token_buckets, **dict(token_buckets or {})},
             token_nodes={**self.config.token_nodes, **dict(token_nodes or {})},
-            node_readers=[*self.config.node_readers, *node_readers],
+            node_readers=[*self.config.node_readers, *readers["node_readers"]],
+            pooling_readers=[*self.config.pooling_readers, *readers["pooling_readers"]],
             frozen_modalities=list(self.names),
         )
         try:
@@ -564,6 +581,10 @@ class IMPN(nn.Module):
         if name in self.readers:
             read = self.readers[name](states, real)
             states = torch.where(present[:, None, None], read, states)
+        if name in self.pooling_readers:
+            pooled = self.pooling_readers[name](states, real)[:, None]
+            states = torch.where(present[:, None, None], pooled, seed.expand_as(pooled))
+            real = torch.ones_like(real[:, :1])
         units = torch.zeros_like(real)
         if name in self.token_nodes and name in batch.node_ids:
             unit_states, unit_real = self.token_nodes[name](batch.node_ids[name])
@@ -965,22 +986,23 @@ class IMPN(nn.Module):
 def _extension_parts(
     token_buckets: Mapping[str, int] | None,
     token_nodes: Mapping[str, int] | None,
-    node_readers: Collection[str] | None,
+    readers: Mapping[str, Collection[str] | None],
 ) -> dict[str, Mapping[str, int] | None]:
-    """The per-modality parts an extension asks for, by option, for ``check_extension``.
+    """The per-modality parts an extension asks for, by option, for ``check_extension``
+    (``readers``: option name → the modalities it lists).
 
     Raises:
-        VallayzUserError: if ``node_readers`` is a bare name rather than a list of names.
+        VallayzUserError: if a list of readers is a bare name rather than a list of names.
     """
-    if isinstance(node_readers, str):
-        raise VallayzUserError(
-            f"node_readers must be a list of modality names, got {node_readers!r}; write "
-            f'["{node_readers}"]'
-        )
+    for option, names in readers.items():
+        if isinstance(names, str):
+            raise VallayzUserError(
+                f"{option} must be a list of modality names, got {names!r}; write ['{names}']"
+            )
     return {
         "token_buckets": token_buckets,
         "token_nodes": token_nodes,
-        "node_readers": dict.fromkeys(node_readers or (), 1),
+        **{option: dict.fromkeys(names or (), 1) for option, names in readers.items()},
     }
 
 
