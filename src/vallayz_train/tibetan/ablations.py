@@ -323,6 +323,18 @@ LADDER: dict[str, Variant] = {
     ),
 }
 VARIANTS.update(LADDER)
+# FuseMix's validation search (issue #29 asks for the same search as IMPN's): depth and dropout
+# of the residual blocks, with latent mixup as published and the temperature fixed at 0.07
+# (ladder rung 1 shows the learned one falls to 0.026 in 250 steps and costs 8.7 points).
+FUSEMIX_SEARCH: dict[str, Variant] = {
+    f"fusemix search: depth {depth}, dropout {dropout}": Variant(
+        {"depth": depth, "dropout": dropout, "mixup": True, "learn_temperature": False},
+        method="fusemix",
+    )
+    for depth in (1, 2, 4)
+    for dropout in (0.1, 0.6)
+}
+VARIANTS.update(FUSEMIX_SEARCH)
 # Not IMPN: the heads reading speech frames and other node inputs through their own small
 # sequence reader (one self-attention layer and attention pooling), the baseline that IMPN's
 # speech results must beat.
