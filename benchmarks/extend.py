@@ -1,6 +1,6 @@
 """Adding a modality to a trained run against training every modality jointly.
 
-Two data sets, for IMPN and the contrastive heads:
+Two data sets, for IMPN and the contrastive heads (on Tibetan also the sequence-aware heads):
 
 * ``digits`` (``bench digits`` data, one held-out speaker as the test split): speech and image
   first, then words;
@@ -14,7 +14,10 @@ and number of steps (``bench digits``'s defaults; for Tibetan the ablations' ``-
 settings at ``--steps``). The table gives test R@1 (mean over pools, and the whole split) of the
 added modality in both directions and of the first modalities among themselves, for the base
 run, the extended one and the joint one; then the training seconds (median over ``--repeats``
-runs of each kind) and the trained parameters of each.
+runs of each kind) and the trained parameters of each. IMPN is also extended in the ways of
+:func:`extensions` (one run each): trained by InfoNCE alone and, for a sequence, with a reader
+of its nodes or one that pools them into one node. ``--steps-only N`` times N training steps of
+the joint and of every extended IMPN, interleaved step by step.
 
 Usage: ``python benchmarks/extend.py [--dataset digits|tibetan] [--data DIR] [--out OUT]
 [--repeats 3] [--speaker S] [--steps N]``.
@@ -59,8 +62,8 @@ class Setup:
         pool: Candidates per pool; pools: their number.
         everything: The data folder with every modality; old: the same without ``new``.
         label: What the test split holds, for the table's caption.
-        reader: Whether IMPN is also extended in the ways of :func:`extensions` (a sequence
-            added to a model that read none).
+        reader: Whether the new modality is a sequence, so that IMPN is also extended with
+            the readers of :func:`extensions`.
     """
 
     new: str
@@ -125,7 +128,7 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
     return Setup(
         "speech",
         pairs,
-        {"impn": {**CPU_MODEL, **tokens}, "contrastive-heads": tokens},
+        {"impn": {**CPU_MODEL, **tokens}, "contrastive-heads": tokens, "seq-heads": tokens},
         train,
         1000,
         5,
@@ -140,6 +143,7 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
 KINDS = (
     "base",
     "extended",
+    "extended-infonce",
     "extended-reader",
     "extended-pooling",
     "extended-pooling-infonce",
@@ -152,18 +156,19 @@ INFONCE_ONLY = {"translation": 0.0, "cycle": 0.0, "denoising": 0.0}
 
 
 def extensions(setup: Setup) -> dict[str, tuple[dict[str, Any], TrainConfig]]:
-    """IMPN's extensions of a sequence beside the plain one, by kind: the new modality's
-    model fields and the training config. ``reader``: one self-attention block over its
-    nodes; ``pooling``: a reader that pools them into one node, the input the base model's
-    frozen bridge was trained on; ``pooling-infonce``: that, trained by the isolated pass's
-    terms alone."""
+    """IMPN's extensions beside the plain one, by kind: the new modality's model fields and
+    the training config. ``infonce``: trained by the isolated pass's terms alone (the passes
+    with dropped modalities skipped). For a sequence (``setup.reader``) also ``reader``: one
+    self-attention block over its nodes; ``pooling``: a reader that pools them into one node,
+    the input the base model's frozen bridge was trained on; and ``pooling-infonce``."""
     new, train = [setup.new], setup.train
     infonce = replace(train, loss_weights={**train.loss_weights, **INFONCE_ONLY})
-    return {
-        "extended-reader": ({"node_readers": new}, train),
-        "extended-pooling": ({"pooling_readers": new}, train),
-        "extended-pooling-infonce": ({"pooling_readers": new}, infonce),
-    }
+    kinds: dict[str, tuple[dict[str, Any], TrainConfig]] = {"extended-infonce": ({}, infonce)}
+    if setup.reader:
+        kinds["extended-reader"] = ({"node_readers": new}, train)
+        kinds["extended-pooling"] = ({"pooling_readers": new}, train)
+        kinds["extended-pooling-infonce"] = ({"pooling_readers": new}, infonce)
+    return kinds
 
 
 SETUPS: dict[str, Callable[[argparse.Namespace, Path], Setup]] = {
@@ -223,8 +228,7 @@ def step_seconds(setup: Setup, data: PairedEmbeddings, rows: Any, steps: int) ->
         "joint": ({}, train),
         "extended": ({}, train),
     }
-    if setup.reader:
-        configs.update(extensions(setup))
+    configs.update(extensions(setup))
     parts = {}
     for kind, (fields, config) in configs.items():
         built = (
@@ -317,7 +321,7 @@ def main() -> None:
             )
             record.write_text(json.dumps(seconds) + "\n")
             print(method, repeat, {k: round(v[-1], 1) for k, v in seconds.items()}, flush=True)
-        if method == "impn" and setup.reader:
+        if method == "impn":
             for kind, (fields, config) in extensions(setup).items():
                 if kind not in seconds:
                     seconds[kind] = [extend_as(setup, out / method, kind, fields, config)]

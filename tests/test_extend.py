@@ -15,7 +15,7 @@ from synthetic import write_synthetic
 from vallayz import IMPN, Batch
 from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
-from vallayz.learned import BaselineConfig, ContrastiveHeads, MLPTranslator, load_pretrained
+from vallayz.learned import BaselineConfig, ContrastiveHeads, build_model, load_pretrained
 from vallayz.losses import LossSettings
 from vallayz_train.cli import main
 
@@ -120,15 +120,17 @@ def test_extension_refuses_bad_input() -> None:
         base.extend({"image": 16}).set_gating(top_k=1)
 
 
-@pytest.mark.parametrize("kind", [ContrastiveHeads, MLPTranslator])
-def test_baseline_extension_trains_only_the_new_modality(kind: type) -> None:
-    architecture = "contrastive-heads" if kind is ContrastiveHeads else "mlp-translator"
-    base = kind(BaselineConfig(architecture, dict(OLD), dim=8, hidden=16)).eval()
+@pytest.mark.parametrize(
+    "architecture", ["contrastive-heads", "mlp-translator", "seq-heads", "fusemix"]
+)
+def test_baseline_extension_trains_only_the_new_modality(architecture: str) -> None:
+    torch.manual_seed(0)
+    base = build_model(architecture, dict(OLD), {"dim": 8, "hidden": 16}).eval()
     x = {"text": torch.randn(20, 12), "audio": torch.randn(20, 6)}
 
     def read(model: torch.nn.Module) -> torch.Tensor:
         with torch.no_grad():
-            if kind is ContrastiveHeads:
+            if architecture != "mlp-translator":
                 return model.embed(x["text"], "text")  # type: ignore[operator]
             return model.translate(x["text"], "text", "audio")  # type: ignore[operator]
 

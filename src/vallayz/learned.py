@@ -204,9 +204,12 @@ class _Baseline(nn.Module):
         return [m for m in self.names if m not in self.config.frozen_modalities]
 
     def _trains(self, key: str) -> bool:
-        """Whether the parameter ``key`` (of the state dict) belongs to a trainable modality;
-        each subclass says which of its parameters belong to which modalities."""
-        raise NotImplementedError
+        """Whether the parameter ``key`` (of the state dict) belongs to a trainable modality.
+        Here every table is keyed by modality (``heads.<m>.*``, ``readers.<m>.*``,
+        ``front_ends.<m>.*``), and a parameter of no modality (a shared temperature) stays
+        frozen; a subclass with other keys says which of its parameters belong to which."""
+        parts = key.split(".")
+        return len(parts) > 2 and parts[1] in self.trainable_modalities
 
     def _freeze(self) -> None:
         """Applies ``config.frozen_modalities`` (each subclass calls it once built)."""
@@ -431,10 +434,6 @@ class ContrastiveHeads(_Baseline):
         )
         self._freeze()
 
-    def _trains(self, key: str) -> bool:
-        # heads.<m>.* and front_ends.<m>.* belong to modality m.
-        return key.split(".")[1] in self.trainable_modalities
-
     def embed(
         self,
         x: Tensor | Embeddings | Batch,
@@ -640,6 +639,7 @@ class SequenceHeads(_Baseline):
                 for m, buckets in config.token_nodes.items()
             }
         )
+        self._freeze()
 
     def embed(
         self,
@@ -776,6 +776,7 @@ class FuseMix(_Baseline):
         self.temperature = nn.Parameter(
             torch.tensor(float(config.temperature)), requires_grad=config.learn_temperature
         )
+        self._freeze()
 
     def embed(
         self,
