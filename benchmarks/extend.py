@@ -148,6 +148,7 @@ KINDS = (
     "extended-pooling",
     "extended-pooling-infonce",
     "joint",
+    "joint-extended-copy",
 )
 
 # The training terms of an extension trained on its isolated embeddings alone: the passes with
@@ -184,6 +185,18 @@ def without(data: Path, folder: Path, name: str) -> Path:
     for path in data.iterdir():
         if not path.name.startswith(f"{name}."):
             (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def with_copy(data: Path, folder: Path, name: str, copy: str) -> Path:
+    """A data folder linking ``data``'s arrays and items, and modality ``name``'s files once
+    more under the name ``copy``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in data.iterdir():
+        (folder / path.name).symlink_to(path.resolve())
+        if path.name.startswith(f"{name}."):
+            (folder / f"{copy}{path.name[len(name) :]}").symlink_to(path.resolve())
     return folder
 
 
@@ -327,15 +340,55 @@ def main() -> None:
                     seconds[kind] = [extend_as(setup, out / method, kind, fields, config)]
                     record.write_text(json.dumps(seconds) + "\n")
                     print(method, kind, round(seconds[kind][0], 1), flush=True)
+            if setup.reader and "joint-extended-copy" not in seconds:
+                seconds["joint-extended-copy"] = [extend_joint_with_copy(setup, out / method)]
+                record.write_text(json.dumps(seconds) + "\n")
         first = {kind: out / method / f"{kind}-0" for kind in seconds}
         results["methods"][method] = {
             "seconds": seconds,
             "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
             "trained_parameters": {k: trained_parameters(r) for k, r in first.items()},
-            "R@1": {k: scores(r, setup, fold, test) for k, r in first.items()},
+            "R@1": {
+                k: copy_scores(r, setup, out / method, test)
+                if k == "joint-extended-copy"
+                else scores(r, setup, fold, test)
+                for k, r in first.items()
+            },
         }
         (out / "extend.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+
+
+def extend_joint_with_copy(setup: Setup, folder: Path) -> float:
+    """Seconds of the diagnostic run ``folder/joint-extended-copy-0``: the joint run, whose
+    first modalities were trained beside the new one, extended with a copy of the new
+    modality under another name (a pooling reader, InfoNCE alone). Against the extension of
+    the base run it separates what the frozen space of the first modalities keeps from what
+    the extension can learn."""
+    copy = f"{setup.new}2"
+    data = with_copy(setup.everything, folder / "copy-data", setup.new, copy)
+    _, train = extensions(setup)["extended-pooling-infonce"]
+    fields = {"pooling_readers": [copy]}
+    run = folder / "joint-extended-copy-0"
+    shutil.rmtree(run, ignore_errors=True)
+    joint = folder / "joint-0"
+    return timed(fit_extension, data, joint, run, train, [copy], fields, progress=False)
+
+
+def copy_scores(
+    run: Path, setup: Setup, folder: Path, rows: Any
+) -> dict[str, tuple[float | None, float | None]]:
+    """:func:`scores` of :func:`extend_joint_with_copy`'s run, the copy's pairs keyed by the
+    new modality's name."""
+    copy = f"{setup.new}2"
+    data = PairedEmbeddings(folder / "copy-data")
+
+    def renamed(m: str) -> str:
+        return copy if m == setup.new else m
+
+    pairs: list[Pair] = [(tuple(map(renamed, s)), renamed(t)) for s, t in setup.pairs]
+    got = scores(run, replace(setup, pairs=pairs), data, rows)
+    return {key.replace(copy, setup.new): value for key, value in got.items()}
 
 
 def extend_as(
