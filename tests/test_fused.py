@@ -228,3 +228,98 @@ def test_the_term_is_off_by_default_and_trains_the_messages_when_on() -> None:
     assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
     with pytest.raises(ValueError, match="fused_subsets must be >= 1"):
         IMPNLoss(fused_subsets=0)
+
+
+# ------------------------------------------------------------------ a gate over the sources
+def test_softmax_over_present_matches_a_float64_loop_and_ignores_absent_rows() -> None:
+    from vallayz.functional import mean_over_present, softmax_over_present
+
+    torch.manual_seed(0)
+    values = {m: torch.randn(5, 3, dtype=f64) for m in NAMES}
+    scores = {m: torch.randn(5, dtype=f64) for m in NAMES}
+    present = {m: torch.rand(5) < 0.7 for m in NAMES}
+    present["text"][:] = True
+    values["audio"][~present["audio"]] = float("nan")
+    got = softmax_over_present(values, scores, present)
+    for row in range(5):
+        kept = [m for m in NAMES if present[m][row]]
+        weights = [math.exp(float(scores[m][row])) for m in kept]
+        expected = sum(w * values[m][row] for w, m in zip(weights, kept, strict=True))
+        torch.testing.assert_close(got[row], expected / sum(weights))
+    equal = dict.fromkeys(NAMES, torch.zeros(5, dtype=f64))
+    torch.testing.assert_close(
+        softmax_over_present(values, equal, present), mean_over_present(values, present)
+    )
+
+
+def test_an_untrained_fusion_gate_gives_the_mean_and_a_trained_one_weighs_the_sources() -> None:
+    inputs = tri_modal_inputs(6)
+    torch.manual_seed(0)
+    plain = IMPN(tiny_config()).eval()
+    torch.manual_seed(0)
+    gated = IMPN(tiny_config(fusion_gate=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(gated.fuse(inputs), plain.fuse(inputs))
+        assert gated.fusion_gate is not None
+        torch.nn.init.normal_(gated.fusion_gate.score.weight)
+        weighed = gated.fuse(inputs)
+    assert not torch.allclose(weighed, plain.fuse(inputs))
+    # The fused vector stays inside the convex hull of the sources' states: one source alone
+    # gets weight 1 whatever its score.
+    one = {"text": inputs["text"]}
+    torch.testing.assert_close(gated.fuse(one), plain.fuse(one))
+
+
+def test_noise_at_snr_per_row_is_the_one_ratio_noise_row_by_row() -> None:
+    from vallayz.functional import noise_at_snr
+
+    x = torch.randn(4, 3, 8, dtype=f64)
+    snr = torch.tensor([0.0, 5.0, 10.0, 20.0], dtype=f64)
+    together = noise_at_snr(x, snr, torch.Generator().manual_seed(1))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=f64)
+    for row in range(4):
+        power = x[row].pow(2).mean()
+        expected = x[row] + noise[row] * (power / 10 ** (float(snr[row]) / 10)).sqrt()
+        torch.testing.assert_close(together[row], expected)
+
+
+def test_corrupt_one_source_corrupts_one_present_source_of_the_chosen_rows() -> None:
+    from vallayz.masking import corrupt_one_source
+
+    inputs = tri_modal_inputs(64)
+    present = {m: torch.ones(64, dtype=torch.bool) for m in NAMES}
+    present["image"][::2] = False
+    tokens = {"text": torch.randint(0, 9, (64, 4))}
+    batch = Batch.of(inputs, present, tokens=tokens)
+    kept = {m: x.clone() for m, x in inputs.items()}
+    assert corrupt_one_source(batch, 0.0, generator=torch.Generator().manual_seed(0)) == batch
+    out = corrupt_one_source(batch, 1.0, generator=torch.Generator().manual_seed(0))
+    for m in NAMES:  # the input batch is not changed
+        assert torch.equal(batch.embeddings[m], kept[m])
+    changed = torch.stack(
+        [(out.embeddings[m] != inputs[m]).flatten(1).any(dim=1) & present[m] for m in NAMES], dim=1
+    )
+    assert changed.sum(dim=1).eq(1).all()  # one present source per row, no absent one
+    withheld = (out.tokens["text"] == -1).all(dim=1)
+    assert torch.equal(withheld, changed[:, NAMES.index("text")])
+    half = corrupt_one_source(batch, 0.5, generator=torch.Generator().manual_seed(0))
+    hits = sum(int((half.embeddings[m] != inputs[m]).flatten(1).any(dim=1).sum()) for m in NAMES)
+    assert 16 <= hits <= 48
+    with pytest.raises(ValueError, match="rate"):
+        corrupt_one_source(batch, 1.5)
+
+
+def test_the_combinatorial_term_trains_on_corrupted_sources_when_asked() -> None:
+    torch.manual_seed(0)
+    model = IMPN(tiny_config(fusion_gate=True)).train()
+    weights = LossWeights(combinatorial=1.0)
+    batch = tri_modal_inputs(16)
+    clean = IMPNLoss(weights)(model, batch, torch.Generator().manual_seed(2))
+    noisy = IMPNLoss(weights, fused_corruption=1.0)(model, batch, torch.Generator().manual_seed(2))
+    assert torch.isfinite(noisy.terms["combinatorial"])
+    assert not torch.equal(noisy.terms["combinatorial"], clean.terms["combinatorial"])
+    torch.testing.assert_close(noisy.terms["contrastive"], clean.terms["contrastive"])
+    noisy.total.backward()
+    assert model.fusion_gate is not None and model.fusion_gate.score.weight.grad is not None
+    with pytest.raises(ValueError, match="fused_corruption"):
+        IMPNLoss(weights, fused_corruption=2.0)

@@ -122,6 +122,10 @@ class IMPNConfig:
     # modalities were one node each enters the bridge as the single node its frozen layers
     # were trained on. Not also in node_readers. [] for none.
     pooling_readers: list[str] = field(default_factory=list)
+    # fuse() weighs the sources' pooled states by a learned softmax over the present sources
+    # (FusionGate, starting uniform) instead of their mean, so that a fused query can learn to
+    # lean away from a corrupted source (train it with TrainConfig.fused_corruption).
+    fusion_gate: bool = False
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -280,6 +284,7 @@ class IMPNConfig:
             (buckets + self.token_node_positions) * dim for buckets in self.token_nodes.values()
         )
         total += len(self.node_readers) * (4 * dim * dim + 6 * dim)
+        total += 3 * dim + 1 if self.fusion_gate else 0
         total += len(self.pooling_readers) * (
             4 * dim * dim + 7 * dim + self.token_node_positions * dim
         )

@@ -204,6 +204,58 @@ def mean_over_present(values: Mapping[str, Tensor], present: Mapping[str, Tensor
     return total / count
 
 
+def softmax_over_present(
+    values: Mapping[str, Tensor], scores: Mapping[str, Tensor], present: Mapping[str, Tensor]
+) -> Tensor:
+    """Per row, the mean of the present modalities' vectors weighted by the softmax of their
+    scores over the present modalities; equal scores give :func:`mean_over_present`.
+
+    Args:
+        values: Modality → vectors ``[B, d]`` (one space for all modalities).
+        scores: Modality → ``[B]`` score of each vector.
+        present: Modality → ``[B]`` bool; every row needs at least one present modality.
+
+    Returns:
+        ``[B, d]``.
+
+    Shape:
+        ``{m: [B, d]}``, ``{m: [B]}``, ``{m: [B]}`` → ``[B, d]``.
+    """
+    names = list(values)
+    if not names:
+        raise ValueError("softmax_over_present needs at least one modality")
+    stacked = torch.stack([values[m] for m in names], dim=1)
+    device = stacked.device
+    kept = torch.stack([present[m].to(device) for m in names], dim=1)
+    logits = torch.stack([scores[m].to(stacked.dtype) for m in names], dim=1)
+    weights = torch.softmax(logits.masked_fill(~kept, float("-inf")), dim=1)
+    # where(), not a product: an absent row may hold NaN or Inf.
+    stacked = torch.where(kept[..., None], stacked, torch.zeros_like(stacked))
+    return (weights[..., None] * stacked).sum(dim=1)
+
+
+def noise_at_snr(
+    x: Tensor, snr_db: Tensor | float, generator: torch.Generator | None = None
+) -> Tensor:
+    """``x`` plus white Gaussian noise at signal-to-noise ratio ``snr_db`` per row: the noise
+    power of a row is its mean squared value divided by ``10^(snr_db / 10)``.
+
+    Args:
+        x: Rows to corrupt.
+        snr_db: One ratio in dB, or one per row ``[N]``.
+        generator: Random generator of the noise.
+
+    Shape:
+        ``[N, ..., d]``, ``[N]`` or scalar → ``[N, ..., d]``.
+    """
+    dims = tuple(range(1, x.dim()))
+    power = x.pow(2).mean(dim=dims, keepdim=True)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if isinstance(snr_db, Tensor):
+        snr_db = snr_db.to(x).reshape(-1, *([1] * len(dims)))
+    return x + noise * (power / 10 ** (snr_db / 10)).sqrt()
+
+
 def mean_of_present_sources(
     values: Mapping[str, Tensor], present: Mapping[str, Tensor]
 ) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,7 @@ from vallayz.losses.reconstruction import KINDS, cycle_loss, translation_loss
 from vallayz.losses.regularisers import denoising_loss, orthogonality_loss
 from vallayz.losses.total import LossOutput, LossSettings, LossWeights
 from vallayz.losses.weighting import check_pair_weighting, pair_mean
-from vallayz.masking import drop_modalities
+from vallayz.masking import corrupt_one_source, drop_modalities
 from vallayz.types import Batch, Embeddings
 
 
@@ -165,6 +165,8 @@ class IMPNLoss(nn.Module):
             random from those with rows to train on when there are more).
         all_terms: Run the passes with dropped modalities even when every term they train has
             weight 0 (a planner reads the unweighted terms); otherwise they are skipped.
+        fused_corruption: Probability that a row of a fused subset of the combinatorial term
+            has one of its sources corrupted (:func:`~vallayz.masking.corrupt_one_source`).
     """
 
     def __init__(
@@ -179,9 +181,13 @@ class IMPNLoss(nn.Module):
         rerank_rows: int = 64,
         fused_subsets: int = 4,
         all_terms: bool = False,
+        fused_corruption: float = 0.0,
     ) -> None:
         super().__init__()
         self.all_terms = all_terms
+        if not 0.0 <= fused_corruption <= 1.0:
+            raise ValueError(f"fused_corruption must lie in [0, 1], got {fused_corruption}")
+        self.fused_corruption = fused_corruption
         if fused_subsets < 1:
             raise ValueError(f"fused_subsets must be >= 1, got {fused_subsets}; try 4")
         self.fused_subsets = fused_subsets
@@ -469,6 +475,8 @@ class IMPNLoss(nn.Module):
                 {m: x for m, x in picked.tokens.items() if m in subset},
                 {m: x for m, x in picked.node_ids.items() if m in subset},
             )
+            if self.fused_corruption > 0:
+                sources = corrupt_one_source(sources, self.fused_corruption, generator=generator)
             vectors = model.fuse(sources, generator=generator, validate=False)
             full = vectors.new_zeros(len(present[names[0]]), vectors.shape[1])
             fused[subset] = full.index_copy(0, rows, vectors)
@@ -569,6 +577,7 @@ class IMPNObjective:
             pair_weighting=settings.pair_weighting,
             fused_subsets=settings.fused_subsets,
             all_terms=settings.all_terms,
+            fused_corruption=settings.fused_corruption,
         )
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:

@@ -165,6 +165,26 @@ class PoolingReader(nn.Module):
         return attention_pool(states + read, real, self.query)
 
 
+class FusionGate(nn.Module):
+    """A score per source of a fused query, ``w·LN(z) + b`` on its pooled state after message
+    passing, for a softmax over the present sources. ``w`` and ``b`` start at zero, so an
+    untrained gate weighs the sources equally (the mean).
+
+    Shape:
+        states ``[B, d]`` → scores ``[B]``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.score = nn.Linear(dim, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return self.score(self.norm(states)).squeeze(-1)
+
+
 class HashedBag(nn.Module):
     """A trainable embedding-bag front end: the mean of learned vectors of a row's hashed
     features (n-grams, tokens), added to the modality's native embedding before its adapter.

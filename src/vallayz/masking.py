@@ -1,5 +1,5 @@
-"""Random dropout of inputs: which present modalities to hide in each row, which hashed
-feature ids to withhold."""
+"""Random dropout and corruption of inputs: which present modalities to hide in each row,
+which hashed feature ids to withhold, which source of a query to corrupt."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+
+from vallayz.functional import noise_at_snr
+from vallayz.types import Batch
 
 
 def drop_modalities(
@@ -90,3 +93,55 @@ def drop_tokens(
     rows = torch.rand(ids.shape[0], generator=generator, device=ids.device) < row_rate
     keep = keep & ~rows[:, None]
     return torch.where(keep, ids, torch.full_like(ids, -1))
+
+
+def corrupt_one_source(
+    batch: Batch,
+    rate: float,
+    snr_db: tuple[float, float] = (0.0, 20.0),
+    generator: torch.Generator | None = None,
+) -> Batch:
+    """Corrupts one present source in a fraction of the rows, as the robustness sweeps corrupt
+    a query: in each row, with probability ``rate``, one of its present modalities (chosen
+    uniformly) gets white Gaussian noise at an SNR drawn uniformly from ``snr_db`` (see
+    :func:`~vallayz.functional.noise_at_snr`), and loses its hashed-feature tokens and unit
+    ids, which would carry the clean item past the noise.
+
+    Args:
+        batch: The sources.
+        rate: Probability in ``[0, 1]`` that a row has a corrupted source.
+        snr_db: Lowest and highest SNR in dB.
+        generator: Random generator of the rows, sources, ratios and noise.
+
+    Returns:
+        A new batch; ``batch`` is not changed.
+
+    Shape:
+        ``{m: [B, d_m] or [B, T_m, d_m]}`` → the same.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must lie in [0, 1], got {rate}")
+    low, high = snr_db
+    if not low <= high:
+        raise ValueError(f"snr_db must be (lowest, highest), got {snr_db}")
+    names = list(batch.embeddings)
+    stacked = torch.stack([batch.present[m].bool() for m in names], dim=1)
+    device = stacked.device
+    hit = torch.rand(stacked.shape[0], generator=generator, device=device) < rate
+    scores = torch.rand(stacked.shape, generator=generator, device=device)
+    picked = scores.masked_fill(~stacked, -1.0).argmax(dim=1)
+    snr = low + (high - low) * torch.rand(stacked.shape[0], generator=generator, device=device)
+    embeddings, tokens, node_ids = dict(batch.embeddings), dict(batch.tokens), dict(batch.node_ids)
+    for i, name in enumerate(names):
+        rows = hit & (picked == i) & stacked[:, i]
+        if not bool(rows.any()):
+            continue
+        x = embeddings[name]
+        noisy = noise_at_snr(x, snr.to(x.device), generator)
+        mask = rows.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
+        embeddings[name] = torch.where(mask, noisy, x)
+        for table in (tokens, node_ids):
+            if name in table:
+                ids = table[name]
+                table[name] = torch.where(rows.to(ids.device)[:, None], -1, ids)
+    return Batch(embeddings, dict(batch.present), dict(batch.padding), tokens, node_ids)

@@ -13,13 +13,19 @@ from torch import Tensor, nn
 
 from vallayz.config import SCHEMA_VERSION, IMPNConfig, check_extension
 from vallayz.errors import VallayzUserError
-from vallayz.functional import masked_mean, mean_of_present_sources, mean_over_present
+from vallayz.functional import (
+    masked_mean,
+    mean_of_present_sources,
+    mean_over_present,
+    softmax_over_present,
+)
 from vallayz.impn_loss import IMPNObjective
 from vallayz.layers import (
     AbsentInit,
     Adapter,
     BridgeLayer,
     Decoder,
+    FusionGate,
     HashedBag,
     MatchHead,
     NodeReader,
@@ -211,6 +217,7 @@ class IMPN(nn.Module):
                 for m in config.pooling_readers
             }
         )
+        self.fusion_gate = FusionGate(dim) if config.fusion_gate else None
         self._freeze()
 
     def _zero_init(self) -> None:
@@ -791,9 +798,10 @@ class IMPN(nn.Module):
     ) -> Tensor:
         """Fused embedding of the present sources of each row: one pass of the bridge in which
         the sources exchange messages (not isolated), then the mean of their pooled soil
-        states. A row with one present source has no other sender, so its state is the one it
-        reaches alone (up to rounding; :meth:`embed` with ``fusion="fused"`` returns exactly
-        the single-source embedding there).
+        states (with ``config.fusion_gate``, their mean weighted by the gate's softmax over
+        the present sources). A row with one present source has no other sender, so its state
+        is the one it reaches alone (up to rounding; :meth:`embed` with ``fusion="fused"``
+        returns exactly the single-source embedding there).
 
         Args:
             batch: The sources; every row needs at least one present.
@@ -808,7 +816,11 @@ class IMPN(nn.Module):
         """
         batch = Batch.of(batch)
         out = self(batch, generator=generator, validate=validate, decode=False)
-        return mean_over_present({m: out.soil[m] for m in batch.embeddings}, out.present)
+        soil = {m: out.soil[m] for m in batch.embeddings}
+        if self.fusion_gate is None:
+            return mean_over_present(soil, out.present)
+        scores = {m: self.fusion_gate(z) for m, z in soil.items()}
+        return softmax_over_present(soil, scores, out.present)
 
     def match(
         self,

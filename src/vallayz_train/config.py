@@ -82,6 +82,9 @@ class TrainConfig:
     # Most subsets of modalities IMPN's combinatorial term embeds per batch, one pass
     # each, drawn at random when there are more (3 modalities have 3 subsets of two).
     fused_subsets: int = 4
+    # Share of the rows of IMPN's fused subsets with one source corrupted (white noise at
+    # 0-20 dB, tokens withheld), so that a fused query learns to lean away from a junk source.
+    fused_corruption: float = 0.0
     # Micro-variant noise over the run: "constant" keeps every sigma, "cosine" scales it from
     # 1 at the first step to 0 at the last, as the learning rate decays.
     sigma_schedule: str = "constant"
@@ -146,6 +149,8 @@ class TrainConfig:
         for name in ("token_dropout", "token_row_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.fused_corruption <= 1.0:
+            raise ValueError(f"fused_corruption must lie in [0, 1], got {self.fused_corruption}")
         for name, value in asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vallayz.functional import noise_at_snr
 from vallayz.types import Batch
 
 
@@ -19,10 +20,7 @@ def add_noise_snr(x: Tensor, snr_db: float, generator: torch.Generator | None = 
     Shape:
         ``[N, ..., d]`` → same.
     """
-    dims = tuple(range(1, x.dim()))
-    power = x.pow(2).mean(dim=dims, keepdim=True)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x + noise * (power / 10 ** (snr_db / 10)).sqrt()
+    return noise_at_snr(x, snr_db, generator)
 
 
 def drop_rows(items: int, rate: float, generator: torch.Generator | None = None) -> Tensor:

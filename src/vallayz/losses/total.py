@@ -86,6 +86,10 @@ class LossSettings:
     # Most subsets of modalities IMPN's combinatorial term embeds per batch (one pass each),
     # drawn at random when the batch's modalities have more.
     fused_subsets: int = 4
+    # Probability that a row of a fused subset of IMPN's combinatorial term has one source
+    # corrupted (white noise at 0-20 dB, its tokens withheld; corrupt_one_source), so that
+    # the fused query learns to lean away from a junk source. 0 corrupts none.
+    fused_corruption: float = 0.0
     # Compute every term of IMPN's objective, even a pass whose terms all have weight 0 (a
     # planner reads them); False skips such a pass, and its terms read 0.
     all_terms: bool = False
@@ -96,6 +100,11 @@ class LossSettings:
             raise ValueError(
                 f"fused_subsets must be >= 1, got {self.fused_subsets}; it bounds the passes of "
                 "the combinatorial term per batch (its weight switches it off)"
+            )
+        if not 0.0 <= self.fused_corruption <= 1.0:
+            raise ValueError(
+                f"fused_corruption must lie in [0, 1], got {self.fused_corruption}; it is the "
+                "share of fused rows with one corrupted source"
             )
         if not 0.0 <= self.baseline_drop_rate <= 1.0:
             raise ValueError(

@@ -171,6 +171,16 @@ VARIANTS: dict[str, Variant] = {
     "combinatorial term": Variant(train={"loss_weights": {"combinatorial": 1.0}}),
     "combinatorial term 0.3": Variant(train={"loss_weights": {"combinatorial": 0.3}}),
     "combinatorial term 3": Variant(train={"loss_weights": {"combinatorial": 3.0}}),
+    # The fused query with a learned weight per source (a gate over the present sources'
+    # states, starting as the mean), trained on clean sources or with one source of half the
+    # fused rows corrupted (white noise at 0-20 dB, tokens withheld), so that it can learn to
+    # lean away from a junk source.
+    "combinatorial term 0.3, fusion gate": Variant(
+        {"fusion_gate": True}, {"loss_weights": {"combinatorial": 0.3}}
+    ),
+    "combinatorial term 0.3, fusion gate, corrupted sources": Variant(
+        {"fusion_gate": True}, {"loss_weights": {"combinatorial": 0.3}, "fused_corruption": 0.5}
+    ),
     # Message passing off in training: the three terms that read the bridged states (translation,
     # cycle, denoising) are dropped, so no gradient passes through a message and the evaluated
     # shared space (each source embedded alone) is trained by InfoNCE, kNN and orthogonality.
