@@ -250,8 +250,10 @@ def step_seconds(setup: Setup, data: PairedEmbeddings, rows: Any, steps: int) ->
             else base.extend(added, **fields)  # type: ignore[operator]
         )
         trained = [p for p in built.parameters() if p.requires_grad]
+        # fit_extension turns the planner off (and with it the terms only a planner reads).
+        settings = loss_settings(config if kind == "joint" else replace(config, planner=False))
         parts[kind] = (
-            built.objective(loss_settings(config)),
+            built.objective(settings),
             torch.optim.AdamW(trained, lr=train.lr),
         )
     times: dict[str, list[float]] = {kind: [] for kind in parts}
