@@ -236,6 +236,41 @@ def test_fit_extend_of_the_contrastive_heads(runs: dict[str, Path]) -> None:
     assert model.trainable_modalities == ["image"]
 
 
+@pytest.mark.parametrize("method", ["seq-heads", "fusemix"])
+def test_fit_extend_of_the_sequence_aware_heads_and_fusemix(
+    runs: dict[str, Path], method: str
+) -> None:
+    root = runs["root"]
+    config = root / f"{method}.json"
+    config.write_text(json.dumps({"model": {"dim": 8, "hidden": 16}}))
+    base, out = root / method, root / f"{method}-new"
+    assert main(fit_args(runs["old"], base, config, "--method", method)) == 0
+    assert main(fit_args(runs["data"], out, runs["plain"], "--extend", str(base))) == 0
+    model, before = load_pretrained(out), load_pretrained(base)
+    assert model.trainable_modalities == ["image"]
+    data = PairedEmbeddings(runs["data"])
+    for name in ("text", "audio"):
+        batch = data.batch(np.flatnonzero(data.present[name]), [name])
+        assert torch.equal(before.eval().embed(batch), model.eval().embed(batch))
+
+
+def test_fit_extend_by_infonce_alone_skips_the_passes_with_dropped_modalities(
+    runs: dict[str, Path],
+) -> None:
+    out = runs["root"] / "infonce"
+    weights = 'loss_weights={"translation": 0, "cycle": 0, "denoising": 0}'
+    extend = ["--extend", str(runs["base"]), "--train", weights]
+    assert main(fit_args(runs["data"], out, runs["plain"], *extend)) == 0
+    terms: dict[str, list[float]] = {}
+    for line in (out / "metrics.csv").read_text().splitlines()[1:]:
+        _, name, value = line.split(",")
+        terms.setdefault(name, []).append(float(value))
+    # The new modality's contrastive terms train; the terms of the skipped passes read 0.
+    assert min(terms["train/contrastive"]) > 0
+    for name in ("translation", "cycle", "denoising"):
+        assert terms[f"train/{name}"] and set(terms[f"train/{name}"]) == {0.0}
+
+
 def test_fit_extend_refuses_bad_input_and_writes_nothing(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
