@@ -238,6 +238,33 @@ def test_a_saved_index_is_keyed_on_the_content_of_the_candidates_and_the_model(
     assert not torch.equal(rebuilt.candidates, index.candidates)
 
 
+def test_the_model_fingerprint_ignores_the_order_of_the_safetensors_header(
+    trained: Path, tmp_path: Path
+) -> None:
+    from vallayz_train.run_folder import model_fingerprint
+
+    run = _copy(trained, tmp_path / "run")
+    before = model_fingerprint(run)
+    path = run / "model.safetensors"
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    # The same tensors, the header's keys written in the reverse order (padded to its length).
+    reordered = json.dumps(dict(reversed(list(header.items()))), separators=(",", ":")).encode()
+    assert reordered != raw[8 : 8 + size].rstrip()
+    reordered = reordered.ljust(size)
+    path.write_bytes(raw[:8] + reordered + raw[8 + size :])
+    assert load_file(str(path)).keys() == header.keys() - {"__metadata__"}
+    assert model_fingerprint(run) == before
+    # Other tensor values give another fingerprint; an unreadable file gives none.
+    last = bytearray(raw)
+    last[-1] ^= 0xFF
+    path.write_bytes(bytes(last))
+    assert model_fingerprint(run) not in (before, "")
+    path.write_bytes(raw[:4])
+    assert model_fingerprint(run) == ""
+
+
 # ---------------------------------------------------------------- options silently ignored
 
 

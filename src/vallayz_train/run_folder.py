@@ -563,18 +563,37 @@ def load_index(run_dir: Path, name: str, kind: str | None = None) -> SearchIndex
 
 
 def model_fingerprint(run_dir: Path) -> str:
-    """A hash of the bytes of the run's final model files: an index saved with another one
-    was embedded by another model, and is built again (whatever the files' times and sizes)."""
+    """A hash of the run's final model files: an index saved with another model was embedded
+    by another model, and is built again (whatever the files' times and sizes). The JSON
+    header of ``model.safetensors`` is hashed with its keys sorted (the writer may order them
+    differently for the same tensors), the config and the tensor data byte for byte; ``""``
+    when a file cannot be read."""
     digest = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
         try:
             with (run_dir / name).open("rb") as handle:
+                if name.endswith(".safetensors"):
+                    _hash_safetensors_header(handle, digest)
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-        except OSError:
+        except (OSError, ValueError):
             return ""
         digest.update(b"\x00" + name.encode() + b"\x00")
     return digest.hexdigest()
+
+
+def _hash_safetensors_header(handle: Any, digest: Any) -> None:
+    """Reads a safetensors file's header (8 bytes of length, then JSON) from ``handle`` and
+    adds it to ``digest`` with its keys sorted, leaving ``handle`` at the tensor data.
+
+    Raises:
+        ValueError: if the header is not a safetensors header.
+    """
+    size = int.from_bytes(handle.read(8), "little")
+    header = handle.read(size)
+    if len(header) != size:
+        raise ValueError("truncated safetensors header")
+    digest.update(json.dumps(json.loads(header), sort_keys=True).encode())
 
 
 def candidates_fingerprint(data: PairedEmbeddings, target: str, rows: np.ndarray) -> str:
