@@ -160,35 +160,8 @@ class IMPN(nn.Module):
         super().__init__()
         self.config = config
         self.names = list(config.modalities)
-        dim, hidden = config.soil_dim, config.hidden
-        self.adapters = nn.ModuleDict(
-            {
-                m: Adapter(
-                    d,
-                    dim,
-                    hidden,
-                    config.dropout,
-                    config.adapter_norm,
-                    config.has_adapter_branch(m),
-                )
-                for m, d in config.modalities.items()
-            }
-        )
-        self.decoders = nn.ModuleDict(
-            {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
-        )
-        self.front_ends = nn.ModuleDict(
-            {
-                m: HashedBag(buckets, config.modalities[m])
-                for m, buckets in config.token_buckets.items()
-            }
-        )
-        self.token_nodes = nn.ModuleDict(
-            {
-                m: TokenNodes(buckets, dim, config.token_node_positions)
-                for m, buckets in config.token_nodes.items()
-            }
-        )
+        dim = config.soil_dim
+        self._build_native_parts(config)
         # Keyed by name, so that a checkpoint does not depend on the order of the modalities.
         self.seeds = _small_vectors(self.names, dim)
         self.modality_embedding = _small_vectors(self.names, dim)
@@ -219,6 +192,39 @@ class IMPN(nn.Module):
         )
         self.fusion_gate = FusionGate(dim) if config.fusion_gate else None
         self._freeze()
+
+    def _build_native_parts(self, config: IMPNConfig) -> None:
+        """Builds each modality's adapter, decoder, token front end and token nodes (in this
+        order, which fixes how parameters draw from the random generator)."""
+        dim, hidden = config.soil_dim, config.hidden
+        self.adapters = nn.ModuleDict(
+            {
+                m: Adapter(
+                    d,
+                    dim,
+                    hidden,
+                    config.dropout,
+                    config.adapter_norm,
+                    config.has_adapter_branch(m),
+                )
+                for m, d in config.modalities.items()
+            }
+        )
+        self.decoders = nn.ModuleDict(
+            {m: Decoder(dim, d, hidden, config.dropout) for m, d in config.modalities.items()}
+        )
+        self.front_ends = nn.ModuleDict(
+            {
+                m: HashedBag(buckets, config.modalities[m])
+                for m, buckets in config.token_buckets.items()
+            }
+        )
+        self.token_nodes = nn.ModuleDict(
+            {
+                m: TokenNodes(buckets, dim, config.token_node_positions)
+                for m, buckets in config.token_nodes.items()
+            }
+        )
 
     def _zero_init(self) -> None:
         """Starts the adapters' MLP branches and the bridge layers' residual branches at zero
@@ -337,20 +343,13 @@ class IMPN(nn.Module):
     ) -> IMPN:
         """This model with more modalities, in which only what the new ones need trains.
 
-        Every parameter of this model is copied into the new one and frozen
-        (``requires_grad=False``): the old modalities' adapters, decoders, seeds and modality
-        embeddings, and every shared part (bridge layers, final norm, absent-state attention,
-        match head). Each new modality gets a fresh adapter, decoder, seed state, modality
-        embedding and noise scale, and a token front end or token nodes when asked for: its
-        adapter learns to root it where the frozen bridge already reads the soil space, and
-        its seed and decoder to receive messages from the old modalities. An optimizer built
-        from the parameters with ``requires_grad`` trains only these.
-
-        Queries that hold old modalities only pack their own nodes (see ``modalities`` in
-        :meth:`forward`), so their embeddings, bridged states and translations are those of
-        this model bit for bit, before and after the new parts are trained: a search index
-        built before the extension stays valid. The gating (``top_k``, temperature) is frozen
-        too (:meth:`set_gating` refuses to change it).
+        Every parameter of this model is copied and frozen (the old modalities' own parts and
+        every shared part, gating included: :meth:`set_gating` refuses to change it). Each new
+        modality gets a fresh adapter, decoder, seed, modality embedding and noise scale (and
+        the front end, token nodes or readers asked for); an optimizer over the parameters
+        with ``requires_grad`` trains only these. Queries of old modalities only pack their
+        own nodes, so their embeddings, bridged states and translations stay this model's bit
+        for bit: a search index built before the extension stays valid.
 
         Args:
             new_modalities: Name → native dimension of each modality to add.
@@ -360,12 +359,10 @@ class IMPN(nn.Module):
                 ``IMPNConfig.token_buckets``).
             token_nodes: New modality → table size of token nodes (as
                 ``IMPNConfig.token_nodes``).
-            node_readers: New modalities that get a reader of their own nodes (as
-                ``IMPNConfig.node_readers``): a sequence (speech frames) added to a model whose
-                bridge never read one.
-            pooling_readers: New modalities whose nodes a reader of their own pools into one
-                node (as ``IMPNConfig.pooling_readers``): a sequence added to a model whose
-                modalities were one node each.
+            node_readers: New modalities with a reader of their own nodes (as
+                ``IMPNConfig.node_readers``).
+            pooling_readers: New modalities whose nodes a reader pools into one node (as
+                ``IMPNConfig.pooling_readers``).
 
         Returns:
             The extended model, on this model's device and in its train/eval mode; the new
