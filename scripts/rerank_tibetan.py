@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="mined queries kept out of training to fit the fused score's weight (0: none)",
     )
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        choices=["val", "test"],
+        default=["val"],
+        help="splits scored (nothing is fitted on them); choose on val, report on test",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pools=args.pools,
         cache=args.cache,
         first_stage_run=args.first_stage_run,
+        splits=tuple(args.splits),
         log=lambda line: print(line, flush=True),
     )
     return 0

@@ -123,3 +123,19 @@ def test_rerank_table_with_a_first_stage_scorer_reproduces_retrieval_table(tmp_p
         for name in ("R@1", "R@5", "MRR"):
             assert a[name] == pytest.approx(b[name])
         assert b["depth"] == 20 and float(b["ms_per_query"]) > 0
+
+
+def test_the_tibetan_reranker_encodes_the_scored_splits_first(tmp_path) -> None:
+    from vallayz_train.tibetan.rerank import STATES_CHUNK, state_rows
+
+    data = PairedEmbeddings(write_synthetic(tmp_path / "d", rows=240))
+    splits = data.split_indices()
+    both = state_rows(data, train_rows=1, scored=("val", "test"))
+    scored = len(splits["val"]) + len(splits["test"])
+    np.testing.assert_array_equal(both[: len(splits["val"])], splits["val"])
+    np.testing.assert_array_equal(both[len(splits["val"]) : scored], splits["test"])
+    # Then training rows only, up to a whole chunk (or every training row).
+    assert set(both[scored:].tolist()) <= set(splits["train"].tolist())
+    assert len(both) == min(scored + len(splits["train"]), STATES_CHUNK)
+    assert len(set(both.tolist())) == len(both)
+    np.testing.assert_array_equal(state_rows(data, None)[: len(splits["val"])], splits["val"])

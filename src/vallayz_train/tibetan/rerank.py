@@ -66,16 +66,22 @@ def english_states(
     return cached_encode(STATES_NAME, lines, encode, cache, chunk=STATES_CHUNK, progress=progress)
 
 
-def state_rows(data: PairedEmbeddings, train_rows: int | None, seed: int = 0) -> np.ndarray:
-    """The rows whose token states are encoded: every validation row, then ``train_rows``
-    training rows in a seeded order (rounded up to whole cached chunks; None: all), so that a
-    smaller budget reuses the chunks of a larger one."""
+def state_rows(
+    data: PairedEmbeddings,
+    train_rows: int | None,
+    seed: int = 0,
+    scored: tuple[str, ...] = ("val",),
+) -> np.ndarray:
+    """The rows whose token states are encoded: every row of the ``scored`` splits, then
+    ``train_rows`` training rows in a seeded order (rounded up to whole cached chunks; None:
+    all), so that a smaller budget reuses the chunks of a larger one."""
     splits = data.split_indices()
+    first = np.concatenate([splits[name] for name in scored])
     train = np.random.default_rng(seed).permutation(splits["train"])
     count = len(train) if train_rows is None else min(len(train), train_rows)
-    total = len(splits["val"]) + count
-    total = min(len(splits["val"]) + len(train), -(-total // STATES_CHUNK) * STATES_CHUNK)
-    return np.concatenate([splits["val"], train])[:total]
+    total = len(first) + count
+    total = min(len(first) + len(train), -(-total // STATES_CHUNK) * STATES_CHUNK)
+    return np.concatenate([first, train])[:total]
 
 
 def heads_first_stage(steps: int, seed: int = 0, progress: bool = False) -> Callable[..., Any]:
@@ -104,10 +110,12 @@ def rerank_bench(
     cache: str | Path | None = None,
     model_changes: dict[str, Any] | None = None,
     first_stage_run: str | Path | None = None,
+    splits: tuple[str, ...] = ("val",),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Cross-fits, trains and saves the re-ranker, and scores bo→en on the validation split.
+    """Cross-fits, trains and saves the re-ranker, and scores bo→en on the ``splits`` (the
+    validation split by default; nothing is fitted on them).
 
     Writes ``out/first-stage`` (the heads on every training row; the first stage evaluated),
     ``out/fold<k>-*`` (cross-fitting), ``out/first-stage/reranker`` (the re-ranker, read by
@@ -125,7 +133,10 @@ def rerank_bench(
     data_dir, out = Path(data_dir), Path(out)
     config = config or RerankTrainConfig()
     data = PairedEmbeddings(data_dir, check_values=False)
-    rows = state_rows(data, train_rows, config.seed)
+    unknown = set(splits) - {"val", "test"}
+    if unknown or not splits:
+        raise ValueError(f"splits must name 'val' and/or 'test', got {list(splits)}")
+    rows = state_rows(data, train_rows, config.seed, splits)
     reranker_config, content = _rerank_content(
         data, rows, Path(cache or out / "cache"), progress, model_changes
     )
@@ -139,7 +150,13 @@ def rerank_bench(
     model = load_model(evaluated)
     trained = _train_on_mined(reranker_config, content, mined, config, log)
     _save_reranker(trained, evaluated, data_dir, mined, config)
-    table = _score_bo_en(model, trained, content, data, pool, pools, config.seed, depths)
+    table = [
+        {"split": split, **row}
+        for split in splits
+        for row in _score_bo_en(
+            model, trained, content, data, split, (pool, pools, config.seed), depths
+        )
+    ]
     record = _record(config, reranker_config, evaluated, mined, trained, table)
     (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
     columns = list(dict.fromkeys(key for row in table for key in row))
@@ -246,14 +263,13 @@ def _score_bo_en(
     trained: _TrainedReranker,
     content: RerankContent,
     data: PairedEmbeddings,
-    pool: int,
-    pools: int,
-    seed: int,
+    split: str,
+    pools: tuple[int, int, int],
     depths: tuple[int, ...],
 ) -> list[dict[str, Any]]:
-    """:func:`~vallayz_train.rerank_train.rerank_eval` of bo→en on the validation split,
-    with gradients off."""
-    val = data.split_indices()["val"]
+    """:func:`~vallayz_train.rerank_train.rerank_eval` of bo→en on ``split``, on ``pools``
+    (rows per pool, number of pools, seed of the pools), with gradients off."""
+    rows = data.split_indices()[split]
     torch.set_grad_enabled(False)
     try:
         return rerank_eval(
@@ -261,11 +277,9 @@ def _score_bo_en(
             trained.reranker,
             content,
             data,
-            val,
+            rows,
             PAIR,
-            pool,
-            pools,
-            seed,
+            *pools,
             depths,
             fusion_weight=trained.weight,
         )
