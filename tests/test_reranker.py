@@ -398,3 +398,43 @@ def test_fusion_weight_is_fitted_on_mined_groups(tmp_path: Path) -> None:
     # ranks by the cosine, which puts the positive first in the first group only.
     assert shares["0"] == 0.0 and shares["1"] == pytest.approx(1 / 3)
     assert weight == 1.0
+
+
+def test_rerank_option_adds_the_saved_weight_of_the_first_stage_cosine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = write_bilingual(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["fit", str(data_dir), "--out", str(run), "--method", "contrastive-heads"]
+    assert main([*args, "--max-steps", "3", "--batch-size", "16", "--quiet"]) == 0
+    model = tiny_reranker(states=False)
+    model.config.first_stage_weight = 5.0
+    model.save(run / RERANKER_DIR)
+    assert Reranker.load(run / RERANKER_DIR).config.first_stage_weight == 5.0
+    retrieve = ["retrieve", str(run), "--source", "bo", "--target", "en"]
+    retrieve += ["--candidates", str(data_dir), "--query-ids", "s0003", "--k", "6"]
+    capsys.readouterr()
+    assert main(retrieve) == 0
+    plain = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert main([*retrieve, "--rerank", "6"]) == 0
+    printed = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    # Reference: the re-ranker's score plus 5 x the printed first-stage cosine, in float64.
+    data = PairedEmbeddings(data_dir)
+    ids = {item["id"]: i for i, item in enumerate(data.items)}
+    names = [row[0].split(". ")[1] for row in plain]
+    cosine = torch.tensor([float(row[1]) for row in plain], dtype=torch.float64)
+    query = side_content(data, model.config.query, np.full(len(names), 3))
+    candidates = side_content(data, model.config.candidate, np.array([ids[n] for n in names]))
+    with torch.no_grad():
+        expected = model(query, candidates).double() + 5.0 * cosine
+    order = expected.argsort(descending=True).tolist()
+    assert [row[0].split(". ")[1] for row in printed] == [names[i] for i in order]
+    got = torch.tensor([float(row[1]) for row in printed], dtype=torch.float64)
+    # Both columns are printed to 4 decimals: 5 x 0.5e-4 from the cosines, 0.5e-4 from the scores.
+    torch.testing.assert_close(got, expected[order], atol=3.1e-4, rtol=0)
+
+
+def test_first_stage_weight_must_be_finite_and_non_negative() -> None:
+    for weight in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="first_stage_weight"):
+            RerankerConfig(SideConfig("bo", 4), SideConfig("en", 4), first_stage_weight=weight)

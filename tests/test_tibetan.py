@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from vallayz.data import PairedEmbeddings
+from vallayz.reranker import Reranker, RerankerConfig, SideConfig
 from vallayz_train.cli import main
 from vallayz_train.encoders import audio_features, mfcc, resample_frames
 from vallayz_train.parallel_corpus import build_corpus, default_corpus_path, read_segments
@@ -208,6 +210,29 @@ def test_bench_tibetan_end_to_end_on_a_small_subset(
     assert main(["translate-text", str(out / "impn"), line, "--k", "5"]) == 0
     assert capsys.readouterr().out == first
     assert (index / "candidates.safetensors").stat().st_mtime_ns == saved
+    # --rerank adds the re-ranker's saved weight of the first stage's cosine to its score: a
+    # weight that dwarfs the re-ranker's own scores keeps the first stage's order.
+    dims = PairedEmbeddings(out / "data", check_values=False).modalities
+    reranker = Reranker(
+        RerankerConfig(
+            SideConfig("bo", dims["bo"], 64, 0, 8),
+            SideConfig("en", dims["en"]),
+            width=16,
+            layers=1,
+            heads=2,
+            first_stage_weight=1e6,
+        )
+    )
+    reranker.save(out / "impn" / "reranker")
+    assert main(["translate-text", str(out / "impn"), line, "--k", "5", "--rerank", "5"]) == 0
+    reranked = capsys.readouterr().out.strip().splitlines()
+    assert [row.split("  ", 1)[1] for row in reranked] == [
+        row.split("  ", 1)[1] for row in first.strip().splitlines()
+    ]
+    for row, plain in zip(reranked, first.strip().splitlines(), strict=True):
+        score, cosine = (float(r.split(". ")[1].split()[0]) for r in (row, plain))
+        # The cosine is printed to 4 decimals (1e6 x 0.5e-4); the re-ranker's score is O(1).
+        assert abs(score - 1e6 * cosine) < 60
 
     # A recording goes through the same features as the benchmark's synthesized speech.
     meta = json.loads((out / "data" / "speech.json").read_text())

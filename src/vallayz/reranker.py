@@ -87,6 +87,9 @@ class RerankerConfig:
     ffn_mult: int = 2
     # Dropout inside the transformer and on its input tokens (training only).
     dropout: float = 0.1
+    # Weight of the first stage's cosine added to the re-ranker's score at query time
+    # (fitted on mined queries kept out of training; 0: the re-ranker's score alone).
+    first_stage_weight: float = 0.0
     # Version of the files' layout.
     schema_version: int = field(default=RERANKER_SCHEMA)
 
@@ -101,6 +104,10 @@ class RerankerConfig:
             raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.first_stage_weight < float("inf"):
+            raise ValueError(
+                f"first_stage_weight must be finite and >= 0, got {self.first_stage_weight}"
+            )
         if self.schema_version > RERANKER_SCHEMA:
             raise VallayzUserError(
                 f"this re-ranker was written by a newer vallayz (schema {self.schema_version} > "
@@ -162,6 +169,16 @@ class SideContent:
             if part is not None:
                 return int(part.shape[0])
         raise ValueError("this SideContent holds nothing; give a vector, ids or states")
+
+
+def fused_score(score: Tensor, first_stage_cosine: Tensor, weight: float) -> Tensor:
+    """The re-ranker's score plus ``weight`` times the first stage's cosine of the same pairs,
+    so that a re-ranker weaker than its first stage mostly breaks the first stage's near-ties.
+
+    Shape:
+        score ``[R]``, first_stage_cosine ``[R]`` → ``[R]``.
+    """
+    return score + weight * first_stage_cosine.to(score)
 
 
 def score_head_input(cls_state: Tensor) -> Tensor:
@@ -295,6 +312,18 @@ class Reranker(nn.Module):
         x = self.input_dropout(self.input_norm(x))
         h = self.encoder(x, src_key_padding_mask=pad)
         return self.score(self.out_norm(score_head_input(h))).squeeze(-1)
+
+    def rescore(
+        self, query: SideContent, candidate: SideContent, first_stage_cosine: Tensor
+    ) -> Tensor:
+        """The query-time score: :func:`fused_score` of this re-ranker's score and the first
+        stage's cosine, weighted by ``config.first_stage_weight``.
+
+        Shape:
+            query and candidate of ``B`` rows, first_stage_cosine ``[B]`` → ``[B]``.
+        """
+        weight = self.config.first_stage_weight
+        return fused_score(self(query, candidate), first_stage_cosine, weight)
 
     def group_loss(self, query: SideContent, candidates: SideContent, group_size: int) -> Tensor:
         """Listwise cross-entropy (:func:`~vallayz.losses.listwise_loss`) over groups of

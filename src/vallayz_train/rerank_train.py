@@ -34,7 +34,14 @@ from vallayz.eval import model_encoder, retrieval_metrics, retrieval_ranks
 from vallayz.eval.pairs import Encoder, PoolRun, pair_pools
 from vallayz.eval.rerank import rerank_ranks
 from vallayz.eval.retrieval import keys_to_ids
-from vallayz.reranker import Reranker, RerankerConfig, SideConfig, SideContent, reranker_scorer
+from vallayz.reranker import (
+    Reranker,
+    RerankerConfig,
+    SideConfig,
+    SideContent,
+    fused_score,
+    reranker_scorer,
+)
 
 # The split label the held-out fold gets in a fold's data folder: the trainer never reads it.
 HELD_OUT = "test"
@@ -491,7 +498,7 @@ def fused_scorer(
     cn = F.normalize(candidates.float(), dim=-1)
 
     def both(q: Tensor, c: Tensor) -> Tensor:
-        return score(q, c) + weight * (qn[q] * cn[c]).sum(dim=-1)
+        return fused_score(score(q, c), (qn[q] * cn[c]).sum(dim=-1), weight)
 
     return both
 
@@ -531,7 +538,7 @@ def fit_fusion_weight(
     for weight in weights:
         start, first = 0, 0
         for group in cos:
-            total = score[start : start + len(group)] + weight * torch.from_numpy(group).float()
+            total = fused_score(score[start : start + len(group)], torch.from_numpy(group), weight)
             first += int(bool((total[1:] < total[0]).all()))
             start += len(group)
         shares[f"{weight:g}"] = first / max(1, len(cos))

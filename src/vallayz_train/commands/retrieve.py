@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
     found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
     top_scores, top_indices = (
-        _rerank_retrieved(args, data, queries, candidate_rows, found[1])
+        _rerank_retrieved(args, data, queries, candidate_rows, found)
         if args.rerank
         else (list(found[0]), list(found[1]))
     )
@@ -168,10 +168,11 @@ def _rerank_retrieved(
     data: Any,
     queries: Any,
     candidate_rows: np.ndarray,
-    top_indices: Any,
+    first: tuple[Any, Any],
 ) -> tuple[list[Any], list[Any]]:
-    """``retrieve --rerank N``: each query's N best first-stage candidates re-scored by the
-    re-ranker (``RUN/reranker`` or ``--reranker``); returns each query's k best scores and
+    """``retrieve --rerank N``: each query's N best first-stage candidates (``first``: their
+    cosines and indices) re-scored by the re-ranker (``RUN/reranker`` or ``--reranker``) with
+    its saved weight of the first stage's cosine; returns each query's k best scores and
     candidate indices."""
     import torch
 
@@ -190,7 +191,7 @@ def _rerank_retrieved(
     ids = {item["id"]: r for r, item in enumerate(data.items)}
     scores, indices = [], []
     with torch.no_grad():
-        for i, found in enumerate(top_indices):
+        for i, (cosine, found) in enumerate(zip(*first, strict=True)):
             top = found[found >= 0]  # an approximate index may find fewer
             rows = candidate_rows[top.numpy()]
             if args.input:
@@ -199,7 +200,7 @@ def _rerank_retrieved(
             else:
                 query = rows_content(data, side, np.full(len(rows), ids[args.query_ids[i]]))
             candidates = rows_content(data, reranker.config.candidate, rows)
-            score = reranker(query, candidates)
+            score = reranker.rescore(query, candidates, cosine[found >= 0])
             best = score.argsort(descending=True, stable=True)[: args.k]
             scores.append(score[best])
             indices.append(top[best])

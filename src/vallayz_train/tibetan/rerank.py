@@ -239,7 +239,9 @@ def _save_reranker(
     config: RerankTrainConfig,
 ) -> None:
     """Saves the re-ranker in the first stage's run folder (``reranker/``), with how it was
-    trained."""
+    trained and the fitted weight of the first stage's cosine, which ``--rerank`` adds to its
+    score."""
+    trained.reranker.config.first_stage_weight = trained.weight or 0.0
     folder = trained.reranker.save(evaluated / RERANKER_DIR)
     save_training(
         folder,

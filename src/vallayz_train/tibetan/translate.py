@@ -68,7 +68,7 @@ def translate_text(
     if rerank:
         if audio is not None:
             raise VallayzUserError("--rerank reads a Tibetan line's syllables; give the line")
-        scores, found = _rerank_found(query, data, rows, found, reranker or run_dir, k)
+        scores, found = _rerank_found(query, data, rows, (scores, found), reranker or run_dir, k)
     return [
         (data.items[int(rows[i])]["id"], float(s), english[int(rows[i])])
         for s, i in zip(scores[0], found[0], strict=True)
@@ -123,16 +123,18 @@ def _rerank_found(
     query: Batch,
     data: PairedEmbeddings,
     rows: np.ndarray,
-    found: torch.Tensor,
+    first: tuple[torch.Tensor, torch.Tensor],
     reranker: str | Path,
     k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` best of the first-stage candidates ``found`` of the one query, re-scored by
-    the re-ranker in ``reranker``: ``([1, k] scores, [1, k] candidate indices)``."""
+    """The ``k`` best of the first-stage candidates of the one query (``first``: their
+    cosines and indices, ``[1, N]`` each), re-scored by the re-ranker in ``reranker``
+    (:meth:`~vallayz.reranker.Reranker.rescore`): ``([1, k] scores, [1, k] indices)``."""
     from vallayz_train.tibetan.rerank import load_reranker, rows_content
 
     model_r = load_reranker(reranker)
     side = model_r.config.query
+    cosine, found = first
     candidates = rows[found[0].numpy()]
     count = len(candidates)
     parts = {
@@ -143,7 +145,9 @@ def _rerank_found(
         parts["vector"] if side.vector_dim else None, parts["ids"] if side.id_buckets else None
     )
     with torch.no_grad():
-        score = model_r(q_side, rows_content(data, model_r.config.candidate, candidates))
+        score = model_r.rescore(
+            q_side, rows_content(data, model_r.config.candidate, candidates), cosine[0]
+        )
     best = score.argsort(descending=True, stable=True)[:k]
     return score[best][None], found[0][best][None]
 
