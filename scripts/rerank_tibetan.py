@@ -1,7 +1,7 @@
 """A second-stage re-ranker over the contrastive heads, bo→en on the validation split:
 
     python scripts/rerank_tibetan.py DATA_DIR --out runs/rerank [--folds 2] \\
-        [--first-stage-steps 250] [--steps 600] [--negatives 7] [--depth 50 128] \\
+        [--first-stage-steps 250] [--steps 2000] [--negatives 7] [--depth 50 128] \\
         [--train-rows N] [--cache runs/cache]
 
 trains the heads on every training row (the first stage evaluated, ``OUT/first-stage``) and on
@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of the runs and the table")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds (by document)")
     p.add_argument("--first-stage-steps", dest="first_stage_steps", type=int, default=250)
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps of the re-ranker")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps of the re-ranker")
     p.add_argument("--negatives", type=int, default=7, help="hard negatives per group")
-    p.add_argument("--batch-groups", dest="batch_groups", type=int, default=32)
+    p.add_argument("--batch-groups", dest="batch_groups", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--depth", type=int, nargs="+", default=[50], help="candidates re-ranked")
     p.add_argument("--pools", type=int, default=5, help="validation pools of 1,000")

@@ -64,9 +64,10 @@ class RerankTrainConfig:
     # Hard negatives per group (besides the positive).
     negatives: int = 7
     # Groups per optimizer step.
-    batch_groups: int = 32
-    # Optimizer steps.
-    steps: int = 600
+    batch_groups: int = 16
+    # Optimizer steps (chosen on the Tibetan validation split: 200 learned nothing, 2,000
+    # lifted R@1 by 2.7 points there).
+    steps: int = 2000
     # Peak learning rate of AdamW (linear warm-up, cosine decay).
     lr: float = 1e-3
     # AdamW weight decay.
