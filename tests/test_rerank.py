@@ -139,3 +139,12 @@ def test_the_tibetan_reranker_encodes_the_scored_splits_first(tmp_path) -> None:
     assert len(both) == min(scored + len(splits["train"]), STATES_CHUNK)
     assert len(set(both.tolist())) == len(both)
     np.testing.assert_array_equal(state_rows(data, None)[: len(splits["val"])], splits["val"])
+
+
+def test_the_tibetan_reranker_scores_only_the_validation_and_test_splits(tmp_path) -> None:
+    from vallayz_train.tibetan.rerank import state_rows
+
+    data = PairedEmbeddings(write_synthetic(tmp_path / "d", rows=60))
+    for scored in ((), ("train",), ("val", "dev")):
+        with pytest.raises(ValueError, match="'val' and/or 'test'"):
+            state_rows(data, None, scored=scored)

@@ -74,7 +74,13 @@ def state_rows(
 ) -> np.ndarray:
     """The rows whose token states are encoded: every row of the ``scored`` splits, then
     ``train_rows`` training rows in a seeded order (rounded up to whole cached chunks; None:
-    all), so that a smaller budget reuses the chunks of a larger one."""
+    all), so that a smaller budget reuses the chunks of a larger one.
+
+    Raises:
+        ValueError: if ``scored`` is empty or names a split other than ``val`` and ``test``.
+    """
+    if not scored or set(scored) - {"val", "test"}:
+        raise ValueError(f"the scored splits must be 'val' and/or 'test', got {list(scored)}")
     splits = data.split_indices()
     first = np.concatenate([splits[name] for name in scored])
     train = np.random.default_rng(seed).permutation(splits["train"])
@@ -133,9 +139,6 @@ def rerank_bench(
     data_dir, out = Path(data_dir), Path(out)
     config = config or RerankTrainConfig()
     data = PairedEmbeddings(data_dir, check_values=False)
-    unknown = set(splits) - {"val", "test"}
-    if unknown or not splits:
-        raise ValueError(f"splits must name 'val' and/or 'test', got {list(splits)}")
     rows = state_rows(data, train_rows, config.seed, splits)
     reranker_config, content = _rerank_content(
         data, rows, Path(cache or out / "cache"), progress, model_changes
@@ -150,13 +153,7 @@ def rerank_bench(
     model = load_model(evaluated)
     trained = _train_on_mined(reranker_config, content, mined, config, log)
     _save_reranker(trained, evaluated, data_dir, mined, config)
-    table = [
-        {"split": split, **row}
-        for split in splits
-        for row in _score_bo_en(
-            model, trained, content, data, split, (pool, pools, config.seed), depths
-        )
-    ]
+    table = _score_bo_en(model, trained, content, data, splits, (pool, pools, config.seed), depths)
     record = _record(config, reranker_config, evaluated, mined, trained, table)
     (out / "rerank.json").write_text(json.dumps(record, indent=2) + "\n")
     columns = list(dict.fromkeys(key for row in table for key in row))
@@ -265,26 +262,31 @@ def _score_bo_en(
     trained: _TrainedReranker,
     content: RerankContent,
     data: PairedEmbeddings,
-    split: str,
+    splits: tuple[str, ...],
     pools: tuple[int, int, int],
     depths: tuple[int, ...],
 ) -> list[dict[str, Any]]:
-    """:func:`~vallayz_train.rerank_train.rerank_eval` of bo→en on ``split``, on ``pools``
-    (rows per pool, number of pools, seed of the pools), with gradients off."""
-    rows = data.split_indices()[split]
+    """:func:`~vallayz_train.rerank_train.rerank_eval` of bo→en on each of ``splits`` (a
+    ``split`` column first), on ``pools`` (rows per pool, number of pools, seed of the pools),
+    with gradients off."""
+    indices = data.split_indices()
     torch.set_grad_enabled(False)
     try:
-        return rerank_eval(
-            model,
-            trained.reranker,
-            content,
-            data,
-            rows,
-            PAIR,
-            *pools,
-            depths,
-            fusion_weight=trained.weight,
-        )
+        return [
+            {"split": split, **row}
+            for split in splits
+            for row in rerank_eval(
+                model,
+                trained.reranker,
+                content,
+                data,
+                indices[split],
+                PAIR,
+                *pools,
+                depths,
+                fusion_weight=trained.weight,
+            )
+        ]
     finally:
         torch.set_grad_enabled(True)
 
