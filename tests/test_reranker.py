@@ -296,15 +296,22 @@ def test_reranker_learns_from_groups_and_reranks_within_depth(tmp_path: Path) ->
     assert len(bo) == len(en)
 
 
-def test_rerank_option_of_retrieve_reorders_by_the_reranker(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def heads_run_with_reranker(tmp_path: Path, model: Reranker) -> tuple[Path, Path]:
+    """A bilingual data folder and a 3-step contrastive-heads run on it holding ``model`` as
+    its re-ranker: ``(data_dir, run)``."""
     data_dir = write_bilingual(tmp_path / "data")
     run = tmp_path / "run"
     args = ["fit", str(data_dir), "--out", str(run), "--method", "contrastive-heads"]
     assert main([*args, "--max-steps", "3", "--batch-size", "16", "--quiet"]) == 0
-    model = tiny_reranker(states=False)
     model.save(run / RERANKER_DIR)
+    return data_dir, run
+
+
+def test_rerank_option_of_retrieve_reorders_by_the_reranker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_reranker(states=False)
+    data_dir, run = heads_run_with_reranker(tmp_path, model)
     retrieve = [
         "retrieve",
         str(run),
@@ -403,13 +410,9 @@ def test_fusion_weight_is_fitted_on_mined_groups(tmp_path: Path) -> None:
 def test_rerank_option_adds_the_saved_weight_of_the_first_stage_cosine(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data_dir = write_bilingual(tmp_path / "data")
-    run = tmp_path / "run"
-    args = ["fit", str(data_dir), "--out", str(run), "--method", "contrastive-heads"]
-    assert main([*args, "--max-steps", "3", "--batch-size", "16", "--quiet"]) == 0
     model = tiny_reranker(states=False)
     model.config.first_stage_weight = 5.0
-    model.save(run / RERANKER_DIR)
+    data_dir, run = heads_run_with_reranker(tmp_path, model)
     assert Reranker.load(run / RERANKER_DIR).config.first_stage_weight == 5.0
     retrieve = ["retrieve", str(run), "--source", "bo", "--target", "en"]
     retrieve += ["--candidates", str(data_dir), "--query-ids", "s0003", "--k", "6"]

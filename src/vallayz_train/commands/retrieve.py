@@ -192,7 +192,8 @@ def _rerank_retrieved(
     scores, indices = [], []
     with torch.no_grad():
         for i, (cosine, found) in enumerate(zip(*first, strict=True)):
-            top = found[found >= 0]  # an approximate index may find fewer
+            kept = found >= 0  # an approximate index may find fewer
+            top = found[kept]
             rows = candidate_rows[top.numpy()]
             if args.input:
                 query = SideContent(queries.embeddings[args.source][i : i + 1].float())
@@ -200,7 +201,7 @@ def _rerank_retrieved(
             else:
                 query = rows_content(data, side, np.full(len(rows), ids[args.query_ids[i]]))
             candidates = rows_content(data, reranker.config.candidate, rows)
-            score = reranker.rescore(query, candidates, cosine[found >= 0])
+            score = reranker.rescore(query, candidates, cosine[kept])
             best = score.argsort(descending=True, stable=True)[: args.k]
             scores.append(score[best])
             indices.append(top[best])

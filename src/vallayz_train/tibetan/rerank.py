@@ -225,6 +225,8 @@ def _train_on_mined(
             aside.negative_cosine,
         )
         log(f"fused score: weight {weight:g} of the first-stage cosine ({shares})")
+        # Saved with the re-ranker, so that --rerank scores as the fused rows do.
+        reranker.config.first_stage_weight = weight
     return _TrainedReranker(reranker, losses, weight, shares)
 
 
@@ -235,10 +237,8 @@ def _save_reranker(
     mined: CrossFit,
     config: RerankTrainConfig,
 ) -> None:
-    """Saves the re-ranker in the first stage's run folder (``reranker/``), with how it was
-    trained and the fitted weight of the first stage's cosine, which ``--rerank`` adds to its
-    score."""
-    trained.reranker.config.first_stage_weight = trained.weight or 0.0
+    """Saves the re-ranker in the first stage's run folder (``reranker/``, its config holding
+    the fitted weight of the first stage's cosine), with how it was trained."""
     folder = trained.reranker.save(evaluated / RERANKER_DIR)
     save_training(
         folder,
