@@ -425,6 +425,34 @@ def test_translation_from_the_sources_is_the_target_decoder_on_the_source_embedd
             torch.testing.assert_close(sources(inputs).decoded[name], value)
 
 
+@pytest.mark.parametrize("decode_from", ["sources", "both"])
+def test_decode_detach_is_the_decoder_on_the_detached_source_embedding(decode_from: str) -> None:
+    """``decode_detach``: the same translation as without it, and the gradients of a loss on it
+    are those of the target's decoder applied to the source's embedding detached by hand (plus
+    the absent target's own state under ``"both"``, whose messages still train the source)."""
+    x = tri_modal_inputs(3)["text"].double()
+    detached = IMPN(tiny_config(decode_from=decode_from, decode_detach=True)).double().eval()
+    by_hand = IMPN(tiny_config(decode_from=decode_from)).double().eval()
+    by_hand.load_state_dict(detached.state_dict())
+    translated = detached.translate(x, source="text", target="image")
+    translated.square().sum().backward()
+    own = by_hand.embed(x, "text", target="image") if decode_from == "both" else 0.0
+    reference = by_hand.decoders["image"](own + by_hand.embed(x, "text").detach())
+    reference.square().sum().backward()
+    torch.testing.assert_close(translated, reference)
+    for (name, p), q in zip(detached.named_parameters(), by_hand.parameters(), strict=True):
+        zero = torch.zeros_like(p)
+        got, expected = (zero if g is None else g for g in (p.grad, q.grad))
+        torch.testing.assert_close(got, expected, msg=name)
+    adapter = [p.grad for p in detached.adapters["text"].parameters() if p.grad is not None]
+    assert (sum(float(g.abs().sum()) for g in adapter) > 0) == (decode_from == "both")
+
+
+def test_decode_detach_without_sources_to_detach_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="decode_from='sources' or 'both'"):
+        tiny_config(decode_detach=True)
+
+
 def test_translation_from_the_sources_averages_the_present_ones_per_row() -> None:
     """Two sources with one missing in some rows: the decoder reads the mean of the pooled
     states of the sources each row holds."""

@@ -145,6 +145,10 @@ class IMPNConfig:
     # "both" (their sum, a skip from the sources to the decoder). A present modality's decoder
     # reads its own pooled state in every case.
     decode_from: str = "target"
+    # Stop the gradient at the sources' pooled states that an absent modality's decoder reads
+    # ("sources" or "both"): the translation and cycle terms then train the decoder from the
+    # sources without pulling the shared space toward what predicts the target's native vector.
+    decode_detach: bool = False
     # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
     # (IMPN.match), trained by the "rerank" loss term with hard negatives.
     match_head: bool = False
@@ -228,6 +232,12 @@ class IMPNConfig:
             )
         if self.decode_from not in _DECODE_FROM:
             raise ValueError(f"decode_from must be one of {_DECODE_FROM}, got {self.decode_from!r}")
+        if self.decode_detach and self.decode_from == "target":
+            raise ValueError(
+                "decode_detach stops the gradient at the sources the decoder reads, and "
+                "decode_from='target' reads none: set decode_from='sources' or 'both', or "
+                "leave decode_detach off"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 

@@ -689,7 +689,8 @@ class IMPN(nn.Module):
     ) -> dict[str, Tensor]:
         """What each modality's decoder reads: its pooled state, and in the rows where it is
         absent and some other modality present, the sources' mean pooled state instead
-        (``decode_from="sources"``) or added to it (``"both"``).
+        (``decode_from="sources"``) or added to it (``"both"``), with no gradient into the
+        sources under ``decode_detach``.
 
         Shape:
             ``{m: [B, d]}``, ``{m: [B]}`` → ``{m: [B, d]}``.
@@ -706,6 +707,8 @@ class IMPN(nn.Module):
             sources, any_source = mean_of_present_sources(
                 {m: soil[m] for m in others}, {m: present[m] for m in others}
             )
+            if self.config.decode_detach:
+                sources = sources.detach()
             use = (~present[name] & any_source)[:, None]
             if self.config.decode_from == "sources":
                 reads[name] = torch.where(use, sources, soil[name])

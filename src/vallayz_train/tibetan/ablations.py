@@ -205,13 +205,18 @@ VARIANTS: dict[str, Variant] = {
 }
 # What IMPN's decoded translation (into the target's native space) reads, one change each: the
 # decoder reads the sources' pooled soil state instead of the absent target's (the shared-space
-# translation), or both summed (a skip from the sources to the decoder); the absent target's
-# nodes start from the sources' pooled state instead of a constant seed; the translation term
-# weighed three times. "random-init bridge layers" (above) is the non-zero start of the
-# cross-modal output projections (with the attention and feed-forward branches).
+# translation), or both summed (a skip from the sources to the decoder), each also with the
+# gradient stopped at the sources (so that only the decoder learns to read them); the absent
+# target's nodes start from the sources' pooled state instead of a constant seed; the
+# translation term weighed three times. "random-init bridge layers" (above) is the non-zero
+# start of the cross-modal output projections (with the attention and feed-forward branches).
 TRANSLATION_VARIANTS: dict[str, Variant] = {
     "decode from the sources": Variant({"decode_from": "sources"}),
     "decode from target and sources": Variant({"decode_from": "both"}),
+    "decode from the sources, detached": Variant({"decode_from": "sources", "decode_detach": True}),
+    "decode from target and sources, detached": Variant(
+        {"decode_from": "both", "decode_detach": True}
+    ),
     "absent init: pool": Variant({"absent_init": "pool"}),
     "translation weight 3": Variant(train={"loss_weights": {"translation": 3.0}}),
 }
