@@ -8,7 +8,10 @@ target's and to the source's pooled soil states; and closed-form ridge maps (in 
 on the training rows only) from the target's soil state to its native vector, applied to the
 target's own state (how much of the native vector the state keeps) and to the source's (the
 shared-space translation with a linear decoder), and from the source's state straight to the
-target's native vector (the best linear read of the source's state). The shared-space
+target's native vector (the best linear read of the source's state), and from the source's own
+native vector (the linear pairwise translator, which reads no shared space); and the pairwise
+MLP translator's shape fitted by its loss on the frozen source states and, as a control, on the
+source's native vectors (without the n-gram bag the MLP translator also reads). The shared-space
 retrieval (``soil``) is the reference each read loses against. Writes nothing.
 """
 
@@ -26,6 +29,7 @@ from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
 from vallayz.eval import format_table, model_encoder, retrieval_table
 from vallayz.eval.pairs import Encoder
+from vallayz.losses.reconstruction import reconstruction_loss
 from vallayz_train.run_folder import load_model
 
 
@@ -36,15 +40,17 @@ def soil_and_native(
     """Each modality's pooled soil state embedded alone, and the target's native vector.
 
     Shape:
-        ``rows [N]`` → ``{m: [N, d]}`` and ``{"native": [N, d_target]}``, float64.
+        ``rows [N]`` → ``{m: [N, d]}``, ``{"native": [N, d_target]}`` and
+        ``{"source native": [N, d_source]}``, float64.
     """
     source, target = names
-    out: dict[str, list[Tensor]] = {source: [], target: [], "native": []}
+    out: dict[str, list[Tensor]] = {source: [], target: [], "native": [], "source native": []}
     for start in range(0, len(rows), 1024):
         chunk = rows[start : start + 1024]
         for name in (source, target):
             out[name].append(model.embed(data.batch(chunk, [name])))
         out["native"].append(data.batch(chunk, [target]).pooled()[target])
+        out["source native"].append(data.batch(chunk, [source]).pooled()[source])
     return {key: torch.cat(value).double() for key, value in out.items()}
 
 
@@ -63,6 +69,37 @@ def ridge(x: Tensor, y: Tensor, strength: float) -> Callable[[Tensor], Tensor]:
     return lambda z: torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1) @ weight
 
 
+def fitted_mlp(
+    x: Tensor, y: Tensor, steps: int, batch: int = 256, hidden: int = 512, seed: int = 0
+) -> Callable[[Tensor], Tensor]:
+    """The pairwise MLP translator's shape (LayerNorm, Linear, GELU, Linear) fitted from ``x``
+    to ``y`` by its loss (mean squared error plus cosine distance), AdamW at lr 1e-3 and weight
+    decay 0.01 (the trainer's defaults), ``steps`` batches of ``batch`` rows drawn at random.
+
+    Shape:
+        ``x [N, d]``, ``y [N, e]`` → a map ``[M, d]`` → ``[M, e]`` (float32).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(
+        torch.nn.LayerNorm(x.shape[1]),
+        torch.nn.Linear(x.shape[1], hidden),
+        torch.nn.GELU(),
+        torch.nn.Linear(hidden, y.shape[1]),
+    )
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=1e-3, weight_decay=0.01)
+    x, y = x.float(), y.float()
+    with torch.enable_grad():
+        for _ in range(steps):
+            chosen = torch.randint(len(x), (batch,), generator=generator)
+            loss = reconstruction_loss(mlp(x[chosen]), y[chosen], "mse+cosine")
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    mlp.eval()
+    return lambda z: mlp(z.float()).detach().double()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a finished IMPN run folder")
@@ -70,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", default="bo")
     p.add_argument("--target", default="en")
     p.add_argument("--ridge", type=float, default=1e-2, help="ridge strength of the maps")
+    p.add_argument(
+        "--mlp-steps",
+        dest="mlp_steps",
+        type=int,
+        default=250,
+        help="steps of the MLPs fitted on the frozen states and on the native vectors",
+    )
     p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
     args = p.parse_args(argv)
     data = PairedEmbeddings(args.data, check_values=False)
@@ -93,6 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ridge source state → native": ridge(train[args.source], train["native"], args.ridge)(
                 src
             ),
+            "ridge source's native vector → native (no shared space)": ridge(
+                train["source native"], train["native"], args.ridge
+            )(val["source native"]),
+            f"MLP, {args.mlp_steps} steps, source state → native": fitted_mlp(
+                train[args.source], train["native"], args.mlp_steps
+            )(src),
+            f"MLP, {args.mlp_steps} steps, source's native vector → native": fitted_mlp(
+                train["source native"], train["native"], args.mlp_steps
+            )(val["source native"]),
         }
     at = {int(r): i for i, r in enumerate(rows)}
     pair = [((args.source,), args.target)]
