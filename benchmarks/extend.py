@@ -80,7 +80,7 @@ class Setup:
 
 def digits_setup(args: argparse.Namespace, out: Path) -> Setup:
     """Speech and image first, then words; one held-out speaker tests."""
-    train = TrainConfig(**TRAIN_DEFAULTS)
+    train = TrainConfig(**{**TRAIN_DEFAULTS, "seed": args.seed})
     data, speakers = build_data(out, progress=False)
     speaker = args.speaker or speakers[0]
     everything = fold_data(data, out / "fold" / "data", speaker, train.split_seed)
@@ -114,7 +114,8 @@ def tibetan_setup(args: argparse.Namespace, out: Path) -> Setup:
 
     if args.data is None:
         raise SystemExit("--dataset tibetan needs --data DIR (a bench tibetan data folder)")
-    train = AblationSpec(steps=args.steps, base=dict(FRONT_END_DEFAULTS)).train_config()
+    spec = AblationSpec(steps=args.steps, seed=args.seed, base=dict(FRONT_END_DEFAULTS))
+    train = spec.train_config()
     tokens = {"token_buckets": {"bo": TOKEN_BUCKETS}}
     pairs: list[Pair] = [
         (("speech",), "bo"),
@@ -278,6 +279,12 @@ def main() -> None:
     parser.add_argument("--speaker", help="digits: held-out speaker (default: the first)")
     parser.add_argument("--steps", type=int, default=250, help="tibetan: steps of every run")
     parser.add_argument("--methods", default="impn,contrastive-heads")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed of every run (initialisation, batch order); the split stays",
+    )
     parser.add_argument(
         "--steps-only",
         type=int,
