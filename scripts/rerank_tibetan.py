@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         "every training row into OUT/first-stage. The re-ranker is saved in it",
     )
     p.add_argument(
+        "--first-stage-method",
+        dest="first_stage_method",
+        choices=["contrastive-heads", "impn"],
+        default="contrastive-heads",
+        help="the method cross-fitting trains and mines with (and trains on every training row "
+        "as the first stage evaluated, unless --first-stage-run names one)",
+    )
+    p.add_argument(
         "--fusion-queries",
         dest="fusion_queries",
         type=int,
@@ -99,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache=args.cache,
         first_stage_run=args.first_stage_run,
         splits=tuple(args.splits),
+        first_stage_method=args.first_stage_method,
         log=lambda line: print(line, flush=True),
     )
     return 0

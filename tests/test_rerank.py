@@ -148,3 +148,35 @@ def test_the_tibetan_reranker_scores_only_the_validation_and_test_splits(tmp_pat
     for scored in ((), ("train",), ("val", "dev")):
         with pytest.raises(ValueError, match="'val' and/or 'test'"):
             state_rows(data, None, scored=scored)
+
+
+@pytest.mark.parametrize("method", ["contrastive-heads", "impn"])
+def test_the_first_stage_trainer_trains_what_ablate_trains(tmp_path, monkeypatch, method) -> None:
+    """Cross-fitting's first stage is ``vallayz ablate --base bench``'s run of the same method:
+    its ``default`` variant for IMPN, its heads reference for the heads."""
+    from vallayz_train.bench.ablation import AblationSpec
+    from vallayz_train.model_defaults import MODEL_DEFAULTS
+    from vallayz_train.tibetan import rerank
+    from vallayz_train.tibetan.ablations import REFERENCE, VARIANTS
+    from vallayz_train.tibetan.constants import FRONT_END_DEFAULTS, TOKEN_BUCKETS
+
+    calls = []
+    monkeypatch.setattr(rerank, "train_run", lambda *args: calls.append(args))
+    monkeypatch.setattr(rerank, "load_model", lambda run: run)
+    assert rerank.first_stage_trainer(40, 3, False, method)(tmp_path, tmp_path / "r") == (
+        tmp_path / "r"
+    )
+    ((_, run, trained, model, config, *_),) = calls
+    spec = AblationSpec(steps=40, seed=3, base=dict(FRONT_END_DEFAULTS))
+    variant = VARIANTS["default" if method == "impn" else REFERENCE]
+    defaults = {**MODEL_DEFAULTS, "token_buckets": {"bo": TOKEN_BUCKETS}}
+    expected_model, expected_config = variant.configs(defaults, spec.train_config(), tmp_path)
+    assert (run, trained) == (tmp_path / "r", variant.method)
+    assert (model, config) == (expected_model, expected_config)
+
+
+def test_the_first_stage_trainer_names_the_methods_it_knows() -> None:
+    from vallayz_train.tibetan.rerank import first_stage_trainer
+
+    with pytest.raises(ValueError, match="contrastive-heads"):
+        first_stage_trainer(10, method="fusemix")

@@ -21,6 +21,7 @@ from vallayz_train.bench.ablation import AblationSpec
 from vallayz_train.bench.runs import train_run
 from vallayz_train.encoders import cached_encode
 from vallayz_train.encoders.english import TOKEN_STATES, english_token_encoder
+from vallayz_train.model_defaults import MODEL_DEFAULTS
 from vallayz_train.rerank_train import (
     RERANKER_DIR,
     CrossFit,
@@ -45,6 +46,8 @@ SYLLABLE_TABLE = 2**14
 # Lines per cached chunk of token states.
 STATES_CHUNK = 512
 PAIR: tuple[tuple[str, ...], str] = (("bo",), "en")
+# Methods that cross-fitting can train as the first stage (and mine with).
+FIRST_STAGES = ("contrastive-heads", "impn")
 
 
 def tibetan_reranker_config(data: PairedEmbeddings, **changes: Any) -> RerankerConfig:
@@ -90,15 +93,26 @@ def state_rows(
     return np.concatenate([first, train])[:total]
 
 
-def heads_first_stage(steps: int, seed: int = 0, progress: bool = False) -> Callable[..., Any]:
-    """Trains the contrastive heads as the ablations' reference does (``--base bench``,
-    ``steps`` steps of 256 rows) into a run folder, and returns the loaded model."""
+def first_stage_trainer(
+    steps: int, seed: int = 0, progress: bool = False, method: str = "contrastive-heads"
+) -> Callable[..., Any]:
+    """Trains a first stage as ``vallayz ablate --base bench`` does (``steps`` steps of 256
+    rows): the contrastive heads as its reference, or IMPN (``method="impn"``) as its
+    ``default`` variant; the returned function trains into a run folder and loads the model.
+
+    Raises:
+        ValueError: if ``method`` is neither ``"contrastive-heads"`` nor ``"impn"``.
+    """
+    if method not in FIRST_STAGES:
+        raise ValueError(f"the first stage must be one of {FIRST_STAGES}, got {method!r}")
     spec = AblationSpec(steps=steps, seed=seed, base=dict(FRONT_END_DEFAULTS))
     config = spec.train_config()
-    overrides = {"token_buckets": {"bo": TOKEN_BUCKETS}}
+    overrides: dict[str, Any] = {"token_buckets": {"bo": TOKEN_BUCKETS}}
+    if method == "impn":
+        overrides = {**MODEL_DEFAULTS, **overrides}
 
     def train(data_dir: Path, run: Path) -> Any:
-        train_run(data_dir, run, "contrastive-heads", overrides, config, progress, print)
+        train_run(data_dir, run, method, overrides, config, progress, print)
         return load_model(run)
 
     return train
@@ -117,6 +131,7 @@ def rerank_bench(
     model_changes: dict[str, Any] | None = None,
     first_stage_run: str | Path | None = None,
     splits: tuple[str, ...] = ("val",),
+    first_stage_method: str = "contrastive-heads",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
@@ -135,6 +150,8 @@ def rerank_bench(
             on every training row into ``out/first-stage``: finished, or a fold's first stage
             that cross-fitting trains (``out/fold<k>-first-stage``, sparing a training); the
             re-ranker is saved in it.
+        first_stage_method: What cross-fitting trains and mines with, and what is trained
+            on every training row when no ``first_stage_run`` is given (:data:`FIRST_STAGES`).
     """
     data_dir, out = Path(data_dir), Path(out)
     config = config or RerankTrainConfig()
@@ -143,7 +160,7 @@ def rerank_bench(
     reranker_config, content = _rerank_content(
         data, rows, Path(cache or out / "cache"), progress, model_changes
     )
-    first_stage = heads_first_stage(first_stage_steps, config.seed, progress)
+    first_stage = first_stage_trainer(first_stage_steps, config.seed, progress, first_stage_method)
     evaluated = Path(first_stage_run) if first_stage_run else out / "first-stage"
     if not first_stage_run:
         first_stage(data_dir, evaluated)
