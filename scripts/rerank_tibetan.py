@@ -1,15 +1,17 @@
-"""A second-stage re-ranker over the contrastive heads, bo→en on the validation split:
+"""A second-stage re-ranker over the contrastive heads (or IMPN), bo→en on the validation split:
 
     python scripts/rerank_tibetan.py DATA_DIR --out runs/rerank [--folds 2] \\
         [--first-stage-steps 250] [--steps 2000] [--negatives 7] [--depth 50 128] \\
-        [--train-rows N] [--cache runs/cache]
+        [--train-rows N] [--cache runs/cache] [--first-stage-method impn] [--splits val test]
 
-trains the heads on every training row (the first stage evaluated, ``OUT/first-stage``) and on
+trains the heads (IMPN with ``--first-stage-method impn``) on every training row (the first
+stage evaluated, ``OUT/first-stage``, unless ``--first-stage-run`` names one) and on
 each fold's complement (cross-fitting, ``OUT/fold<k>-first-stage``), mines each fold's hard
 negatives with its complement's first stage, trains the re-ranker on groups of the positive and
 ``--negatives`` of them, saves it in ``OUT/first-stage/reranker`` (read by ``vallayz retrieve``
 and ``vallayz translate-text`` with ``--rerank N``) and prints the first-stage and re-ranked
-rows on pools of 1,000 validation lines, with the cost per query (``OUT/rerank.json``).
+rows on pools of 1,000 lines of the ``--splits`` scored, with the cost per query
+(``OUT/rerank.json``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The re-ranker of the Tibetan benchmark: a Tibetan line (its fixed vector and its syllables)
 against an English line (its MiniLM vector and MiniLM's token states), trained on negatives
-mined by cross-fitting over the contrastive heads (:mod:`vallayz_train.rerank_train`), and
-scored bo→en on the validation split against that first stage."""
+mined by cross-fitting over the contrastive heads or IMPN (:mod:`vallayz_train.rerank_train`),
+and scored bo→en on the validation (and test) split against the first stage evaluated."""
 
 from __future__ import annotations
 
