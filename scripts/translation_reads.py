@@ -33,25 +33,22 @@ from vallayz.losses.reconstruction import reconstruction_loss
 from vallayz_train.run_folder import load_model
 
 
-@torch.no_grad()
 def soil_and_native(
     model: IMPN, data: PairedEmbeddings, rows: np.ndarray, names: Sequence[str]
 ) -> dict[str, Tensor]:
-    """Each modality's pooled soil state embedded alone, and the target's native vector.
+    """Each modality's pooled soil state embedded alone (the ``soil`` path of
+    :func:`~vallayz.eval.model_encoder`), and both native vectors.
 
     Shape:
         ``rows [N]`` → ``{m: [N, d]}``, ``{"native": [N, d_target]}`` and
         ``{"source native": [N, d_source]}``, float64.
     """
     source, target = names
-    out: dict[str, list[Tensor]] = {source: [], target: [], "native": [], "source native": []}
-    for start in range(0, len(rows), 1024):
-        chunk = rows[start : start + 1024]
-        for name in (source, target):
-            out[name].append(model.embed(data.batch(chunk, [name])))
-        out["native"].append(data.batch(chunk, [target]).pooled()[target])
-        out["source native"].append(data.batch(chunk, [source]).pooled()[source])
-    return {key: torch.cat(value).double() for key, value in out.items()}
+    states = model_encoder(model, data)((source,), target, rows)
+    native = data.batch(rows, [source, target]).pooled()
+    out = {source: states[0], target: states[1]}
+    out.update({"native": native[target], "source native": native[source]})
+    return {key: value.double() for key, value in out.items()}
 
 
 def ridge(x: Tensor, y: Tensor, strength: float) -> Callable[[Tensor], Tensor]:
@@ -89,13 +86,12 @@ def fitted_mlp(
     )
     optimizer = torch.optim.AdamW(mlp.parameters(), lr=1e-3, weight_decay=0.01)
     x, y = x.float(), y.float()
-    with torch.enable_grad():
-        for _ in range(steps):
-            chosen = torch.randint(len(x), (batch,), generator=generator)
-            loss = reconstruction_loss(mlp(x[chosen]), y[chosen], "mse+cosine")
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+    for _ in range(steps):
+        chosen = torch.randint(len(x), (batch,), generator=generator)
+        loss = reconstruction_loss(mlp(x[chosen]), y[chosen], "mse+cosine")
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
     mlp.eval()
     return lambda z: mlp(z.float()).detach().double()
 
@@ -132,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reads = {
             "decoder(target's soil state)": decoder(tgt.float()).double(),
             "decoder(source's soil state)": decoder(src.float()).double(),
+        }
+    reads.update(
+        {
             "ridge target state → native, on the target's state": own(tgt),
             "ridge target state → native, on the source's state": own(src),
             "ridge source state → native": ridge(train[args.source], train["native"], args.ridge)(
@@ -147,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 train["source native"], train["native"], args.mlp_steps
             )(val["source native"]),
         }
+    )
     at = {int(r): i for i, r in enumerate(rows)}
     pair = [((args.source,), args.target)]
 
