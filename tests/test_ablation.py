@@ -222,3 +222,41 @@ def test_encoder_variants_are_listed_and_the_old_script_maps_onto_them(
     assert args.only == [f"{ENCODER_PROBE}, no bridge feed-forward"]
     with pytest.raises(SystemExit):
         script.ablate_arguments(["d", "--source", "bo", "--target", "en", "--kinds", "adapter"])
+
+
+def test_a_fusion_stage_variant_trains_from_its_base_variants_run(tmp_path: Path) -> None:
+    """A fusion stage is trained from the base variant's run (trained first when missing),
+    keeps its single-source rows to the digit and is scored on the fused path."""
+    data = write_synthetic(tmp_path / "data", rows=120, groups=24)
+    pairs = [(("text",), "image"), (("text", "audio"), "image")]
+    spec = AblationSpec(steps=4, batch_size=16, pairs=pairs, pool=5, modes=("soil", "fused"))
+    names = ["fusion stage", "fusion stage, gate only", "default"]
+    variants = {name: VARIANTS[name] for name in names}
+    out = tmp_path / "ab"
+    table = run_ablation(data, out, spec, variants, model_defaults=SMALL, progress=False)
+    base = load_model(out / "default")
+    for folder, parts in (("fusion-stage", "both"), ("fusion-stage-gate-only", "gate")):
+        run = json.loads((out / folder / "run.json").read_text())
+        assert run["fusion_stage"]["base"] == str((out / "default").resolve())
+        assert (run["fusion_stage"]["layers"], run["fusion_stage"]["gate"]) == (
+            parts == "both",
+            True,
+        )
+        stage = load_model(out / folder)
+        state = stage.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+
+    def rows(variant: str) -> dict[tuple[str, str], float]:
+        return {(r["pair"], r["mode"]): r["val R@1"] for r in table if r["variant"] == variant}
+
+    # Every variant is scored on the shared space and on the fused path; a stage's shared
+    # space is its base's (the weights above), so its rows are the base's.
+    for name in names[:2]:
+        assert rows(name).keys() == rows("default").keys()
+        assert ("text+audio->image", "fused") in rows(name)
+        for key in [("text->image", "soil"), ("text+audio->image", "soil")]:
+            assert rows(name)[key] == rows("default")[key]
+    with pytest.raises(VallayzUserError, match="not a variant"):
+        run_ablation(
+            data, out, spec, {"s": Variant(fusion_stage_of="missing")}, model_defaults=SMALL
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,3 +324,115 @@ def test_the_combinatorial_term_trains_on_corrupted_sources_when_asked() -> None
     assert model.fusion_gate is not None and model.fusion_gate.score.weight.grad is not None
     with pytest.raises(ValueError, match="fused_corruption"):
         IMPNLoss(weights, fused_corruption=2.0)
+
+
+# ------------------------------------------------------------------ a second fusion stage
+def _trained_base() -> IMPN:
+    """A tiny model whose bridge has been moved by a few steps of its usual loss."""
+    torch.manual_seed(0)
+    model = IMPN(tiny_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(3):
+        out = IMPNLoss()(model, Batch.of(tri_modal_inputs(8)), torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize(("layers", "gate"), [(True, True), (True, False), (False, True)])
+def test_a_fusion_stage_starts_as_its_model_and_keeps_every_other_path_bit_for_bit(
+    layers: bool, gate: bool
+) -> None:
+    base = _trained_base()
+    stage = base.fusion_stage(layers=layers, gate=gate)
+    assert not stage.training and stage.config.fusion_stage
+    inputs = tri_modal_inputs(6)
+    present = {"audio": torch.tensor([True, False, True, True, False, True])}
+    with torch.no_grad():
+        # Before training, the fused path is the model's own (a copy of its layers, a gate
+        # that starts as the mean: a softmax of equal scores, equal up to rounding).
+        torch.testing.assert_close(stage.fuse(inputs), base.fuse(inputs))
+        for name, x in inputs.items():
+            assert torch.equal(stage.embed(x, name), base.embed(x, name))
+        sources = {"text": inputs["text"], "image": inputs["image"]}
+        assert torch.equal(
+            stage.embed(sources, target="audio"), base.embed(sources, target="audio")
+        )
+        assert torch.equal(
+            stage.translate(sources, target="audio"), base.translate(sources, target="audio")
+        )
+        assert torch.equal(
+            stage.embed(inputs, present=present), base.embed(inputs, present=present)
+        )
+    trainable = {id(p) for p in stage.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in stage.fusion_parameters()} and trainable
+    assert (stage.fusion_layers is not None) == layers
+    assert (stage.fusion_gate is not None) == gate
+
+
+def test_training_a_fusion_stage_moves_the_fused_path_only() -> None:
+    base = _trained_base()
+    stage = base.fusion_stage().train()
+    zero = {name: 0.0 for name in LossWeights().as_dict()}
+    loss = IMPNLoss(LossWeights(**{**zero, "combinatorial": 1.0}))
+    optimizer = torch.optim.AdamW([p for p in stage.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(3):
+        out = loss(stage, Batch.of(tri_modal_inputs(8)), torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+    stage.eval()
+    inputs = tri_modal_inputs(6)
+    with torch.no_grad():
+        assert not torch.allclose(stage.fuse(inputs), base.fuse(inputs), atol=1e-4)
+        for name, x in inputs.items():
+            assert torch.equal(stage.embed(x, name), base.embed(x, name))
+        for key, value in base.state_dict().items():
+            assert torch.equal(stage.state_dict()[key], value), key
+        # The fused embedding of the stage is read from the fusion layers: a model built from
+        # the stage's weights with the bridge layers swapped in gives the fused path back.
+        assert stage.fusion_layers is not None
+        swapped = IMPN(stage.config).eval()
+        swapped.load_state_dict(stage.state_dict())
+        swapped.layers.load_state_dict(stage.fusion_layers.state_dict())
+        swapped.fusion_layers = None
+        torch.testing.assert_close(swapped.fuse(inputs), stage.fuse(inputs))
+
+
+def test_a_fusion_stage_saves_and_loads_with_its_frozen_parts(tmp_path: Path) -> None:
+    stage = _trained_base().fusion_stage()
+    with torch.no_grad():
+        assert stage.fusion_gate is not None
+        torch.nn.init.normal_(stage.fusion_gate.score.weight)
+    stage.save_pretrained(tmp_path / "stage")
+    loaded = IMPN.from_pretrained(tmp_path / "stage").eval()
+    inputs = tri_modal_inputs(5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.fuse(inputs), stage.eval().fuse(inputs))
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        n for n, p in stage.named_parameters() if p.requires_grad
+    }
+
+
+def test_a_fusion_stage_refuses_what_would_move_its_frozen_model() -> None:
+    base = _trained_base()
+    with pytest.raises(ValueError, match="ask for one"):
+        base.fusion_stage(layers=False, gate=False)
+    stage = base.fusion_stage()
+    with pytest.raises(ValueError, match="fusion stage already"):
+        stage.fusion_stage()
+    with pytest.raises(ValueError, match="gating of a fusion stage is frozen"):
+        stage.set_gating(top_k=1)
+    with pytest.raises(ValueError, match="set fusion_gate or fusion_layers"):
+        tiny_config(fusion_stage=True)
+    with pytest.raises(ValueError, match="fusion_layers must be true or false"):
+        tiny_config(fusion_layers=1)
+
+
+def test_an_extended_fusion_stage_trains_the_new_modality_only() -> None:
+    stage = _trained_base().fusion_stage()
+    extended = stage.extend({"video": 5})
+    trainable = {id(p) for p in extended.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in extended.own_parameters("video") if p.requires_grad}
+    assert not any(p.requires_grad for p in extended.fusion_parameters())

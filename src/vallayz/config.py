@@ -35,6 +35,9 @@ _FLAGS = (
     "final_norm",
     "match_head",
     "token_nodes_in_pool",
+    "fusion_gate",
+    "fusion_layers",
+    "fusion_stage",
 )
 
 
@@ -126,6 +129,14 @@ class IMPNConfig:
     # (FusionGate, starting uniform) instead of their mean, so that a fused query can learn to
     # lean away from a corrupted source (train it with TrainConfig.fused_corruption).
     fusion_gate: bool = False
+    # fuse() runs its own copy of the bridge layers (the fusion layers; IMPN.fusion_stage starts
+    # them from the trained ones) instead of the layers every single-source embedding passes,
+    # so that training the fused path cannot move the shared space.
+    fusion_layers: bool = False
+    # A second fusion stage: every parameter but the fusion gate and the fusion layers is frozen
+    # (IMPN.fusion_stage builds it from a trained model), so the single-source embeddings stay
+    # the trained model's bit for bit. Needs fusion_gate or fusion_layers.
+    fusion_stage: bool = False
     # The within-modality self-attention block of each bridge layer; false leaves it out (the
     # states go straight to cross-modal passing), for ablations.
     bridge_attention: bool = True
@@ -240,6 +251,11 @@ class IMPNConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.fusion_stage and not (self.fusion_gate or self.fusion_layers):
+            raise ValueError(
+                "fusion_stage trains only the fusion gate and the fusion layers, and this "
+                "config has neither: set fusion_gate or fusion_layers (IMPN.fusion_stage does)"
+            )
 
     def _check_sigma(self) -> None:
         """Raises ``ValueError`` unless ``sigma`` gives every modality (and only those) a value
@@ -305,7 +321,7 @@ class IMPNConfig:
         ffn = 2 * dim + _linear(dim, self.ffn_mult * dim) + _linear(self.ffn_mult * dim, dim)
         layer = cross + (attention if self.bridge_attention else 0)
         layer += ffn if self.bridge_ffn else 0
-        total += self.layers * layer
+        total += self.layers * layer * (2 if self.fusion_layers else 1)
         total += 2 * dim if self.final_norm else 0
         if self.absent_init == "attend":
             total += 2 * dim + _linear(dim, dim) + _linear(dim, 2 * dim) + _linear(dim, dim)

@@ -191,6 +191,8 @@ class IMPN(nn.Module):
             }
         )
         self.fusion_gate = FusionGate(dim) if config.fusion_gate else None
+        # The fused pass's own bridge layers (IMPN.fusion_stage copies the trained ones in).
+        self.fusion_layers = _bridge_layers(config) if config.fusion_layers else None
         self._freeze()
 
     def _build_native_parts(self, config: IMPNConfig) -> None:
@@ -275,6 +277,11 @@ class IMPN(nn.Module):
                 "the gating of an extended model is frozen with its old modalities "
                 f"({self.config.frozen_modalities}), whose bridged states it would change"
             )
+        if self.config.fusion_stage and (top_k, temperature) != (None, None):
+            raise ValueError(
+                "the gating of a fusion stage is frozen with the model it was built from, "
+                "whose bridged states it would change"
+            )
         if top_k is not None:
             if top_k < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -283,7 +290,7 @@ class IMPN(nn.Module):
             if not temperature > 0:
                 raise ValueError(f"temperature must be positive, got {temperature}")
             self.config.temperature = temperature
-        for layer in self.layers:
+        for layer in [*self.layers, *(self.fusion_layers or ())]:
             assert isinstance(layer, BridgeLayer)
             layer.cross.top_k = self.config.top_k
             layer.cross.temperature = self.config.temperature
@@ -318,10 +325,23 @@ class IMPN(nn.Module):
                 params += list(table[name].parameters())
         return [*params, self.seeds[name], self.modality_embedding[name], self.log_sigma[name]]
 
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the fused path alone: the fusion gate and the fusion layers
+        (empty without ``config.fusion_gate`` and ``config.fusion_layers``)."""
+        parts = [part for part in (self.fusion_gate, self.fusion_layers) if part is not None]
+        return [parameter for part in parts for parameter in part.parameters()]
+
     def _freeze(self) -> None:
-        """Applies ``config.frozen_modalities``: with any frozen, every parameter stops
-        training but the own parameters of the other modalities (their noise scale only under
+        """Applies ``config.fusion_stage`` (every parameter stops training but the fused
+        path's) or ``config.frozen_modalities`` (with any frozen, every parameter stops
+        training but the own parameters of the other modalities, their noise scale only under
         ``learn_sigma``)."""
+        if self.config.fusion_stage:
+            for parameter in self.parameters():
+                parameter.requires_grad_(False)
+            for parameter in self.fusion_parameters():
+                parameter.requires_grad_(True)
+            return
         if not self.config.frozen_modalities:
             return
         for parameter in self.parameters():
@@ -392,6 +412,51 @@ class IMPN(nn.Module):
         model.sigma_scale = self.sigma_scale
         return model.train(self.training)
 
+    def fusion_stage(self, *, layers: bool = True, gate: bool = True) -> IMPN:
+        """This model with a fused path of its own, in which only that path trains.
+
+        A second stage for fused queries, trained after this model (by the combinatorial
+        term, e.g. ``vallayz fit --fuse``) with everything else frozen, as a re-ranker is
+        trained after its first stage: :meth:`fuse` runs the fusion layers (a copy of this
+        model's bridge layers) and the fusion gate (starting as the mean), while every
+        single-source embedding, bridged state and translation stays this model's bit for bit,
+        so the fused path can never cost the shared space. Before training, the fused
+        embedding is this model's own fused embedding (with its gate, if it has one).
+
+        Args:
+            layers: Give the fused pass its own bridge layers (``config.fusion_layers``).
+            gate: Weigh the sources by a learned gate (``config.fusion_gate``; a gate this
+                model already has is kept, trained further).
+
+        Returns:
+            The new model, on this model's device and in its train/eval mode.
+
+        Raises:
+            ValueError: if neither part is asked for, or this model is a fusion stage already.
+        """
+        if not (layers or gate):
+            raise ValueError(
+                "a fusion stage trains the fusion layers, the fusion gate or both; ask for one"
+            )
+        if self.config.fusion_stage:
+            raise ValueError(
+                "this model is a fusion stage already; train its fused path further with "
+                "vallayz fit --resume, or build the stage from the model it started from"
+            )
+        config = self.config.to_dict()
+        config.update(
+            fusion_layers=layers or self.config.fusion_layers,
+            fusion_gate=gate or self.config.fusion_gate,
+            fusion_stage=True,
+        )
+        model = IMPN(IMPNConfig.from_dict(config)).to(self.device)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("fusion_") for k in missing), missing
+        if layers and self.fusion_layers is None:
+            model.fusion_layers.load_state_dict(self.layers.state_dict())  # type: ignore[union-attr]
+        model.sigma_scale = self.sigma_scale
+        return model.train(self.training)
+
     def _fresh_extension(
         self,
         new_modalities: Mapping[str, int],
@@ -420,6 +485,8 @@ class IMPN(nn.Module):
             node_readers=[*self.config.node_readers, *readers["node_readers"]],
             pooling_readers=[*self.config.pooling_readers, *readers["pooling_readers"]],
             frozen_modalities=list(self.names),
+            # The fused path of a fusion stage is frozen with the rest; the new ones train.
+            fusion_stage=False,
         )
         try:
             return type(self)(IMPNConfig.from_dict(config)).to(self.device)
@@ -453,6 +520,7 @@ class IMPN(nn.Module):
         validate: bool = True,
         decode: bool = True,
         modalities: Collection[str] | None = None,
+        fused: bool = False,
     ) -> IMPNOutput:
         """Runs adapters, bridge layers and decoders.
 
@@ -470,14 +538,13 @@ class IMPN(nn.Module):
             return_messages: Also return noisy and clean aggregated messages per layer.
             validate: Check the batch against the config first. Callers that pass one batch
                 (or batches derived from it) several times check it once and skip the rest.
-            decode: Also decode the pooled soil states into native spaces (``decoded`` is
-                empty otherwise).
+            decode: Also decode the pooled states into native spaces (else ``decoded`` is {}).
             modalities: Pack the nodes of these modalities only (they must include every
-                modality of the batch); ``None`` packs every modality of the model. A modality
-                absent from every row sends no message, so leaving it out changes no other
-                modality's states: it only spares its nodes and keeps the shapes of the
-                arithmetic those of the modalities asked for (what makes an extended model
-                embed its old modalities exactly as before, see :meth:`extend`).
+                modality of the batch); ``None`` packs every modality. A modality absent from
+                every row sends no message, so leaving it out changes no other states; it keeps
+                the arithmetic's shapes those of the modalities asked for (see :meth:`extend`).
+            fused: Run the fusion layers (``config.fusion_layers``) instead of the bridge
+                layers: the pass of :meth:`fuse`.
 
         Returns:
             An :class:`IMPNOutput` covering the packed modalities.
@@ -493,8 +560,9 @@ class IMPN(nn.Module):
         senders = None if isolate else nodes.senders
         states = self._init_absent(nodes, senders)
         sample = self.training if sample is None else sample
+        layers = self.fusion_layers if fused and self.fusion_layers is not None else self.layers
         states, gates, messages = self._bridge(
-            states, nodes, senders, sample, generator, return_gates, return_messages
+            states, nodes, senders, sample, generator, return_gates, return_messages, layers
         )
         out = self._read_out(states, nodes, decode)
         out.gates = gates if return_gates else None
@@ -640,16 +708,17 @@ class IMPN(nn.Module):
         generator: torch.Generator | None,
         return_gates: bool,
         return_messages: bool,
+        layers: nn.ModuleList,
     ) -> tuple[Tensor, list[GateWeights], list[tuple[Tensor, Tensor]]]:
-        """The bridge layers, then the final norm: node states, and per layer the gate weights
-        and ``(noisy, clean)`` messages when asked for."""
+        """``layers`` (the bridge or the fusion layers), then the final norm: node states, and
+        per layer the gate weights and ``(noisy, clean)`` messages when asked for."""
         variants = self.config.variants if sample else 1
         sigma = self._noise(sample, nodes)
         single = all(stop - begin == 1 for begin, stop in nodes.spans.values())
         names = [name for name, (begin, stop) in nodes.spans.items() for _ in range(stop - begin)]
         gates: list[GateWeights] = []
         messages: list[tuple[Tensor, Tensor]] = []
-        for layer in self.layers:
+        for layer in layers:
             result = layer(
                 states,
                 nodes.real,
@@ -796,12 +865,13 @@ class IMPN(nn.Module):
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> Tensor:
-        """Fused embedding of the present sources of each row: one pass of the bridge in which
-        the sources exchange messages (not isolated), then the mean of their pooled soil
-        states (with ``config.fusion_gate``, their mean weighted by the gate's softmax over
-        the present sources). A row with one present source has no other sender, so its state
-        is the one it reaches alone (up to rounding; :meth:`embed` with ``fusion="fused"``
-        returns exactly the single-source embedding there).
+        """Fused embedding of the present sources of each row: one pass of the bridge (with
+        ``config.fusion_layers``, of the fusion layers) in which the sources exchange messages
+        (not isolated), then the mean of their pooled soil states (with ``config.fusion_gate``,
+        their mean weighted by the gate's softmax over the present sources). A row with one
+        present source has no other sender, so its state is the one it reaches alone (up to
+        rounding, and without fusion layers; :meth:`embed` with ``fusion="fused"`` returns
+        exactly the single-source embedding there).
 
         Args:
             batch: The sources; every row needs at least one present.
@@ -815,7 +885,7 @@ class IMPN(nn.Module):
             ``{m: [B, d_m] or [B, T_m, d_m]}`` → ``[B, soil_dim]``.
         """
         batch = Batch.of(batch)
-        out = self(batch, generator=generator, validate=validate, decode=False)
+        out = self(batch, generator=generator, validate=validate, decode=False, fused=True)
         soil = {m: out.soil[m] for m in batch.embeddings}
         if self.fusion_gate is None:
             return mean_over_present(soil, out.present)

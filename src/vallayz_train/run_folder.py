@@ -340,11 +340,13 @@ def write_run(
     model_overrides: dict[str, Any] | None,
     config: TrainConfig,
     extend: dict[str, Any] | None = None,
+    fusion_stage: dict[str, Any] | None = None,
 ) -> None:
     """Writes ``run.json`` (what :func:`read_run` gives back to resume the run) and
     ``train_config.json``. A run that extends another records what it froze under
     ``extend`` (the base run, its modalities, the added ones, the trained and frozen parameter
-    counts)."""
+    counts); a fusion stage records under ``fusion_stage`` its base run, the parts it trains
+    and the same counts."""
     run: dict[str, Any] = {
         "data": str(Path(data_dir).resolve()),
         "method": method,
@@ -353,6 +355,8 @@ def write_run(
     }
     if extend is not None:
         run["extend"] = extend
+    if fusion_stage is not None:
+        run["fusion_stage"] = fusion_stage
     (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     config.to_json(run_dir / TRAIN_CONFIG)
 

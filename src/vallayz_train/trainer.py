@@ -20,7 +20,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.errors import DivergenceError, VallayzUserError
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
-from vallayz.losses import LossSettings, LossWeights
+from vallayz.losses import LossSettings, LossWeights, fusion_subsets
 from vallayz.masking import drop_tokens
 from vallayz.method import TrainableMethod
 from vallayz.types import Batch
@@ -191,6 +191,9 @@ class Trainer:
             and validate on the rows that pair a new modality with a known one only, validate
             the pairs that involve a new modality only, and read from the data the modalities
             it holds only (it may lack some of the model's old ones).
+        fusion_stage: For a fusion stage (:meth:`~vallayz.IMPN.fusion_stage`; everything but
+            its fused path frozen): train on the rows that hold three or more modalities (a
+            fused subset and a target outside it) and validate the fused multi-source pairs.
 
     Each global batch (``config.batch_size`` rows) is cut into ``config.batch_shards`` equal
     slices (default: one per process); every process computes the loss of its own slices, each
@@ -209,8 +212,10 @@ class Trainer:
         progress: bool = True,
         world: World | None = None,
         new_modalities: Sequence[str] = (),
+        fusion_stage: bool = False,
     ) -> None:
         self.data, self.run_dir, self.config = data, run_dir, config
+        self.fusion_stage = fusion_stage
         self.world = world or World()
         self.progress = progress and self.world.is_main
         if not isinstance(model, nn.Module):
@@ -227,7 +232,7 @@ class Trainer:
         self.new_modalities = list(new_modalities)
         if self.new_modalities:
             self.names = [m for m in model.names if m in data.modalities]
-        self.mode = _validation_mode(model, config)
+        self.mode = "fused" if fusion_stage else _validation_mode(model, config)
         self.train_rows, self.val_rows = self._split_rows()
         pool = random_pools(len(self.val_rows), config.val_pool, 1, config.seed)[0]
         self.val_pool = self.val_rows[pool.numpy()]
@@ -268,6 +273,9 @@ class Trainer:
             pairing = extension_rows(data, self.new_modalities, self.names)
             train_rows = train_rows[pairing[train_rows]]
             val_rows = val_rows[pairing[val_rows]]
+        if self.fusion_stage:
+            held = np.stack([data.present[name] for name in self.names]).sum(axis=0)
+            train_rows, val_rows = train_rows[held[train_rows] >= 3], val_rows[held[val_rows] >= 3]
         if len(train_rows) < 2:
             raise VallayzUserError(
                 f"{data.directory}: the training split has {len(train_rows)} rows; training "
@@ -411,6 +419,8 @@ class Trainer:
         encode = model_encoder(self.method, self.data, self.mode)
         # The model's modalities, which may be fewer than the data's.
         pairs = default_pairs(self.names)
+        if self.fusion_stage:
+            pairs = fused_pairs(self.names)
         if self.new_modalities:
             new = set(self.new_modalities)
             pairs = [(src, tgt) for src, tgt in pairs if new & {*src, tgt}]
@@ -681,6 +691,12 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def fused_pairs(names: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
+    """Every multi-source pair of ``names``: each subset of two or more modalities as the
+    sources, each modality outside it as the target."""
+    return [(subset, t) for subset in fusion_subsets(list(names)) for t in names if t not in subset]
+
+
 def extension_rows(data: PairedEmbeddings, new: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """``[rows]`` whether a row of ``data`` pairs a modality of ``new`` with one of the other
     ``names`` (those an extended model already knew)."""
@@ -819,7 +835,7 @@ def _resume(
             "version that started it"
         )
     new = run["extend"]["new_modalities"] if "extend" in run else ()
-    trainer = Trainer(data, run_dir, model, config, progress, world, new)
+    trainer = Trainer(data, run_dir, model, config, progress, world, new, "fusion_stage" in run)
     trainer.restore(optimizer_state, scalars)
     return trainer.fit()
 
@@ -850,6 +866,19 @@ def _restart(
         )
         clear_run(run_dir)
     barrier(world)
+    if "fusion_stage" in run:
+        from vallayz_train.fusion_stage import fit_fusion_stage
+
+        parts = {k: run["fusion_stage"][k] for k in ("layers", "gate")}
+        return fit_fusion_stage(
+            data_dir or run["data"],
+            run["fusion_stage"]["base"],
+            run_dir,
+            config,
+            progress=progress,
+            world=world,
+            **parts,
+        )
     if "extend" in run:
         return fit_extension(
             data_dir or run["data"],

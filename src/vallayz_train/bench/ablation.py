@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,12 +53,19 @@ class Variant:
             that change.
         data: How the data folder changes (None: the ablation's data as it is).
         method: The trainer's method name.
+        fusion_stage_of: Train a fusion stage (``vallayz fit --fuse``) from the finished run
+            of this other variant, in the same ablation folder and at the same seed (trained
+            first when it is missing), instead of a model of its own; ``train`` then sets the
+            stage's training fields.
+        fusion_parts: What the fusion stage trains: "both", "layers" or "gate".
     """
 
     model: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
     data: DataChange | None = None
     method: str = "impn"
+    fusion_stage_of: str | None = None
+    fusion_parts: str = "both"
 
     def configs(
         self, model_defaults: dict[str, Any], train: TrainConfig, data_dir: Path
@@ -160,7 +168,14 @@ def run_ablation(
         variant_data = data_dir if variant.data is None else variant.data.prepare(data_dir, out)
         model, config = variant.configs(model_defaults or {}, train, data_dir)
         run = out / run_folder_name(name, spec.seed)
-        seconds = train_run(variant_data, run, variant.method, model, config, progress, log)
+        if variant.fusion_stage_of is None:
+            seconds = train_run(variant_data, run, variant.method, model, config, progress, log)
+        else:
+            base = variants[variant.fusion_stage_of]
+            base_model, base_config = base.configs(model_defaults or {}, train, data_dir)
+            base_run = out / run_folder_name(variant.fusion_stage_of, spec.seed)
+            train_run(variant_data, base_run, base.method, base_model, base_config, progress, log)
+            seconds = train_stage(variant_data, base_run, run, variant, config, progress)
         rows = score_variant(run, variant_data, spec, config)
         label = name if not spec.seed else f"{name} (seed {spec.seed})"
         table += [{"variant": label, **row, "train s": seconds or 0.0} for row in rows]
@@ -169,6 +184,29 @@ def run_ablation(
     name = "ablation.json" if spec.split == "val" else f"ablation-{spec.split}.json"
     (out / name).write_text(json.dumps(table, indent=2) + "\n")
     return table
+
+
+def train_stage(
+    data_dir: Path, base_run: Path, run: Path, variant: Variant, config: TrainConfig, progress: bool
+) -> float | None:
+    """Trains the fusion stage of ``variant`` from ``base_run`` into ``run``: nothing when it
+    is finished, resumed when it was interrupted, else a new stage. Returns the seconds spent,
+    or None for a finished run."""
+    from vallayz_train.fusion_stage import fit_fusion_stage
+    from vallayz_train.run_folder import LATEST, is_finished
+    from vallayz_train.trainer import fit
+
+    if is_finished(run):
+        return None
+    started = time.perf_counter()
+    if (run / LATEST).exists():
+        fit(data_dir, run, resume=True, progress=progress)
+    else:
+        layers, gate = variant.fusion_parts != "gate", variant.fusion_parts != "layers"
+        fit_fusion_stage(
+            data_dir, base_run, run, config, layers=layers, gate=gate, progress=progress
+        )
+    return time.perf_counter() - started
 
 
 def check_ablation(
@@ -216,6 +254,16 @@ def check_ablation(
         raise VallayzUserError(f"the training settings of the ablation are invalid: {err}") from err
     for name in names or list(variants):
         variant = variants[name]
+        if variant.fusion_stage_of is not None and variant.fusion_stage_of not in variants:
+            raise VallayzUserError(
+                f"variant {name!r} is a fusion stage of {variant.fusion_stage_of!r}, which is "
+                "not a variant; name a variant of the list"
+            )
+        if variant.fusion_parts not in ("both", "layers", "gate"):
+            raise VallayzUserError(
+                f"variant {name!r}: fusion_parts must be 'both', 'layers' or 'gate', got "
+                f"{variant.fusion_parts!r}"
+            )
         try:
             model, _ = variant.configs(model_defaults, train, data_dir)
             model_config(variant.method, data_modalities(data, model), model)

@@ -1,5 +1,5 @@
-"""``vallayz fit``: train IMPN or a learned baseline, resume a run, or extend one with new
-modalities.
+"""``vallayz fit``: train IMPN or a learned baseline, resume a run, extend one with new
+modalities, or train a fused path for one (a second stage).
 """
 
 from __future__ import annotations
@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vallayz_train.names import LEARNED_METHODS
+
+if TYPE_CHECKING:
+    from vallayz_train.distributed import World
 from vallayz_train.options import (
     UsageError,
     train_args,
@@ -40,6 +44,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="with --extend: add this modality of DATA (repeatable; default: every one the run "
         "lacks)",
     )
+    p.add_argument(
+        "--fuse",
+        metavar="RUN_DIR",
+        help="train a fused path for the finished IMPN run RUN_DIR (its own copy of the bridge "
+        "layers and a gate over the sources) by the combinatorial term, every other parameter "
+        "frozen, into the new run --out: a second stage for multi-source queries",
+    )
+    p.add_argument(
+        "--fuse-parts",
+        choices=["both", "layers", "gate"],
+        default="both",
+        help="with --fuse: what the fused path trains (default: both)",
+    )
     training_options(p, "(default: --lr)")
     p.add_argument("--planner", choices=["on", "off"])
     p.add_argument(
@@ -70,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.add and not args.extend:
         raise UsageError("--add names a modality to add to the run of --extend; pass --extend RUN")
+    if args.fuse and (args.extend or args.resume):
+        raise UsageError(
+            "--fuse starts a new run from a finished one; pass it without --extend and --resume "
+            "(a fusion stage is continued with --resume NEW alone)"
+        )
     # Under torchrun every process runs this command; fit() starts their process group.
     world = distributed.world_from_env()
     try:
@@ -87,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 world=world,
             )
+        elif args.fuse:
+            summary = _fuse(args, world)
         elif args.resume:
             _check_resume_options(args)
             summary = fit(args.data, args.resume, resume=True, progress=not args.quiet, world=world)
@@ -108,6 +132,30 @@ def run(args: argparse.Namespace) -> int:
     if world is None or world.is_main:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _fuse(args: argparse.Namespace, world: World | None) -> dict[str, Any]:
+    """Runs ``vallayz fit DATA --fuse RUN --out NEW``."""
+    from vallayz_train.fusion_stage import fit_fusion_stage
+
+    if args.out is None or args.data is None:
+        raise UsageError("fit --fuse RUN needs the data folder and --out NEW_RUN_DIR")
+    model, train = train_args(args)
+    if model or args.method:
+        raise UsageError(
+            "a fusion stage keeps the run's model; drop --model and --method (--fuse-parts "
+            "chooses what the fused path trains)"
+        )
+    return fit_fusion_stage(
+        args.data,
+        args.fuse,
+        args.out,
+        train,
+        layers=args.fuse_parts != "gate",
+        gate=args.fuse_parts != "layers",
+        progress=not args.quiet,
+        world=world,
+    )
 
 
 # The options of fit that set a field of the run's training settings (run.json "train").

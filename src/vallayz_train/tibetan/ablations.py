@@ -181,6 +181,15 @@ VARIANTS: dict[str, Variant] = {
     "combinatorial term 0.3, fusion gate, corrupted sources": Variant(
         {"fusion_gate": True}, {"loss_weights": {"combinatorial": 0.3}, "fused_corruption": 0.5}
     ),
+    # A second stage after the defaults (vallayz fit --fuse): a copy of the bridge layers and a
+    # gate over the sources trained by the combinatorial term alone, everything else frozen, so
+    # that the fused path cannot cost the shared space; with the gate alone; with half the rows
+    # of each fused subset given one corrupted source.
+    "fusion stage": Variant(fusion_stage_of="default"),
+    "fusion stage, gate only": Variant(fusion_stage_of="default", fusion_parts="gate"),
+    "fusion stage, corrupted sources": Variant(
+        train={"fused_corruption": 0.5}, fusion_stage_of="default"
+    ),
     # Message passing off in training: the three terms that read the bridged states (translation,
     # cycle, denoising) are dropped, so no gradient passes through a message and the evaluated
     # shared space (each source embedded alone) is trained by InfoNCE, kNN and orthogonality.

@@ -1,0 +1,136 @@
+"""``vallayz fit --fuse``: a second stage that trains a fused path with the run frozen."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic import write_synthetic
+from test_extend import TINY, fit_args, without
+
+from vallayz import IMPN
+from vallayz.data import PairedEmbeddings
+from vallayz.learned import load_pretrained
+from vallayz_train.cli import main
+from vallayz_train.config import TrainConfig
+from vallayz_train.fusion_stage import stage_config
+from vallayz_train.trainer import fused_pairs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The synthetic data (three modalities) and a finished IMPN run on it."""
+    root = tmp_path_factory.mktemp("fuse")
+    data = write_synthetic(root / "data")
+    config = root / "config.json"
+    config.write_text(json.dumps(TINY))
+    plain = root / "plain.json"
+    plain.write_text("{}")
+    assert main(fit_args(data, root / "base", config)) == 0
+    return {"root": root, "data": data, "base": root / "base", "plain": plain, "tiny": config}
+
+
+def test_fit_fuse_trains_the_fused_path_only_and_records_it(runs: dict[str, Path]) -> None:
+    stage = runs["root"] / "stage"
+    fuse = ["--fuse", str(runs["base"]), "--train", "fused_subsets=2"]
+    assert main(fit_args(runs["data"], stage, runs["plain"], *fuse)) == 0
+    run = json.loads((stage / "run.json").read_text())
+    base, model = load_pretrained(runs["base"]), load_pretrained(stage)
+    assert isinstance(model, IMPN) and model.config.fusion_stage
+    record = run["fusion_stage"]
+    assert record["base"] == str(runs["base"].resolve())
+    assert (record["layers"], record["gate"]) == (True, True)
+    assert record["trainable_parameters"] == sum(p.numel() for p in model.fusion_parameters())
+    assert record["frozen_parameters"] == sum(p.numel() for p in base.parameters())
+    # Only the combinatorial term trains, the planner off.
+    weights = run["train"]["loss_weights"]
+    assert weights["combinatorial"] == 1.0
+    assert all(value == 0 for name, value in weights.items() if name != "combinatorial")
+    assert run["train"]["planner"] is False
+    # Every weight of the base run is unchanged; the fused path has moved.
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+    data = PairedEmbeddings(runs["data"])
+    rows = np.flatnonzero(data.present["text"] & data.present["image"])[:16]
+    batch = data.batch(rows, ["text", "image"])
+    with torch.no_grad():
+        for name in ("text", "image"):
+            alone = data.batch(rows, [name])
+            assert torch.equal(base.eval().embed(alone), model.eval().embed(alone))
+        assert not torch.allclose(base.fuse(batch), model.fuse(batch), atol=1e-5)
+    # Validation scored the fused multi-source pairs only.
+    logged = (stage / "metrics.csv").read_text()
+    assert "val/R@1/audio+text->image" in logged and "val/R@1/text->image" not in logged
+    # A fusion stage resumes as one.
+    assert main(["fit", "--resume", str(stage), "--quiet"]) == 0
+
+
+def test_fit_fuse_parts_gate_alone(runs: dict[str, Path]) -> None:
+    stage = runs["root"] / "gate"
+    fuse = ["--fuse", str(runs["base"]), "--fuse-parts", "gate"]
+    assert main(fit_args(runs["data"], stage, runs["plain"], *fuse)) == 0
+    model = load_pretrained(stage)
+    assert isinstance(model, IMPN)
+    assert model.fusion_layers is None and model.fusion_gate is not None
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "fusion_gate.norm.weight",
+        "fusion_gate.norm.bias",
+        "fusion_gate.score.weight",
+        "fusion_gate.score.bias",
+    }
+
+
+def test_fit_fuse_refuses_bad_input_and_writes_nothing(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, data, base, config = runs["root"], runs["data"], runs["base"], runs["plain"]
+    out = root / "refused"
+    unfinished = root / "unfinished"
+    shutil.copytree(base, unfinished)
+    (unfinished / "summary.json").unlink()
+    two = without(data, root / "two", "image")
+    wide = without(data, root / "wide")
+    np.save(wide / "text.npy", np.zeros((240, 13), dtype=np.float32))
+    apart = without(data, root / "apart")
+    np.save(apart / "image.present.npy", np.zeros(240, dtype=bool))
+    heads = root / "heads"
+    assert main(fit_args(two, heads, config, "--method", "contrastive-heads")) == 0
+    cases = {
+        "has not finished": [data, "--fuse", unfinished],
+        "'image' of the run": [two, "--fuse", base],
+        "dimension 13": [wide, "--fuse", base],
+        "hold three or more": [apart, "--fuse", base],
+        "late fusion only": [two, "--fuse", heads],
+        "without --extend and --resume": [data, "--fuse", base, "--extend", base],
+    }
+    for message, (folder, *options) in cases.items():
+        assert main(fit_args(folder, out, config, *map(str, options))) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists(), message
+    # The model section cannot change a fusion stage's model.
+    fuse = ["--fuse", str(base)]
+    assert main(fit_args(data, out, runs["tiny"], *fuse)) == 2
+    assert "keeps the run's model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_stage_config_keeps_a_positive_combinatorial_weight_and_zeroes_the_rest() -> None:
+    weights = {**TrainConfig().loss_weights, "combinatorial": 0.3}
+    config = stage_config(TrainConfig(loss_weights=weights, planner=True))
+    assert config.loss_weights["combinatorial"] == 0.3 and not config.planner
+    assert sum(config.loss_weights.values()) == 0.3
+    assert stage_config(TrainConfig()).loss_weights["combinatorial"] == 1.0
+
+
+def test_fused_pairs_are_every_subset_with_each_modality_outside_it() -> None:
+    assert fused_pairs(["a", "b", "c"]) == [
+        (("a", "b"), "c"),
+        (("a", "c"), "b"),
+        (("b", "c"), "a"),
+    ]
+    assert fused_pairs(["a", "b"]) == []
