@@ -17,8 +17,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.learned import load_pretrained
 from vallayz_train.cli import main
 from vallayz_train.config import TrainConfig
-from vallayz_train.fusion_stage import stage_config
-from vallayz_train.trainer import fused_pairs
+from vallayz_train.fusion_stage import fused_pairs, stage_config
 
 
 @pytest.fixture(scope="module")

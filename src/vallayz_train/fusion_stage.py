@@ -1,4 +1,6 @@
-"""A second training stage for fused queries: ``vallayz fit DATA --fuse RUN --out NEW``.
+"""What a second training stage for fused queries needs besides the trainer (``vallayz fit
+DATA --fuse RUN --out NEW``, :func:`vallayz_train.trainer.fit_fusion_stage`): its base run and
+data checked, its training config, its record in ``run.json`` and its validation pairs.
 
 The model of a finished IMPN run gets a fused path of its own (:meth:`vallayz.IMPN.fusion_stage`:
 a copy of its bridge layers and a gate over the sources), trained by the combinatorial term
@@ -10,8 +12,8 @@ costs it 1.6 to 5.1 points bo→en on the Tibetan validation split).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,81 +22,9 @@ import torch
 
 from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
-from vallayz.losses import LossWeights
+from vallayz.losses import LossWeights, fusion_subsets
 from vallayz_train.config import TrainConfig
-from vallayz_train.distributed import World, barrier, start
-from vallayz_train.run_folder import (
-    check_out_dir,
-    claim_run_dir,
-    is_finished,
-    load_model,
-    lock_run,
-    read_run,
-    write_run,
-)
-from vallayz_train.trainer import Trainer
-
-
-def fit_fusion_stage(
-    data_dir: str | Path,
-    base_dir: str | Path,
-    run_dir: str | Path,
-    train_config: TrainConfig | None = None,
-    *,
-    layers: bool = True,
-    gate: bool = True,
-    progress: bool = True,
-    world: World | None = None,
-) -> dict[str, Any]:
-    """Trains a fused path for the model of a finished IMPN run, everything else frozen.
-
-    Training reads the rows that hold three or more modalities (a fused subset and a target
-    outside it), under the combinatorial term alone: its weight is the training config's when
-    positive, else 1, and every other term's is 0 (they would train nothing frozen). The
-    planner is off. Validation (and early stopping) reads the fused multi-source pairs. The
-    new run folder holds the whole model, and its ``run.json`` records under ``fusion_stage``
-    the base run, the parts trained and the trained and frozen parameter counts.
-
-    Args:
-        data_dir: Data folder with every modality of the run, at the run's dimensions.
-        base_dir: The finished IMPN run.
-        run_dir: The new run folder.
-        train_config: Training settings (``planner`` turned off, the weights as above).
-        layers, gate: The fused path's own bridge layers, its gate over the sources (as
-            :meth:`vallayz.IMPN.fusion_stage`).
-        progress: Show a progress bar.
-        world: This process's place among the processes ``torchrun`` started.
-
-    Returns:
-        The run's summary (as :func:`~vallayz_train.trainer.fit`).
-
-    Raises:
-        VallayzUserError: if the base run is unfinished or not IMPN, the data lacks one of its
-            modalities or holds one at another dimension, or the train or the val split has
-            fewer than 2 rows with three modalities; nothing is written then.
-    """
-    base_dir, run_dir, world = Path(base_dir), Path(run_dir), world or World()
-    base = _fusable_base(base_dir)
-    data = PairedEmbeddings(data_dir)
-    config = stage_config(train_config or TrainConfig())
-    _check_fusion_rows(data, data_dir, base, base_dir, config.split_seed)
-    if world.distributed:
-        start(world, config.device)
-    torch.manual_seed(config.seed)
-    try:
-        model = base.fusion_stage(layers=layers, gate=gate)
-    except ValueError as err:
-        raise VallayzUserError(f"--fuse {base_dir}: {err}") from err
-    trainer = Trainer(data, run_dir, model, config, progress, world, fusion_stage=True)
-    record = stage_record(base_dir, model, layers, gate)
-    if world.is_main:
-        check_out_dir(run_dir)
-    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
-        if world.is_main:
-            claim_run_dir(run_dir)
-            write_run(run_dir, data_dir, "impn", None, config, fusion_stage=record)
-        barrier(world)
-        return trainer.fit()
+from vallayz_train.run_folder import is_finished, load_model, read_run
 
 
 def stage_record(
@@ -119,7 +49,7 @@ def stage_config(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, planner=False, loss_weights=weights)
 
 
-def _fusable_base(base_dir: Path) -> Any:
+def fusable_base(base_dir: Path) -> Any:
     """The final model of the run a fusion stage starts from.
 
     Raises:
@@ -140,7 +70,7 @@ def _fusable_base(base_dir: Path) -> Any:
     return base
 
 
-def _check_fusion_rows(
+def check_fusion_rows(
     data: PairedEmbeddings, data_dir: str | Path, base: Any, base_dir: Path, split_seed: int
 ) -> None:
     """Checks that ``data`` holds the run's modalities at its dimensions and that the train
@@ -171,3 +101,9 @@ def _check_fusion_rows(
                 "sources and a target, so training needs at least 2 such rows in the train and "
                 "the val split"
             )
+
+
+def fused_pairs(names: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
+    """Every multi-source pair of ``names``: each subset of two or more modalities as the
+    sources, each modality outside it as the target."""
+    return [(subset, t) for subset in fusion_subsets(list(names)) for t in names if t not in subset]

@@ -20,7 +20,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.errors import DivergenceError, VallayzUserError
 from vallayz.eval import default_pairs, model_encoder, random_pools, retrieval_table
 from vallayz.learned import build_model
-from vallayz.losses import LossSettings, LossWeights, fusion_subsets
+from vallayz.losses import LossSettings, LossWeights
 from vallayz.masking import drop_tokens
 from vallayz.method import TrainableMethod
 from vallayz.types import Batch
@@ -33,6 +33,13 @@ from vallayz_train.distributed import (
     broadcast_parameters,
     combine_terms,
     start,
+)
+from vallayz_train.fusion_stage import (
+    check_fusion_rows,
+    fusable_base,
+    fused_pairs,
+    stage_config,
+    stage_record,
 )
 from vallayz_train.names import LEARNED_METHODS
 from vallayz_train.planner import Planner
@@ -691,12 +698,6 @@ def _finished_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def fused_pairs(names: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
-    """Every multi-source pair of ``names``: each subset of two or more modalities as the
-    sources, each modality outside it as the target."""
-    return [(subset, t) for subset in fusion_subsets(list(names)) for t in names if t not in subset]
-
-
 def extension_rows(data: PairedEmbeddings, new: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """``[rows]`` whether a row of ``data`` pairs a modality of ``new`` with one of the other
     ``names`` (those an extended model already knew)."""
@@ -867,8 +868,6 @@ def _restart(
         clear_run(run_dir)
     barrier(world)
     if "fusion_stage" in run:
-        from vallayz_train.fusion_stage import fit_fusion_stage
-
         parts = {k: run["fusion_stage"][k] for k in ("layers", "gate")}
         return fit_fusion_stage(
             data_dir or run["data"],
@@ -963,6 +962,68 @@ def fit_extension(
             claim_run_dir(run_dir)
             method = str(base_run.get("method", "impn"))
             write_run(run_dir, data_dir, method, overrides or None, config, extend=record)
+        barrier(world)
+        return trainer.fit()
+
+
+def fit_fusion_stage(
+    data_dir: str | Path,
+    base_dir: str | Path,
+    run_dir: str | Path,
+    train_config: TrainConfig | None = None,
+    *,
+    layers: bool = True,
+    gate: bool = True,
+    progress: bool = True,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """Trains a fused path for the model of a finished IMPN run, everything else frozen.
+
+    Training reads the rows that hold three or more modalities (a fused subset and a target
+    outside it), under the combinatorial term alone: its weight is the training config's when
+    positive, else 1, and every other term's is 0 (they would train nothing frozen). The
+    planner is off. Validation (and early stopping) reads the fused multi-source pairs. The
+    new run folder holds the whole model, and its ``run.json`` records under ``fusion_stage``
+    the base run, the parts trained and the trained and frozen parameter counts.
+
+    Args:
+        data_dir: Data folder with every modality of the run, at the run's dimensions.
+        base_dir: The finished IMPN run.
+        run_dir: The new run folder.
+        train_config: Training settings (``planner`` turned off, the weights as above).
+        layers, gate: The fused path's own bridge layers, its gate over the sources (as
+            :meth:`vallayz.IMPN.fusion_stage`).
+        progress: Show a progress bar.
+        world: This process's place among the processes ``torchrun`` started.
+
+    Returns:
+        The run's summary (as :func:`~vallayz_train.trainer.fit`).
+
+    Raises:
+        VallayzUserError: if the base run is unfinished or not IMPN, the data lacks one of its
+            modalities or holds one at another dimension, or the train or the val split has
+            fewer than 2 rows with three modalities; nothing is written then.
+    """
+    base_dir, run_dir, world = Path(base_dir), Path(run_dir), world or World()
+    base = fusable_base(base_dir)
+    data = PairedEmbeddings(data_dir)
+    config = stage_config(train_config or TrainConfig())
+    check_fusion_rows(data, data_dir, base, base_dir, config.split_seed)
+    if world.distributed:
+        start(world, config.device)
+    torch.manual_seed(config.seed)
+    try:
+        model = base.fusion_stage(layers=layers, gate=gate)
+    except ValueError as err:
+        raise VallayzUserError(f"--fuse {base_dir}: {err}") from err
+    trainer = Trainer(data, run_dir, model, config, progress, world, fusion_stage=True)
+    record = stage_record(base_dir, model, layers, gate)
+    if world.is_main:
+        check_out_dir(run_dir)
+    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            claim_run_dir(run_dir)
+            write_run(run_dir, data_dir, "impn", None, config, fusion_stage=record)
         barrier(world)
         return trainer.fit()
 

@@ -192,9 +192,8 @@ def train_stage(
     """Trains the fusion stage of ``variant`` from ``base_run`` into ``run``: nothing when it
     is finished, resumed when it was interrupted, else a new stage. Returns the seconds spent,
     or None for a finished run."""
-    from vallayz_train.fusion_stage import fit_fusion_stage
     from vallayz_train.run_folder import LATEST, is_finished
-    from vallayz_train.trainer import fit
+    from vallayz_train.trainer import fit, fit_fusion_stage
 
     if is_finished(run):
         return None
@@ -254,22 +253,28 @@ def check_ablation(
         raise VallayzUserError(f"the training settings of the ablation are invalid: {err}") from err
     for name in names or list(variants):
         variant = variants[name]
-        if variant.fusion_stage_of is not None and variant.fusion_stage_of not in variants:
-            raise VallayzUserError(
-                f"variant {name!r} is a fusion stage of {variant.fusion_stage_of!r}, which is "
-                "not a variant; name a variant of the list"
-            )
-        if variant.fusion_parts not in ("both", "layers", "gate"):
-            raise VallayzUserError(
-                f"variant {name!r}: fusion_parts must be 'both', 'layers' or 'gate', got "
-                f"{variant.fusion_parts!r}"
-            )
+        _check_stage(name, variant, variants)
         try:
             model, _ = variant.configs(model_defaults, train, data_dir)
             model_config(variant.method, data_modalities(data, model), model)
         except (ValueError, TypeError) as err:
             raise VallayzUserError(f"variant {name!r}: {err}") from err
     return train
+
+
+def _check_stage(name: str, variant: Variant, variants: Mapping[str, Variant]) -> None:
+    """Raises :class:`VallayzUserError` unless a fusion-stage variant names a variant to start
+    from and known parts."""
+    if variant.fusion_stage_of is not None and variant.fusion_stage_of not in variants:
+        raise VallayzUserError(
+            f"variant {name!r} is a fusion stage of {variant.fusion_stage_of!r}, which is not "
+            "a variant; name a variant of the list"
+        )
+    if variant.fusion_parts not in ("both", "layers", "gate"):
+        raise VallayzUserError(
+            f"variant {name!r}: fusion_parts must be 'both', 'layers' or 'gate', got "
+            f"{variant.fusion_parts!r}"
+        )
 
 
 def score_variant(

@@ -80,18 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from vallayz_train import distributed
     from vallayz_train.trainer import fit, fit_extension
 
-    if args.extend and args.resume:
-        raise UsageError(
-            "--extend starts a new run from a finished one and --resume continues a run; pass "
-            "one of them (an extension run is continued with --resume NEW alone)"
-        )
-    if args.add and not args.extend:
-        raise UsageError("--add names a modality to add to the run of --extend; pass --extend RUN")
-    if args.fuse and (args.extend or args.resume):
-        raise UsageError(
-            "--fuse starts a new run from a finished one; pass it without --extend and --resume "
-            "(a fusion stage is continued with --resume NEW alone)"
-        )
+    _check_starts(args)
     # Under torchrun every process runs this command; fit() starts their process group.
     world = distributed.world_from_env()
     try:
@@ -134,9 +123,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_starts(args: argparse.Namespace) -> None:
+    """Refuses ``--extend``, ``--fuse`` and ``--resume`` together, and ``--add`` without
+    ``--extend``."""
+    if args.extend and args.resume:
+        raise UsageError(
+            "--extend starts a new run from a finished one and --resume continues a run; pass "
+            "one of them (an extension run is continued with --resume NEW alone)"
+        )
+    if args.add and not args.extend:
+        raise UsageError("--add names a modality to add to the run of --extend; pass --extend RUN")
+    if args.fuse and (args.extend or args.resume):
+        raise UsageError(
+            "--fuse starts a new run from a finished one; pass it without --extend and --resume "
+            "(a fusion stage is continued with --resume NEW alone)"
+        )
+
+
 def _fuse(args: argparse.Namespace, world: World | None) -> dict[str, Any]:
     """Runs ``vallayz fit DATA --fuse RUN --out NEW``."""
-    from vallayz_train.fusion_stage import fit_fusion_stage
+    from vallayz_train.trainer import fit_fusion_stage
 
     if args.out is None or args.data is None:
         raise UsageError("fit --fuse RUN needs the data folder and --out NEW_RUN_DIR")
