@@ -133,3 +133,41 @@ def test_fused_pairs_are_every_subset_with_each_modality_outside_it() -> None:
         (("b", "c"), "a"),
     ]
     assert fused_pairs(["a", "b"]) == []
+
+
+def test_retrieve_embeds_a_query_of_several_sources_late_or_fused(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    stage = runs["root"] / "retrieve-stage"
+    assert main(fit_args(runs["data"], stage, runs["plain"], "--fuse", str(runs["base"]))) == 0
+    model = load_pretrained(stage).eval()
+    data = PairedEmbeddings(runs["data"])
+    ids = {item["id"]: i for i, item in enumerate(data.items)}
+    query = next(q for q, r in ids.items() if data.present["text"][r] and data.present["audio"][r])
+    candidates = np.flatnonzero(data.present["image"])
+    with torch.no_grad():
+        images = model.embed(data.batch(candidates, ["image"]))
+        images = torch.nn.functional.normalize(images, dim=-1)
+        for fusion in ("late", "fused"):
+            sources = data.batch(np.array([ids[query]]), ["text", "audio"])
+            q = torch.nn.functional.normalize(model.embed(sources, fusion=fusion), dim=-1)
+            best = float((q @ images.T).max())
+            capsys.readouterr()
+            args = ["retrieve", str(stage), "--source", "text+audio", "--target", "image"]
+            more = ["--candidates", str(runs["data"]), "--query-ids", query, "--k", "1"]
+            assert main([*args, *more, "--fusion", fusion]) == 0
+            printed = capsys.readouterr().out.splitlines()[1].split("\t")
+            assert float(printed[1]) == pytest.approx(best, abs=1e-4), fusion
+    heads = runs["root"] / "heads-retrieve"
+    assert main(fit_args(runs["data"], heads, runs["plain"], "--method", "contrastive-heads")) == 0
+    refused = {
+        "fuses late only": [str(heads), "--query-ids", query, "--fusion", "fused"],
+        "drop --input and --rerank": [str(stage), "--input", "x.npy"],
+    }
+    for message, options in refused.items():
+        args = ["retrieve", options[0], "--source", "text+audio", "--target", "image"]
+        assert main([*args, "--candidates", str(runs["data"]), *options[1:]]) == 2
+        assert message in capsys.readouterr().err
+    args = ["retrieve", str(stage), "--source", "text+image", "--target", "image"]
+    assert main([*args, "--candidates", str(runs["data"]), "--query-ids", query]) == 2
+    assert "the target not among them" in capsys.readouterr().err

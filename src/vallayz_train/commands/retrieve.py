@@ -30,8 +30,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """
     p = subparsers.add_parser("retrieve", help="nearest candidates of another modality")
     p.add_argument("run")
-    p.add_argument("--source", required=True)
+    p.add_argument(
+        "--source",
+        required=True,
+        help="the query's modality, or several joined by '+' (e.g. bo+speech; with --query-ids)",
+    )
     p.add_argument("--target", required=True)
+    p.add_argument(
+        "--fusion",
+        default="late",
+        choices=["late", "fused"],
+        help="a query with several sources: the mean of their single-source embeddings "
+        "(late), or one pass of the bridge in which they exchange messages (fused; IMPN, "
+        "best after vallayz fit --fuse)",
+    )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument(
         "--query-ids", dest="query_ids", nargs="+", help="ids of rows in the candidates directory"
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     model, data, candidate_rows = _checked_inputs(args)
     queries, labels = _queries(args, model, data)
     with torch.no_grad():
-        q = model.embed(queries)
+        q = model.embed(queries, fusion="fused") if args.fusion == "fused" else model.embed(queries)
     index = candidate_index(model, Path(args.run), data, args.target, candidate_rows, args.index)
     found = index.search(q, min(max(args.k, args.rerank), len(candidate_rows)))
     top_scores, top_indices = (
@@ -85,7 +97,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[Any, PairedEmbeddings, np
 
     Raises:
         UsageError: for a non-positive ``--k`` or one larger than the pool, a negative
-            ``--rerank``, or a modality the model or the data folder lacks.
+            ``--rerank``, a modality the model or the data folder lacks, or several sources
+            with ``--input``, ``--rerank``, the target among them or a model that cannot fuse.
     """
     from vallayz.data import PairedEmbeddings
 
@@ -93,10 +106,11 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[Any, PairedEmbeddings, np
     if args.rerank < 0:
         raise UsageError(f"--rerank must be >= 0 (0: no re-ranking), got {args.rerank}")
     model = load_run(args.run, args.device)
-    check_modality(model, args.source, "--source")
+    args.sources = _check_sources(args, model)
     check_modality(model, args.target, "--target")
     data = PairedEmbeddings(args.candidates)
-    for option, name in (("--source", args.source), ("--target", args.target)):
+    named = [("--source", name) for name in args.sources] + [("--target", args.target)]
+    for option, name in named:
         if name not in data.modalities:
             raise UsageError(
                 f"{option} {name!r} is not in {args.candidates}; it has {sorted(data.modalities)}"
@@ -109,6 +123,33 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[Any, PairedEmbeddings, np
             f"{len(candidate_rows)} {args.target} candidates"
         )
     return model, data, candidate_rows
+
+
+def _check_sources(args: argparse.Namespace, model: Any) -> list[str]:
+    """The modalities of ``--source`` (one, or several joined by '+'), checked.
+
+    Raises:
+        UsageError: as :func:`_checked_inputs` says.
+    """
+    sources = args.source.split("+")
+    for name in sources:
+        check_modality(model, name, "--source")
+    if len(set(sources)) != len(sources) or args.target in sources:
+        raise UsageError(
+            f"--source {args.source} names a modality twice or the target {args.target!r}; "
+            "name each source once, the target not among them"
+        )
+    if len(sources) > 1 and (args.input or args.rerank):
+        raise UsageError(
+            "a query of several sources is read from the rows --query-ids names, and is not "
+            "re-ranked; drop --input and --rerank, or give one --source"
+        )
+    if args.fusion == "fused" and "fused" not in model.capabilities.modes:
+        raise UsageError(
+            f"--fusion fused needs a model that embeds several sources in one pass (IMPN); "
+            f"this run's {type(model).__name__} fuses late only, so drop --fusion"
+        )
+    return sources
 
 
 def _queries(
@@ -135,13 +176,12 @@ def _queries(
     if unknown:
         raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
     rows = np.array([ids[q] for q in args.query_ids])
-    absent = [
-        q for q, r in zip(args.query_ids, rows, strict=True) if not data.present[args.source][r]
-    ]
+    held = [bool(any(data.present[name][row] for name in args.sources)) for row in rows]
+    absent = [q for q, has in zip(args.query_ids, held, strict=True) if not has]
     if absent:
         raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
-    # With its tokens, if the data has any.
-    return data.batch(rows, [args.source]), list(args.query_ids)
+    # With its tokens, if the data has any; a row missing some sources is read from the rest.
+    return data.batch(rows, args.sources), list(args.query_ids)
 
 
 def _print_found(
