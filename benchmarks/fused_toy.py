@@ -3,10 +3,11 @@
 Every item has an 8-d latent. ``text`` sees latent dimensions 0-5, ``image`` dimensions 2-7
 (each through a random map, ``tanh`` and noise), ``audio`` all eight: neither source alone
 identifies the audio, the two together do. IMPN is trained with and without the combinatorial
-term by the ablation machinery (:func:`~vallayz_train.bench.ablation.run_ablation`) and scored
-on the validation split, on the soil path (late fusion: each source alone, averaged) and the
-fused path (one pass in which the sources exchange messages), clean, with the text at 0 dB SNR
-(one source corrupted), and with each source missing for half of the rows.
+term, or with it in a second stage after the defaults (the fusion stage), by the ablation
+machinery (:func:`~vallayz_train.bench.ablation.run_ablation`) and scored on the validation
+split, on the soil path (late fusion: each source alone, averaged) and the fused path (one pass
+in which the sources exchange messages), clean, with the text at 0 dB SNR (one source
+corrupted), and with each source missing for half of the rows.
 
 Usage::
 
@@ -29,6 +30,12 @@ VARIANTS = {
     "default": Variant(),
     "combinatorial term": Variant(train={"loss_weights": {"combinatorial": 1.0}}),
     "combinatorial term 3": Variant(train={"loss_weights": {"combinatorial": 3.0}}),
+    # A second stage after the defaults (vallayz fit --fuse): the fused path's own copy of the
+    # bridge layers and a gate, trained by the combinatorial term with the rest frozen.
+    "fusion stage": Variant(fusion_stage_of="default"),
+    "fusion stage, corrupted sources": Variant(
+        train={"fused_corruption": 0.5}, fusion_stage_of="default"
+    ),
 }
 MODEL = {"soil_dim": 64, "hidden_dim": 128, "heads": 2}
 
