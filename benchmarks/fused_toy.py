@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/fused_toy.py --out runs/toy
     python benchmarks/fused_toy.py --out runs/toy --only "combinatorial term"
+    python benchmarks/fused_toy.py --out runs/toy-s1 --seed 1 --only default "fusion stage"
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/toy", help="folder of the data and the runs")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="a subset of variants")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the data stay)")
     args = parser.parse_args()
     out = Path(args.out)
     data = write_toy(out / "data")
     spec = AblationSpec(
         steps=args.steps,
         batch_size=256,
+        seed=args.seed,
         pairs=[(("text",), "audio"), (("image",), "audio"), (("text", "image"), "audio")],
         modes=("soil", "fused"),
         noisy_snr=0.0,
