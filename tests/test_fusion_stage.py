@@ -171,3 +171,38 @@ def test_retrieve_embeds_a_query_of_several_sources_late_or_fused(
     args = ["retrieve", str(stage), "--source", "text+image", "--target", "image"]
     assert main([*args, "--candidates", str(runs["data"]), "--query-ids", query]) == 2
     assert "the target not among them" in capsys.readouterr().err
+
+
+def test_fused_rows_scores_each_source_alone_on_the_rows_of_the_fused_pair(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
+
+    from vallayz.eval import model_encoder, retrieval_table
+
+    stage = runs["root"] / "rows-stage"
+    assert main(fit_args(runs["data"], stage, runs["plain"], "--fuse", str(runs["base"]))) == 0
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "fused_rows.py"))
+    capsys.readouterr()
+    argv = [str(runs["data"]), str(stage), "--sources", "text", "audio", "--target", "image"]
+    assert script["main"]([*argv, "--splits", "val"]) == 0
+    printed = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in capsys.readouterr().out.splitlines()[2:]
+    ]
+    got = {(row[2], row[3]): row[5] for row in printed}
+    # The text -> image row is the retrieval of text alone on the rows holding all three.
+    data = PairedEmbeddings(runs["data"])
+    model = load_pretrained(stage).eval()
+    rows = data.split_indices(TrainConfig().split_seed)["val"]
+    rows = rows[
+        data.present["text"][rows] & data.present["audio"][rows] & data.present["image"][rows]
+    ]
+    table = retrieval_table(
+        data, rows, model_encoder(model, data, "soil"), [(("text",), "image")], pool=len(rows)
+    )
+    whole = next(r for r in table if r["pool"] == "all")
+    assert float(got[("text->image", "soil")]) == pytest.approx(float(whole["R@1"]), abs=1e-4)
+    assert {("text+audio->image", "late"), ("text+audio->image", "fused")} <= got.keys()
+    weights = [float(row[3]) for row in printed if row[2].startswith("gate weight")]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=2e-3)
