@@ -176,6 +176,21 @@ def without(data: Path, folder: Path, *names: str) -> Path:
     return folder
 
 
+def assert_refused(
+    cases: dict[str, list[Path | str]],
+    out: Path,
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each case (the message, then the data folder and the options of ``fit``) exits with
+    status 2 and that message on one line, and writes nothing at ``out``."""
+    for message, (folder, *options) in cases.items():
+        assert main(fit_args(Path(folder), out, config, *map(str, options))) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists(), message
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The synthetic data, a copy without its images, and a finished text+audio run."""
@@ -293,11 +308,7 @@ def test_fit_extend_refuses_bad_input_and_writes_nothing(
         "has not finished": [data, "--extend", unfinished],
         "pass one of them": [data, "--extend", base, "--resume", base],
     }
-    for message, (folder, *options) in cases.items():
-        assert main(fit_args(folder, out, config, *map(str, options))) == 2, message
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
-        assert not out.exists(), message
+    assert_refused(cases, out, config, capsys)
 
 
 def test_a_node_reader_starts_as_the_identity_and_ignores_padding() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from synthetic import write_synthetic
-from test_extend import TINY, fit_args, without
+from test_extend import TINY, assert_refused, fit_args, without
 
 from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
@@ -106,11 +106,7 @@ def test_fit_fuse_refuses_bad_input_and_writes_nothing(
         "late fusion only": [two, "--fuse", heads],
         "without --extend and --resume": [data, "--fuse", base, "--extend", base],
     }
-    for message, (folder, *options) in cases.items():
-        assert main(fit_args(folder, out, config, *map(str, options))) == 2, message
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
-        assert not out.exists(), message
+    assert_refused(cases, out, config, capsys)
     # The model section cannot change a fusion stage's model.
     fuse = ["--fuse", str(base)]
     assert main(fit_args(data, out, runs["tiny"], *fuse)) == 2

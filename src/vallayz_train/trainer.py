@@ -7,7 +7,7 @@ import csv
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -954,14 +954,27 @@ def fit_extension(
     model = _extended_model(base, base_dir, {m: data.modalities[m] for m in new}, overrides)
     trainer = Trainer(data, run_dir, model, config, progress, world, new)
     record = _extension_record(base, base_dir, model, new)
+    method = str(base_run.get("method", "impn"))
+    return _claim_and_fit(
+        run_dir,
+        world,
+        trainer,
+        lambda: write_run(run_dir, data_dir, method, overrides or None, config, extend=record),
+    )
+
+
+def _claim_and_fit(
+    run_dir: Path, world: World, trainer: Trainer, write: Callable[[], None]
+) -> dict[str, Any]:
+    """Claims the new run folder ``run_dir`` and writes its ``run.json`` with ``write`` (rank
+    0, under the folder's lock), then trains; returns the run's summary."""
     if world.is_main:
         check_out_dir(run_dir)
     # One writer per run folder, as in fit: rank 0 writes it, so rank 0 holds the lock.
     with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
         if world.is_main:
             claim_run_dir(run_dir)
-            method = str(base_run.get("method", "impn"))
-            write_run(run_dir, data_dir, method, overrides or None, config, extend=record)
+            write()
         barrier(world)
         return trainer.fit()
 
@@ -1018,14 +1031,12 @@ def fit_fusion_stage(
         raise VallayzUserError(f"--fuse {base_dir}: {err}") from err
     trainer = Trainer(data, run_dir, model, config, progress, world, fusion_stage=True)
     record = stage_record(base_dir, model, layers, gate)
-    if world.is_main:
-        check_out_dir(run_dir)
-    with lock_run(run_dir) if world.is_main else contextlib.nullcontext():
-        if world.is_main:
-            claim_run_dir(run_dir)
-            write_run(run_dir, data_dir, "impn", None, config, fusion_stage=record)
-        barrier(world)
-        return trainer.fit()
+    return _claim_and_fit(
+        run_dir,
+        world,
+        trainer,
+        lambda: write_run(run_dir, data_dir, "impn", None, config, fusion_stage=record),
+    )
 
 
 def _finished_base(base_dir: Path) -> tuple[dict[str, Any], Any]:
