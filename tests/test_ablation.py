@@ -168,6 +168,8 @@ def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
         "bo+speech->en",
         "bo->en at 10 dB",
         "bo+speech->en, bo at 10 dB",
+        "bo->en (rows of bo+speech)",
+        "speech->en (rows of bo+speech)",
     ]
     # Late (soil) and fused rows of the combinatorial variant; fused on bo+speech->en only.
     fused = [*args, *options, "--modes", "soil", "fused", "--only", "combinatorial term"]
@@ -180,6 +182,8 @@ def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
         ("bo+speech->en, bo at 10 dB", "soil"),
         ("bo+speech->en", "fused"),
         ("bo+speech->en, bo at 10 dB", "fused"),
+        ("bo->en (rows of bo+speech)", "soil"),
+        ("speech->en (rows of bo+speech)", "soil"),
     ]
     train = json.loads((tmp_path / "ab" / "combinatorial-term" / "run.json").read_text())["train"]
     assert train["loss_weights"]["combinatorial"] == 1.0
@@ -256,6 +260,15 @@ def test_a_fusion_stage_variant_trains_from_its_base_variants_run(tmp_path: Path
         assert ("text+audio->image", "fused") in rows(name)
         for key in [("text->image", "soil"), ("text+audio->image", "soil")]:
             assert rows(name)[key] == rows("default")[key]
+    # Each source of the multi-source pair is also scored alone on that pair's rows.
+    folder = PairedEmbeddings(data)
+    val = folder.split_indices(spec.train_config().split_seed)["val"]
+    held = val[folder.present["audio"][val] & folder.present["image"][val]]
+    encoder = model_encoder(base, folder, "soil")
+    for source in ("text", "audio"):
+        want = retrieval_table(folder, held, encoder, [((source,), "image")], spec.pool)
+        got = rows("default")[(f"{source}->image (rows of text+audio)", "soil")]
+        assert got == next(r["R@1"] for r in want if r["pool"] == "5")
     with pytest.raises(VallayzUserError, match="not a variant"):
         run_ablation(
             data, out, spec, {"s": Variant(fusion_stage_of="missing")}, model_defaults=SMALL

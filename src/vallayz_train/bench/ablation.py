@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
 from vallayz.eval import PerturbedView, format_table, model_encoder, rerank_table, retrieval_table
@@ -277,6 +279,52 @@ def _check_stage(name: str, variant: Variant, variants: Mapping[str, Variant]) -
         )
 
 
+def same_rows_table(
+    model: Any, data: PairedEmbeddings, rows: np.ndarray, several: Sequence[Pair], pool: int
+) -> list[dict[str, Any]]:
+    """Each source of every multi-source pair alone (shared space), on the rows of that pair
+    (every source and the target present), labelled ``"<target> (rows of a+b)"``: a
+    single-source pair is otherwise scored on all of its own rows, a wider and different set
+    of queries than the multi-source pair's."""
+    encode = model_encoder(model, data, "soil")
+    table: list[dict[str, Any]] = []
+    for sources, target in several:
+        held = np.stack([data.present[m][rows] for m in (*sources, target)]).all(axis=0)
+        alone = [((m,), target) for m in sources]
+        label = f"{target} (rows of {'+'.join(sources)})"
+        table += [
+            {**row, "target": label, "mode": "soil"}
+            for row in retrieval_table(data, rows[held], encode, alone, pool)
+        ]
+    return table
+
+
+def _views(
+    data: PairedEmbeddings, spec: AblationSpec, usable: list[Pair], several: list[Pair]
+) -> list[tuple[str, Any, list[Pair]]]:
+    """The views of the data a variant is scored on, each with its label suffix and pairs:
+    the data as it is, the noisy source, one source of each multi-source pair corrupted, and
+    sources missing (the last three as ``spec`` asks)."""
+    views: list[tuple[str, Any, list[Pair]]] = [("", data, usable)]
+    if spec.noisy_snr is not None:
+        # The noise sweep's setting: noise on the source vector, its n-grams withheld.
+        pair = spec.noisy_pair or next(p for p in spec.pairs if len(p[0]) == 1)
+        noisy = PerturbedView(data, noisy=pair[0], snr_db=spec.noisy_snr)
+        views.append((f" at {spec.noisy_snr:g} dB", noisy, [pair]))
+        for lead in dict.fromkeys(p[0][0] for p in several):
+            corrupted = PerturbedView(data, noisy=(lead,), snr_db=spec.noisy_snr)
+            chosen = [p for p in several if p[0][0] == lead]
+            views.append((f", {lead} at {spec.noisy_snr:g} dB", corrupted, chosen))
+    if spec.missing is not None and several:
+        # The missing-modality sweep's setting: each source dropped for a share of rows.
+        sources = sorted({m for p in several for m in p[0]})
+        absent = drop_sources({m: data.present[m] for m in sources}, spec.missing)
+        views.append(
+            (f", {spec.missing * 100:g}% missing", PerturbedView(data, absent=absent), several)
+        )
+    return views
+
+
 def score_variant(
     run: Path, data_dir: Path, spec: AblationSpec, config: TrainConfig
 ) -> list[dict[str, Any]]:
@@ -286,24 +334,8 @@ def score_variant(
     model = load_model(run)
     known = model.config.modalities
     usable = [p for p in spec.pairs if all(m in known for m in (*p[0], p[1]))]
-    views: list[tuple[str, Any, list[Pair]]] = [("", data, usable)]
-    if spec.noisy_snr is not None:
-        # The noise sweep's setting: noise on the source vector, its n-grams withheld.
-        pair = spec.noisy_pair or next(p for p in spec.pairs if len(p[0]) == 1)
-        noisy = PerturbedView(data, noisy=pair[0], snr_db=spec.noisy_snr)
-        views.append((f" at {spec.noisy_snr:g} dB", noisy, [pair]))
     several = [p for p in usable if len(p[0]) > 1]
-    if spec.noisy_snr is not None:
-        for lead in dict.fromkeys(p[0][0] for p in several):
-            corrupted = PerturbedView(data, noisy=(lead,), snr_db=spec.noisy_snr)
-            chosen = [p for p in several if p[0][0] == lead]
-            views.append((f", {lead} at {spec.noisy_snr:g} dB", corrupted, chosen))
-    if spec.missing is not None and several:
-        # The missing-modality sweep's setting: each source dropped for a share of rows.
-        sources = sorted({m for p in several for m in p[0]})
-        absent = drop_sources({m: data.present[m] for m in sources}, spec.missing)
-        view = PerturbedView(data, absent=absent)
-        views.append((f", {spec.missing * 100:g}% missing", view, several))
+    views = _views(data, spec, usable, several)
     # The paths asked for that the method serves (the heads: soil; the MLPs: translate), or
     # its first path when it serves none of them.
     served = model.capabilities.modes
@@ -316,6 +348,8 @@ def score_variant(
             view, val, model_encoder(model, view, mode), view_pairs, spec.pool
         )
     ]
+    if "soil" in served:
+        rows += same_rows_table(model, data, val, several, spec.pool)
     if getattr(model, "match_head", None) is not None:
         # Re-ranked after the first stage of the variant's validation path.
         first = model_encoder(model, data, config.retrieval_mode)
