@@ -174,7 +174,11 @@ def test_vallayz_ablate_runs_named_variants_on_tibetan_shaped_data(
     # Late (soil) and fused rows of the combinatorial variant; fused on bo+speech->en only.
     fused = [*args, *options, "--modes", "soil", "fused", "--only", "combinatorial term"]
     assert main(fused) == 0
-    table = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    whole = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    # The file keeps the first call's rows and adds this call's.
+    assert whole[: len(table)] == table
+    table = whole[len(table) :]
+    assert {r["variant"] for r in table} == {"combinatorial term"}
     assert [(r["pair"], r["mode"]) for r in table] == [
         ("bo->en", "soil"),
         ("bo+speech->en", "soil"),
@@ -273,3 +277,27 @@ def test_a_fusion_stage_variant_trains_from_its_base_variants_run(tmp_path: Path
         run_ablation(
             data, out, spec, {"s": Variant(fusion_stage_of="missing")}, model_defaults=SMALL
         )
+
+
+def test_the_table_file_keeps_the_rows_of_variants_run_by_earlier_calls(tmp_path: Path) -> None:
+    from vallayz_train.bench.ablation import write_table
+
+    path = tmp_path / "ablation.json"
+    first = [{"variant": "a", "val R@1": 0.1}, {"variant": "b", "val R@1": 0.2}]
+    write_table(path, first, log=lambda *a: None)
+    assert json.loads(path.read_text()) == first
+    # Another variant adds to the table; a variant run again replaces its own rows.
+    write_table(path, [{"variant": "c", "val R@1": 0.3}], log=lambda *a: None)
+    write_table(path, [{"variant": "a", "val R@1": 0.5}], log=lambda *a: None)
+    assert json.loads(path.read_text()) == [
+        {"variant": "b", "val R@1": 0.2},
+        {"variant": "c", "val R@1": 0.3},
+        {"variant": "a", "val R@1": 0.5},
+    ]
+    # A file that is not a table is kept aside, not lost.
+    path.write_text("not json")
+    said: list[str] = []
+    write_table(path, first, log=said.append)
+    assert json.loads(path.read_text()) == first
+    assert (tmp_path / "ablation.json.unreadable").read_text() == "not json"
+    assert said and "not an ablation table" in said[0]

@@ -28,6 +28,7 @@ from vallayz_train.bench.runs import train_run
 from vallayz_train.bench.spec import Pair, check_pairs
 from vallayz_train.config import TrainConfig
 from vallayz_train.names import ABLATION_MODES
+from vallayz_train.options import replace_atomically
 from vallayz_train.run_folder import load_model
 
 
@@ -150,8 +151,9 @@ def run_ablation(
     progress: bool = True,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Trains and scores the variants ``names`` (default: all); writes ``ablation.json``
-    (``ablation-test.json`` for the test split, so that the validation table stays).
+    """Trains and scores the variants ``names`` (default: all); writes their rows to
+    ``ablation.json`` (``ablation-test.json`` for the test split, so that the validation table
+    stays) after the rows already there of other variants (:func:`write_table`).
 
     Returns:
         One row per variant, pair and retrieval path: validation R@1 and R@5 on pools of
@@ -184,8 +186,30 @@ def run_ablation(
         log(format_table(table[-len(rows) :]) if rows else "")
     log(format_table(table))
     name = "ablation.json" if spec.split == "val" else f"ablation-{spec.split}.json"
-    (out / name).write_text(json.dumps(table, indent=2) + "\n")
+    write_table(out / name, table, log)
     return table
+
+
+def write_table(path: Path, table: list[dict[str, Any]], log: Any = print) -> None:
+    """Writes ``table`` to ``path`` after the rows already there of the variants it does not
+    hold, so that calls with other variants into one folder add to its table instead of
+    replacing it (a variant run again replaces its own rows). A file there that is not such a
+    table is kept beside it as ``<name>.unreadable``."""
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if not (isinstance(old, list) and all(isinstance(row, dict) for row in old)):
+                raise ValueError(f"{path} is not a list of rows")
+        except (OSError, UnicodeDecodeError, ValueError):
+            aside = path.with_name(f"{path.name}.unreadable")
+            path.replace(aside)
+            log(f"{path} was not an ablation table; it is kept as {aside}")
+        else:
+            ran = {row["variant"] for row in table}
+            kept = [row for row in old if row.get("variant") not in ran]
+    text = json.dumps(kept + table, indent=2) + "\n"
+    replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def train_stage(

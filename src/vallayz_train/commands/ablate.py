@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "turns it on) on the same data and steps, in its own folder under --out; finished "
         "variants are reused and interrupted ones resumed. Scores are validation R@1/R@5 on "
         "pools of --pool candidates; the table is also written to OUT/ablation.json "
-        "(OUT/ablation-test.json with --split test).",
+        "(OUT/ablation-test.json with --split test), after the rows there of variants that "
+        "earlier calls ran.",
     )
     _training_options(p)
     _scoring_options(p)
