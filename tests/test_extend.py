@@ -176,6 +176,17 @@ def without(data: Path, folder: Path, *names: str) -> Path:
     return folder
 
 
+def refused_inputs(root: Path, base: Path, data: Path) -> tuple[Path, Path]:
+    """A copy of the run ``base`` that has not finished, and a copy of ``data`` whose text is
+    13-d instead of 12-d."""
+    unfinished = root / "unfinished"
+    shutil.copytree(base, unfinished)
+    (unfinished / "summary.json").unlink()
+    wide = without(data, root / "wide")
+    np.save(wide / "text.npy", np.zeros((240, 13), dtype=np.float32))
+    return unfinished, wide
+
+
 def assert_refused(
     cases: dict[str, list[Path | str]],
     out: Path,
@@ -191,15 +202,21 @@ def assert_refused(
         assert not out.exists(), message
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The synthetic data, a copy without its images, and a finished text+audio run."""
-    root = tmp_path_factory.mktemp("extend")
+def tiny_inputs(root: Path) -> tuple[Path, Path, Path]:
+    """The synthetic data folder, a config file of a tiny model and an empty config file."""
     data = write_synthetic(root / "data")
     config = root / "config.json"
     config.write_text(json.dumps(TINY))
     plain = root / "plain.json"
     plain.write_text("{}")
+    return data, config, plain
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The synthetic data, a copy without its images, and a finished text+audio run."""
+    root = tmp_path_factory.mktemp("extend")
+    data, config, plain = tiny_inputs(root)
     old = without(data, root / "old", "image")
     assert main(fit_args(old, root / "base", config)) == 0
     return {"root": root, "data": data, "old": old, "base": root / "base", "plain": plain}
@@ -291,11 +308,7 @@ def test_fit_extend_refuses_bad_input_and_writes_nothing(
 ) -> None:
     root, data, base, config = runs["root"], runs["data"], runs["base"], runs["plain"]
     out = root / "refused"
-    unfinished = root / "unfinished"
-    shutil.copytree(base, unfinished)
-    (unfinished / "summary.json").unlink()
-    wide = without(data, root / "wide")
-    np.save(wide / "text.npy", np.zeros((240, 13), dtype=np.float32))
+    unfinished, wide = refused_inputs(root, base, data)
     apart = without(data, root / "apart", "audio")
     half = np.arange(240) < 120
     np.save(apart / "text.present.npy", half)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from synthetic import write_synthetic
-from test_extend import TINY, assert_refused, fit_args, without
+from test_extend import assert_refused, fit_args, refused_inputs, tiny_inputs, without
 
 from vallayz import IMPN
 from vallayz.data import PairedEmbeddings
@@ -24,11 +22,7 @@ from vallayz_train.fusion_stage import fused_pairs, stage_config
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The synthetic data (three modalities) and a finished IMPN run on it."""
     root = tmp_path_factory.mktemp("fuse")
-    data = write_synthetic(root / "data")
-    config = root / "config.json"
-    config.write_text(json.dumps(TINY))
-    plain = root / "plain.json"
-    plain.write_text("{}")
+    data, config, plain = tiny_inputs(root)
     assert main(fit_args(data, root / "base", config)) == 0
     return {"root": root, "data": data, "base": root / "base", "plain": plain, "tiny": config}
 
@@ -88,12 +82,8 @@ def test_fit_fuse_refuses_bad_input_and_writes_nothing(
 ) -> None:
     root, data, base, config = runs["root"], runs["data"], runs["base"], runs["plain"]
     out = root / "refused"
-    unfinished = root / "unfinished"
-    shutil.copytree(base, unfinished)
-    (unfinished / "summary.json").unlink()
+    unfinished, wide = refused_inputs(root, base, data)
     two = without(data, root / "two", "image")
-    wide = without(data, root / "wide")
-    np.save(wide / "text.npy", np.zeros((240, 13), dtype=np.float32))
     apart = without(data, root / "apart")
     np.save(apart / "image.present.npy", np.zeros(240, dtype=bool))
     heads = root / "heads"

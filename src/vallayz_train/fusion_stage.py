@@ -24,7 +24,7 @@ from vallayz.data import PairedEmbeddings
 from vallayz.errors import VallayzUserError
 from vallayz.losses import LossWeights, fusion_subsets
 from vallayz_train.config import TrainConfig
-from vallayz_train.run_folder import is_finished, load_model, read_run
+from vallayz_train.run_folder import finished_base
 
 
 def stage_record(
@@ -55,13 +55,7 @@ def fusable_base(base_dir: Path) -> Any:
     Raises:
         VallayzUserError: if it is not a run, has not finished or has no fused path to train.
     """
-    read_run(base_dir)
-    if not is_finished(base_dir):
-        raise VallayzUserError(
-            f"--fuse {base_dir}: that run has not finished (it has no final model); finish it "
-            f"first with vallayz fit --resume {base_dir}"
-        )
-    base = load_model(base_dir)
+    _, base = finished_base(base_dir, "--fuse")
     if not hasattr(base, "fusion_stage"):
         raise VallayzUserError(
             f"--fuse {base_dir}: its model ({type(base).__name__}) embeds several sources by "
@@ -90,10 +84,10 @@ def check_fusion_rows(
                 f"modality {name!r} has dimension {data.modalities[name]} in {data_dir} but "
                 f"{dim} in the run {base_dir}; encode it with the run's encoder"
             )
-    held = np.stack([data.present[m] for m in base.config.modalities]).sum(axis=0)
+    held = fusion_rows(data, list(base.config.modalities))
     splits = data.split_indices(split_seed)
     for split in ("train", "val"):
-        count = int((held[splits[split]] >= 3).sum())
+        count = int(held[splits[split]].sum())
         if count < 2:
             raise VallayzUserError(
                 f"{data_dir}: {count} row(s) of the {split} split hold three or more of the "
@@ -101,6 +95,12 @@ def check_fusion_rows(
                 "sources and a target, so training needs at least 2 such rows in the train and "
                 "the val split"
             )
+
+
+def fusion_rows(data: PairedEmbeddings, names: Sequence[str]) -> np.ndarray:
+    """``[rows]`` whether a row of ``data`` holds three or more of ``names``: two sources of a
+    fused query and a target outside them, the rows a fusion stage trains and validates on."""
+    return np.stack([data.present[name] for name in names]).sum(axis=0) >= 3
 
 
 def fused_pairs(names: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:

@@ -361,6 +361,22 @@ def write_run(
     config.to_json(run_dir / TRAIN_CONFIG)
 
 
+def finished_base(base_dir: Path, option: str) -> tuple[dict[str, Any], Any]:
+    """The ``run.json`` and the final model of the finished run that ``option`` (``--extend``,
+    ``--fuse``) starts a new run from.
+
+    Raises:
+        VallayzUserError: if it is not a run, or has not finished.
+    """
+    base_run = read_run(base_dir)
+    if not is_finished(base_dir):
+        raise VallayzUserError(
+            f"{option} {base_dir}: that run has not finished (it has no final model); finish "
+            f"it first with vallayz fit --resume {base_dir}"
+        )
+    return base_run, load_model(base_dir)
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder, checked.
 

@@ -38,6 +38,7 @@ from vallayz_train.fusion_stage import (
     check_fusion_rows,
     fusable_base,
     fused_pairs,
+    fusion_rows,
     stage_config,
     stage_record,
 )
@@ -55,8 +56,8 @@ from vallayz_train.run_folder import (
     check_out_dir,
     claim_run_dir,
     clear_run,
+    finished_base,
     is_finished,
-    load_model,
     load_state,
     lock_run,
     notice,
@@ -281,8 +282,8 @@ class Trainer:
             train_rows = train_rows[pairing[train_rows]]
             val_rows = val_rows[pairing[val_rows]]
         if self.fusion_stage:
-            held = np.stack([data.present[name] for name in self.names]).sum(axis=0)
-            train_rows, val_rows = train_rows[held[train_rows] >= 3], val_rows[held[val_rows] >= 3]
+            held = fusion_rows(data, self.names)
+            train_rows, val_rows = train_rows[held[train_rows]], val_rows[held[val_rows]]
         if len(train_rows) < 2:
             raise VallayzUserError(
                 f"{data.directory}: the training split has {len(train_rows)} rows; training "
@@ -941,7 +942,7 @@ def fit_extension(
     """
     base_dir, run_dir = Path(base_dir), Path(run_dir)
     world = world or World()
-    base_run, base = _finished_base(base_dir)
+    base_run, base = finished_base(base_dir, "--extend")
     data = PairedEmbeddings(data_dir)
     new = _modalities_to_add(data, data_dir, base, base_dir, add)
     split_seed = (train_config or TrainConfig()).split_seed
@@ -1037,21 +1038,6 @@ def fit_fusion_stage(
         trainer,
         lambda: write_run(run_dir, data_dir, "impn", None, config, fusion_stage=record),
     )
-
-
-def _finished_base(base_dir: Path) -> tuple[dict[str, Any], Any]:
-    """The ``run.json`` and the final model of the run an extension starts from.
-
-    Raises:
-        VallayzUserError: if it is not a run, or has not finished.
-    """
-    base_run = read_run(base_dir)
-    if not is_finished(base_dir):
-        raise VallayzUserError(
-            f"--extend {base_dir}: that run has not finished (it has no final model); finish "
-            f"it first with vallayz fit --resume {base_dir}"
-        )
-    return base_run, load_model(base_dir)
 
 
 def _modalities_to_add(
