@@ -461,3 +461,25 @@ def test_a_data_set_benchmark_folder_has_one_writer(
         holder.kill()
         holder.wait()
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_config_file_may_list_the_modalities_to_train_and_their_dimensions_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trainer's advice for a modality without training rows is to list the others under
+    'modalities' in the model config; the config file must accept that field."""
+    data = write_synthetic(tmp_path / "data")
+    steps = ["--max-steps", "1", "--batch-size", "16", "--quiet"]
+    small = {"soil_dim": 16, "heads": 2, "layers": 1}
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps({"model": {**small, "modalities": {"text": 12, "image": 16}}}))
+    out = tmp_path / "run"
+    assert main(["fit", str(data), "--out", str(out), "--config", str(subset), *steps]) == 0
+    assert sorted(json.loads((out / "config.json").read_text())["modalities"]) == ["image", "text"]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"model": {**small, "modalities": {"text": 3}}}))
+    capsys.readouterr()
+    out = tmp_path / "refused"
+    assert main(["fit", str(data), "--out", str(out), "--config", str(wrong), *steps]) == 2
+    assert "dimension 3" in one_line_error(capsys)
+    assert not out.exists()

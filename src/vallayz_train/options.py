@@ -222,7 +222,7 @@ def check_model_keys(model: Mapping[str, Any], option: str = "--model") -> None:
     from vallayz.config import IMPNConfig
     from vallayz.learned import BaselineConfig
 
-    known = {f.name for c in (IMPNConfig, BaselineConfig) for f in fields(c)} - {"modalities"}
+    known = {f.name for c in (IMPNConfig, BaselineConfig) for f in fields(c)}
     for key in model:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
