@@ -217,6 +217,23 @@ def _fit_cases(root: Path) -> list[Case]:
         Case("fit --resume ignores --max-steps", ["fit", "--resume", "{run}", "--max-steps",
              "5", "--quiet"], 2, "--max-steps", may_change=("run",)),
     ]  # fmt: skip
+    fuse = ["fit", "{data}", "--fuse", "{run}", "--max-steps", "1", "--batch-size", "16", "--quiet"]
+    cases += [
+        Case("fit --fuse a tiny stage", [*fuse, "--out", "stage"], 0, '"steps"'),
+        Case("fit --fuse without --out", fuse, 2, "--out NEW_RUN_DIR"),
+        Case("fit --fuse of no run", ["fit", "{data}", "--fuse", "nowhere", "--out", "stage",
+             "--quiet"], 2, "run.json is missing"),
+        Case("fit --fuse on data lacking a modality", ["fit", "{bo_data}", "--fuse", "{run}",
+             "--out", "stage", "--quiet"], 2, "is not in"),
+        Case("fit --fuse on data of other dimensions", ["fit", "{wide}", "--fuse", "{run}",
+             "--out", "stage", "--quiet"], 2, "dimension 13"),
+        Case("fit --fuse with --resume", [*fuse, "--resume", "{run}"], 2,
+             "without --extend and --resume"),
+        Case("fit --fuse with a model section", [*fuse, "--out", "stage", "--config",
+             "{small.json}"], 2, "keeps the run's model"),
+        Case("fit --fuse --fuse-parts bogus", [*fuse, "--out", "stage", "--fuse-parts",
+             "bogus"], 2, "invalid choice"),
+    ]  # fmt: skip
     for option, value, says in [
         ("--max-steps", "0", "max_steps"),
         ("--max-steps", "-3", "max_steps"),
@@ -241,7 +258,7 @@ def _fit_cases(root: Path) -> list[Case]:
         ("config a list", "[1]", "JSON object"),
         ("config unknown section", {"modle": {}}, "unknown section"),
         ("config model a string", {"model": "big"}, "'model' must be a JSON object"),
-        ("model unknown field", {"model": {"soil": 8}}, "unknown IMPN config field"),
+        ("model unknown field", {"model": {"soil": 8}}, "no model config has this field"),
         ("model top_k 0", {"model": {"top_k": 0}}, "top_k"),
         ("model top_k a string", {"model": {"top_k": "4"}}, "top_k"),
         ("model sender_candidates -1", {"model": {"sender_candidates": -1}}, "sender_candidates"),
@@ -429,6 +446,20 @@ def _translate_retrieve_cases() -> list[Case]:
              "--index", "hnsw"], 0 if _has("faiss") else 2, "", may_change=("run",)),
         Case("retrieve --index bogus", [*rt, "--source", "text", "--target", "image", *ids,
              "--index", "bogus"], 2, "invalid choice"),
+        Case("retrieve two sources, fused", [*rt, "--source", "text+audio", "--target", "image",
+             *ids, "--fusion", "fused"], 0, "query item0001", may_change=("run",)),
+        Case("retrieve two sources, late", [*rt, "--source", "text+audio", "--target", "image",
+             *ids], 0, "query item0001", may_change=("run",)),
+        Case("retrieve --source naming the target", [*rt, "--source", "text+image", "--target",
+             "image", *ids], 2, "not among them"),
+        Case("retrieve --source naming a modality twice", [*rt, "--source", "text+text",
+             "--target", "image", *ids], 2, "twice"),
+        Case("retrieve --source text+zz", [*rt, "--source", "text+zz", "--target", "image",
+             *ids], 2, "zz"),
+        Case("retrieve two sources with --input", [*rt, "--source", "text+audio", "--target",
+             "image", "--input", "{q.npy}"], 2, "drop --input"),
+        Case("retrieve --fusion bogus", [*rt, "--source", "text+audio", "--target", "image",
+             *ids, "--fusion", "bogus"], 2, "invalid choice"),
     ]  # fmt: skip
 
 
