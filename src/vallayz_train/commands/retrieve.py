@@ -176,7 +176,7 @@ def _queries(
     if unknown:
         raise UsageError(f"query id(s) {unknown[:3]} are not in {args.candidates}/items.tsv")
     rows = np.array([ids[q] for q in args.query_ids])
-    held = [bool(any(data.present[name][row] for name in args.sources)) for row in rows]
+    held = [any(data.present[name][row] for name in args.sources) for row in rows]
     absent = [q for q, has in zip(args.query_ids, held, strict=True) if not has]
     if absent:
         raise UsageError(f"query id(s) {absent[:3]} have no {args.source} embedding")
