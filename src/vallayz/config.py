@@ -38,6 +38,7 @@ _FLAGS = (
     "fusion_gate",
     "fusion_layers",
     "fusion_stage",
+    "carry_detach",
 )
 
 
@@ -160,6 +161,16 @@ class IMPNConfig:
     # ("sources" or "both"): the translation and cycle terms then train the decoder from the
     # sources without pulling the shared space toward what predicts the target's native vector.
     decode_detach: bool = False
+    # Width of the carried source code; 0 for none. Each modality's carry encoder (LayerNorm,
+    # linear, GELU: the first half of the pairwise MLP translator) reads its pooled native input
+    # with its token front end, and an absent modality's decoder adds a linear read of the
+    # present sources' mean code (starting at zero), so that a translation carries its source
+    # beside the soil state. Only the translation and cycle terms train it; retrieval never
+    # reads it, and one encoder and one read per modality keep the cost linear in M.
+    carry_dim: int = 0
+    # Stop the gradient at the native input the carry encoders read, so that the translation
+    # terms do not train the token front ends (which the soil space reads too). Needs carry_dim.
+    carry_detach: bool = False
     # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
     # (IMPN.match), trained by the "rerank" loss term with hard negatives.
     match_head: bool = False
@@ -201,6 +212,17 @@ class IMPNConfig:
             _positive_int("hidden_dim", self.hidden_dim)
         if self.sender_candidates is not None:
             _positive_int("sender_candidates", self.sender_candidates)
+        if not isinstance(self.carry_dim, int) or isinstance(self.carry_dim, bool):
+            raise ValueError(f"carry_dim must be an integer, got {self.carry_dim!r}")
+        if self.carry_dim < 0:
+            raise ValueError(
+                f"carry_dim must be >= 0 (0 for no carried code), got {self.carry_dim}"
+            )
+        if self.carry_detach and not self.carry_dim:
+            raise ValueError(
+                "carry_detach stops the gradient into the carry encoders, and carry_dim=0 has "
+                "none: set carry_dim (e.g. 512) or leave carry_detach off"
+            )
 
     def _check_tables(self) -> None:
         """Raises ``ValueError`` unless the token front ends, the token nodes (and their
@@ -327,6 +349,10 @@ class IMPNConfig:
             total += 2 * dim + _linear(dim, dim) + _linear(dim, 2 * dim) + _linear(dim, dim)
         if self.match_head:
             total += 2 * dim + _linear(3 * dim, 2 * gate) + _linear(2 * gate, 1)
+        if self.carry_dim:
+            # Per modality: the carry encoder (LayerNorm and linear) and the decoder's read.
+            carry = self.carry_dim
+            total += sum(2 * d + _linear(d, carry) + _linear(carry, d) for d in names.values())
         return total
 
     @property

@@ -255,6 +255,34 @@ class Decoder(ResidualMLP):
         return self.skip(z)
 
 
+class Carry(nn.Module):
+    """A modality's carried source code and its decoder's read of one.
+
+    ``encode(x) = GELU(W1·LN(x))`` maps the modality's pooled native input into the carry
+    space shared by every modality (the first half of a pairwise MLP translator); ``read(c) =
+    W2·c`` maps a code into this modality's native space (the second half), with ``W2`` and
+    its bias starting at zero, so that an untrained carry adds nothing to a decoded vector.
+
+    Shape:
+        ``encode``: ``[B, native_dim]`` → ``[B, width]``; ``read``: ``[B, width]`` →
+        ``[B, native_dim]``.
+    """
+
+    def __init__(self, native_dim: int, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(native_dim)
+        self.up = nn.Linear(native_dim, width)
+        self.down = nn.Linear(width, native_dim)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return F.gelu(self.up(self.norm(x)))
+
+    def read(self, code: Tensor) -> Tensor:
+        return self.down(code)
+
+
 class ReceptorGate(nn.Module):
     """Scores incoming variants: ``g_ij = MLP([a_i; v_j; <a_i, v_j>/sqrt(d)])``.
 

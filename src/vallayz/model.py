@@ -24,6 +24,7 @@ from vallayz.layers import (
     AbsentInit,
     Adapter,
     BridgeLayer,
+    Carry,
     Decoder,
     FusionGate,
     HashedBag,
@@ -87,7 +88,8 @@ class IMPNOutput:
         present: ``[B]`` presence mask of every modality of the model.
         decoded: Native-space vector per modality ``[B, d_m]``: a present modality's decoded
             pooled state; an absent one's decoded from what ``IMPNConfig.decode_from`` names
-            (its own pooled state, the present sources' mean, or their sum).
+            (its own pooled state, the present sources' mean, or their sum), plus the read of
+            the present sources' carried code under ``IMPNConfig.carry_dim``.
         gates: Gate weights per bridge layer, when asked for.
         messages: ``(noisy, clean)`` aggregated messages per bridge layer ``[B, N, d]``, when
             asked for (denoising loss).
@@ -118,6 +120,8 @@ class _Nodes:
         same_modality: ``[N, N]`` whether two nodes belong to one modality.
         present: Modality → ``[B]`` presence.
         spans: Modality → ``(begin, end)`` of its nodes along ``N``.
+        codes: Modality of the batch → its carried source code ``[B, carry_dim]``
+            (``config.carry_dim``; empty without it).
     """
 
     states: Tensor
@@ -129,6 +133,7 @@ class _Nodes:
     same_modality: Tensor
     present: dict[str, Tensor]
     spans: dict[str, tuple[int, int]]
+    codes: dict[str, Tensor]
 
 
 class IMPN(nn.Module):
@@ -193,6 +198,11 @@ class IMPN(nn.Module):
         self.fusion_gate = FusionGate(dim) if config.fusion_gate else None
         # The fused pass's own bridge layers (IMPN.fusion_stage copies the trained ones in).
         self.fusion_layers = _bridge_layers(config) if config.fusion_layers else None
+        self.carries = nn.ModuleDict(
+            {m: Carry(d, config.carry_dim) for m, d in config.modalities.items()}
+            if config.carry_dim
+            else {}
+        )
         self._freeze()
 
     def _build_native_parts(self, config: IMPNConfig) -> None:
@@ -320,7 +330,13 @@ class IMPN(nn.Module):
         Every other parameter is shared by all modalities."""
         self._index(name)
         params = [*self.adapters[name].parameters(), *self.decoders[name].parameters()]
-        for table in (self.front_ends, self.token_nodes, self.readers, self.pooling_readers):
+        for table in (
+            self.front_ends,
+            self.token_nodes,
+            self.readers,
+            self.pooling_readers,
+            self.carries,
+        ):
             if name in table:
                 params += list(table[name].parameters())
         return [*params, self.seeds[name], self.modality_embedding[name], self.log_sigma[name]]
@@ -575,10 +591,13 @@ class IMPN(nn.Module):
         names = self._packed(batch, modalities)
         size, device = batch.batch_size, self.device
         pieces, reals, present_nodes, pooled, presents, spans = [], [], [], [], {}, {}
+        codes = {}
         start = 0
         for name in names:
             if name in batch.embeddings:
                 states, real, present, units = self._encode_present(batch, name)
+                if name in self.carries:
+                    codes[name] = self._carry_code(batch, name)
             else:
                 states = self.seeds[name].expand(size, 1, -1)
                 real = torch.ones(size, 1, dtype=torch.bool, device=device)
@@ -609,6 +628,7 @@ class IMPN(nn.Module):
             same_modality=modality[:, None] == modality[None, :],
             present=presents,
             spans=spans,
+            codes=codes,
         )
 
     def _packed(self, batch: Batch, modalities: Collection[str] | None) -> list[str]:
@@ -631,19 +651,9 @@ class IMPN(nn.Module):
         """Soil states ``[B, T, d]``, real-node mask ``[B, T]``, presence ``[B]`` and token-node
         mask ``[B, T]`` of a given modality (its adapter's nodes, then its token nodes); its
         absent rows hold one real node, the seed."""
-        device, seed = self.device, self.seeds[name]
-        x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
-        x = x.unsqueeze(1) if x.dim() == 2 else x
-        present = batch.present[name].to(device)
-        padding = batch.padding.get(name)
-        real = (
-            torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-            if padding is None
-            else padding.to(device)
-        )
+        seed = self.seeds[name]
+        x, present, real = self._native_input(batch, name)
         keep = present[:, None] & real
-        if name in self.front_ends and name in batch.tokens:
-            x = x + self.front_ends[name](batch.tokens[name])[:, None]
         # Zero ignored entries first: NaN in an absent row must not reach the gradients.
         states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
         states = torch.where(present[:, None, None], states, seed.expand_as(states))
@@ -665,6 +675,41 @@ class IMPN(nn.Module):
             real = torch.cat([real, unit_real], dim=1)
             units = torch.cat([units, torch.ones_like(unit_real)], dim=1)
         return states, real, present, units
+
+    def _native_input(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """A given modality's native input with its token front end added ``[B, T, d_m]``, its
+        presence ``[B]`` and its real (not padding) entries ``[B, T]``."""
+        device, seed = self.device, self.seeds[name]
+        x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
+        x = x.unsqueeze(1) if x.dim() == 2 else x
+        present = batch.present[name].to(device)
+        padding = batch.padding.get(name)
+        real = (
+            torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+            if padding is None
+            else padding.to(device)
+        )
+        if name in self.front_ends and name in batch.tokens:
+            x = x + self.front_ends[name](batch.tokens[name])[:, None]
+        return x, present, real
+
+    def _carry_code(self, batch: Batch, name: str) -> Tensor:
+        """The carried source code of a given modality: its carry encoder on the mean of its
+        real native entries (zero in absent rows), with no gradient into the input under
+        ``config.carry_detach``.
+
+        Shape:
+            ``[B, carry_dim]``.
+        """
+        x, present, real = self._native_input(batch, name)
+        keep = present[:, None] & real
+        # Zero ignored entries first: NaN in an absent row must not reach the gradients.
+        pooled = masked_mean(torch.where(keep[..., None], x, torch.zeros_like(x)), keep)
+        if self.config.carry_detach:
+            pooled = pooled.detach()
+        carry = self.carries[name]
+        assert isinstance(carry, Carry)
+        return carry.encode(pooled)
 
     def _init_absent(self, nodes: _Nodes, senders: Tensor | None) -> Tensor:
         """Initial states: with ``absent_init="attend"``, absent nodes add what they read from
@@ -751,7 +796,32 @@ class IMPN(nn.Module):
                 name: self.decoders[name](read)
                 for name, read in self._decoder_inputs(soil, nodes.present).items()
             }
+            decoded = self._add_carried(decoded, nodes)
         return IMPNOutput(soil, out_nodes, out_mask, nodes.present, decoded)
+
+    def _add_carried(self, decoded: dict[str, Tensor], nodes: _Nodes) -> dict[str, Tensor]:
+        """``decoded`` with, in the rows where a modality is absent and a source with a carried
+        code present, its carry's read of the sources' mean code added (``config.carry_dim``).
+
+        Shape:
+            ``{m: [B, d_m]}`` → ``{m: [B, d_m]}``.
+        """
+        if not nodes.codes:
+            return decoded
+        out = dict(decoded)
+        for name in decoded:
+            others = {m: code for m, code in nodes.codes.items() if m != name}
+            if not others:
+                continue
+            code, any_source = mean_of_present_sources(
+                others, {m: nodes.present[m] for m in others}
+            )
+            carry = self.carries[name]
+            assert isinstance(carry, Carry)
+            use = (~nodes.present[name] & any_source)[:, None]
+            read = carry.read(code)
+            out[name] = decoded[name] + torch.where(use, read, torch.zeros_like(read))
+        return out
 
     def _decoder_inputs(
         self, soil: dict[str, Tensor], present: dict[str, Tensor]

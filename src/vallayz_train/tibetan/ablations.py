@@ -239,6 +239,18 @@ TRANSLATION_VARIANTS: dict[str, Variant] = {
     ),
     "absent init: pool": Variant({"absent_init": "pool"}),
     "translation weight 3": Variant(train={"loss_weights": {"translation": 3.0}}),
+    # A carried source code beside the soil state (IMPNConfig.carry_dim, the width of the
+    # pairwise MLP translator's hidden layer): the decoder of an absent target adds a read of
+    # the sources' code, trained by the translation and cycle terms; "detached" keeps those
+    # terms out of the token front ends, which the soil space reads too.
+    "carry the source": Variant({"carry_dim": 512}),
+    "carry the source, detached": Variant({"carry_dim": 512, "carry_detach": True}),
+    "carry the source, translation weight 3": Variant(
+        {"carry_dim": 512}, train={"loss_weights": {"translation": 3.0}}
+    ),
+    "carry the source, decode from the sources, detached": Variant(
+        {"carry_dim": 512, "decode_from": "sources", "decode_detach": True}
+    ),
 }
 VARIANTS.update(TRANSLATION_VARIANTS)
 # Parts of the isolated encoder path (adapters, bridge layers, final norm) left out: with every
