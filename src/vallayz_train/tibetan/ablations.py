@@ -248,6 +248,13 @@ TRANSLATION_VARIANTS: dict[str, Variant] = {
     "carry the source, translation weight 3": Variant(
         {"carry_dim": 512}, train={"loss_weights": {"translation": 3.0}}
     ),
+    "carry the source, translation weight 10": Variant(
+        {"carry_dim": 512}, train={"loss_weights": {"translation": 10.0}}
+    ),
+    "carry the source, translation weight 3, every row translated": Variant(
+        {"carry_dim": 512},
+        train={"loss_weights": {"translation": 3.0}, "modality_dropout": 1.0},
+    ),
     "carry the source, decode from the sources, detached": Variant(
         {"carry_dim": 512, "decode_from": "sources", "decode_detach": True}
     ),
