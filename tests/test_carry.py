@@ -152,9 +152,29 @@ def test_the_carry_is_saved_and_belongs_to_its_modality(tmp_path: Path) -> None:
     assert not any(name.startswith("carries.") and ".depth." not in name for name in trains)
 
 
+def test_decoding_from_the_carry_alone_reads_the_code_and_not_the_soil_state() -> None:
+    """``decode_from="carry"``: an absent target's decoded vector is its carry's read of the
+    sources' code, whatever its soil state; present targets decode their own state."""
+    model = IMPN(tiny_config(carry_dim=5, decode_from="carry")).double().eval()
+    summed = IMPN(tiny_config(carry_dim=5)).double().eval()
+    _randomise_reads(model)
+    summed.load_state_dict(model.state_dict())
+    x = {m: v.double() for m, v in tri_modal_inputs(4).items()}
+    given = {m: x[m] for m in ("text", "audio")}
+    with torch.no_grad():
+        out, reference = model(given), summed(given)
+        own = summed.decoders["image"](reference.soil["image"])
+        torch.testing.assert_close(out.decoded["image"], reference.decoded["image"] - own)
+        for name in given:
+            torch.testing.assert_close(out.decoded[name], reference.decoded[name])
+        torch.testing.assert_close(model(x).decoded["image"], summed(x).decoded["image"])
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
+        ({"decode_from": "carry"}, "set carry_dim"),
+        ({"carry_dim": 4, "decode_from": "carry", "decode_detach": True}, "'sources' or 'both'"),
         ({"carry_dim": -1}, "carry_dim must be >= 0"),
         ({"carry_dim": 2.5}, "carry_dim must be an integer"),
         ({"carry_detach": True}, "set carry_dim"),

@@ -24,7 +24,7 @@ for a larger model."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPDATES = ("residual", "gru")
 _ABSENT_INITS = ("seed", "attend", "pool")
-_DECODE_FROM = ("target", "sources", "both")
+_DECODE_FROM = ("target", "sources", "both", "carry")
 _FLAGS = (
     "zero_init_residual",
     "zero_init_adapters",
@@ -154,7 +154,8 @@ class IMPNConfig:
     # What an absent modality's decoder reads (translation, and the translation and cycle
     # terms): "target" (the pooled state its own nodes reach by message passing), "sources"
     # (the mean of the present modalities' pooled soil states: the shared-space translation) or
-    # "both" (their sum, a skip from the sources to the decoder). A present modality's decoder
+    # "both" (their sum, a skip from the sources to the decoder), or "carry" (the carried code
+    # of the sources alone, no soil state: needs carry_dim). A present modality's decoder
     # reads its own pooled state in every case.
     decode_from: str = "target"
     # Stop the gradient at the sources' pooled states that an absent modality's decoder reads
@@ -265,11 +266,16 @@ class IMPNConfig:
             )
         if self.decode_from not in _DECODE_FROM:
             raise ValueError(f"decode_from must be one of {_DECODE_FROM}, got {self.decode_from!r}")
-        if self.decode_detach and self.decode_from == "target":
+        if self.decode_detach and self.decode_from in ("target", "carry"):
             raise ValueError(
-                "decode_detach stops the gradient at the sources the decoder reads, and "
-                "decode_from='target' reads none: set decode_from='sources' or 'both', or "
-                "leave decode_detach off"
+                "decode_detach stops the gradient at the sources' soil states the decoder "
+                f"reads, and decode_from={self.decode_from!r} reads none: set decode_from="
+                "'sources' or 'both', or leave decode_detach off"
+            )
+        if self.decode_from == "carry" and not self.carry_dim:
+            raise ValueError(
+                "decode_from='carry' decodes an absent modality from the sources' carried "
+                "code, and carry_dim=0 has none: set carry_dim (e.g. 512)"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")

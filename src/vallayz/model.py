@@ -801,7 +801,8 @@ class IMPN(nn.Module):
 
     def _add_carried(self, decoded: dict[str, Tensor], nodes: _Nodes) -> dict[str, Tensor]:
         """``decoded`` with, in the rows where a modality is absent and a source with a carried
-        code present, its carry's read of the sources' mean code added (``config.carry_dim``).
+        code present, its carry's read of the sources' mean code added (``config.carry_dim``),
+        or put in its place under ``decode_from="carry"``.
 
         Shape:
             ``{m: [B, d_m]}`` → ``{m: [B, d_m]}``.
@@ -820,7 +821,10 @@ class IMPN(nn.Module):
             assert isinstance(carry, Carry)
             use = (~nodes.present[name] & any_source)[:, None]
             read = carry.read(code)
-            out[name] = decoded[name] + torch.where(use, read, torch.zeros_like(read))
+            if self.config.decode_from == "carry":
+                out[name] = torch.where(use, read, decoded[name])
+            else:
+                out[name] = decoded[name] + torch.where(use, read, torch.zeros_like(read))
         return out
 
     def _decoder_inputs(
@@ -834,7 +838,7 @@ class IMPN(nn.Module):
         Shape:
             ``{m: [B, d]}``, ``{m: [B]}`` → ``{m: [B, d]}``.
         """
-        if self.config.decode_from == "target":
+        if self.config.decode_from in ("target", "carry"):
             return soil
         reads = {}
         for name in soil:

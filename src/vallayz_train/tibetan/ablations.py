@@ -255,6 +255,8 @@ TRANSLATION_VARIANTS: dict[str, Variant] = {
         {"carry_dim": 512},
         train={"loss_weights": {"translation": 3.0}, "modality_dropout": 1.0},
     ),
+    # The carry alone: an absent target decoded from the sources' code, its soil state unread.
+    "decode from the carry alone": Variant({"carry_dim": 512, "decode_from": "carry"}),
     "carry the source, decode from the sources, detached": Variant(
         {"carry_dim": 512, "decode_from": "sources", "decode_detach": True}
     ),
