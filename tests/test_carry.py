@@ -132,6 +132,33 @@ def test_the_translation_term_trains_the_carry_and_the_front_end_unless_detached
     assert (grad is None or not grad.any()) == detach
 
 
+def test_a_carry_with_its_own_table_reads_it_and_not_the_soil_front_end() -> None:
+    """``carry_front_end``: the code is that of the native vector plus the carry's own table's
+    bag, and the soil space's table gets no gradient from it; the optimizer treats the
+    carry's table as a front end."""
+    from vallayz_train.config import TrainConfig
+    from vallayz_train.trainer import parameter_groups
+
+    config = tiny_config(carry_dim=5, carry_front_end=True, token_buckets={"text": 11})
+    model = IMPN(config).double()
+    with torch.no_grad():
+        model.front_ends["text"].weight.normal_()  # type: ignore[union-attr, operator]
+        model.carry_front_ends["text"].weight.normal_()  # type: ignore[union-attr, operator]
+    x = tri_modal_inputs(4)["text"].double()
+    tokens = torch.randint(0, 11, (4, 3))
+    batch = Batch.of({"text": x}, tokens={"text": tokens})
+    code = model._carry_code(batch, "text")
+    bag = model.carry_front_ends["text"](tokens)
+    real = torch.ones(4, 1, dtype=torch.bool)
+    torch.testing.assert_close(code, _code_by_hand(model, (x + bag)[:, None], real, "text"))
+    code.sum().backward()
+    assert model.front_ends["text"].weight.grad is None
+    assert model.carry_front_ends["text"].weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+    groups = parameter_groups(model, TrainConfig(lr=1e-3, front_end_lr=3e-2))
+    tables = next(g["params"] for g in groups if g["lr_scale"] == pytest.approx(30.0))
+    assert any(p is model.carry_front_ends["text"].weight for p in tables)
+
+
 def test_the_carry_is_saved_and_belongs_to_its_modality(tmp_path: Path) -> None:
     model = IMPN(tiny_config(carry_dim=4, carry_detach=True))
     _randomise_reads(model)
@@ -174,6 +201,7 @@ def test_decoding_from_the_carry_alone_reads_the_code_and_not_the_soil_state() -
     ("fields", "message"),
     [
         ({"decode_from": "carry"}, "set carry_dim"),
+        ({"carry_front_end": True}, "set carry_dim"),
         ({"carry_dim": 4, "decode_from": "carry", "decode_detach": True}, "'sources' or 'both'"),
         ({"carry_dim": -1}, "carry_dim must be >= 0"),
         ({"carry_dim": 2.5}, "carry_dim must be an integer"),

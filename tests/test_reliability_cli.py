@@ -174,6 +174,7 @@ def test_a_model_too_large_to_allocate_is_refused_with_its_parameter_count(
         {"node_readers": ["a"], "pooling_readers": ["b"], "token_node_positions": 6},
         {"fusion_gate": True},
         {"carry_dim": 7, "carry_detach": True, "token_buckets": {"b": 5}},
+        {"carry_dim": 3, "carry_front_end": True, "token_buckets": {"a": 6, "c": 2}},
         {"fusion_layers": True, "fusion_stage": True, "layers": 3},
         {"final_norm": False, "soil_dim": 4, "ffn_mult": 3, "gate_hidden": 5},
     ],

@@ -39,6 +39,7 @@ _FLAGS = (
     "fusion_layers",
     "fusion_stage",
     "carry_detach",
+    "carry_front_end",
 )
 
 
@@ -172,6 +173,10 @@ class IMPNConfig:
     # Stop the gradient at the native input the carry encoders read, so that the translation
     # terms do not train the token front ends (which the soil space reads too). Needs carry_dim.
     carry_detach: bool = False
+    # The carry encoder of a modality with a token front end (token_buckets) reads a table of
+    # its own (as the pairwise MLP translator does) instead of the one the soil space reads, so
+    # that translation and retrieval do not share it. Needs carry_dim.
+    carry_front_end: bool = False
     # A match head that re-ranks retrieval candidates by a joint pass of query and candidate
     # (IMPN.match), trained by the "rerank" loss term with hard negatives.
     match_head: bool = False
@@ -218,6 +223,11 @@ class IMPNConfig:
         if self.carry_dim < 0:
             raise ValueError(
                 f"carry_dim must be >= 0 (0 for no carried code), got {self.carry_dim}"
+            )
+        if self.carry_front_end and not self.carry_dim:
+            raise ValueError(
+                "carry_front_end gives the carry encoders tables of their own, and "
+                "carry_dim=0 has no carry: set carry_dim (e.g. 512) or leave carry_front_end off"
             )
         if self.carry_detach and not self.carry_dim:
             raise ValueError(
@@ -359,6 +369,8 @@ class IMPNConfig:
             # Per modality: the carry encoder (LayerNorm and linear) and the decoder's read.
             carry = self.carry_dim
             total += sum(2 * d + _linear(d, carry) + _linear(carry, d) for d in names.values())
+            if self.carry_front_end:
+                total += sum(buckets * names[m] for m, buckets in self.token_buckets.items())
         return total
 
     @property

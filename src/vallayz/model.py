@@ -203,6 +203,14 @@ class IMPN(nn.Module):
             if config.carry_dim
             else {}
         )
+        self.carry_front_ends = nn.ModuleDict(
+            {
+                m: HashedBag(buckets, config.modalities[m])
+                for m, buckets in config.token_buckets.items()
+            }
+            if config.carry_front_end
+            else {}
+        )
         self._freeze()
 
     def _build_native_parts(self, config: IMPNConfig) -> None:
@@ -336,6 +344,7 @@ class IMPN(nn.Module):
             self.readers,
             self.pooling_readers,
             self.carries,
+            self.carry_front_ends,
         ):
             if name in table:
                 params += list(table[name].parameters())
@@ -676,9 +685,13 @@ class IMPN(nn.Module):
             units = torch.cat([units, torch.ones_like(unit_real)], dim=1)
         return states, real, present, units
 
-    def _native_input(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
-        """A given modality's native input with its token front end added ``[B, T, d_m]``, its
-        presence ``[B]`` and its real (not padding) entries ``[B, T]``."""
+    def _native_input(
+        self, batch: Batch, name: str, front_ends: nn.ModuleDict | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A given modality's native input with its token front end (of ``front_ends``, by
+        default the one the soil space reads) added ``[B, T, d_m]``, its presence ``[B]`` and
+        its real (not padding) entries ``[B, T]``."""
+        front_ends = self.front_ends if front_ends is None else front_ends
         device, seed = self.device, self.seeds[name]
         x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
         x = x.unsqueeze(1) if x.dim() == 2 else x
@@ -689,19 +702,21 @@ class IMPN(nn.Module):
             if padding is None
             else padding.to(device)
         )
-        if name in self.front_ends and name in batch.tokens:
-            x = x + self.front_ends[name](batch.tokens[name])[:, None]
+        if name in front_ends and name in batch.tokens:
+            x = x + front_ends[name](batch.tokens[name])[:, None]
         return x, present, real
 
     def _carry_code(self, batch: Batch, name: str) -> Tensor:
         """The carried source code of a given modality: its carry encoder on the mean of its
-        real native entries (zero in absent rows), with no gradient into the input under
+        real native entries (zero in absent rows), with its own token front end under
+        ``config.carry_front_end``, and no gradient into the input under
         ``config.carry_detach``.
 
         Shape:
             ``[B, carry_dim]``.
         """
-        x, present, real = self._native_input(batch, name)
+        tables = self.carry_front_ends if self.config.carry_front_end else None
+        x, present, real = self._native_input(batch, name, tables)
         keep = present[:, None] & real
         # Zero ignored entries first: NaN in an absent row must not reach the gradients.
         pooled = masked_mean(torch.where(keep[..., None], x, torch.zeros_like(x)), keep)

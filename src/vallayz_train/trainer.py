@@ -92,13 +92,15 @@ def sigma_scale(step: int, total: int, config: TrainConfig) -> float:
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: the hashed-feature tables (``front_ends.*``) and the
-    rest, each with the ``lr_scale`` by which the scheduled learning rate is multiplied."""
+    """The optimizer's parameter groups: the hashed-feature tables (``front_ends.*``, and an
+    IMPN carry's own ``carry_front_ends.*``) and the rest, each with the ``lr_scale`` by which
+    the scheduled learning rate is multiplied."""
     tables: list[nn.Parameter] = []
     rest: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (tables if name.startswith("front_ends.") else rest).append(parameter)
+            table = name.startswith(("front_ends.", "carry_front_ends."))
+            (tables if table else rest).append(parameter)
     scale = (config.front_end_lr or config.lr) / config.lr
     groups = [{"params": rest, "lr_scale": 1.0}, {"params": tables, "lr_scale": scale}]
     return [group for group in groups if group["params"]]

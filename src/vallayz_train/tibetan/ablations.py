@@ -255,6 +255,12 @@ TRANSLATION_VARIANTS: dict[str, Variant] = {
         {"carry_dim": 512},
         train={"loss_weights": {"translation": 3.0}, "modality_dropout": 1.0},
     ),
+    # The carry with an n-gram table of its own (the MLP translator's input), weighed 3 with
+    # every row translated.
+    "carry the source, own n-gram table, translation weight 3, every row translated": Variant(
+        {"carry_dim": 512, "carry_front_end": True},
+        train={"loss_weights": {"translation": 3.0}, "modality_dropout": 1.0},
+    ),
     # The carry alone: an absent target decoded from the sources' code, its soil state unread.
     "decode from the carry alone": Variant({"carry_dim": 512, "decode_from": "carry"}),
     "carry the source, decode from the sources, detached": Variant(
