@@ -401,3 +401,6 @@ VARIANTS.update(FUSEMIX_SEARCH)
 # sequence reader (one self-attention layer and attention pooling), the baseline that IMPN's
 # speech results must beat.
 VARIANTS["sequence-aware heads (reference)"] = Variant(method="seq-heads")
+# Its depth searched as IMPN's settings were: attention pooling alone, or two layers before it.
+VARIANTS["sequence-aware heads, pooling only"] = Variant({"seq_layers": 0}, method="seq-heads")
+VARIANTS["sequence-aware heads, two layers"] = Variant({"seq_layers": 2}, method="seq-heads")
