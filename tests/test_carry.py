@@ -127,7 +127,7 @@ def test_the_translation_term_trains_the_carry_and_the_front_end_unless_detached
     assert model.carries["text"].up.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
     # What the carry sends into the front end: none when detached.
     model.zero_grad()
-    model._carry_code(batch, "text").sum().backward()
+    model._encode(batch, codes=True).codes["text"].sum().backward()
     grad = model.front_ends["text"].weight.grad
     assert (grad is None or not grad.any()) == detach
 
@@ -147,7 +147,7 @@ def test_a_carry_with_its_own_table_reads_it_and_not_the_soil_front_end() -> Non
     x = tri_modal_inputs(4)["text"].double()
     tokens = torch.randint(0, 11, (4, 3))
     batch = Batch.of({"text": x}, tokens={"text": tokens})
-    code = model._carry_code(batch, "text")
+    code = model._encode(batch, codes=True).codes["text"]
     bag = model.carry_front_ends["text"](tokens)
     real = torch.ones(4, 1, dtype=torch.bool)
     torch.testing.assert_close(code, _code_by_hand(model, (x + bag)[:, None], real, "text"))

@@ -580,7 +580,7 @@ class IMPN(nn.Module):
         batch = Batch.of(batch)
         if validate:
             batch.validate(self.config)
-        nodes = self._encode(batch, modalities)
+        nodes = self._encode(batch, modalities, codes=decode)
         # No senders at all when isolated: the layers skip their gates.
         senders = None if isolate else nodes.senders
         states = self._init_absent(nodes, senders)
@@ -594,19 +594,24 @@ class IMPN(nn.Module):
         out.messages = messages if return_messages else None
         return out
 
-    def _encode(self, batch: Batch, modalities: Collection[str] | None = None) -> _Nodes:
+    def _encode(
+        self, batch: Batch, modalities: Collection[str] | None = None, codes: bool = False
+    ) -> _Nodes:
         """Adapters (and token front ends) into soil states, absent modalities as seed nodes,
-        all packed into one node tensor (of ``modalities`` only, when given)."""
+        all packed into one node tensor (of ``modalities`` only, when given); with ``codes``,
+        also the given modalities' carried codes (only a pass that decodes reads them)."""
         names = self._packed(batch, modalities)
         size, device = batch.batch_size, self.device
         pieces, reals, present_nodes, pooled, presents, spans = [], [], [], [], {}, {}
-        codes = {}
+        carried = {}
         start = 0
         for name in names:
             if name in batch.embeddings:
-                states, real, present, units = self._encode_present(batch, name)
-                if name in self.carries:
-                    codes[name] = self._carry_code(batch, name)
+                raw, present, real = self._native_input(batch, name)
+                fed = self._front_end(raw, batch, name, self.front_ends)
+                if codes and name in self.carries:
+                    carried[name] = self._carry_code(batch, name, raw, fed, present, real)
+                states, real, units = self._encode_present(batch, name, fed, present, real)
             else:
                 states = self.seeds[name].expand(size, 1, -1)
                 real = torch.ones(size, 1, dtype=torch.bool, device=device)
@@ -637,7 +642,7 @@ class IMPN(nn.Module):
             same_modality=modality[:, None] == modality[None, :],
             present=presents,
             spans=spans,
-            codes=codes,
+            codes=carried,
         )
 
     def _packed(self, batch: Batch, modalities: Collection[str] | None) -> list[str]:
@@ -656,12 +661,14 @@ class IMPN(nn.Module):
             )
         return [m for m in self.names if m in modalities]
 
-    def _encode_present(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Soil states ``[B, T, d]``, real-node mask ``[B, T]``, presence ``[B]`` and token-node
-        mask ``[B, T]`` of a given modality (its adapter's nodes, then its token nodes); its
+    def _encode_present(
+        self, batch: Batch, name: str, x: Tensor, present: Tensor, real: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Soil states ``[B, T, d]``, real-node mask ``[B, T]`` and token-node mask ``[B, T]``
+        of a given modality (its adapter's nodes, then its token nodes), from its native input
+        ``x`` (token front end added), presence and real entries (:meth:`_native_input`); its
         absent rows hold one real node, the seed."""
         seed = self.seeds[name]
-        x, present, real = self._native_input(batch, name)
         keep = present[:, None] & real
         # Zero ignored entries first: NaN in an absent row must not reach the gradients.
         states = self.adapters[name](torch.where(keep[..., None], x, torch.zeros_like(x)))
@@ -683,15 +690,11 @@ class IMPN(nn.Module):
             states = torch.cat([states, unit_states.to(states.dtype)], dim=1)
             real = torch.cat([real, unit_real], dim=1)
             units = torch.cat([units, torch.ones_like(unit_real)], dim=1)
-        return states, real, present, units
+        return states, real, units
 
-    def _native_input(
-        self, batch: Batch, name: str, front_ends: nn.ModuleDict | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """A given modality's native input with its token front end (of ``front_ends``, by
-        default the one the soil space reads) added ``[B, T, d_m]``, its presence ``[B]`` and
-        its real (not padding) entries ``[B, T]``."""
-        front_ends = self.front_ends if front_ends is None else front_ends
+    def _native_input(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """A given modality's native input ``[B, T, d_m]`` on the model's device and dtype, its
+        presence ``[B]`` and its real (not padding) entries ``[B, T]``."""
         device, seed = self.device, self.seeds[name]
         x = batch.embeddings[name].to(device=device, dtype=seed.dtype)
         x = x.unsqueeze(1) if x.dim() == 2 else x
@@ -702,21 +705,30 @@ class IMPN(nn.Module):
             if padding is None
             else padding.to(device)
         )
-        if name in front_ends and name in batch.tokens:
-            x = x + front_ends[name](batch.tokens[name])[:, None]
         return x, present, real
 
-    def _carry_code(self, batch: Batch, name: str) -> Tensor:
+    @staticmethod
+    def _front_end(x: Tensor, batch: Batch, name: str, tables: nn.ModuleDict) -> Tensor:
+        """``x`` with the bag of the batch's token ids for ``name`` from ``tables`` added, when
+        both exist."""
+        if name in tables and name in batch.tokens:
+            return x + tables[name](batch.tokens[name])[:, None]
+        return x
+
+    def _carry_code(
+        self, batch: Batch, name: str, raw: Tensor, fed: Tensor, present: Tensor, real: Tensor
+    ) -> Tensor:
         """The carried source code of a given modality: its carry encoder on the mean of its
-        real native entries (zero in absent rows), with its own token front end under
-        ``config.carry_front_end``, and no gradient into the input under
-        ``config.carry_detach``.
+        real native entries (zero in absent rows), read with the token front end the soil
+        space reads (``fed``) or with its own under ``config.carry_front_end`` (added to
+        ``raw``), and with no gradient into the input under ``config.carry_detach``.
 
         Shape:
             ``[B, carry_dim]``.
         """
-        tables = self.carry_front_ends if self.config.carry_front_end else None
-        x, present, real = self._native_input(batch, name, tables)
+        x = fed
+        if self.config.carry_front_end:
+            x = self._front_end(raw, batch, name, self.carry_front_ends)
         keep = present[:, None] & real
         # Zero ignored entries first: NaN in an absent row must not reach the gradients.
         pooled = masked_mean(torch.where(keep[..., None], x, torch.zeros_like(x)), keep)
