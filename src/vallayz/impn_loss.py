@@ -167,6 +167,10 @@ class IMPNLoss(nn.Module):
             weight 0 (a planner reads the unweighted terms); otherwise they are skipped.
         fused_corruption: Probability that a row of a fused subset of the combinatorial term
             has one of its sources corrupted (:func:`~vallayz.masking.corrupt_one_source`).
+        translate_complement: Also run passes 2 and 3 on the complement of each draw (in
+            every row with a drop, the kept modalities dropped and the dropped ones kept), so
+            that a row of two modalities is translated in both directions, as a pair of MLP
+            translators is; the terms of the two draws are averaged.
     """
 
     def __init__(
@@ -182,9 +186,11 @@ class IMPNLoss(nn.Module):
         fused_subsets: int = 4,
         all_terms: bool = False,
         fused_corruption: float = 0.0,
+        translate_complement: bool = False,
     ) -> None:
         super().__init__()
         self.all_terms = all_terms
+        self.translate_complement = translate_complement
         if not 0.0 <= fused_corruption <= 1.0:
             raise ValueError(f"fused_corruption must lie in [0, 1], got {fused_corruption}")
         self.fused_corruption = fused_corruption
@@ -254,13 +260,9 @@ class IMPNLoss(nn.Module):
         # are skipped, and their terms read 0.
         terms.update(dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero))
         if self.all_terms or max(w.translation, w.bridged, w.denoising, w.cycle) > 0:
-            drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
-            decoded, dropped_terms = self._translation_pass(
-                model, batch, native, isolated, drop, generator, zero
+            terms.update(
+                self._dropped_terms(model, batch, native, isolated, present, generator, zero)
             )
-            terms.update(dropped_terms)
-            if self.all_terms or w.cycle > 0:
-                terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
 
         projections = model.projection_weights(model.trainable_modalities)
         terms["orthogonality"] = orthogonality_loss(projections).to(zero) if projections else zero
@@ -312,6 +314,49 @@ class IMPNLoss(nn.Module):
         }
         terms["knn"] = self._mean(list(knn.values()), [knn_rows[m] for m in knn], zero)
         return iso.soil, terms
+
+    def _dropped_terms(
+        self,
+        model: BridgeModel,
+        batch: Batch,
+        native: dict[str, Tensor],
+        isolated: dict[str, Tensor],
+        present: dict[str, Tensor],
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> dict[str, Tensor]:
+        """Passes 2 and 3 on a random draw of dropped modalities, and under
+        ``translate_complement`` on its complement too, their terms averaged over the draws."""
+        drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
+        draws = [drop]
+        if self.translate_complement:
+            draws.append(_complement(present, list(batch.embeddings), drop))
+        terms = dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero)
+        for draw in draws:
+            passes = self._dropped_passes(model, batch, native, isolated, draw, generator, zero)
+            for name, value in passes.items():
+                terms[name] = terms[name] + value / len(draws)
+        return terms
+
+    def _dropped_passes(
+        self,
+        model: BridgeModel,
+        batch: Batch,
+        native: dict[str, Tensor],
+        isolated: dict[str, Tensor],
+        drop: _Drop,
+        generator: torch.Generator | None,
+        zero: Tensor,
+    ) -> dict[str, Tensor]:
+        """Passes 2 and 3 for one draw of dropped modalities: the translation, bridged and
+        denoising terms, and the cycle term when it is weighed (or ``all_terms``)."""
+        decoded, terms = self._translation_pass(
+            model, batch, native, isolated, drop, generator, zero
+        )
+        terms["cycle"] = zero
+        if self.all_terms or self.weights.cycle > 0:
+            terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
+        return terms
 
     def _translation_pass(
         self,
@@ -536,7 +581,21 @@ def _draw_drop(
     Shape:
         ``{m: [B]}`` → masks ``{m: [B]}`` and ``[B]``.
     """
-    dropped = drop_modalities(present, rate, generator)
+    return _drop_of(present, names, drop_modalities(present, rate, generator))
+
+
+def _complement(present: dict[str, Tensor], names: list[str], drop: _Drop) -> _Drop:
+    """The complement of ``drop``: in each row with a drop, the kept modalities dropped and
+    the dropped ones kept (rows without a drop keep every modality).
+
+    Shape:
+        ``{m: [B]}`` → masks ``{m: [B]}`` and ``[B]``.
+    """
+    return _drop_of(present, names, {m: drop.kept[m] & drop.rows for m in names})
+
+
+def _drop_of(present: dict[str, Tensor], names: list[str], dropped: dict[str, Tensor]) -> _Drop:
+    """The :class:`_Drop` of the ``dropped`` masks, with its counts read in one transfer."""
     kept = {m: present[m] & ~dropped[m] for m in present}
     stacked = torch.stack([present[m] for m in names], dim=1)
     lost_stack = torch.stack([dropped[m] for m in names], dim=1)
@@ -578,6 +637,7 @@ class IMPNObjective:
             fused_subsets=settings.fused_subsets,
             all_terms=settings.all_terms,
             fused_corruption=settings.fused_corruption,
+            translate_complement=settings.translate_complement,
         )
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:

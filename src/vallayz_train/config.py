@@ -85,6 +85,10 @@ class TrainConfig:
     # Share of the rows of IMPN's fused subsets with one source corrupted (white noise at
     # 0-20 dB, tokens withheld), so that a fused query learns to lean away from a junk source.
     fused_corruption: float = 0.0
+    # Also translate the complement of each draw of IMPN's translation pass (the kept
+    # modalities dropped, the dropped ones kept): a row of two modalities is translated in
+    # both directions, as a pair of MLP translators is. Doubles the passes with drops.
+    translate_complement: bool = False
     # Micro-variant noise over the run: "constant" keeps every sigma, "cosine" scales it from
     # 1 at the first step to 0 at the last, as the learning rate decays.
     sigma_schedule: str = "constant"

@@ -121,6 +121,7 @@ def loss_settings(config: TrainConfig) -> LossSettings:
         baseline_drop_rate=config.modality_dropout if config.baseline_dropout else 0.0,
         fused_subsets=config.fused_subsets,
         fused_corruption=config.fused_corruption,
+        translate_complement=config.translate_complement,
         # The planner judges and turns the weights by the unweighted terms, off ones included.
         all_terms=config.planner,
     )

@@ -90,6 +90,10 @@ class LossSettings:
     # corrupted (white noise at 0-20 dB, its tokens withheld; corrupt_one_source), so that
     # the fused query learns to lean away from a junk source. 0 corrupts none.
     fused_corruption: float = 0.0
+    # Also translate the complement of each draw of IMPN's translation pass (the kept
+    # modalities dropped, the dropped kept), so that a row of two modalities is translated in
+    # both directions; doubles the passes with dropped modalities.
+    translate_complement: bool = False
     # Compute every term of IMPN's objective, even a pass whose terms all have weight 0 (a
     # planner reads them); False skips such a pass, and its terms read 0.
     all_terms: bool = False

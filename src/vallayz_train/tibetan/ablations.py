@@ -262,6 +262,17 @@ TRANSLATION_VARIANTS: dict[str, Variant] = {
     "carry the source, own n-gram table, translation weight 3, every row translated": Variant(
         {"carry_dim": 512, "carry_front_end": True}, train=_TRANSLATE_EVERY_ROW
     ),
+    # The recipe with each row translated in both directions (the complement of every draw
+    # translated too, as a pair of MLP translators trains): one direction per row against two.
+    "carry the source, translation weight 3, every row translated both ways": Variant(
+        {"carry_dim": 512}, train={**_TRANSLATE_EVERY_ROW, "translate_complement": True}
+    ),
+    "carry the source, own n-gram table, translation weight 3, every row translated both ways": (
+        Variant(
+            {"carry_dim": 512, "carry_front_end": True},
+            train={**_TRANSLATE_EVERY_ROW, "translate_complement": True},
+        )
+    ),
     # The carry alone: an absent target decoded from the sources' code, its soil state unread.
     "decode from the carry alone": Variant({"carry_dim": 512, "decode_from": "carry"}),
     "carry the source, decode from the sources, detached": Variant(
