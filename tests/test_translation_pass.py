@@ -80,3 +80,19 @@ def test_with_the_complement_every_row_of_two_is_translated_both_ways() -> None:
 def test_the_training_config_passes_the_complement_to_the_loss() -> None:
     assert loss_settings(TrainConfig(translate_complement=True)).translate_complement
     assert not loss_settings(TrainConfig()).translate_complement
+
+
+def test_the_translation_recipe_file_builds_valid_configs() -> None:
+    """``benchmarks/configs/translation.json``, the recipe BENCHMARKS.md and the README name,
+    gives a valid model and training config that carries the source and translates both ways."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from vallayz_train.options import load_json
+
+    recipe = load_json(str(Path(__file__).parents[1] / "benchmarks/configs/translation.json"))
+    model = replace(tiny_config(), **recipe["model"])
+    train = TrainConfig.from_dict(recipe["train"])
+    assert model.carry_dim > 0 and model.carry_front_end
+    assert train.translate_complement and train.modality_dropout == 1.0
+    assert loss_settings(train).weights.translation == 3.0
