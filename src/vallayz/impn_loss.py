@@ -141,7 +141,9 @@ class IMPNLoss(nn.Module):
     denoising and bridged-contrastive terms (the dropped modalities' soil states, reached by
     message passing, against their isolated soil vectors from pass 1;
     :meth:`_translation_pass`); (3) the decoded dropped modalities alone → cycle term on the
-    kept ones (:meth:`_cycle_pass`); plus orthogonality of the adapters.
+    kept ones (:meth:`_cycle_pass`); plus orthogonality of the adapters. Under
+    ``translate_complement``, passes 2 and 3 run again on the complement of the draw and their
+    terms are averaged (:meth:`_dropped_terms`).
 
     A model with frozen modalities (``IMPN.extend``) skips the terms that read frozen
     parameters alone, which cannot train anything: the contrastive, kNN and re-ranking terms of
