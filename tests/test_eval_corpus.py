@@ -231,6 +231,9 @@ def test_seed_eval_reaches_the_tibetan_benchmark(
 
     monkeypatch.setattr(bench, "build_data", fake_build_data)
     monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
-    main(["bench", "tibetan", "--out", str(tmp_path / "b"), "--seed-eval", "7", "--quiet"])
+    argv = ["bench", "tibetan", "--out", str(tmp_path / "b"), "--seed-eval", "7", "--quiet"]
+    main([*argv, "--methods", "impn", "mlp-translator"])
     assert len(specs) == 1
     assert specs[0].seed == 7
+    # --methods reaches the spec too: the benchmark trains and evaluates those alone.
+    assert specs[0].methods == ("impn", "mlp-translator")

@@ -57,6 +57,9 @@ def test_the_tibetan_command_line_builds_its_settings() -> None:
         return tibetan.settings(args)
 
     assert parsed("--full").max_pairs is None
+    assert parsed("--methods", "impn", "seq-heads").methods == ("impn", "seq-heads")
+    with pytest.raises(SystemExit):
+        parsed("--methods", "no-such-method")
     assert parsed("--pairs", "300").max_pairs == 300
     assert parsed("--speech", "0.5", "--speech-features", "oww").speech_items == 0.5
     assert parsed("--speech-nodes", "8", "--speech-pooling", "pick").speech_pooling == "pick"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vallayz.errors import VallayzUserError
-from vallayz_train.names import CLOSED_FORM_METHODS
+from vallayz_train.names import CLOSED_FORM_METHODS, LEARNED_METHODS
 
 
 class UsageError(VallayzUserError):
@@ -316,6 +316,18 @@ def closed_form_option(b: argparse.ArgumentParser, default: Sequence[str], note:
         choices=list(CLOSED_FORM_METHODS),
         default=list(default),
         help=f"closed-form maps to fit ({note})",
+    )
+
+
+def methods_option(b: argparse.ArgumentParser, default: Sequence[str]) -> None:
+    """``--methods``: the learned methods a benchmark trains and evaluates."""
+    b.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(LEARNED_METHODS),
+        default=list(default),
+        help="learned methods to train and evaluate (default: every one); runs already in "
+        "--out are reused, so a benchmark can be completed method by method",
     )
 
 

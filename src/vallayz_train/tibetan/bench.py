@@ -62,6 +62,7 @@ def bench_tibetan(
         seed=settings.seed_eval,
         matched_dropout=settings.matched_dropout,
         token_buckets={"bo": buckets} if buckets else {},
+        methods=settings.methods,
     )
     # Checked before the corpus is encoded and its speech synthesized.
     check_settings(spec, train, model, pair_modalities(PAIRS))

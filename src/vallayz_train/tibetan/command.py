@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vallayz_train.options import (
     UsageError,
+    methods_option,
     positive_int,
     speech_amount_option,
     train_args,
@@ -76,6 +77,7 @@ def add_options(b: argparse.ArgumentParser) -> None:
         default=TibetanSettings.token_buckets,
         help="rows of the trainable n-gram embedding bag of every learned method (0: none)",
     )
+    methods_option(b, TibetanSettings.methods)
     b.add_argument("--examples", type=int, default=3, help="example translations to print")
     b.add_argument("--eval-corpus", dest="eval_corpus", help="evaluate --run on this corpus only")
     b.add_argument("--run", help="trained run for --eval-corpus")
@@ -97,6 +99,7 @@ def settings(args: argparse.Namespace) -> TibetanSettings:
         pools=args.pools,
         seed_eval=args.seed_eval,
         matched_dropout=args.matched_dropout,
+        methods=tuple(args.methods),
     )
 
 

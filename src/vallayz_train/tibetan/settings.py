@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vallayz_train.names import LEARNED_METHODS
 from vallayz_train.tibetan.constants import SPEECH_NODES, SPEECH_POOLING, TOKEN_BUCKETS
 
 
@@ -42,3 +43,5 @@ class TibetanSettings:
     seed_eval: int = 0
     # Also train every learned method once per missing rate of the sweep, with that dropout.
     matched_dropout: bool = False
+    # Learned methods trained and evaluated (names of vallayz_train.names.LEARNED_METHODS).
+    methods: tuple[str, ...] = LEARNED_METHODS
