@@ -280,6 +280,8 @@ def _fit_cases(root: Path) -> list[Case]:
          "dimension 3"),
         ("train unknown field", {"train": {"speed": 1}}, "unknown"),
         ("train lr a string", {"train": {"lr": "fast"}}, "lr"),
+        ("train translate_complement a string", {"train": {"translate_complement": "yes"}},
+         "must be true or false"),
         ("train every loss weight 0", {"train": {"loss_weights": dict.fromkeys(
             ["contrastive", "translation", "cycle", "denoising", "knn", "orthogonality"], 0.0)}},
          "loss", ),
