@@ -30,18 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from vallayz_train.bench.ablation import AblationSpec, run_ablation
-from vallayz_train.digits.bench import MODEL_DEFAULTS, TRAIN_DEFAULTS
+from vallayz_train.digits.bench import MODEL_DEFAULTS, PAIRS, TRAIN_DEFAULTS
 from vallayz_train.tibetan.ablations import VARIANTS
 
-PAIRS = [
-    (("speech",), "image"),
-    (("image",), "speech"),
-    (("speech",), "word"),
-    (("word",), "speech"),
-    (("image",), "word"),
-    (("word",), "image"),
-    (("speech", "image"), "word"),
-]
 DIRECTIONS = [f"{'+'.join(s)}->{t}" for s, t in PAIRS]
 FUSEMIX_REFERENCE = "ladder 3: + latent mixup (FuseMix as published)"
 SEQ_REFERENCE = "sequence-aware heads (reference)"

@@ -335,29 +335,13 @@ class IMPNLoss(nn.Module):
             draws.append(_complement(present, list(batch.embeddings), drop))
         terms = dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero)
         for draw in draws:
-            passes = self._dropped_passes(model, batch, native, isolated, draw, generator, zero)
+            decoded, passes = self._translation_pass(
+                model, batch, native, isolated, draw, generator, zero
+            )
+            if self.all_terms or self.weights.cycle > 0:
+                passes["cycle"] = self._cycle_pass(model, decoded, native, draw, generator, zero)
             for name, value in passes.items():
                 terms[name] = terms[name] + value / len(draws)
-        return terms
-
-    def _dropped_passes(
-        self,
-        model: BridgeModel,
-        batch: Batch,
-        native: dict[str, Tensor],
-        isolated: dict[str, Tensor],
-        drop: _Drop,
-        generator: torch.Generator | None,
-        zero: Tensor,
-    ) -> dict[str, Tensor]:
-        """Passes 2 and 3 for one draw of dropped modalities: the translation, bridged and
-        denoising terms, and the cycle term when it is weighed (or ``all_terms``)."""
-        decoded, terms = self._translation_pass(
-            model, batch, native, isolated, drop, generator, zero
-        )
-        terms["cycle"] = zero
-        if self.all_terms or self.weights.cycle > 0:
-            terms["cycle"] = self._cycle_pass(model, decoded, native, drop, generator, zero)
         return terms
 
     def _translation_pass(
