@@ -109,6 +109,10 @@ class BridgeModel(Protocol):
         """Sets the noise scale."""
 
 
+# The terms of the passes with dropped modalities (passes 2 and 3).
+_DROPPED_TERMS = ("translation", "bridged", "denoising", "cycle")
+
+
 @dataclass
 class _Drop:
     """The modalities the translation pass drops, and the rows its terms and the cycle's read.
@@ -260,7 +264,7 @@ class IMPNLoss(nn.Module):
         # The passes with dropped modalities train only the terms below; with all of them at
         # weight 0 (InfoNCE alone, or an extension trained on its isolated embeddings) they
         # are skipped, and their terms read 0.
-        terms.update(dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero))
+        terms.update(dict.fromkeys(_DROPPED_TERMS, zero))
         if self.all_terms or max(w.translation, w.bridged, w.denoising, w.cycle) > 0:
             terms.update(
                 self._dropped_terms(model, batch, native, isolated, present, generator, zero)
@@ -329,11 +333,12 @@ class IMPNLoss(nn.Module):
     ) -> dict[str, Tensor]:
         """Passes 2 and 3 on a random draw of dropped modalities, and under
         ``translate_complement`` on its complement too, their terms averaged over the draws."""
-        drop = _draw_drop(present, list(batch.embeddings), self.drop_rate, generator)
+        names = list(batch.embeddings)
+        drop = _draw_drop(present, names, self.drop_rate, generator)
         draws = [drop]
         if self.translate_complement:
-            draws.append(_complement(present, list(batch.embeddings), drop))
-        terms = dict.fromkeys(("translation", "bridged", "denoising", "cycle"), zero)
+            draws.append(_complement(present, names, drop))
+        terms = dict.fromkeys(_DROPPED_TERMS, zero)
         for draw in draws:
             decoded, passes = self._translation_pass(
                 model, batch, native, isolated, draw, generator, zero
