@@ -31,6 +31,7 @@ from typing import Any
 
 from vallayz_train.bench.ablation import AblationSpec, run_ablation
 from vallayz_train.digits.bench import MODEL_DEFAULTS, PAIRS, TRAIN_DEFAULTS
+from vallayz_train.split_folder import read_items, write_split_folder
 from vallayz_train.tibetan.ablations import VARIANTS
 
 DIRECTIONS = [f"{'+'.join(s)}->{t}" for s, t in PAIRS]
@@ -68,22 +69,15 @@ def search_folder(fold: Path, out: Path) -> Path:
     """A copy of ``fold``'s split (arrays linked) where the next training speaker after the
     test speaker validates, the other training speakers train and the test rows are left out
     of both."""
-    lines = (fold / "items.tsv").read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    _, rows = read_items(fold)
     test = {r["group"] for r in rows if r["split"] == "test"}
     training = sorted({r["group"] for r in rows} - test)
     after = [s for s in training if s > min(test)]
     val = (after or training)[0]
-    out.mkdir(parents=True, exist_ok=True)
-    for path in fold.glob("*.npy"):
-        if not (out / path.name).exists():
-            (out / path.name).symlink_to(path.resolve())
-    with (out / "items.tsv").open("w", encoding="utf-8", newline="") as handle:
-        handle.write("\t".join(header) + "\n")
-        for row in rows:
-            split = "test" if row["group"] in test else "val" if row["group"] == val else "train"
-            handle.write("\t".join({**row, "split": split}[c] for c in header) + "\n")
+    splits = [
+        "test" if r["group"] in test else "val" if r["group"] == val else "train" for r in rows
+    ]
+    write_split_folder(fold, out, splits)
     (out / "validation-speaker.txt").write_text(val + "\n", encoding="utf-8")
     return out
 

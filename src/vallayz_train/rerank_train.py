@@ -14,10 +14,8 @@ rescores its candidate lists (:func:`rerank_eval`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +40,7 @@ from vallayz.reranker import (
     fused_score,
     reranker_scorer,
 )
+from vallayz_train.split_folder import read_items, write_split_folder
 
 # The split label the held-out fold gets in a fold's data folder: the trainer never reads it.
 HELD_OUT = "test"
@@ -141,32 +140,15 @@ def fold_data(data_dir: Path, out: Path, held_out: np.ndarray) -> Path:
     exists; built aside and moved into place."""
     if (out / ITEMS_NAME).exists():
         return out
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in data_dir.iterdir():
-        if path.name != ITEMS_NAME:
-            (staging / path.name).symlink_to(path.resolve())
-    drop = set(int(r) for r in held_out)
-    with (data_dir / ITEMS_NAME).open(newline="", encoding="utf-8") as src:
-        reader = csv.DictReader(src, delimiter="\t", quoting=csv.QUOTE_NONE)
-        fields = list(reader.fieldnames or [])
-        rows = list(reader)
-    if "split" not in fields:
+    header, rows = read_items(data_dir)
+    if "split" not in header:
         raise ValueError(f"{data_dir / ITEMS_NAME} needs a split column to make folds of")
-    for i, row in enumerate(rows):
-        if i in drop:
-            if row["split"] != "train":
-                raise ValueError(f"row {i} is held out of training but is not a training row")
-            row["split"] = HELD_OUT
-    with (staging / ITEMS_NAME).open("w", newline="", encoding="utf-8") as dst:
-        writer = csv.DictWriter(
-            dst, fields, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-    staging.replace(out)
-    return out
+    splits = [row["split"] for row in rows]
+    for i in (int(r) for r in held_out):
+        if splits[i] != "train":
+            raise ValueError(f"row {i} is held out of training but is not a training row")
+        splits[i] = HELD_OUT
+    return write_split_folder(data_dir, out, splits)
 
 
 def mine_negatives(

@@ -15,8 +15,6 @@ is a candidate of the query's digit. The stitching classifier predicts the digit
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from vallayz_train.digits.settings import DigitsSettings
 from vallayz_train.encoders import cached_encode, english_encoder
 from vallayz_train.model_defaults import MODEL_DEFAULTS as TIBETAN_MODEL
 from vallayz_train.shared_data import file_digest, find_data
+from vallayz_train.split_folder import read_items, write_split_folder
 
 ENV_DATA = "VALLAYZ_FSDD_DATA"
 SOURCE = (
@@ -169,28 +168,15 @@ def build_data(
 def fold_data(data: Path, folder: Path, test_speaker: str, seed: int = 0) -> Path:
     """A data directory that links ``data``'s arrays and splits its items by speaker:
     ``test_speaker`` tests, a seeded ``VAL_FRACTION`` of the others' rows validates."""
-    lines = (data / "items.tsv").read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    _, rows = read_items(data)
     rng = np.random.default_rng(seed)
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in data.glob("*.npy"):
-        os.symlink(path.resolve(), staging / path.name)
-    split = []
-    for row in rows:
-        if row["group"] == test_speaker:
-            split.append("test")
-        else:
-            split.append("val" if rng.random() < VAL_FRACTION else "train")
-    with (staging / "items.tsv").open("w", encoding="utf-8", newline="") as handle:
-        handle.write("\t".join([*header, "split"]) + "\n")
-        for row, s in zip(rows, split, strict=True):
-            handle.write("\t".join([*(row[c] for c in header), s]) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.replace(folder)
-    return folder
+    splits = [
+        "test"
+        if row["group"] == test_speaker
+        else ("val" if rng.random() < VAL_FRACTION else "train")
+        for row in rows
+    ]
+    return write_split_folder(data, folder, splits)
 
 
 def summarise(folds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
