@@ -69,7 +69,8 @@ def search_folder(fold: Path, out: Path) -> Path:
     """A copy of ``fold``'s split (arrays linked) where the next training speaker after the
     test speaker validates, the other training speakers train and the test rows are left out
     of both."""
-    _, rows = read_items(fold)
+    items = read_items(fold)
+    rows = items.rows
     test = {r["group"] for r in rows if r["split"] == "test"}
     training = sorted({r["group"] for r in rows} - test)
     after = [s for s in training if s > min(test)]
@@ -77,7 +78,7 @@ def search_folder(fold: Path, out: Path) -> Path:
     splits = [
         "test" if r["group"] in test else "val" if r["group"] == val else "train" for r in rows
     ]
-    write_split_folder(fold, out, splits)
+    write_split_folder(fold, out, items, splits)
     (out / "validation-speaker.txt").write_text(val + "\n", encoding="utf-8")
     return out
 

@@ -26,7 +26,7 @@ def test_rows_get_the_given_splits_and_keep_every_other_field(
 ) -> None:
     data = small_folder(tmp_path / "data", with_split)
     splits = ["train", "val", "test", "train", "train", "test"]
-    out = write_split_folder(data, tmp_path / "out", splits)
+    out = write_split_folder(data, tmp_path / "out", read_items(data), splits)
     header, rows = read_items(out)
     original_header, original = read_items(data)
     assert header[: len(original_header)] == original_header and header.count("split") == 1
@@ -45,9 +45,9 @@ def test_rows_get_the_given_splits_and_keep_every_other_field(
 
 def test_an_existing_folder_is_replaced_and_no_staging_is_left(tmp_path: Path) -> None:
     data = small_folder(tmp_path / "data", False)
-    out = write_split_folder(data, tmp_path / "out", ["train"] * 6)
+    out = write_split_folder(data, tmp_path / "out", read_items(data), ["train"] * 6)
     (out / "stale.txt").write_text("old")
-    write_split_folder(data, out, ["test"] * 6)
+    write_split_folder(data, out, read_items(data), ["test"] * 6)
     assert not (out / "stale.txt").exists()
     assert not (tmp_path / "out.tmp").exists()
     assert {r["split"] for r in read_items(out)[1]} == {"test"}
@@ -62,5 +62,5 @@ def test_bad_labels_are_refused_before_anything_is_written(
 ) -> None:
     data = small_folder(tmp_path / "data", False)
     with pytest.raises(ValueError, match=message):
-        write_split_folder(data, tmp_path / "out", splits)
+        write_split_folder(data, tmp_path / "out", read_items(data), splits)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()

@@ -140,15 +140,15 @@ def fold_data(data_dir: Path, out: Path, held_out: np.ndarray) -> Path:
     exists; built aside and moved into place."""
     if (out / ITEMS_NAME).exists():
         return out
-    header, rows = read_items(data_dir)
-    if "split" not in header:
+    items = read_items(data_dir)
+    if "split" not in items.header:
         raise ValueError(f"{data_dir / ITEMS_NAME} needs a split column to make folds of")
-    splits = [row["split"] for row in rows]
+    splits = [row["split"] for row in items.rows]
     for i in (int(r) for r in held_out):
         if splits[i] != "train":
             raise ValueError(f"row {i} is held out of training but is not a training row")
         splits[i] = HELD_OUT
-    return write_split_folder(data_dir, out, splits)
+    return write_split_folder(data_dir, out, items, splits)
 
 
 def mine_negatives(

@@ -12,23 +12,32 @@ import csv
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from vallayz.data import ITEMS_NAME
 
 SPLITS = ("train", "val", "test")
 
 
-def read_items(data_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and the rows of ``data_dir``'s ``items.tsv`` (strings as written)."""
+class Items(NamedTuple):
+    """A data folder's ``items.tsv``: its header and its rows (strings as written)."""
+
+    header: list[str]
+    rows: list[dict[str, str]]
+
+
+def read_items(data_dir: Path) -> Items:
+    """``data_dir``'s ``items.tsv``."""
     with (data_dir / ITEMS_NAME).open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         rows = list(reader)
-        return list(reader.fieldnames or []), rows
+        return Items(list(reader.fieldnames or []), rows)
 
 
-def write_split_folder(data_dir: Path, out: Path, splits: Sequence[str]) -> Path:
-    """Makes ``out`` a data folder with ``data_dir``'s files linked and ``splits[i]`` as row
-    ``i``'s split (a ``split`` column is added when ``data_dir`` has none).
+def write_split_folder(data_dir: Path, out: Path, items: Items, splits: Sequence[str]) -> Path:
+    """Makes ``out`` a data folder with ``data_dir``'s files linked, ``items`` (what
+    :func:`read_items` read of ``data_dir``, which the caller drew the splits from) as its rows
+    and ``splits[i]`` as row ``i``'s split (a ``split`` column is added when there is none).
 
     The folder is built beside ``out`` and moved into place, so an interruption never leaves a
     half-written one; an existing ``out`` is replaced.
@@ -37,7 +46,7 @@ def write_split_folder(data_dir: Path, out: Path, splits: Sequence[str]) -> Path
         ValueError: if ``splits`` has not one label per row, or a label other than
             ``train``, ``val`` or ``test``.
     """
-    header, rows = read_items(data_dir)
+    header, rows = items
     if len(splits) != len(rows):
         raise ValueError(f"{len(splits)} split labels for the {len(rows)} rows of {data_dir}")
     unknown = sorted(set(splits) - set(SPLITS))

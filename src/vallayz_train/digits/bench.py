@@ -168,15 +168,15 @@ def build_data(
 def fold_data(data: Path, folder: Path, test_speaker: str, seed: int = 0) -> Path:
     """A data directory that links ``data``'s arrays and splits its items by speaker:
     ``test_speaker`` tests, a seeded ``VAL_FRACTION`` of the others' rows validates."""
-    _, rows = read_items(data)
+    items = read_items(data)
     rng = np.random.default_rng(seed)
     splits = [
         "test"
         if row["group"] == test_speaker
         else ("val" if rng.random() < VAL_FRACTION else "train")
-        for row in rows
+        for row in items.rows
     ]
-    return write_split_folder(data, folder, splits)
+    return write_split_folder(data, folder, items, splits)
 
 
 def summarise(folds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
